@@ -1,0 +1,82 @@
+"""The one error hierarchy of fxprune.
+
+Every error names the FX node (``node.format_node()``) or the parameter it is about, and the user's
+source line when the tracer recorded one.
+
+Example:
+    >>> import fxprune
+    >>> try:
+    ...     fxprune.PrunePlan({"conv.weight:0": [-1]})
+    ... except fxprune.PlanError as e:
+    ...     print(type(e).__name__)
+    PlanError
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.fx
+
+__all__ = [
+    "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
+    "PlanError", "RewriteError", "VerificationError", "InternalError", "describe_node",
+]
+
+
+def describe_node(node: Optional[torch.fx.Node]) -> str:
+    """A one-line description of ``node`` with the user's source line when it is known."""
+    if node is None:
+        return "<no node>"
+    text = node.format_node() or node.name
+    trace = node.meta.get("stack_trace") if hasattr(node, "meta") else None
+    if trace:
+        lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
+        # The last "File ..." line and the code under it are the user's own source line.
+        files = [i for i, ln in enumerate(lines) if ln.startswith("File ")]
+        if files:
+            i = files[-1]
+            src = lines[i] + (f": {lines[i + 1]}" if i + 1 < len(lines) else "")
+            text += f"  [{src}]"
+    return text
+
+
+class FxpruneError(Exception):
+    """Base class of every error fxprune raises on purpose."""
+
+    def __init__(self, message: str, node: Optional[torch.fx.Node] = None):
+        self.node = node
+        if node is not None:
+            message = f"{message}\n  at node: {describe_node(node)}"
+        super().__init__(message)
+
+
+class TraceError(FxpruneError):
+    """The model could not be traced into an FX graph."""
+
+
+class ShapeInfoError(FxpruneError):
+    """Shapes could not be propagated (wrong example inputs, or an op failed on meta tensors)."""
+
+
+class UnsupportedOpError(FxpruneError):
+    """An op has no rule and ``strict=True`` was asked for."""
+
+
+class CouplingConflictError(FxpruneError):
+    """Two rules demand incompatible couplings of the same dimension."""
+
+
+class PlanError(FxpruneError):
+    """A PrunePlan is invalid for this model (unknown key, bad indices, pinned or emptied group)."""
+
+
+class RewriteError(FxpruneError):
+    """The graph could not be rewritten for a plan."""
+
+
+class VerificationError(FxpruneError):
+    """The pruned model does not compute what the masked original computes."""
+
+
+class InternalError(FxpruneError):
+    """A bug in fxprune: please report it with the model that triggered it."""
