@@ -1,0 +1,95 @@
+"""Count multiply-accumulates (MACs) and parameters of a model.
+
+MACs come from :class:`torch.utils.flop_counter.FlopCounterMode` over one ``no_grad`` forward pass
+(FLOPs // 2). FlopCounterMode counts matmul-like ops only (convolutions, linear layers, matmuls,
+attention); elementwise ops, norms and pooling count zero, and a bias add is not counted.
+
+Example:
+    >>> import torch
+    >>> from fxprune.count import count
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+    >>> count(model, torch.randn(1, 3, 8, 8))
+    (13824, 224)
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count", "count_by_module", "count_params"]
+
+
+def _as_tuple(example_inputs: Any) -> Tuple[Any, ...]:
+    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+
+
+def _flop_counts(model: torch.nn.Module, example_inputs: Any) -> FlopCounterMode:
+    """Run one eval-mode ``no_grad`` forward under FlopCounterMode; restore every training flag."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*_as_tuple(example_inputs))
+    finally:
+        for m, training in flags:
+            m.training = training
+    return counter
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Number of parameter elements; a parameter shared by several modules counts once.
+
+    Example:
+        >>> import torch
+        >>> count_params(torch.nn.Linear(16, 4))
+        68
+    """
+    seen: Dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+def count(model: torch.nn.Module, example_inputs: Any) -> Tuple[int, int]:
+    """Return ``(MACs, params)`` of ``model`` on ``example_inputs``.
+
+    ``example_inputs`` is a tuple of positional arguments (a lone tensor is accepted). The model runs
+    once in eval mode under ``torch.no_grad``; its training flags are restored afterwards.
+
+    Example:
+        >>> import torch
+        >>> count(torch.nn.Linear(16, 4), torch.randn(1, 16))
+        (64, 68)
+    """
+    counter = _flop_counts(model, example_inputs)
+    return counter.get_total_flops() // 2, count_params(model)
+
+
+def count_by_module(model: torch.nn.Module, example_inputs: Any) -> Dict[str, int]:
+    """Per-module MACs keyed by module qualname (``""`` is the whole model, as in ``named_modules``).
+
+    A module's count includes its submodules'. Only modules that ran and did matmul-like work appear
+    (a ``torch.fx.GraphModule`` only calls leaf modules, so its containers do not appear).
+
+    Example:
+        >>> import torch
+        >>> model = torch.nn.Sequential(torch.nn.Linear(16, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> count_by_module(model, torch.randn(1, 16))
+        {'': 72, '0': 64, '2': 8}
+    """
+    counter = _flop_counts(model, example_inputs)
+    root = type(model).__name__
+    out: Dict[str, int] = {}
+    for key, per_op in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        if key == root:
+            name = ""
+        elif key.startswith(root + "."):
+            name = key[len(root) + 1:]
+        else:  # a module the tracker could not place under the root; keep its own label
+            name = key
+        out[name] = out.get(name, 0) + sum(per_op.values()) // 2
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "", kv[0])))
