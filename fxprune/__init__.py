@@ -1,0 +1,42 @@
+"""fxprune: structural pruning of PyTorch models as a torch.fx compiler pass.
+
+Example:
+    >>> import torch, torchvision, fxprune
+    >>> model, x = torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)
+    >>> graph = fxprune.analyze(model, x)
+    >>> plan = fxprune.plan_by_ratio(graph, 0.5)
+    >>> small = fxprune.prune(model, plan, x)
+    >>> fxprune.verify(model, small, plan, x).max_abs_diff < 1e-3
+    True
+"""
+from .analyze import ChannelGraph, Group, analyze
+from .errors import (
+    CouplingConflictError,
+    FxpruneError,
+    InternalError,
+    PlanError,
+    RewriteError,
+    ShapeInfoError,
+    TraceError,
+    UnsupportedOpError,
+    VerificationError,
+)
+from .frontend import trace
+from .plan import PrunePlan
+from .rewrite import prune
+from .select import plan_by_ratio
+from .verify import VerifyReport, verify
+
+__all__ = [
+    "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
+    "VerifyReport", "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError",
+    "CouplingConflictError", "PlanError", "RewriteError", "VerificationError", "InternalError",
+]
+
+try:  # optional pieces written alongside the core
+    from .count import count  # noqa: F401
+    __all__.append("count")
+except ImportError:  # pragma: no cover
+    pass
+
+__version__ = "0.1.0"

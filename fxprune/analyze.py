@@ -1,0 +1,217 @@
+"""``analyze``: the public view of the channel IR — groups, classes, and plan expansion.
+
+Example:
+    >>> import torch, torchvision, fxprune
+    >>> graph = fxprune.analyze(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+    >>> g = graph.group_of("layer1.0.conv1.weight", 0)
+    >>> g.key, g.size, g.pinned
+    ('layer1.0.conv1.weight:0', 64, None)
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.fx
+
+from .errors import PlanError
+from .frontend import trace
+from .ir import DimNode, Solution
+from .lower import LowerCtx, lower_graph
+from .plan import PrunePlan, make_key, parse_key
+
+__all__ = ["analyze", "ChannelGraph", "Group", "Expansion"]
+
+
+@dataclass
+class Group:
+    """Coupled dims that can only lose channels together.
+
+    ``classes`` lists the removable classes that touch the key member, in the key's coordinates;
+    ``all_classes`` lists every removable class as ``(member key, indices)``.
+    """
+
+    key: str
+    size: int
+    pinned: Optional[str]
+    members: List[Tuple[str, int]]
+    classes: List[List[int]]
+    all_classes: List[Tuple[str, List[int]]]
+    dims: List[DimNode] = field(repr=False, default_factory=list)
+    labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+
+    def __repr__(self) -> str:
+        state = f"pinned: {self.pinned}" if self.pinned else f"{len(self.all_classes)} removable classes"
+        return f"Group({self.key!r}, size={self.size}, {len(self.members)} members, {state})"
+
+
+@dataclass
+class Expansion:
+    """A plan expanded to whole classes: removed global ids and the per-parameter plan."""
+
+    removed_labels: np.ndarray
+    mask: np.ndarray
+    plan: Dict[str, List[int]]
+
+
+class ChannelGraph:
+    """The result of :func:`analyze`: ``groups``, ``group_of``, and plan expansion."""
+
+    def __init__(self, gm: torch.fx.GraphModule, ctx: LowerCtx, sol: Solution):
+        self.gm, self.ctx, self.sol = gm, ctx, sol
+        self.ir = ctx.ir
+        self._pinned_labels = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
+        self.groups: List[Group] = self._build_groups()
+        self._group_by_dim = {d.id: g for g in self.groups for d in g.dims}
+
+    # -- groups ---------------------------------------------------------------------------------
+    def _param_order(self, d: DimNode) -> Tuple[int, int]:
+        return (self.ctx.first_use.get(d.value[1], 1 << 30), d.dim)
+
+    def _build_groups(self) -> List[Group]:
+        by_group: Dict[int, List[DimNode]] = {}
+        for d in self.ir.dims:
+            by_group.setdefault(int(self.sol.dim_group[d.id]), []).append(d)
+        groups = []
+        for dims in by_group.values():
+            params = sorted((d for d in dims if d.is_param), key=self._param_order)
+            if not params:
+                continue
+            groups.append(self._make_group(params, dims))
+        groups.sort(key=lambda g: self._param_order(g.dims[0]))
+        return groups
+
+    def _make_group(self, params: List[DimNode], dims: List[DimNode]) -> Group:
+        labels = self.sol.labels
+        key_dim = params[0]
+        ordered = params + [d for d in dims if not d.is_param]
+        all_labels = np.unique(np.concatenate([labels[d.base:d.base + d.size] for d in ordered]))
+        emptying = set()
+        for d in ordered:
+            u = np.unique(labels[d.base:d.base + d.size])
+            if len(u) == 1:
+                emptying.add(int(u[0]))
+        pinned_mask = np.isin(all_labels, self._pinned_labels)
+        removable = [int(lab) for lab, p in zip(all_labels.tolist(), pinned_mask) if not p and lab not in emptying]
+        rem_set = np.array(removable, dtype=np.int64)
+        key_labels = labels[key_dim.base:key_dim.base + key_dim.size]
+        classes, all_classes, seen = [], [], set()
+        for d in params:
+            labs = labels[d.base:d.base + d.size]
+            hit = np.isin(labs, rem_set)
+            if not hit.any():
+                continue
+            for lab in np.unique(labs[hit]).tolist():
+                if lab in seen:
+                    continue
+                seen.add(lab)
+                idx = np.nonzero(labs == lab)[0].tolist()
+                all_classes.append((make_key(d.value[1], d.dim), idx))
+                if d is key_dim:
+                    classes.append(idx)
+        pinned = None
+        if not all_classes:
+            reasons = [self.sol.pinned_reason[int(lab)] for lab in np.unique(key_labels)
+                       if int(lab) in self.sol.pinned_reason]
+            pinned = reasons[0] if reasons else "every class would remove a whole dimension"
+        members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
+        return Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned, members, classes,
+                     all_classes, ordered, rem_set)
+
+    def group_of(self, name: str, dim: int) -> Group:
+        """The group holding parameter/buffer ``name`` along ``dim``."""
+        d = self._param_dim(name, dim)
+        g = self._group_by_dim.get(d.id)
+        if g is None:
+            raise PlanError(f"{make_key(name, dim)} belongs to no group")
+        return g
+
+    def _param_dim(self, name: str, dim: int) -> DimNode:
+        canon = self.ctx.canonical.get(name)
+        key = make_key(name, dim)
+        if canon is None:
+            close = difflib.get_close_matches(name, list(self.ctx.canonical), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PlanError(f"unknown key {key!r}: the model has no parameter or buffer {name!r}{hint}")
+        i = self.ir.index.get((("param", canon), dim))
+        if i is None:
+            shape = tuple(self.gm.get_parameter(name).shape) if name in dict(self.gm.named_parameters()) \
+                else None
+            if shape is not None and not 0 <= dim < len(shape):
+                raise PlanError(f"key {key!r}: dim {dim} out of range for a parameter of shape {shape}")
+            raise PlanError(f"key {key!r}: {name} is not used by the traced graph, so it cannot be pruned")
+        return self.ir.dims[i]
+
+    # -- plans ----------------------------------------------------------------------------------
+    def expand(self, plan: PrunePlan) -> Expansion:
+        """Expand a plan to the smallest valid removal set containing it; raise PlanError if invalid."""
+        if not isinstance(plan, PrunePlan):
+            plan = PrunePlan(plan)
+        labels = self.sol.labels
+        chosen: List[np.ndarray] = []
+        for key in plan:
+            name, dim = parse_key(key)
+            d = self._param_dim(name, dim)
+            idx = np.asarray(plan[key], dtype=np.int64)
+            bad = idx[idx >= d.size]
+            if len(bad):
+                raise PlanError(f"plan entry {key!r}: indices {bad[:5].tolist()} out of range for size {d.size}")
+            labs = np.unique(labels[d.base + idx])
+            pinned = labs[np.isin(labs, self._pinned_labels)]
+            if len(pinned):
+                g = self._group_by_dim.get(d.id)
+                where = np.nonzero(np.isin(labels[d.base:d.base + d.size], pinned))[0][:5].tolist()
+                raise PlanError(f"plan entry {key!r}: channels {where} of group "
+                                f"{g.key if g else key!r} are pinned: {self.sol.pinned_reason[int(pinned[0])]}")
+            chosen.append(labs)
+        removed = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        mask = self.sol.removed_mask(removed)
+        out: Dict[str, List[int]] = {}
+        for d in self.ir.dims:
+            if d.size == 0:
+                continue
+            m = mask[d.base:d.base + d.size]
+            n = int(m.sum())
+            if n == d.size:
+                raise PlanError(f"plan removes all {d.size} channels of {d.name} dim {d.dim}; "
+                                f"keep at least one (group {self._group_key(d)})")
+            if n and d.is_param:
+                out[make_key(d.value[1], d.dim)] = np.nonzero(m)[0].tolist()
+        return Expansion(removed, mask, out)
+
+    def _group_key(self, d: DimNode) -> str:
+        g = self._group_by_dim.get(d.id)
+        return g.key if g else "?"
+
+    def removed(self, mask: np.ndarray, value: Any, dim: int) -> np.ndarray:
+        """Local indices of ``value`` (a value key) along ``dim`` that ``mask`` removes."""
+        i = self.ir.index.get((value, dim))
+        if i is None:
+            return np.zeros(0, np.int64)
+        d = self.ir.dims[i]
+        return np.nonzero(mask[d.base:d.base + d.size])[0]
+
+    def __repr__(self) -> str:
+        free = sum(1 for g in self.groups if g.pinned is None)
+        return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"
+
+
+def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False) -> ChannelGraph:
+    """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.
+
+    Example:
+        >>> import torch, fxprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> [g.key for g in fxprune.analyze(m, torch.randn(1, 4)).groups if not g.pinned]
+        ['0.weight:0']
+    """
+    gm = trace(model, example_inputs)
+    ctx, sol = lower_graph(gm, strict=strict)
+    return ChannelGraph(gm, ctx, sol)
+
+
+def _unused(_: Sequence[Any]) -> None:  # keep linters quiet about re-exported names
+    return None

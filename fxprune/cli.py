@@ -1,0 +1,282 @@
+"""Command line: ``fxprune prune <model> --ratio 0.5``.
+
+``<model>`` is a torchvision classification model name (``resnet50``; random weights) or
+``path/to/file.py:factory``, where ``factory()`` returns an ``nn.Module`` or a pair
+``(module, example_inputs)``. The command analyses the model, removes ``--ratio`` of the removable
+channel classes of every unpinned group (lowest L2 norm first), checks the pruned model against the
+masked original with :func:`fxprune.verify`, and prints params, MACs and CPU latency before and after.
+
+Exit status: 0 on success, 2 on bad input or an :class:`fxprune.FxpruneError`, 1 on anything else
+(``--debug`` shows the traceback).
+
+Example:
+    >>> from fxprune.cli import main
+    >>> main(["prune", "no_such_model"])  # doctest: +SKIP
+    fxprune: error: unknown model 'no_such_model' ...
+    2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import importlib.util
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from tqdm import tqdm
+
+import fxprune
+from fxprune.count import count
+from fxprune.latency import cpu_latency_ms
+
+__all__ = ["main", "load_model", "CliError"]
+
+
+class CliError(Exception):
+    """Bad command-line input (unknown model, unreadable factory file, ...): exit status 2."""
+
+
+# ----------------------------------------------------------------------------------------- model loading
+
+def _load_factory(spec: str) -> Any:
+    path_str, _, attr = spec.rpartition(":")
+    path = Path(path_str)
+    if not path.is_file():
+        raise CliError(f"model file {path_str!r} not found (expected 'path/to/file.py:factory')")
+    mod_spec = importlib.util.spec_from_file_location(f"_fxprune_user_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise CliError(f"cannot import {path_str!r} as a Python module")
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.path.insert(0, str(path.resolve().parent))  # let the file import its neighbours
+    try:
+        mod_spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CliError(f"{path_str!r} has no callable {attr!r}")
+    return factory()
+
+
+def load_model(spec: str, input_size: int = 224) -> Tuple[torch.nn.Module, Tuple[Any, ...]]:
+    """Build the model named by ``spec`` (in eval mode) and its example inputs.
+
+    ``spec`` is a torchvision classification model name (inputs: one ``1x3xSxS`` tensor,
+    ``S = input_size``) or ``file.py:factory``; a factory may return ``(module, example_inputs)``.
+    """
+    inputs: Optional[Tuple[Any, ...]] = None
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        built = _load_factory(spec)
+        if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], torch.nn.Module):
+            built, ex = built
+            inputs = tuple(ex) if isinstance(ex, (tuple, list)) else (ex,)
+        if not isinstance(built, torch.nn.Module):
+            raise CliError(f"{spec} returned {type(built).__name__}, not a torch.nn.Module")
+        model = built
+    else:
+        import torchvision
+
+        names = torchvision.models.list_models(module=torchvision.models)
+        if spec not in names:
+            close = difflib.get_close_matches(spec, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise CliError(f"unknown model {spec!r}: not a torchvision classification model name "
+                           f"and not 'file.py:factory'{hint}")
+        kwargs = {"aux_logits": False, "init_weights": False} if spec in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(spec, weights=None, **kwargs)
+    if inputs is None:
+        if input_size < 1:
+            raise CliError(f"--input-size must be positive, got {input_size}")
+        inputs = (torch.randn(1, 3, input_size, input_size),)
+    return model.eval(), inputs
+
+
+# ----------------------------------------------------------------------------------------- progress
+
+@contextlib.contextmanager
+def _step(bar: tqdm, name: str) -> Iterator[None]:
+    """Name the running step on the bar and keep its clock ticking while the step blocks."""
+    bar.set_description_str(f"fxprune: {name}", refresh=True)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()
+        bar.update(1)
+
+
+# ----------------------------------------------------------------------------------------- report
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def _fmt_macs(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return str(n)
+
+
+def _change(before: float, after: float) -> str:
+    return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
+
+
+def _groups_pruned(graph: Any, plan: Any) -> Tuple[int, int, int]:
+    """(groups touched by the plan, unpinned groups, all groups)."""
+    keys = set(plan)
+    touched = 0
+    for g in graph.groups:
+        members = {f"{name}:{dim}" for name, dim in g.members}
+        if g.key in keys or members & keys:
+            touched += 1
+    unpinned = sum(1 for g in graph.groups if g.pinned is None)
+    return touched, unpinned, len(graph.groups)
+
+
+def _table(rows: List[Tuple[str, str, str, str]]) -> str:
+    header = ("", "before", "after", "change")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = []
+    for r in [header, *rows]:
+        lines.append("  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+def _export_onnx(small: torch.nn.Module, inputs: Tuple[Any, ...], path: str) -> float:
+    """Export with torch.onnx, run with onnxruntime; return max |onnx - pruned|."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CliError("--onnx needs onnxruntime (pip install 'fxprune[test]')") from None
+    nbytes = sum(p.numel() * p.element_size() for p in small.parameters())
+    torch.onnx.export(small, inputs, path, verbose=False, external_data=nbytes > (1 << 30))
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), inputs)}
+    got = sess.run(None, feeds)
+    with torch.no_grad():
+        want = small(*inputs)
+    want_list = [want] if isinstance(want, torch.Tensor) else list(want)
+    return max(float((torch.as_tensor(g) - w.cpu()).abs().max()) for g, w in zip(got, want_list))
+
+
+def _prune(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.ratio < 1.0:
+        raise CliError(f"--ratio must be in [0, 1), got {args.ratio}")
+    torch.manual_seed(args.seed)
+    steps = ["build", "trace/analyze", "plan", "prune", "verify", "measure"]
+    if args.out or args.onnx or args.plan_out:
+        steps.append("export")
+    out = sys.stdout
+    with tqdm(total=len(steps), desc="fxprune", unit="step", file=sys.stderr, leave=False,
+              disable=args.quiet, bar_format="{desc:<24} |{bar:20}| {n}/{total} steps [{elapsed}]") as bar:
+        with _step(bar, "build"):
+            model, inputs = load_model(args.model, args.input_size)
+        with _step(bar, "trace/analyze"):
+            graph = fxprune.analyze(model, inputs)
+        with _step(bar, "plan"):
+            plan = fxprune.plan_by_ratio(graph, args.ratio)
+        with _step(bar, "prune"):
+            small = fxprune.prune(model, plan, inputs)
+        with _step(bar, "verify"):
+            report = fxprune.verify(model, small, plan, inputs)
+        with _step(bar, "measure"):
+            macs0, params0 = count(model, inputs)
+            macs1, params1 = count(small, inputs)
+            runs = 2 * (args.warmup + args.repeat)
+            with tqdm(total=runs, desc="latency", unit="run", file=sys.stderr, leave=False,
+                      disable=args.quiet) as lbar:
+                ms0 = cpu_latency_ms(model, inputs, args.warmup, args.repeat, progress=lbar.update)
+                ms1 = cpu_latency_ms(small, inputs, args.warmup, args.repeat, progress=lbar.update)
+        onnx_diff = None
+        if "export" in steps:
+            with _step(bar, "export"):
+                if args.out:
+                    torch.save(small, args.out)
+                if args.plan_out:
+                    Path(args.plan_out).write_text(plan.to_json())
+                if args.onnx:
+                    onnx_diff = _export_onnx(small, inputs, args.onnx)
+
+    touched, unpinned, total = _groups_pruned(graph, plan)
+    removed = sum(len(v) for v in plan.values())
+    shape = "x".join(str(d) for d in inputs[0].shape) if isinstance(inputs[0], torch.Tensor) else "custom"
+    print(f"fxprune prune {args.model}  (input {shape}, ratio {args.ratio}, seed {args.seed})", file=out)
+    print(_table([
+        ("params", _fmt_int(params0), _fmt_int(params1), _change(params0, params1)),
+        ("MACs", _fmt_macs(macs0), _fmt_macs(macs1), _change(macs0, macs1)),
+        ("CPU latency (ms)", f"{ms0:.2f}", f"{ms1:.2f}", _change(ms0, ms1)),
+    ]), file=out)
+    print(f"groups pruned: {touched} of {total} ({total - unpinned} pinned); "
+          f"channel indices removed: {removed}", file=out)
+    print(f"verify: max |Δ| = {report.max_abs_diff:.3g} (pruned vs. masked original)", file=out)
+    if args.out:
+        print(f"saved pruned GraphModule to {args.out}", file=out)
+    if args.plan_out:
+        print(f"saved plan to {args.plan_out}", file=out)
+    if onnx_diff is not None:
+        print(f"exported ONNX to {args.onnx}; onnxruntime max |Δ| vs. pruned = {onnx_diff:.3g}", file=out)
+        if not onnx_diff <= args.onnx_atol:
+            print(f"fxprune: error: ONNX output differs from the pruned model by {onnx_diff:.3g} "
+                  f"(> {args.onnx_atol})", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fxprune", description="Structural pruning as a torch.fx pass.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("prune", help="prune a model by ratio, verify it, and report params/MACs/latency")
+    pr.add_argument("model", help="torchvision classification model name, or path/to/file.py:factory")
+    pr.add_argument("--ratio", type=float, default=0.5,
+                    help="fraction of the removable channel classes to remove in every unpinned group")
+    pr.add_argument("--input-size", type=int, default=224, help="example input is 1x3xSxS (default 224)")
+    pr.add_argument("--out", metavar="PATH", help="torch.save the pruned GraphModule here")
+    pr.add_argument("--onnx", metavar="PATH", help="export the pruned model to ONNX, check it with onnxruntime")
+    pr.add_argument("--onnx-atol", type=float, default=1e-3, help="onnxruntime tolerance (default 1e-3)")
+    pr.add_argument("--plan-out", metavar="PATH", help="write the PrunePlan as JSON")
+    pr.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs (default 0)")
+    pr.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
+    pr.add_argument("--repeat", type=int, default=10, help="timed runs; the median is reported (default 10)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status (0 ok, 2 bad input or FxpruneError, 1 other)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse usage errors (2) and --help (0)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    try:
+        if args.repeat < 1 or args.warmup < 0:
+            raise CliError("--repeat must be >= 1 and --warmup >= 0")
+        return _prune(args)
+    except (CliError, fxprune.FxpruneError) as e:
+        if args.debug:
+            raise
+        kind = "" if isinstance(e, CliError) else f"{type(e).__name__}: "
+        msg = " ".join(str(e).split())
+        print(f"fxprune: error: {kind}{msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The torch.fx frontend: ``symbolic_trace`` plus shape propagation on meta tensors.
+
+Shapes come from running the graph on meta tensors (milliseconds, no real forward pass). Only when an op
+has no meta kernel does it fall back to one real forward in eval mode under ``no_grad``.
+
+Example:
+    >>> import torch, fxprune
+    >>> gm = fxprune.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 8, 8))
+    >>> [tuple(n.meta["val"].shape) for n in gm.graph.nodes if n.op == "call_module"]
+    [(1, 4, 6, 6)]
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Tuple
+
+import torch
+import torch.fx
+from torch.fx.passes.shape_prop import _extract_tensor_metadata
+from torch.utils._pytree import tree_map
+
+from ..errors import ShapeInfoError, TraceError
+
+__all__ = ["trace", "propagate_shapes", "normalize_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+def normalize_inputs(example_inputs: Any) -> Tuple[Any, ...]:
+    """A tuple of positional arguments: a tuple is taken as is, anything else is one argument."""
+    if isinstance(example_inputs, tuple):
+        return example_inputs
+    return (example_inputs,)
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+
+
+def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as e:  # anything symbolic tracing raises: control flow, unsupported Python
+        raise TraceError(
+            f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(e).__name__}: {e}. "
+            "Data-dependent control flow or Python built-ins on tensors cannot be traced symbolically; "
+            "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
+    name = type(model).__name__
+    return torch.fx.GraphModule(tracer.root, graph, name)
+
+
+class _ShapeInterpreter(torch.fx.Interpreter):
+    def run_node(self, n: torch.fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except Exception as e:
+            self.failed_node = n
+            raise e
+        n.meta["val"] = result
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+        return result
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return torch.empty_like(x, device="meta")
+    return x
+
+
+def propagate_shapes(gm: torch.fx.GraphModule, args: Tuple[Any, ...]) -> None:
+    """Write ``meta["val"]`` (meta tensors) and ``meta["tensor_meta"]`` on every node of ``gm``.
+
+    Raises ShapeInfoError naming the node that failed, e.g. for example inputs of the wrong shape.
+    """
+    state = {k: _to_meta(v) for k, v in gm.named_parameters(remove_duplicate=False)}
+    state.update({k: _to_meta(v) for k, v in gm.named_buffers(remove_duplicate=False)})
+    meta_args = tree_map(_to_meta, args)
+    interp = _ShapeInterpreter(gm)
+    try:
+        with torch.nn.utils.stateless._reparametrize_module(gm, state), torch.no_grad():
+            interp.run(*meta_args)
+        _materialize_meta(gm)
+        return
+    except Exception as e:  # no meta kernel, or a genuine shape error: retry for real to tell which
+        log.debug("meta shape propagation failed (%s); retrying with one real forward", e)
+    was_training = {m: m.training for m in gm.modules()}
+    interp = _ShapeInterpreter(gm)
+    try:
+        gm.eval()
+        with torch.no_grad():
+            interp.run(*args)
+    except Exception as e:
+        node = getattr(interp, "failed_node", None)
+        raise ShapeInfoError(
+            f"shape propagation failed with the given example inputs: {type(e).__name__}: {e}", node) from e
+    finally:
+        for m, t in was_training.items():
+            m.training = t
+    _materialize_meta(gm)
+
+
+def _materialize_meta(gm: torch.fx.GraphModule) -> None:
+    # Real tensors from the fallback path are replaced by meta tensors so analysis never holds activations.
+    for n in gm.graph.nodes:
+        if "val" in n.meta:
+            n.meta["val"] = tree_map(_to_meta, n.meta["val"])
+
+
+def trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
+    """Trace ``model`` into a GraphModule with shapes in ``node.meta["val"]`` / ``["tensor_meta"]``.
+
+    A GraphModule is used as it is (not re-traced). Parameters are shared with ``model``.
+
+    Example:
+        >>> import torch, torchvision, fxprune
+        >>> gm = fxprune.trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> gm.graph.find_nodes(op="output")[0].args[0].meta["val"].shape
+        torch.Size([1, 1000])
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    args = normalize_inputs(example_inputs)
+    gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    required = [n for n in placeholders if not n.args]  # placeholders without default values
+    if len(args) < len(required) or len(args) > len(placeholders):
+        raise ShapeInfoError(
+            f"{type(model).__name__}.forward takes {len(required)}..{len(placeholders)} positional inputs "
+            f"({', '.join(n.name for n in placeholders)}), example_inputs has {len(args)}")
+    propagate_shapes(gm, args)
+    return gm

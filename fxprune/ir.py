@@ -1,0 +1,132 @@
+"""The channel IR: dim nodes, index couplings, and the coupled groups they form.
+
+A *dim node* is one dimension of one value: an FX node's output (or one element of a tuple output), or a
+parameter/buffer. Every index of every dim node gets a global id. A coupling says "index i of dim A goes
+with index j of dim B" (identity, offset, block, stride and permutation maps are all arrays of such pairs,
+built in :mod:`fxprune.index_map`). Connected components over indices are the *classes* (what must be
+removed together); components over dim nodes are the *groups*. Both are one ``connected_components`` call:
+a finite computation that terminates whatever cycles the graph has.
+
+Example:
+    >>> import torch, fxprune
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+    >>> g = fxprune.analyze(m, torch.randn(1, 3, 8, 8)).group_of("0.weight", 0)
+    >>> g.key, g.size, len(g.classes)
+    ('0.weight:0', 8, 8)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+__all__ = ["DimNode", "ChannelIR", "Solution"]
+
+ValueKey = Tuple[Hashable, ...]  # ("param", qualname) or ("value", node_name, elem_path)
+
+
+@dataclass
+class DimNode:
+    """One dimension of one value; ``base`` is the global id of its index 0."""
+
+    id: int
+    value: ValueKey
+    dim: int
+    size: int
+    base: int
+
+    @property
+    def is_param(self) -> bool:
+        return self.value[0] == "param"
+
+    @property
+    def name(self) -> str:
+        return self.value[1] if self.is_param else f"{self.value[1]}{''.join(f'[{i}]' for i in self.value[2])}"
+
+
+@dataclass
+class ChannelIR:
+    """Mutable builder: dim nodes, coupling pairs and pins, then :meth:`solve`."""
+
+    dims: List[DimNode] = field(default_factory=list)
+    index: Dict[Tuple[ValueKey, int], int] = field(default_factory=dict)
+    free: List[bool] = field(default_factory=list)
+    total: int = 0
+    _a: List[np.ndarray] = field(default_factory=list)
+    _b: List[np.ndarray] = field(default_factory=list)
+    pins: List[Tuple[int, Optional[np.ndarray], str]] = field(default_factory=list)
+
+    def dim(self, value: ValueKey, d: int, size: int) -> DimNode:
+        """The dim node of ``value`` along ``d``, created on first use."""
+        i = self.index.get((value, d))
+        if i is not None:
+            return self.dims[i]
+        node = DimNode(len(self.dims), value, d, int(size), self.total)
+        self.dims.append(node)
+        self.free.append(value[0] == "param")
+        self.index[(value, d)] = node.id
+        self.total += int(size)
+        return node
+
+    def couple(self, a: DimNode, b: DimNode, ia: np.ndarray, ib: np.ndarray) -> None:
+        """Index ``ia[k]`` of ``a`` goes with index ``ib[k]`` of ``b``, for every k."""
+        if len(ia):
+            self._a.append(ia.astype(np.int64, copy=False) + a.base)
+            self._b.append(ib.astype(np.int64, copy=False) + b.base)
+        f = self.free[a.id] or self.free[b.id]
+        self.free[a.id] = self.free[b.id] = f
+
+    def pin(self, d: DimNode, reason: str, idx: Optional[np.ndarray] = None) -> None:
+        """No index of ``d`` (or only ``idx``) may be removed."""
+        self.pins.append((d.id, idx, reason))
+
+    def solve(self) -> "Solution":
+        """Classes (index components) and groups (dim components)."""
+        n = self.total
+        a = np.concatenate(self._a) if self._a else np.zeros(0, np.int64)
+        b = np.concatenate(self._b) if self._b else np.zeros(0, np.int64)
+        ones = np.ones(len(a), dtype=np.int8)
+        adj = sp.coo_matrix((ones, (a, b)), shape=(n, n)).tocsr()
+        _, labels = connected_components(adj, directed=False)
+        # Groups: link consecutive indices of each dim node as well, then components again.
+        starts = np.array([d.base for d in self.dims], dtype=np.int64)
+        sizes = np.array([d.size for d in self.dims], dtype=np.int64)
+        owner = np.repeat(np.arange(len(self.dims)), sizes) if len(self.dims) else np.zeros(0, np.int64)
+        chain = np.arange(n - 1, dtype=np.int64)
+        same = owner[:-1] == owner[1:] if n > 1 else np.zeros(0, bool)
+        a2 = np.concatenate([a, chain[same]])
+        b2 = np.concatenate([b, chain[same] + 1])
+        adj2 = sp.coo_matrix((np.ones(len(a2), np.int8), (a2, b2)), shape=(n, n)).tocsr()
+        _, group_labels = connected_components(adj2, directed=False)
+        dim_group = group_labels[starts] if len(starts) else np.zeros(0, np.int64)
+        pinned_reason: Dict[int, str] = {}
+        for did, idx, reason in self.pins:
+            d = self.dims[did]
+            ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))
+            for lab in np.unique(labels[ids]).tolist():
+                pinned_reason.setdefault(lab, reason)
+        return Solution(self, labels, owner, dim_group, pinned_reason)
+
+
+@dataclass
+class Solution:
+    """The solved IR: ``labels[global id]`` is the class, ``dim_group[dim id]`` the group."""
+
+    ir: ChannelIR
+    labels: np.ndarray
+    owner: np.ndarray
+    dim_group: np.ndarray
+    pinned_reason: Dict[int, str]
+
+    def labels_of(self, d: DimNode, idx: Optional[Sequence[int]] = None) -> np.ndarray:
+        ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))
+        return self.labels[ids]
+
+    def removed_mask(self, removed_labels: np.ndarray) -> np.ndarray:
+        """Boolean mask over global ids: which indices a set of removed classes takes away."""
+        if len(removed_labels) == 0:
+            return np.zeros(len(self.labels), bool)
+        return np.isin(self.labels, removed_labels)

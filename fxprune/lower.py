@@ -1,0 +1,293 @@
+"""Lowering: run one op rule per FX node to build the channel IR.
+
+Rules talk to a :class:`LowerCtx`: ``ctx.tensor(arg)`` gives a :class:`TRef` (a value and its shape),
+``ctx.couple(a, da, b, db, pairs)`` adds an index map, ``ctx.pin(ref, d, why)`` forbids removal. After a
+rule ran, every dim of the node's tensor inputs and outputs that the rule did not mention is pinned: an
+op only lets through what its rule proves safe.
+
+Example:
+    >>> import torch, fxprune
+    >>> from fxprune.lower import lower_graph
+    >>> gm = fxprune.trace(torch.nn.Linear(4, 3), torch.randn(2, 4))
+    >>> ctx, sol = lower_graph(gm)
+    >>> sorted(d.name for d in ctx.ir.dims if d.is_param)
+    ['bias', 'weight', 'weight']
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.fx
+from torch.fx.node import map_aggregate
+
+from . import index_map
+from .errors import InternalError, UnsupportedOpError, describe_node
+from .ir import ChannelIR, DimNode, Solution, ValueKey
+from .registry import lookup
+
+__all__ = ["TRef", "LowerCtx", "lower_graph", "node_label"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TRef:
+    """A tensor value of the graph (or a parameter/buffer) and its shape."""
+
+    key: ValueKey
+    shape: Tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def node_label(node: torch.fx.Node) -> str:
+    """``call_function torch.nn.functional.relu`` style description of an op."""
+    t = node.target
+    if node.op == "call_module":
+        t = type(node.graph.owning_module.get_submodule(node.target)).__qualname__
+    elif callable(t):
+        t = f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__qualname__', getattr(t, '__name__', t))}"
+    return f"{node.op} {t}"
+
+
+class LowerCtx:
+    """What a rule sees while lowering one node."""
+
+    def __init__(self, gm: torch.fx.GraphModule, choices: Dict[str, int], strict: bool):
+        self.gm = gm
+        self.ir = ChannelIR()
+        self.choices = choices
+        self.strict = strict
+        self.modules = dict(gm.named_modules(remove_duplicate=False))
+        self.canonical: Dict[str, str] = {}
+        seen: Dict[int, str] = {}
+        for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
+                gm.named_buffers(remove_duplicate=False)):
+            self.canonical[name] = seen.setdefault(id(t), name)
+        self.first_use: Dict[str, int] = {}
+        self.unknown: Dict[str, List[str]] = {}
+        self.ambiguous: Dict[str, Tuple[int, DimNode]] = {}
+        self.stat_nodes: Dict[str, str] = {}
+        self.node: Optional[torch.fx.Node] = None
+        self.node_index = 0
+        self._touched: set = set()
+
+    # -- values ---------------------------------------------------------------------------------
+    def tensor(self, arg: Any) -> Optional[TRef]:
+        """The TRef of an argument when it is a tensor-valued node, else None."""
+        if not isinstance(arg, torch.fx.Node):
+            return None
+        val = arg.meta.get("val")
+        if not isinstance(val, torch.Tensor):
+            return None
+        if arg.op == "get_attr" and arg.target in self.canonical:
+            return self._param_ref(arg.target, val)
+        return TRef(("value", arg.name, ()), tuple(val.shape))
+
+    def elem(self, node: torch.fx.Node, path: Tuple[int, ...]) -> Optional[TRef]:
+        """The TRef of element ``path`` of a node's tuple/list output."""
+        val = node.meta.get("val")
+        for i in path:
+            if not isinstance(val, (tuple, list)) or i >= len(val):
+                return None
+            val = val[i]
+        if not isinstance(val, torch.Tensor):
+            return None
+        return TRef(("value", node.name, tuple(path)), tuple(val.shape))
+
+    def out(self) -> Optional[TRef]:
+        """The current node's output when it is a tensor."""
+        return self.tensor(self.node)
+
+    def out_elems(self) -> List[Tuple[Tuple[int, ...], TRef]]:
+        """Every tensor in the current node's output, with its path (``()`` for a plain tensor)."""
+        return [(p, r) for p, r in _tensor_paths(self, self.node)]
+
+    def module(self) -> torch.nn.Module:
+        return self.modules[self.node.target]
+
+    def param(self, attr: str) -> Optional[TRef]:
+        """Parameter/buffer ``attr`` of the current call_module node's module (None when absent)."""
+        t = getattr(self.module(), attr, None)
+        if not isinstance(t, torch.Tensor):
+            return None
+        return self._param_ref(f"{self.node.target}.{attr}", t)
+
+    def _param_ref(self, qualname: str, t: torch.Tensor) -> TRef:
+        name = self.canonical.get(qualname, qualname)
+        self.first_use.setdefault(name, self.node_index)
+        return TRef(("param", name), tuple(t.shape))
+
+    def dim(self, ref: TRef, d: int) -> DimNode:
+        d = d % ref.ndim
+        return self.ir.dim(ref.key, d, ref.shape[d])
+
+    # -- couplings ------------------------------------------------------------------------------
+    def couple(self, a: TRef, da: int, b: TRef, db: int,
+               pairs: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
+        """Couple dim ``da`` of ``a`` with dim ``db`` of ``b`` (identity map unless ``pairs`` given)."""
+        da, db = da % a.ndim, db % b.ndim
+        if pairs is None:
+            if a.shape[da] != b.shape[db]:
+                raise InternalError(f"identity coupling of sizes {a.shape[da]} and {b.shape[db]}", self.node)
+            pairs = index_map.identity(a.shape[da])
+        self.ir.couple(self.dim(a, da), self.dim(b, db), pairs[0], pairs[1])
+        self._touched.add((a.key, da))
+        self._touched.add((b.key, db))
+
+    def couple_all(self, a: TRef, b: TRef) -> None:
+        """Identity on every dim of two same-shaped values."""
+        for d in range(a.ndim):
+            self.couple(a, d, b, d)
+
+    def broadcast(self, out: TRef, inp: TRef) -> None:
+        """Couple ``inp`` to ``out`` under broadcasting (right-aligned; size-1 dims stay pinned)."""
+        off = out.ndim - inp.ndim
+        for d in range(inp.ndim):
+            if inp.shape[d] == out.shape[d + off] and inp.shape[d] != 1:
+                self.couple(inp, d, out, d + off)
+
+    def pin(self, ref: TRef, d: int, reason: str) -> None:
+        d = d % ref.ndim
+        self.ir.pin(self.dim(ref, d), reason)
+        self._touched.add((ref.key, d))
+
+    def touch(self, ref: TRef, d: Optional[int] = None) -> None:
+        """Declare a dim handled without coupling it (e.g. read only through ``x.size()``)."""
+        for dd in (range(ref.ndim) if d is None else [d % ref.ndim]):
+            self._touched.add((ref.key, dd))
+
+    def choose(self, candidates: Sequence[Tuple[TRef, int]]) -> int:
+        """Pick one of several ways to factor a dim; analysis retries the next when it ends up pinned."""
+        i = min(self.choices.get(self.node.name, 0), len(candidates) - 1)
+        if len(candidates) > 1:
+            ref, d = candidates[i]
+            self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
+        return i
+
+    def mark_stat(self, reason: str) -> None:
+        """This node computes statistics over a prunable dim (verify recomputes it over kept channels)."""
+        self.stat_nodes[self.node.name] = reason
+
+    # -- driver ---------------------------------------------------------------------------------
+    def lower_node(self, node: torch.fx.Node) -> None:
+        self.node = node
+        self._touched = set()
+        if node.op == "placeholder":
+            for _, ref in _tensor_paths(self, node):
+                for d in range(ref.ndim):
+                    self.pin(ref, d, "model input")
+            return
+        if node.op == "output":
+            for ref in _arg_tensors(self, node):
+                for d in range(ref.ndim):
+                    self.pin(ref, d, "model output")
+            return
+        if node.op == "get_attr":
+            ref = self.tensor(node)
+            if ref is not None and ref.key[0] != "param":
+                for d in range(ref.ndim):
+                    self.pin(ref, d, f"constant tensor {node.target}")
+            return
+        target = type(self.modules[node.target]) if node.op == "call_module" else node.target
+        rule = lookup(node.op, target)
+        if rule is None:
+            ins = _arg_tensors(self, node)
+            outs = _tensor_paths(self, node)
+            if not ins and not outs:
+                return  # pure Python on sizes and constants
+            label = node_label(node)
+            if self.strict:
+                raise UnsupportedOpError(f"no fxprune rule for {label}; its dims would be pinned", node)
+            self.unknown.setdefault(label, []).append(node.name)
+        else:
+            rule.lower(self, node)
+        self._autopin(node, rule.name if rule else None)
+
+    def _autopin(self, node: torch.fx.Node, rule_name: Optional[str]) -> None:
+        what = rule_name or node_label(node)
+        for ref in _arg_tensors(self, node):
+            for d in range(ref.ndim):
+                if (ref.key, d) not in self._touched:
+                    self.pin(ref, d, f"dim {d} of an input to {what} ({node.name})")
+        for _, ref in _tensor_paths(self, node):
+            for d in range(ref.ndim):
+                if (ref.key, d) not in self._touched:
+                    self.pin(ref, d, f"dim {d} produced by {what} ({node.name})")
+
+
+def _tensor_paths(ctx: LowerCtx, node: torch.fx.Node) -> List[Tuple[Tuple[int, ...], TRef]]:
+    val = node.meta.get("val")
+    if isinstance(val, torch.Tensor):
+        ref = ctx.tensor(node)
+        return [((), ref)] if ref is not None else []
+    out: List[Tuple[Tuple[int, ...], TRef]] = []
+
+    def walk(v: Any, path: Tuple[int, ...]) -> None:
+        if isinstance(v, torch.Tensor):
+            out.append((path, TRef(("value", node.name, path), tuple(v.shape))))
+        elif isinstance(v, (tuple, list)):
+            for i, x in enumerate(v):
+                walk(x, path + (i,))
+    if isinstance(val, (tuple, list)):
+        walk(val, ())
+    return out
+
+
+def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
+    refs: List[TRef] = []
+    seen = set()
+
+    def visit(a: Any) -> Any:
+        r = ctx.tensor(a)
+        if r is not None and r.key not in seen:
+            seen.add(r.key)
+            refs.append(r)
+        return a
+    map_aggregate(node.args, visit)
+    map_aggregate(node.kwargs, visit)
+    return refs
+
+
+def lower_graph(gm: torch.fx.GraphModule, strict: bool = False,
+                max_rounds: int = 8) -> Tuple[LowerCtx, Solution]:
+    """Lower every node of a shape-annotated GraphModule and solve the IR.
+
+    When a ``view`` can factor a dim in several ways, the innermost factor is tried first; a choice
+    whose classes all end up pinned is replaced by the next one and the graph is lowered again
+    (at most ``max_rounds`` times, a finite search).
+    """
+    from . import rules  # noqa: F401  (registers every rule family)
+
+    choices: Dict[str, int] = {}
+    for _ in range(max_rounds):
+        ctx = LowerCtx(gm, choices, strict)
+        for i, node in enumerate(gm.graph.nodes):
+            ctx.node_index = i
+            ctx.lower_node(node)
+        sol = ctx.ir.solve()
+        pinned = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
+        changed = False
+        for name, (n, dim) in ctx.ambiguous.items():
+            if choices.get(name, 0) + 1 < n and np.isin(sol.labels_of(dim), pinned).all():
+                choices[name] = choices.get(name, 0) + 1
+                changed = True
+        if not changed:
+            break
+    if ctx.unknown:
+        lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"
+                          for k, v in ctx.unknown.items())
+        warnings.warn(f"fxprune: no rule for {len(ctx.unknown)} op(s); every dim they touch is pinned: {lines}",
+                      stacklevel=3)
+    return ctx, sol
+
+
+def describe(node: torch.fx.Node) -> str:  # re-exported for rules' error messages
+    return describe_node(node)

@@ -1,0 +1,220 @@
+"""Rewrite: apply an expanded plan to a copy of the model and its graph.
+
+Parameters and buffers are sliced with ``index_select`` (their ``.grad`` too), module attributes are
+updated by each op rule's ``rewrite``, and constants in the graph (view sizes, split sizes, slice bounds,
+``groups``) are rewritten, so the returned GraphModule runs, trains and exports with no hand edits.
+
+Example:
+    >>> import torch, fxprune
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    >>> small = fxprune.prune(m, fxprune.PrunePlan({"0.weight:0": [1, 5]}), torch.randn(1, 3, 8, 8))
+    >>> small.get_submodule("0").out_channels, small.get_submodule("2").in_channels
+    (6, 6)
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.fx
+from torch.utils._pytree import tree_map
+
+from .analyze import ChannelGraph, Expansion, analyze
+from .errors import FxpruneError, RewriteError
+from .lower import TRef
+from .plan import PrunePlan
+from .registry import lookup
+
+__all__ = ["prune", "apply_plan", "RewriteCtx"]
+
+log = logging.getLogger(__name__)
+
+
+class RewriteCtx:
+    """What a rule's ``rewrite`` sees: original shapes, removed indices, and the new modules."""
+
+    def __init__(self, graph: ChannelGraph, exp: Expansion, new_modules: Dict[str, torch.nn.Module]):
+        self.graph, self.exp, self.new_modules = graph, exp, new_modules
+        self._lctx = graph.ctx
+
+    def tensor(self, arg: Any) -> Optional[TRef]:
+        return self._lctx.tensor(arg)
+
+    def param(self, node: torch.fx.Node, attr: str) -> Optional[TRef]:
+        t = getattr(self._lctx.modules[node.target], attr, None)
+        if not isinstance(t, torch.Tensor):
+            return None
+        name = f"{node.target}.{attr}"
+        return TRef(("param", self._lctx.canonical.get(name, name)), tuple(t.shape))
+
+    def out_elems(self, node: torch.fx.Node) -> List[TRef]:
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            return [TRef(("value", node.name, (i,)), tuple(v.shape)) for i, v in enumerate(val)
+                    if isinstance(v, torch.Tensor)]
+        ref = self.tensor(node)
+        return [ref] if ref is not None else []
+
+    def removed(self, ref: TRef, d: int) -> np.ndarray:
+        return self.graph.removed(self.exp.mask, ref.key, d % ref.ndim)
+
+    def new_shape(self, ref: TRef) -> Tuple[int, ...]:
+        return tuple(s - len(self.removed(ref, d)) for d, s in enumerate(ref.shape))
+
+    def module(self, node: torch.fx.Node) -> torch.nn.Module:
+        return self.new_modules[node.target]
+
+
+def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
+    keep = np.ones(n, bool)
+    keep[removed] = False
+    return torch.from_numpy(np.nonzero(keep)[0])
+
+
+def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> torch.Tensor:
+    data = t.detach()
+    changed = False
+    for d in range(t.ndim):
+        removed = graph.removed(exp.mask, ("param", canon), d)
+        if len(removed):
+            data = data.index_select(d, _keep_index(t.shape[d], removed).to(data.device))
+            changed = True
+    if not changed:
+        data = data.clone()
+    if isinstance(t, torch.nn.Parameter):
+        new = torch.nn.Parameter(data, requires_grad=t.requires_grad)
+        if t.grad is not None:
+            g = t.grad.detach()
+            for d in range(t.ndim):
+                removed = graph.removed(exp.mask, ("param", canon), d)
+                if len(removed):
+                    g = g.index_select(d, _keep_index(t.shape[d], removed).to(g.device))
+            new.grad = g.clone() if g is t.grad else g
+        return new
+    return data
+
+
+def _clone_tree(root: torch.nn.Module, graph: ChannelGraph, exp: Expansion) -> Tuple[torch.nn.Module, Dict]:
+    """Shallow copies of every module, with new (sliced or cloned) parameters and buffers."""
+    canonical = graph.ctx.canonical
+    memo: Dict[int, torch.nn.Module] = {}
+    tensors: Dict[int, torch.Tensor] = {}
+    pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]] = {}
+
+    def new_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
+        if id(t) not in tensors:  # tied tensors stay tied
+            tensors[id(t)] = _slice(t, graph, exp, canonical.get(name, name))
+        return tensors[id(t)]
+
+    def visit(m: torch.nn.Module, prefix: str) -> torch.nn.Module:
+        if id(m) in memo:
+            return memo[id(m)]
+        new = object.__new__(type(m))
+        new.__dict__ = dict(m.__dict__)
+        memo[id(m)] = new
+        pairs[prefix] = (m, new)
+        new._parameters = {k: None if p is None else new_tensor(p, prefix + k) for k, p in m._parameters.items()}
+        new._buffers = {k: None if b is None else new_tensor(b, prefix + k) for k, b in m._buffers.items()}
+        new._modules = {k: None if c is None else visit(c, f"{prefix}{k}.") for k, c in m._modules.items()}
+        return new
+
+    return visit(root, ""), pairs
+
+
+def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
+               inplace: bool = False) -> torch.fx.GraphModule:
+    """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`."""
+    exp = graph.expand(plan)
+    new_root, pairs = _clone_tree(root, graph, exp)
+    new_modules = {p.rstrip("."): new for p, (_, new) in pairs.items()}
+    new_modules.update({name: new_modules.get(name, m) for name, m in []})
+    for name in graph.ctx.modules:  # shared modules are reachable under several names
+        if name not in new_modules:
+            try:
+                new_modules[name] = new_root.get_submodule(name)
+            except AttributeError:
+                pass
+    new_graph = copy.deepcopy(graph.gm.graph)
+    rctx = RewriteCtx(graph, exp, new_modules)
+    for node in new_graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method"):
+            continue
+        target = type(graph.ctx.modules[node.target]) if node.op == "call_module" else node.target
+        rule = lookup(node.op, target)
+        if rule is not None and rule.rewrite is not None:
+            try:
+                rule.rewrite(node, rctx)
+            except FxpruneError:
+                raise
+            except Exception as e:
+                raise RewriteError(f"rewriting {rule.name} failed: {type(e).__name__}: {e}", node) from e
+    for node in new_graph.nodes:  # shapes in meta follow the pruned sizes
+        ref = rctx.tensor(node)
+        if ref is not None and ref.key[0] == "value":
+            node.meta["val"] = torch.empty(rctx.new_shape(ref), dtype=node.meta["val"].dtype, device="meta")
+        elif isinstance(node.meta.get("val"), (tuple, list)):
+            elems = {r.key[2][0]: r for r in rctx.out_elems(node)}
+            node.meta["val"] = type(node.meta["val"])(
+                torch.empty(rctx.new_shape(elems[i]), dtype=v.dtype, device="meta") if i in elems else v
+                for i, v in enumerate(node.meta["val"]))
+        node.meta.pop("tensor_meta", None)
+    try:
+        small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__)
+    except Exception as e:
+        raise RewriteError(f"building the pruned GraphModule failed: {e}") from e
+    # Keep every original qualified name, also of modules the graph does not use.
+    small._modules.update(new_root._modules)
+    small._parameters.update(new_root._parameters)
+    small._buffers.update(new_root._buffers)
+    small.training = root.training
+    prev = getattr(root, "meta", {}).get("fxprune", {}) if isinstance(root, torch.fx.GraphModule) else {}
+    small.meta["fxprune"] = {"plan": exp.plan, "applied": list(prev.get("applied", [])) + [plan.to_json()]}
+    if inplace:
+        _commit(pairs)
+        small._modules.update(root._modules)
+        small._parameters.update(root._parameters)
+        small._buffers.update(root._buffers)
+    return small
+
+
+def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
+    """Move the new tensors and attributes into the user's modules (only after everything succeeded)."""
+    for _, (old, new) in pairs.items():
+        children = old._modules
+        old.__dict__.update({k: v for k, v in new.__dict__.items() if k != "_modules"})
+        old._modules = children
+
+
+def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool = False,
+          strict: bool = False) -> torch.fx.GraphModule:
+    """Remove the channels of ``plan`` and return a smaller GraphModule.
+
+    ``model`` may be an ``nn.Module`` (traced here) or a GraphModule. The model is not modified unless
+    ``inplace=True``; then its modules receive the pruned tensors and attributes, but only after every
+    step succeeded (a failing plan leaves it untouched). Applying a plan to a GraphModule that this
+    plan already produced returns it unchanged.
+
+    Example:
+        >>> import torch, torchvision, fxprune
+        >>> m = torchvision.models.resnet18()
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> small = fxprune.prune(m, {"layer1.0.conv1.weight:0": [2, 6, 9]}, x)
+        >>> small.layer1[0].conv1.out_channels, small(x).shape
+        (61, torch.Size([1, 1000]))
+    """
+    plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
+    if isinstance(model, torch.fx.GraphModule):
+        applied = getattr(model, "meta", {}).get("fxprune", {}).get("applied", [])
+        if applied and applied[-1] == plan.to_json():
+            warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
+                          stacklevel=2)
+            return model
+    graph = analyze(model, example_inputs, strict=strict)
+    return apply_plan(graph, plan, model, inplace=inplace)
+
+
+_ = tree_map  # re-exported helper used by passes

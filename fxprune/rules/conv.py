@@ -1,0 +1,103 @@
+"""Convolutions: Conv1d/2d/3d, ConvTranspose1d/2d/3d and their functional forms.
+
+``groups = g`` splits input channels into ``g`` blocks of ``Ki`` and outputs into ``g`` blocks of ``Ko``.
+* ``g == 1``: input channels go with weight columns, outputs with weight rows and bias.
+* ``Ki == 1`` or ``Ko == 1`` (depthwise, with or without a channel multiplier): a whole block is the unit:
+  input channel block t goes with its output block; removing it decrements ``groups``.
+* otherwise: the same position in every block goes together (``groups`` is kept).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import index_map
+from ..registry import register
+from ._util import arg, set_arg
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_FCONV = (F.conv1d, F.conv2d, F.conv3d)
+_FCONVT = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+
+
+def _self_blocks(n: int, k: int):
+    """Index i goes with the first index of its block of ``k`` (unions each block)."""
+    i = np.arange(n, dtype=np.int64)
+    return i, (i // k) * k
+
+
+def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool) -> None:
+    cd = x.ndim - (w.ndim - 2) - 1  # channel dim: 1 when batched, 0 when not
+    if cd == 1:
+        ctx.couple(x, 0, out, 0)
+    cin, cout, g = x.shape[cd], out.shape[cd], groups
+    ki, ko = cin // g, cout // g
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    if b is not None:
+        ctx.couple(b, 0, out, cd)
+    if g == 1:
+        ctx.couple(x, cd, w, w_in)
+        ctx.couple(out, cd, w, w_out)
+    elif ki == 1 or ko == 1:
+        blocks = (np.arange(cin, dtype=np.int64), (np.arange(cin, dtype=np.int64) // ki) * ko)
+        ctx.couple(x, cd, out, cd, blocks)
+        ctx.couple(x, cd, x, cd, _self_blocks(cin, ki))
+        ctx.couple(out, cd, out, cd, _self_blocks(cout, ko))
+        full = (x, cd, w, 0) if transposed else (out, cd, w, 0)
+        ctx.couple(*full)
+    elif transposed:
+        ctx.couple(x, cd, w, 0)
+        ctx.couple(w, 0, w, 0, index_map.stride(cin, ki))
+        ctx.couple(out, cd, w, 1, index_map.stride(cout, ko))
+    else:
+        ctx.couple(out, cd, w, 0)
+        ctx.couple(w, 0, w, 0, index_map.stride(cout, ko))
+        ctx.couple(x, cd, w, 1, index_map.stride(cin, ki))
+
+
+def _new_groups(rctx, node, x, w, transposed: bool, old_groups: int) -> int:
+    cd = x.ndim - (w.ndim - 2) - 1
+    new_w = rctx.new_shape(w)
+    if transposed:
+        cout_new = rctx.new_shape(rctx.tensor(node))[cd]
+        return max(cout_new // new_w[1], 1) if old_groups > 1 else 1
+    return max(rctx.new_shape(x)[cd] // new_w[1], 1) if old_groups > 1 else 1
+
+
+def lower_conv_module(ctx, node) -> None:
+    m = ctx.module()
+    _lower_conv(ctx, ctx.tensor(node.args[0]), ctx.param("weight"), ctx.param("bias"), ctx.out(),
+                m.groups, isinstance(m, _CONVT))
+
+
+def rewrite_conv_module(node, rctx) -> None:
+    m = rctx.module(node)
+    x, w = rctx.tensor(node.args[0]), rctx.param(node, "weight")
+    transposed = isinstance(m, _CONVT)
+    m.groups = _new_groups(rctx, node, x, w, transposed, m.groups)
+    cd = x.ndim - (w.ndim - 2) - 1
+    m.in_channels = rctx.new_shape(x)[cd]
+    m.out_channels = rctx.new_shape(rctx.tensor(node))[cd]
+
+
+def lower_conv_fn(ctx, node) -> None:
+    transposed = node.target in _FCONVT
+    x, w = ctx.tensor(node.args[0]), ctx.tensor(arg(node, 1, "weight"))
+    b = ctx.tensor(arg(node, 2, "bias"))
+    groups = arg(node, 6, "groups", 1)
+    if not isinstance(groups, int) or w is None:
+        return  # dynamic groups or weight: leave every dim pinned
+    _lower_conv(ctx, x, w, b, ctx.out(), groups, transposed)
+
+
+def rewrite_conv_fn(node, rctx) -> None:
+    groups = arg(node, 6, "groups", 1)
+    if isinstance(groups, int) and groups > 1:
+        x, w = rctx.tensor(node.args[0]), rctx.tensor(arg(node, 1, "weight"))
+        set_arg(node, 6, "groups", _new_groups(rctx, node, x, w, node.target in _FCONVT, groups))
+
+
+register("call_module", _CONV + _CONVT, "conv", lower_conv_module, rewrite_conv_module)
+register("call_function", _FCONV + _FCONVT, "functional conv", lower_conv_fn, rewrite_conv_fn)

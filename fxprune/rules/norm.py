@@ -1,0 +1,192 @@
+"""Normalisation layers and PReLU.
+
+BatchNorm/InstanceNorm: per-channel statistics, so removing a channel changes nothing else (exact).
+GroupNorm: whole groups go together, so the remaining groups' statistics are unchanged (exact).
+LayerNorm/RMSNorm over a pruned dim: statistics change; verify recomputes such nodes over the kept
+channels and reports them.
+"""
+from __future__ import annotations
+
+from typing import Any, List
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import register
+from ._util import arg, set_arg
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+       nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_BN_PARAMS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _channel_dim(m: nn.Module, x) -> int:
+    if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)):
+        nsp = int(type(m).__name__[-2])
+        return 1 if x.ndim == nsp + 2 else 0
+    return 1 if x.ndim >= 2 else 0
+
+
+def lower_bn_module(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    ctx.couple_all(x, out)
+    cd = _channel_dim(ctx.module(), x)
+    for p in _BN_PARAMS:
+        ref = ctx.param(p)
+        if ref is not None and ref.ndim == 1:
+            ctx.couple(ref, 0, x, cd)
+
+
+def rewrite_bn_module(node, rctx) -> None:
+    m = rctx.module(node)
+    x = rctx.tensor(node.args[0])
+    m.num_features = rctx.new_shape(x)[_channel_dim(m, x)]
+
+
+def lower_bn_fn(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    ctx.couple_all(x, out)
+    for pos, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+        ref = ctx.tensor(arg(node, pos, name))
+        if ref is not None:
+            ctx.couple(ref, 0, x, 1)
+
+
+def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
+    ctx.couple_all(x, out)
+    c = x.shape[1]
+    k = c // groups
+    i = np.arange(c, dtype=np.int64)
+    ctx.couple(x, 1, x, 1, (i, (i // k) * k))  # whole groups only
+    for ref in (w, b):
+        if ref is not None:
+            ctx.couple(ref, 0, x, 1)
+
+
+def lower_gn_module(ctx, node) -> None:
+    m = ctx.module()
+    _lower_gn(ctx, ctx.tensor(node.args[0]), ctx.out(), m.num_groups, ctx.param("weight"), ctx.param("bias"))
+
+
+def rewrite_gn_module(node, rctx) -> None:
+    m = rctx.module(node)
+    k = m.num_channels // m.num_groups
+    m.num_channels = rctx.new_shape(rctx.tensor(node.args[0]))[1]
+    m.num_groups = m.num_channels // k
+
+
+def lower_gn_fn(ctx, node) -> None:
+    groups = arg(node, 1, "num_groups")
+    if isinstance(groups, int):
+        _lower_gn(ctx, ctx.tensor(node.args[0]), ctx.out(), groups,
+                  ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias")))
+
+
+def rewrite_gn_fn(node, rctx) -> None:
+    groups = arg(node, 1, "num_groups")
+    x = rctx.tensor(node.args[0])
+    k = x.shape[1] // groups
+    set_arg(node, 1, "num_groups", rctx.new_shape(x)[1] // k)
+
+
+def _lower_ln(ctx, x, out, k: int, params: List[Any]) -> None:
+    ctx.couple_all(x, out)
+    for ref in params:
+        if ref is not None:
+            for j in range(ref.ndim):
+                ctx.couple(ref, j, x, x.ndim - ref.ndim + j)
+    ctx.mark_stat(f"normalises over the last {k} dim(s)")
+
+
+def _ln_k(shape: Any) -> int:
+    return 1 if isinstance(shape, int) else len(shape)
+
+
+def lower_ln_module(ctx, node) -> None:
+    m = ctx.module()
+    shape = m.normalized_shape
+    _lower_ln(ctx, ctx.tensor(node.args[0]), ctx.out(), _ln_k(shape), [ctx.param("weight"), ctx.param("bias")])
+
+
+def rewrite_ln_module(node, rctx) -> None:
+    m = rctx.module(node)
+    k = _ln_k(m.normalized_shape)
+    m.normalized_shape = tuple(rctx.new_shape(rctx.tensor(node.args[0]))[-k:])
+
+
+def lower_ln_fn(ctx, node) -> None:
+    shape = arg(node, 1, "normalized_shape")
+    if isinstance(shape, (int, list, tuple)) and all(isinstance(s, int) for s in np.atleast_1d(shape).tolist()):
+        _lower_ln(ctx, ctx.tensor(node.args[0]), ctx.out(), _ln_k(shape),
+                  [ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias"))])
+
+
+def rewrite_ln_fn(node, rctx) -> None:
+    k = _ln_k(arg(node, 1, "normalized_shape"))
+    new = tuple(rctx.new_shape(rctx.tensor(node.args[0]))[-k:])
+    set_arg(node, 1, "normalized_shape", list(new) if isinstance(arg(node, 1, "normalized_shape"), list) else new)
+
+
+def _gather(t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
+    for d, idx in enumerate(kept):
+        if idx is not None:
+            t = t.index_select(d, idx)
+    return t
+
+
+def _scatter(full_shape, t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
+    out = t
+    for d in reversed(range(len(kept))):
+        if kept[d] is not None:
+            shape = list(out.shape)
+            shape[d] = full_shape[d]
+            out = out.new_zeros(shape).index_copy(d, kept[d], out)
+    return out
+
+
+def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
+    """LayerNorm/RMSNorm over the kept channels only, scattered back to the full shape."""
+    x = args[0]
+    ref = vctx.tensor(node.args[0])
+    kept = [vctx.kept(ref, d) for d in range(x.ndim)]
+    if node.op == "call_module":
+        m = vctx.module(node)
+        k, w, b, eps = _ln_k(m.normalized_shape), m.weight, getattr(m, "bias", None), m.eps
+        rms = isinstance(m, nn.RMSNorm)
+    else:
+        k = _ln_k(arg(node, 1, "normalized_shape"))
+        w, b = arg(node, 2, "weight"), arg(node, 3, "bias")
+        w, b = [args[i] if i < len(args) else kwargs.get(n) for i, n in ((2, "weight"), (3, "bias"))]
+        eps = arg(node, 4, "eps", 1e-5)
+        rms = False
+    xk = _gather(x, kept)
+    pk = kept[x.ndim - k:]
+    wk = _gather(w, pk) if w is not None else None
+    bk = _gather(b, pk) if b is not None else None
+    shape = tuple(xk.shape[-k:])
+    y = F.rms_norm(xk, shape, wk, eps) if rms else F.layer_norm(xk, shape, wk, bk, eps)
+    return _scatter(x.shape, y, kept)
+
+
+def lower_prelu(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    ctx.couple_all(x, out)
+    w = ctx.param("weight")
+    if w is not None and w.shape[0] > 1:
+        ctx.couple(w, 0, x, 1 if x.ndim >= 2 else 0)
+
+
+def rewrite_prelu(node, rctx) -> None:
+    m = rctx.module(node)
+    m.num_parameters = m.weight.shape[0]
+
+
+register("call_module", _BN, "batchnorm", lower_bn_module, rewrite_bn_module)
+register("call_function", (F.batch_norm, F.instance_norm), "functional batchnorm", lower_bn_fn)
+register("call_module", (nn.GroupNorm,), "groupnorm", lower_gn_module, rewrite_gn_module)
+register("call_function", (F.group_norm,), "functional groupnorm", lower_gn_fn, rewrite_gn_fn)
+register("call_module", (nn.LayerNorm, nn.RMSNorm), "layernorm", lower_ln_module, rewrite_ln_module, masked_ln)
+register("call_function", (F.layer_norm,), "functional layernorm", lower_ln_fn, rewrite_ln_fn, masked_ln)
+register("call_module", (nn.PReLU,), "prelu", lower_prelu, rewrite_prelu)

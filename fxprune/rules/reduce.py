@@ -1,0 +1,65 @@
+"""Reductions and normalising ops over a dim: the reduced dim is pinned, the others go through.
+
+``x.mean((2, 3))`` couples batch and channels and pins the spatial dims; ``x.mean(1)`` pins the channels.
+Softmax-like ops keep the dim but pin it (removing entries changes the normaliser).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..registry import register
+from ._util import arg, norm_dims
+
+_REDUCE = ("sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod", "logsumexp", "all",
+           "any", "argmax", "argmin", "median", "nansum", "nanmean", "count_nonzero")
+_KEEP = ("softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "sort", "argsort", "normalize")
+
+
+def lower_reduce(ctx, node) -> None:
+    x = ctx.tensor(node.args[0])
+    if x is None:
+        return
+    dims = arg(node, 1, "dim")
+    if node.target in (torch.norm, "norm"):
+        dims = arg(node, 2, "dim")
+    keep = bool(arg(node, 3 if node.target in (torch.norm, "norm") else 2, "keepdim", False))
+    reduced = norm_dims(dims, x.ndim)
+    reduced = list(range(x.ndim)) if reduced is None else reduced
+    for _, out in ctx.out_elems():
+        od = 0
+        for d in range(x.ndim):
+            if d in reduced:
+                od += 1 if keep else 0
+                continue
+            if od < out.ndim and out.shape[od] == x.shape[d]:
+                ctx.couple(x, d, out, od)
+            od += 1
+
+
+def lower_keep(ctx, node) -> None:
+    x = ctx.tensor(node.args[0])
+    if node.op == "call_module":
+        dim = getattr(ctx.module(), "dim", None)
+    elif node.target is F.normalize:
+        dim = arg(node, 2, "dim", 1)
+    else:
+        dim = arg(node, 1, "dim")
+    pinned = norm_dims(dim, x.ndim)
+    pinned = list(range(x.ndim)) if pinned is None else pinned
+    for _, out in ctx.out_elems():
+        for d in range(x.ndim):
+            if d not in pinned and out.ndim == x.ndim:
+                ctx.couple(x, d, out, d)
+
+
+def _fns(names):
+    return tuple(f for mod in (torch, F) for n in names if callable(f := getattr(mod, n, None)))
+
+
+register("call_function", _fns(_REDUCE), "reduction", lower_reduce)
+register("call_method", _REDUCE, "reduction", lower_reduce)
+register("call_function", _fns(_KEEP), "softmax-like", lower_keep)
+register("call_method", _KEEP, "softmax-like", lower_keep)
+register("call_module", (nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax-like", lower_keep)

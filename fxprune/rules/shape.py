@@ -1,0 +1,163 @@
+"""Shape ops: view/reshape/flatten/unflatten/squeeze/unsqueeze, permute/transpose, expand, repeat.
+
+A reshape is cut into runs of dims with equal products. A 1↔1 run is the identity; a run that merges or
+splits dims couples the merged dim with exactly one factor (block or stride map) and pins the others —
+which factor is a choice the analysis revisits when it ends up pinned (see ``LowerCtx.choose``).
+Constant sizes in ``view``/``reshape``/``expand``/``unflatten`` are rewritten after pruning.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn as nn
+
+from .. import index_map
+from ..registry import register
+from ._util import arg, set_arg
+
+
+def _runs(a: Tuple[int, ...], b: Tuple[int, ...]) -> List[Tuple[List[int], List[int]]]:
+    """Pair runs of non-1 dims of ``a`` and ``b`` with equal products."""
+    ia = [i for i, s in enumerate(a) if s != 1]
+    ib = [i for i, s in enumerate(b) if s != 1]
+    runs, i, j = [], 0, 0
+    while i < len(ia) and j < len(ib):
+        ra, rb = [ia[i]], [ib[j]]
+        pa, pb = a[ia[i]], b[ib[j]]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb and i < len(ia):
+                ra.append(ia[i]); pa *= a[ia[i]]; i += 1  # noqa: E702
+            elif pb < pa and j < len(ib):
+                rb.append(ib[j]); pb *= b[ib[j]]; j += 1  # noqa: E702
+            else:
+                return runs
+        runs.append((ra, rb))
+    return runs
+
+
+def lower_reshape(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    if x is None or out is None:
+        return
+    for ra, rb in _runs(x.shape, out.shape):
+        if len(ra) == 1 and len(rb) == 1:
+            ctx.couple(x, ra[0], out, rb[0])
+        elif len(rb) == 1:  # merge: prefer a factor that carries prunable channels, then the innermost
+            cands = sorted(ra, key=lambda d: (not ctx.ir.free[ctx.dim(x, d).id], -d))
+            c = cands[ctx.choose([(x, d) for d in cands])]
+            inner = math.prod(x.shape[d] for d in ra if d > c)
+            ctx.couple(out, rb[0], x, c, index_map.factor(out.shape[rb[0]], inner, x.shape[c]))
+        elif len(ra) == 1:  # split: innermost factor first
+            cands = sorted(rb, key=lambda d: -d)
+            c = cands[ctx.choose([(out, d) for d in cands])]
+            inner = math.prod(out.shape[d] for d in rb if d > c)
+            ctx.couple(x, ra[0], out, c, index_map.factor(x.shape[ra[0]], inner, out.shape[c]))
+
+
+def _rewrite_sizes(sizes, old: Tuple[int, ...], new: Tuple[int, ...]):
+    out = []
+    for s, o, n in zip(sizes, old, new):
+        out.append(n if isinstance(s, int) and s != -1 and o != n else s)
+    return type(sizes)(out) if isinstance(sizes, (list, tuple)) else out
+
+
+def rewrite_view(node, rctx) -> None:
+    """Replace constant sizes of ``view``/``reshape``/``expand`` by the pruned ones."""
+    out = rctx.tensor(node)
+    old, new = out.shape, rctx.new_shape(out)
+    if old == new:
+        return
+    if node.op == "call_function":  # torch.reshape(x, shape)
+        set_arg(node, 1, "shape", _rewrite_sizes(arg(node, 1, "shape"), old, new))
+        return
+    rest = node.args[1:]
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        node.args = (node.args[0], _rewrite_sizes(rest[0], old, new))
+    elif rest:
+        node.args = (node.args[0],) + tuple(_rewrite_sizes(list(rest), old, new))
+    elif "size" in node.kwargs or "shape" in node.kwargs:
+        k = "size" if "size" in node.kwargs else "shape"
+        node.kwargs = {**node.kwargs, k: _rewrite_sizes(node.kwargs[k], old, new)}
+
+
+def rewrite_unflatten(node, rctx) -> None:
+    x, out = rctx.tensor(node.args[0]), rctx.tensor(node)
+    old, new = out.shape, rctx.new_shape(out)
+    if old == new:
+        return
+    if node.op == "call_module":
+        m = rctx.module(node)
+        d = m.dim % x.ndim
+        m.unflattened_size = tuple(new[d:d + len(m.unflattened_size)])
+        return
+    d = arg(node, 1, "dim") % x.ndim
+    sizes = arg(node, 2, "sizes")
+    set_arg(node, 2, "sizes", _rewrite_sizes(sizes, old[d:d + len(sizes)], new[d:d + len(sizes)]))
+
+
+def lower_permute(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    n = x.ndim
+    name = node.target if isinstance(node.target, str) else node.target.__name__
+    perm = list(range(n))
+    if name == "permute":
+        dims = node.args[1:] if len(node.args) > 2 or not isinstance(arg(node, 1, "dims"), (list, tuple)) \
+            else arg(node, 1, "dims")
+        perm = [d % n for d in dims]
+    elif name in ("transpose", "swapaxes", "swapdims"):
+        a, b = arg(node, 1, "dim0") % n, arg(node, 2, "dim1") % n
+        perm[a], perm[b] = perm[b], perm[a]
+    elif name in ("t", "mT") and n >= 2:
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+    elif name in ("movedim", "moveaxis"):
+        src, dst = arg(node, 1, "source"), arg(node, 2, "destination")
+        src, dst = ([src], [dst]) if isinstance(src, int) else (src, dst)
+        rest = [d for d in range(n) if d not in [s % n for s in src]]
+        perm = [None] * n
+        for s, t in zip(src, dst):
+            perm[t % n] = s % n
+        it = iter(rest)
+        perm = [p if p is not None else next(it) for p in perm]
+    for od, idim in enumerate(perm):
+        ctx.couple(out, od, x, idim)
+
+
+def lower_expand(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    off = out.ndim - x.ndim
+    for d in range(x.ndim):
+        if x.shape[d] == out.shape[d + off] and x.shape[d] != 1:
+            ctx.couple(x, d, out, d + off)
+    other = ctx.tensor(node.args[1]) if len(node.args) > 1 else None
+    if other is not None:  # expand_as reads only the other tensor's size
+        ctx.touch(other)
+
+
+def lower_repeat(ctx, node) -> None:
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    off = out.ndim - x.ndim
+    for d in range(x.ndim):
+        if x.shape[d] == out.shape[d + off]:
+            ctx.couple(x, d, out, d + off)
+
+
+register("call_function", (torch.reshape,), "reshape", lower_reshape, rewrite_view)
+register("call_method", ("view", "reshape"), "reshape", lower_reshape, rewrite_view)
+register("call_function", (torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel), "reshape", lower_reshape)
+register("call_method", ("flatten", "squeeze", "unsqueeze", "ravel", "squeeze_", "unsqueeze_"), "reshape",
+         lower_reshape)
+register("call_module", (nn.Flatten,), "reshape", lower_reshape)
+register("call_function", (torch.unflatten,), "unflatten", lower_reshape, rewrite_unflatten)
+register("call_method", ("unflatten",), "unflatten", lower_reshape, rewrite_unflatten)
+register("call_module", (nn.Unflatten,), "unflatten", lower_reshape, rewrite_unflatten)
+register("call_function", (torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t,
+                           torch.movedim, torch.moveaxis), "permute", lower_permute)
+register("call_method", ("permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis"),
+         "permute", lower_permute)
+register("call_method", ("expand",), "expand", lower_expand, rewrite_view)
+register("call_method", ("expand_as",), "expand", lower_expand)
+register("call_function", (torch.broadcast_to,), "expand", lower_expand)
+register("call_method", ("repeat", "tile"), "repeat", lower_repeat)

@@ -1,0 +1,84 @@
+"""Simple plan builders on top of ``analyze``: remove a share of every unpinned group.
+
+Example:
+    >>> import torch, fxprune
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> plan = fxprune.plan_by_ratio(fxprune.analyze(m, torch.randn(1, 4)), 0.5)
+    >>> len(plan["0.weight:0"])
+    4
+"""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from .analyze import ChannelGraph, Group
+from .plan import PrunePlan, parse_key
+
+__all__ = ["plan_by_ratio", "class_scores"]
+
+
+def class_scores(graph: ChannelGraph, group: Group) -> np.ndarray:
+    """L2 norm of every removable class over all parameter slices it covers (one score per class)."""
+    params = dict(graph.gm.named_parameters(remove_duplicate=False))
+    params.update(dict(graph.gm.named_buffers(remove_duplicate=False)))
+    sq = np.zeros(len(group.labels), dtype=np.float64)
+    pos = {int(lab): i for i, lab in enumerate(group.labels.tolist())}
+    for d in group.dims:
+        if not d.is_param or d.value[1] not in params:
+            continue
+        t = params[d.value[1]].detach().float()
+        if not t.is_floating_point() or t.ndim == 0:
+            continue
+        per = (t.movedim(d.dim, 0).reshape(t.shape[d.dim], -1) ** 2).sum(1).cpu().numpy()
+        labs = graph.sol.labels[d.base:d.base + d.size]
+        for lab, v in zip(labs.tolist(), per.tolist()):
+            i = pos.get(lab)
+            if i is not None:
+                sq[i] += v
+    return np.sqrt(sq)
+
+
+def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
+    """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
+
+    Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    entries: Dict[str, List[int]] = {}
+    labels = graph.sol.labels
+    for g in graph.groups:
+        if g.pinned or not g.all_classes:
+            continue
+        n_remove = int(np.floor(ratio * len(g.all_classes)))
+        if n_remove == 0:
+            continue
+        scores = class_scores(graph, g)
+        # remaining[dim] counts kept indices per dim node; a class may not take the last ones.
+        remaining = {d.id: d.size for d in g.dims}
+        counts = [{d.id: int(np.sum(labels[d.base:d.base + d.size] == lab)) for d in g.dims}
+                  for lab in g.labels.tolist()]
+        by_label = {}
+        for key, idx in g.all_classes:
+            name, dim = parse_key(key)
+            d = graph._param_dim(name, dim)
+            by_label[int(labels[d.base + idx[0]])] = (key, idx)
+        taken = 0
+        for i in np.argsort(scores, kind="stable").tolist():
+            if taken >= n_remove:
+                break
+            c = counts[i]
+            if any(remaining[k] - v <= 0 for k, v in c.items() if v):
+                continue
+            for k, v in c.items():
+                remaining[k] -= v
+            key, idx = by_label[int(g.labels[i])]
+            entries.setdefault(key, []).extend(idx)
+            taken += 1
+    return PrunePlan(entries)
+
+
+_ = torch  # torch is needed by class_scores through tensors
