@@ -1,0 +1,677 @@
+#!/usr/bin/env python
+"""fxprune vs. the FX floor vs. Torch-Pruning 1.6.1 on a torchvision model zoo.
+
+For every model (torchvision, ``weights=None``, eval mode, input 1x3x224x224, inception_v3 at 299):
+
+floor
+    The least any FX-based pruner must pay: ``torch.fx.symbolic_trace(model)`` + one shape propagation
+    over meta tensors (fastest of several ways, all timed and reported) + one copy of the kept parameters
+    (approximated by slicing out and cloning half of the rows of every parameter).
+fxprune
+    ``fxprune.analyze(model, inputs)``, ``fxprune.plan_by_ratio(graph, 0.5)`` and
+    ``fxprune.prune(model, plan, inputs)``, each timed separately (analyze and prune both include their own
+    trace); peak RSS growth and tracemalloc peak; ``fxprune.verify`` once (not timed); params/MACs.
+Torch-Pruning
+    ``tp.DependencyGraph().build_dependency(model, example_inputs=x)`` and
+    ``MetaPruner(model, x, MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=[final classifier])``
+    construction + ``step()``, on a fresh deepcopy of the model each repeat (copy not timed).
+
+Each model runs in two fresh subprocesses of the same interpreter, one after the other (floor+fxprune, then
+Torch-Pruning), so a crash, hang or leak in either tool costs only that model, and both tools start from the
+same cold state.  Every time is a median over ``--repeat`` runs; the raw samples are kept in the JSON.
+
+Usage::
+
+    python benchmarks/zoo.py                                  # all 13 models, JSON -> stdout and --out
+    python benchmarks/zoo.py --models resnet18,densenet121 --repeat 3 --markdown
+    python benchmarks/zoo.py --no-tp --input-size 128
+
+Progress goes to stderr; stdout carries the final JSON document (followed by the Markdown table with
+``--markdown``).
+"""
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_OUT = os.path.join(HERE, "results", "zoo.json")
+MODELS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121",
+          "vgg11_bn", "googlenet", "inception_v3", "regnet_y_400mf", "squeezenet1_1", "shufflenet_v2_x1_0",
+          "convnext_tiny"]
+RATIO = 0.5
+
+DEFINITIONS = {
+    "floor_s": "median(symbolic_trace) + min over meta-tensor shape-propagation variants of median(variant) "
+               "+ median(clone of half the rows of every parameter); floor.median_s has every component, and "
+               "info_real_forward_interpreter (a real forward recording shapes) for context only",
+    "fxprune_analyze_s": "median of fxprune.analyze(model, inputs) (includes its trace)",
+    "fxprune_plan_s": "median of fxprune.plan_by_ratio(graph, 0.5)",
+    "fxprune_prune_s": "median of fxprune.prune(model, plan, inputs) (includes its trace)",
+    "ratio_to_floor": "(fxprune_analyze_s + fxprune_prune_s) / floor_s",
+    "tp_build_s": "median of tp.DependencyGraph().build_dependency(model, example_inputs=x)",
+    "tp_prune_s": "median of MetaPruner(...) construction + step() (construction builds its own DependencyGraph)",
+    "speedup_vs_tp": "(tp_build_s + tp_prune_s) / (fxprune_analyze_s + fxprune_prune_s)",
+    "speedup_vs_tp_incl_plan": "(tp_build_s + tp_prune_s) / (fxprune_analyze_s + fxprune_plan_s + fxprune_prune_s)",
+    "peak_rss_growth_mb": "max over repeats of (VmHWM after - VmRSS before), VmHWM reset via /proc/self/clear_refs",
+    "tracemalloc_peak_mb": "Python-heap peak (tracemalloc) of one analyze+plan+prune; tensor storage is not "
+                           "traced by tracemalloc, see peak_rss_growth_mb for that",
+    "macs": "multiply-accumulates of conv/linear/matmul for one forward at batch 1 (fxprune.count when "
+            "available, else torch FlopCounterMode flops / 2); params = unique parameters",
+}
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def err(e):
+    s = " ".join(f"{type(e).__name__}: {e}".split())
+    return "error: " + s[:600]
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def rnd(x, n=5):
+    return None if x is None else round(x, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# memory helpers (Linux /proc; silently absent elsewhere)
+# ----------------------------------------------------------------------------------------------
+def _proc_kb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mark():
+    """Reset the peak-RSS counter and return the current RSS (kB), or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _proc_kb("VmRSS")
+
+
+def rss_growth_mb(before_kb):
+    peak = _proc_kb("VmHWM")
+    if before_kb is None or peak is None:
+        return None
+    return round((peak - before_kb) / 1024.0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# models and counting (shared by both workers)
+# ----------------------------------------------------------------------------------------------
+def build_model(name, input_size):
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None).eval()
+    size = input_size or (299 if name == "inception_v3" else 224)
+    x = torch.randn(1, 3, size, size)
+    return model, x
+
+
+def final_classifiers(model):
+    import torch.nn as nn
+    return [m for m in model.modules()
+            if (isinstance(m, nn.Linear) and m.out_features == 1000)
+            or (isinstance(m, nn.Conv2d) and m.out_channels == 1000)]
+
+
+def _fxprune_count():
+    try:
+        sys.path.insert(0, ROOT)
+        import fxprune
+        c = getattr(fxprune, "count", None)
+        if c is not None and not callable(c):  # the submodule, not the function
+            c = getattr(c, "count", None)
+        if c is None:
+            from fxprune.count import count as c
+        return c
+    except Exception:
+        return None
+
+
+def count(model, x):
+    """(macs, params, counter-name)."""
+    import torch
+    c = _fxprune_count()
+    if c is not None:
+        try:
+            macs, params = c(model, (x,))
+            return int(macs), int(params), "fxprune.count"
+        except Exception:
+            pass
+    from torch.utils.flop_counter import FlopCounterMode
+    params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(x)
+    return int(fc.get_total_flops() // 2), int(params), "FlopCounterMode/2"
+
+
+# ----------------------------------------------------------------------------------------------
+# worker: floor + fxprune
+# ----------------------------------------------------------------------------------------------
+def _meta_state(gm):
+    import torch
+    st = {k: torch.empty_like(v, device="meta") for k, v in gm.named_parameters(remove_duplicate=False)}
+    st.update({k: torch.empty_like(v, device="meta") for k, v in gm.named_buffers(remove_duplicate=False)})
+    return st
+
+
+def shape_variants():
+    """Ways to propagate shapes over meta tensors; each records a shape per FX node."""
+    import torch
+    import torch.fx as fx
+    from torch.fx.passes.shape_prop import ShapeProp
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    class MetaShapes(fx.Interpreter):
+        def run_node(self, n):
+            r = super().run_node(n)
+            if isinstance(r, torch.Tensor):
+                n.meta["fx_floor_shape"] = (tuple(r.shape), r.dtype)
+            return r
+
+    def shapeprop_reparam(gm, xm):
+        with _reparametrize_module(gm, _meta_state(gm)):
+            ShapeProp(gm).propagate(xm)
+
+    def interpreter_reparam(gm, xm):
+        with torch.no_grad(), _reparametrize_module(gm, _meta_state(gm)):
+            MetaShapes(gm).run(xm)
+
+    def interpreter_functional_call(gm, xm):
+        # functional_call swaps the state in, the Interpreter records a shape per node
+        class Run(torch.nn.Module):
+            def forward(self, t):
+                return MetaShapes(gm).run(t)
+        wrapper = Run()
+        wrapper.gm = gm
+        state = {"gm." + k: v for k, v in _meta_state(gm).items()}
+        with torch.no_grad():
+            torch.func.functional_call(wrapper, state, (xm,))
+
+    def shapeprop_meta_copy(gm, xm):
+        # deepcopy with a memo that maps every tensor to its meta twin: no data is copied
+        memo = {}
+        for p in gm.parameters():
+            memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for b in gm.buffers():
+            memo[id(b)] = torch.empty_like(b, device="meta")
+        mg = copy.deepcopy(gm, memo)
+        ShapeProp(mg).propagate(xm)
+
+    def real_forward_interpreter(gm, x):
+        # not meta: a real forward that records shapes; reported for context, never part of the floor
+        with torch.no_grad():
+            MetaShapes(gm).run(x)
+
+    return {"shapeprop_reparam": shapeprop_reparam, "interpreter_reparam": interpreter_reparam,
+            INFO_VARIANT: real_forward_interpreter,
+            "interpreter_functional_call": interpreter_functional_call,
+            "shapeprop_meta_copy": shapeprop_meta_copy}
+
+
+INFO_VARIANT = "info_real_forward_interpreter"
+
+
+def clone_half(params):
+    return [p.narrow(0, 0, max(1, p.shape[0] // 2)).clone() if p.dim() else p.clone() for p in params]
+
+
+def measure_floor(model, x, repeat, res, dump):
+    import torch
+    import torch.fx as fx
+    fl = res["floor"] = {"trace_s": [], "clone_half_params_s": [], "shape_prop_s": {}}
+    variants = shape_variants()
+    for k in variants:
+        fl["shape_prop_s"][k] = []
+    params = [p.detach() for p in model.parameters()]
+    xm = torch.empty_like(x, device="meta")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        gm = fx.symbolic_trace(model)
+        fl["trace_s"].append(time.perf_counter() - t0)
+        for k, f in variants.items():
+            try:
+                t0 = time.perf_counter()
+                f(gm, x if k == INFO_VARIANT else xm)
+                fl["shape_prop_s"][k].append(time.perf_counter() - t0)
+            except Exception as e:
+                fl["shape_prop_s"][k] = err(e)
+        variants = {k: f for k, f in variants.items() if isinstance(fl["shape_prop_s"][k], list)}
+        t0 = time.perf_counter()
+        kept = clone_half(params)
+        fl["clone_half_params_s"].append(time.perf_counter() - t0)
+        del kept, gm
+    sp = {k: med(v) for k, v in fl["shape_prop_s"].items() if isinstance(v, list) and v}
+    info = sp.pop(INFO_VARIANT, None)
+    if not sp:
+        res["floor_s"] = "error: no shape-propagation variant worked"
+        return
+    best = min(sp, key=sp.get)
+    fl["best_shape_prop"] = best
+    fl["median_s"] = {"trace": rnd(med(fl["trace_s"])), "clone_half_params": rnd(med(fl["clone_half_params_s"])),
+                      **{"shape_prop." + k: rnd(v) for k, v in sp.items()},
+                      INFO_VARIANT: rnd(info)}
+    res["floor_s"] = rnd(med(fl["trace_s"]) + sp[best] + med(fl["clone_half_params_s"]))
+    for k in ("trace_s", "clone_half_params_s"):
+        fl[k] = [rnd(t) for t in fl[k]]
+    fl["shape_prop_s"] = {k: ([rnd(t) for t in v] if isinstance(v, list) else v)
+                          for k, v in fl["shape_prop_s"].items()}
+    dump()
+
+
+def measure_fxprune(model, x, repeat, res, dump):
+    import torch
+    fx_ = res["fxprune"] = {}
+    try:
+        sys.path.insert(0, ROOT)
+        import fxprune
+        for name in ("analyze", "plan_by_ratio", "prune"):
+            getattr(fxprune, name)
+    except Exception as e:
+        fx_["error"] = err(e)
+        dump()
+        return
+    inputs = (x,)
+    times = {"analyze_s": [], "plan_s": [], "prune_s": []}
+    fx_["times"] = times
+    rss = []
+    graph = plan = small = None
+    for _ in range(repeat):
+        graph = plan = small = None
+        mark = rss_mark()
+        stage = "analyze"
+        try:
+            t0 = time.perf_counter()
+            graph = fxprune.analyze(model, inputs)
+            times["analyze_s"].append(time.perf_counter() - t0)
+            stage = "plan_by_ratio"
+            t0 = time.perf_counter()
+            plan = fxprune.plan_by_ratio(graph, RATIO)
+            times["plan_s"].append(time.perf_counter() - t0)
+            stage = "prune"
+            t0 = time.perf_counter()
+            small = fxprune.prune(model, plan, inputs)
+            times["prune_s"].append(time.perf_counter() - t0)
+        except Exception as e:
+            fx_["stage_failed"] = stage
+            fx_["error"] = err(e)
+            fx_["trace"] = traceback.format_exc()[-1500:]
+            break
+        finally:
+            rss.append(rss_growth_mb(mark))
+    for k, v in times.items():
+        times[k] = [rnd(t) for t in v]
+        if v:
+            fx_[k] = rnd(med(v))
+    fx_["peak_rss_growth_mb"] = max((r for r in rss if r is not None), default=None)
+    if graph is not None:
+        try:
+            groups = list(graph.groups)
+            fx_["groups"] = len(groups)
+            fx_["pinned_groups"] = sum(1 for g in groups if getattr(g, "pinned", None))
+        except Exception as e:
+            fx_["groups"] = err(e)
+    if plan is not None:
+        try:
+            fx_["plan_keys"] = len(plan)
+            fx_["plan_indices"] = sum(len(v) for v in plan.values())
+        except Exception:
+            pass
+    dump()
+    if small is None:
+        return
+
+    # verify once, not timed
+    try:
+        rep = fxprune.verify(model, small, plan, inputs)
+        d = getattr(rep, "max_abs_diff", None)
+        fx_["verify_max_abs_diff"] = float(d) if d is not None else repr(rep)[:300]
+    except Exception as e:
+        fx_["verify_max_abs_diff"] = err(e)
+    dump()
+
+    # counts
+    try:
+        macs, params, counter = count(model, x)
+        fx_["macs_before"], fx_["params_before"], fx_["counter"] = macs, params, counter
+    except Exception as e:
+        fx_["count_before"] = err(e)
+    try:
+        macs, params, counter = count(small, x)
+        fx_["macs_after"], fx_["params_after"] = macs, params
+    except Exception as e:
+        fx_["count_after"] = err(e)
+    dump()
+
+    # Python-heap peak of one full run (tracemalloc slows Python down, so never in a timed run)
+    import tracemalloc
+    del small
+    try:
+        tracemalloc.start()
+        g = fxprune.analyze(model, inputs)
+        s = fxprune.prune(model, fxprune.plan_by_ratio(g, RATIO), inputs)
+        fx_["tracemalloc_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2 ** 20, 1)
+        del g, s
+    except Exception as e:
+        fx_["tracemalloc_peak_mb"] = err(e)
+    finally:
+        tracemalloc.stop()
+    dump()
+
+
+def worker_fx(name, input_size, repeat, result_path, skip_fx):
+    import torch
+    warnings.filterwarnings("ignore")
+    res = {"model": name, "threads": torch.get_num_threads()}
+
+    def dump():
+        with open(result_path, "w") as f:
+            json.dump(res, f)
+
+    try:
+        model, x = build_model(name, input_size)
+        res["input_shape"] = list(x.shape)
+    except Exception as e:
+        res["error"] = err(e)
+        dump()
+        return
+    dump()
+    try:
+        measure_floor(model, x, repeat, res, dump)
+    except Exception as e:
+        res["floor_s"] = err(e)
+    dump()
+    if not skip_fx:
+        measure_fxprune(model, x, repeat, res, dump)
+    dump()
+
+
+# ----------------------------------------------------------------------------------------------
+# worker: Torch-Pruning
+# ----------------------------------------------------------------------------------------------
+def worker_tp(name, input_size, repeat, result_path):
+    import torch
+    import torch_pruning as tp
+    warnings.filterwarnings("ignore")
+    res = {"model": name, "threads": torch.get_num_threads()}
+
+    def dump():
+        with open(result_path, "w") as f:
+            json.dump(res, f)
+
+    try:
+        base, x = build_model(name, input_size)
+    except Exception as e:
+        res["error"] = err(e)
+        dump()
+        return
+    times = {"build_s": [], "pruner_init_s": [], "step_s": [], "prune_s": []}
+    res["times"] = times
+    rss = []
+    model = None
+    for _ in range(repeat):
+        model = copy.deepcopy(base)
+        stage = "build_dependency"
+        mark = rss_mark()
+        try:
+            t0 = time.perf_counter()
+            DG = tp.DependencyGraph().build_dependency(model, example_inputs=x, verbose=False)
+            times["build_s"].append(time.perf_counter() - t0)
+            del DG
+            stage = "MetaPruner"
+            ignored = final_classifiers(model)
+            t0 = time.perf_counter()
+            pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
+                                          pruning_ratio=RATIO, ignored_layers=ignored)
+            t1 = time.perf_counter()
+            stage = "step"
+            pruner.step()
+            t2 = time.perf_counter()
+            times["pruner_init_s"].append(t1 - t0)
+            times["step_s"].append(t2 - t1)
+            times["prune_s"].append(t2 - t0)
+            del pruner
+        except Exception as e:
+            res["stage_failed"] = stage
+            res["error"] = err(e)
+            res["trace"] = traceback.format_exc()[-1500:]
+            model = None
+            break
+        finally:
+            rss.append(rss_growth_mb(mark))
+            for k, v in times.items():
+                if v:
+                    res[k] = rnd(med(v))
+            dump()
+    for k, v in times.items():
+        times[k] = [rnd(t) for t in v]
+    res["peak_rss_growth_mb"] = max((r for r in rss if r is not None), default=None)
+    dump()
+    if model is None:
+        return
+    try:
+        macs, params, counter = count(base, x)
+        res["macs_before"], res["params_before"], res["counter"] = macs, params, counter
+        macs, params, _ = count(model, x)
+        res["macs_after"], res["params_after"] = macs, params
+        res["forward_ok"] = True
+    except Exception as e:
+        res["forward_ok"] = False
+        res["count_error"] = err(e)
+    dump()
+
+
+# ----------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------
+def run_worker(kind, name, args, timeout):
+    fd, rpath = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--models", name,
+           "--result", rpath, "--repeat", str(args.repeat)]
+    if args.input_size:
+        cmd += ["--input-size", str(args.input_size)]
+    if args.no_fx:
+        cmd += ["--no-fx"]
+    t0 = time.perf_counter()
+    tail = ""
+    try:
+        p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, cwd=ROOT)
+        rc = p.returncode
+        tail = " ".join((p.stderr or "").split())[-400:]
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    wall = round(time.perf_counter() - t0, 1)
+    try:
+        with open(rpath) as f:
+            r = json.load(f)
+    except Exception:
+        r = {}
+    os.unlink(rpath)
+    r["worker_wall_s"] = wall
+    if rc == "timeout":
+        r["error"] = f"error: timeout after {timeout} s (partial results kept)"
+    elif rc != 0:
+        r.setdefault("error", f"error: worker exited rc={rc}: {tail}")
+    return r
+
+
+def combine(name, fxr, tpr):
+    row = {"model": name, "input_shape": fxr.get("input_shape")}
+    row["floor_s"] = fxr.get("floor_s", fxr.get("error"))
+    row["floor"] = fxr.get("floor")
+    fx_ = fxr.get("fxprune", {})
+    if "fxprune" not in fxr and fxr.get("error"):
+        fx_ = {"error": fxr["error"]}
+    row["fxprune"] = fx_
+    row["fxprune_worker_wall_s"] = fxr.get("worker_wall_s")
+    row["tp"] = tpr
+    an, pl, pr = fx_.get("analyze_s"), fx_.get("plan_s"), fx_.get("prune_s")
+    fl = row["floor_s"] if isinstance(row["floor_s"], (int, float)) else None
+    fx_total = an + pr if isinstance(an, float) and isinstance(pr, float) else None
+    tb, tpp = tpr.get("build_s"), tpr.get("prune_s")
+    tp_total = tb + tpp if isinstance(tb, float) and isinstance(tpp, float) and "error" not in tpr else None
+    row["ratio_to_floor"] = rnd(fx_total / fl, 2) if fx_total and fl else None
+    row["speedup_vs_tp"] = rnd(tp_total / fx_total, 2) if fx_total and tp_total else None
+    row["speedup_vs_tp_incl_plan"] = (rnd(tp_total / (fx_total + pl), 2)
+                                      if fx_total and tp_total and isinstance(pl, float) else None)
+    return row
+
+
+def _si(n):
+    if not isinstance(n, (int, float)):
+        return "–"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _s(v):
+    if isinstance(v, (int, float)):
+        return f"{v:.3f}"
+    return "–"
+
+
+def _cell_err(d):
+    e = d.get("error") if isinstance(d, dict) else None
+    return "err" if e else "–"
+
+
+def markdown(doc):
+    hdr = ["model", "floor s", "fxprune analyze s", "fxprune prune s", "ratio to floor", "TP build s",
+           "TP prune s", "speed-up vs TP", "params before→after", "MACs before→after", "verify max|Δ|"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    notes = []
+    for r in doc["models"]:
+        fx_, tp_ = r["fxprune"], r["tp"]
+        an = _s(fx_.get("analyze_s")) if "analyze_s" in fx_ else _cell_err(fx_)
+        pr = _s(fx_.get("prune_s")) if "prune_s" in fx_ else _cell_err(fx_)
+        tb = _s(tp_.get("build_s")) if "build_s" in tp_ else _cell_err(tp_)
+        tpp = _s(tp_.get("prune_s")) if ("prune_s" in tp_ and "error" not in tp_) else _cell_err(tp_)
+        params = (f"{_si(fx_.get('params_before'))}→{_si(fx_.get('params_after'))}"
+                  if "params_after" in fx_ else "–")
+        macs = f"{_si(fx_.get('macs_before'))}→{_si(fx_.get('macs_after'))}" if "macs_after" in fx_ else "–"
+        v = fx_.get("verify_max_abs_diff")
+        v = f"{v:.1e}" if isinstance(v, float) else ("err" if v else "–")
+        rt = f"{r['ratio_to_floor']:.2f}" if r.get("ratio_to_floor") is not None else "–"
+        sp = f"{r['speedup_vs_tp']:.2f}×" if r.get("speedup_vs_tp") is not None else "–"
+        fl = _s(r["floor_s"]) if isinstance(r["floor_s"], (int, float)) else "err"
+        lines.append("| " + " | ".join([r["model"], fl, an, pr, rt, tb, tpp, sp, params, macs, v]) + " |")
+        for who, d in (("fxprune", fx_), ("TP", tp_)):
+            if isinstance(d, dict) and d.get("error"):
+                notes.append(f"- {r['model']} / {who}: {d['error'][:200]}")
+            elif who == "fxprune" and isinstance(d.get("verify_max_abs_diff"), str):
+                notes.append(f"- {r['model']} / fxprune verify: {d['verify_max_abs_diff'][:200]}")
+    m = doc["meta"]
+    out = "\n".join(lines)
+    out += (f"\n\nMedians of {m['repeat']} runs; {m['cpu_count']} CPU cores, torch {m['torch']}, "
+            f"{m['torch_threads']} threads, Torch-Pruning {m.get('torch_pruning')}.")
+    if notes:
+        out += "\n\n" + "\n".join(notes)
+    return out
+
+
+def meta(args):
+    import torch
+    try:
+        from importlib.metadata import version
+        tpv = version("torch-pruning")  # tp.__version__ says 1.6.0 in the 1.6.1 wheel
+    except Exception as e:
+        tpv = err(e)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip() or None
+    except Exception:
+        commit = None
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_pruning": tpv,
+            "fxprune_commit": commit, "repeat": args.repeat, "ratio": RATIO, "input_size": args.input_size,
+            "tp_timeout_s": args.tp_timeout, "fx_timeout_s": args.fx_timeout}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision model names")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="square input size for every model (default 224, inception_v3 299)")
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--markdown", action="store_true", help="also print a Markdown table after the JSON")
+    ap.add_argument("--tp-timeout", type=int, default=120, help="seconds per model for the Torch-Pruning worker")
+    ap.add_argument("--fx-timeout", type=int, default=300, help="seconds per model for the floor+fxprune worker")
+    ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
+    ap.add_argument("--no-fx", action="store_true", help="skip fxprune (floor only)")
+    ap.add_argument("--worker", choices=["fx", "tp"], help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    names = [n for n in args.models.split(",") if n]
+    if args.worker == "fx":
+        worker_fx(names[0], args.input_size, args.repeat, args.result, args.no_fx)
+        return
+    if args.worker == "tp":
+        worker_tp(names[0], args.input_size, args.repeat, args.result)
+        return
+
+    doc = {"meta": meta(args), "definitions": DEFINITIONS, "models": []}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    for name in names:
+        log(f"[zoo] {name}: floor + fxprune ...")
+        load = [round(v, 2) for v in os.getloadavg()]
+        fxr = run_worker("fx", name, args, args.fx_timeout)
+        log(f"[zoo] {name}: floor {fxr.get('floor_s')} s, fxprune analyze {fxr.get('fxprune', {}).get('analyze_s')}"
+            f" s, prune {fxr.get('fxprune', {}).get('prune_s')} s {fxr.get('fxprune', {}).get('error', '')[:120]}")
+        if args.no_tp:
+            tpr = {"error": "error: skipped (--no-tp)"}
+        else:
+            log(f"[zoo] {name}: Torch-Pruning ...")
+            tpr = run_worker("tp", name, args, args.tp_timeout)
+            log(f"[zoo] {name}: TP build {tpr.get('build_s')} s, prune {tpr.get('prune_s')} s "
+                f"{tpr.get('error', '')[:120]}")
+        row = combine(name, fxr, tpr)
+        row["loadavg_1_5_15_before"] = load  # the machine may be shared: read timings against this
+        doc["models"].append(row)
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+    print(json.dumps(doc, indent=1))
+    if args.markdown:
+        print()
+        print(markdown(doc))
+    log(f"[zoo] wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
