@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -68,58 +68,70 @@ class ChannelGraph:
         self._group_by_dim = {d.id: g for g in self.groups for d in g.dims}
 
     # -- groups ---------------------------------------------------------------------------------
-    def _param_order(self, d: DimNode) -> Tuple[int, int]:
-        return (self.ctx.first_use.get(d.value[1], 1 << 30), d.dim)
+    def _param_order(self, d: DimNode) -> Tuple[int, int, int]:
+        name = d.value[1]
+        return (self.ctx.first_use.get(name, 1 << 30), self.ctx.param_rank.get(name, 1 << 30), d.dim)
 
     def _build_groups(self) -> List[Group]:
+        """Vectorised over all indices: classes, emptying/pinned classes, and one member per class."""
+        sol, dims = self.sol, self.ir.dims
+        labels = sol.labels
+        n_lab = int(labels.max()) + 1 if len(labels) else 0
+        pinned = np.zeros(n_lab, bool)
+        pinned[self._pinned_labels] = True
+        starts = np.array([d.base for d in dims if d.size], dtype=np.int64)
+        empt = np.zeros(n_lab, bool)
+        if len(starts):
+            lo, hi = np.minimum.reduceat(labels, starts), np.maximum.reduceat(labels, starts)
+            empt[lo[lo == hi]] = True  # a class covering a whole dim would empty it
+        removable = ~pinned & ~empt
         by_group: Dict[int, List[DimNode]] = {}
-        for d in self.ir.dims:
-            by_group.setdefault(int(self.sol.dim_group[d.id]), []).append(d)
-        groups = []
-        for dims in by_group.values():
-            params = sorted((d for d in dims if d.is_param), key=self._param_order)
-            if not params:
-                continue
-            groups.append(self._make_group(params, dims))
-        groups.sort(key=lambda g: self._param_order(g.dims[0]))
-        return groups
-
-    def _make_group(self, params: List[DimNode], dims: List[DimNode]) -> Group:
-        labels = self.sol.labels
-        key_dim = params[0]
-        ordered = params + [d for d in dims if not d.is_param]
-        all_labels = np.unique(np.concatenate([labels[d.base:d.base + d.size] for d in ordered]))
-        emptying = set()
-        for d in ordered:
-            u = np.unique(labels[d.base:d.base + d.size])
-            if len(u) == 1:
-                emptying.add(int(u[0]))
-        pinned_mask = np.isin(all_labels, self._pinned_labels)
-        removable = [int(lab) for lab, p in zip(all_labels.tolist(), pinned_mask) if not p and lab not in emptying]
-        rem_set = np.array(removable, dtype=np.int64)
-        key_labels = labels[key_dim.base:key_dim.base + key_dim.size]
-        classes, all_classes, seen = [], [], set()
+        for d in dims:
+            by_group.setdefault(int(sol.dim_group[d.id]), []).append(d)
+        params = sorted((d for d in dims if d.is_param and d.size > 1), key=self._param_order)
+        rank = {d.id: i for i, d in enumerate(params)}
+        # The first member (in key order) holding each removable class names it in the plan.
+        owner: Dict[int, DimNode] = {}
+        per_dim: Dict[int, Dict[int, List[int]]] = {}
         for d in params:
             labs = labels[d.base:d.base + d.size]
-            hit = np.isin(labs, rem_set)
+            hit = removable[labs]
             if not hit.any():
                 continue
-            for lab in np.unique(labs[hit]).tolist():
-                if lab in seen:
-                    continue
-                seen.add(lab)
-                idx = np.nonzero(labs == lab)[0].tolist()
-                all_classes.append((make_key(d.value[1], d.dim), idx))
-                if d is key_dim:
-                    classes.append(idx)
-        pinned = None
-        if not all_classes:
-            reasons = [self.sol.pinned_reason[int(lab)] for lab in np.unique(key_labels)
-                       if int(lab) in self.sol.pinned_reason]
-            pinned = reasons[0] if reasons else "every class would remove a whole dimension"
-        members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
-        return Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned, members, classes,
-                     all_classes, ordered, rem_set)
+            new = [lab for lab in np.unique(labs[hit]).tolist() if lab not in owner]
+            if not new:
+                continue
+            order = np.argsort(labs, kind="stable")
+            sl = labs[order]
+            lo_i = np.searchsorted(sl, new, "left")
+            hi_i = np.searchsorted(sl, new, "right")
+            cls = per_dim.setdefault(d.id, {})
+            for lab, a, b in zip(new, lo_i.tolist(), hi_i.tolist()):
+                owner[lab] = d
+                cls[lab] = np.sort(order[a:b]).tolist()
+        groups = []
+        for gdims in by_group.values():
+            gparams = sorted((d for d in gdims if d.id in rank), key=lambda d: rank[d.id])
+            if not gparams:
+                continue
+            ordered = gparams + [d for d in gdims if d.id not in rank]
+            all_classes, glabels = [], []
+            for d in gparams:
+                for lab, idx in per_dim.get(d.id, {}).items():
+                    all_classes.append((make_key(d.value[1], d.dim), idx))
+                    glabels.append(lab)
+            key_dim = gparams[0]
+            classes = list(per_dim.get(key_dim.id, {}).values())
+            pinned_why = None
+            if not all_classes:
+                key_labels = np.unique(labels[key_dim.base:key_dim.base + key_dim.size]).tolist()
+                reasons = [sol.pinned_reason[lab] for lab in key_labels if lab in sol.pinned_reason]
+                pinned_why = reasons[0] if reasons else "every class would remove a whole dimension"
+            members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
+            groups.append(Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
+                                classes, all_classes, ordered, np.array(glabels, dtype=np.int64)))
+        groups.sort(key=lambda g: rank[g.dims[0].id])
+        return groups
 
     def group_of(self, name: str, dim: int) -> Group:
         """The group holding parameter/buffer ``name`` along ``dim``."""
@@ -211,7 +223,3 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False) -
     gm = trace(model, example_inputs)
     ctx, sol = lower_graph(gm, strict=strict)
     return ChannelGraph(gm, ctx, sol)
-
-
-def _unused(_: Sequence[Any]) -> None:  # keep linters quiet about re-exported names
-    return None

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import difflib
 import importlib.util
+import statistics
 import sys
 import threading
 from pathlib import Path
@@ -158,6 +159,20 @@ def _table(rows: List[Tuple[str, str, str, str]]) -> str:
 
 # ----------------------------------------------------------------------------------------- commands
 
+def _paired_latency(a: torch.nn.Module, b: torch.nn.Module, inputs: Tuple[Any, ...], warmup: int,
+                    repeat: int, progress: Any) -> Tuple[float, float]:
+    """Median CPU latency (ms) of ``a`` and ``b``, timed alternately so that load from other processes
+    on the machine falls on both alike."""
+    ta: List[float] = []
+    tb: List[float] = []
+    for i in range(warmup + repeat):
+        for model, times in ((a, ta), (b, tb)):
+            ms = cpu_latency_ms(model, inputs, warmup=0, repeat=1, progress=progress)
+            if i >= warmup:
+                times.append(ms)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def _export_onnx(small: torch.nn.Module, inputs: Tuple[Any, ...], path: str) -> float:
     """Export with torch.onnx, run with onnxruntime; return max |onnx - pruned|."""
     try:
@@ -201,8 +216,7 @@ def _prune(args: argparse.Namespace) -> int:
             runs = 2 * (args.warmup + args.repeat)
             with tqdm(total=runs, desc="latency", unit="run", file=sys.stderr, leave=False,
                       disable=args.quiet) as lbar:
-                ms0 = cpu_latency_ms(model, inputs, args.warmup, args.repeat, progress=lbar.update)
-                ms1 = cpu_latency_ms(small, inputs, args.warmup, args.repeat, progress=lbar.update)
+                ms0, ms1 = _paired_latency(model, small, inputs, args.warmup, args.repeat, lbar.update)
         onnx_diff = None
         if "export" in steps:
             with _step(bar, "export"):

@@ -71,6 +71,7 @@ class LowerCtx:
         for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
                 gm.named_buffers(remove_duplicate=False)):
             self.canonical[name] = seen.setdefault(id(t), name)
+        self.param_rank = {name: i for i, name in enumerate(dict.fromkeys(self.canonical.values()))}
         self.first_use: Dict[str, int] = {}
         self.unknown: Dict[str, List[str]] = {}
         self.ambiguous: Dict[str, Tuple[int, DimNode]] = {}

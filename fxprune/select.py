@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .analyze import ChannelGraph, Group
-from .plan import PrunePlan, parse_key
+from .plan import PrunePlan
 
 __all__ = ["plan_by_ratio", "class_scores"]
 
@@ -57,25 +57,25 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
         if n_remove == 0:
             continue
         scores = class_scores(graph, g)
-        # remaining[dim] counts kept indices per dim node; a class may not take the last ones.
+        pos = {lab: i for i, lab in enumerate(g.labels.tolist())}
+        # counts[i] = [(dim id, how many of its indices class i holds)]; a class may not take a dim's last ones.
+        counts: List[List] = [[] for _ in pos]
+        for d in g.dims:
+            u, c = np.unique(labels[d.base:d.base + d.size], return_counts=True)
+            for lab, cnt in zip(u.tolist(), c.tolist()):
+                i = pos.get(lab)
+                if i is not None:
+                    counts[i].append((d.id, cnt))
         remaining = {d.id: d.size for d in g.dims}
-        counts = [{d.id: int(np.sum(labels[d.base:d.base + d.size] == lab)) for d in g.dims}
-                  for lab in g.labels.tolist()]
-        by_label = {}
-        for key, idx in g.all_classes:
-            name, dim = parse_key(key)
-            d = graph._param_dim(name, dim)
-            by_label[int(labels[d.base + idx[0]])] = (key, idx)
         taken = 0
         for i in np.argsort(scores, kind="stable").tolist():
             if taken >= n_remove:
                 break
-            c = counts[i]
-            if any(remaining[k] - v <= 0 for k, v in c.items() if v):
+            if any(remaining[k] - v <= 0 for k, v in counts[i]):
                 continue
-            for k, v in c.items():
+            for k, v in counts[i]:
                 remaining[k] -= v
-            key, idx = by_label[int(g.labels[i])]
+            key, idx = g.all_classes[i]
             entries.setdefault(key, []).extend(idx)
             taken += 1
     return PrunePlan(entries)

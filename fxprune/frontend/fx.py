@@ -52,7 +52,22 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     return torch.fx.GraphModule(tracer.root, graph, name)
 
 
+# Modules whose output has the input's shape: on meta tensors their kernels (decompositions) are the
+# slowest part of shape propagation, and nothing is learned by running them.
+_SAME_SHAPE = (
+    torch.nn.modules.batchnorm._NormBase, torch.nn.ReLU, torch.nn.ReLU6, torch.nn.SiLU, torch.nn.GELU,
+    torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout,
+    torch.nn.Identity, torch.nn.LeakyReLU,
+)
+
+
 class _ShapeInterpreter(torch.fx.Interpreter):
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.meta_mode and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            if isinstance(self.submodule_cache.get(target), _SAME_SHAPE):
+                return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
     def run_node(self, n: torch.fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -80,6 +95,8 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: Tuple[Any, ...]) -> None:
     state.update({k: _to_meta(v) for k, v in gm.named_buffers(remove_duplicate=False)})
     meta_args = tree_map(_to_meta, args)
     interp = _ShapeInterpreter(gm)
+    interp.meta_mode = True
+    interp.submodule_cache = dict(gm.named_modules())
     try:
         with torch.nn.utils.stateless._reparametrize_module(gm, state), torch.no_grad():
             interp.run(*meta_args)
@@ -89,6 +106,7 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: Tuple[Any, ...]) -> None:
         log.debug("meta shape propagation failed (%s); retrying with one real forward", e)
     was_training = {m: m.training for m in gm.modules()}
     interp = _ShapeInterpreter(gm)
+    interp.meta_mode = False
     try:
         gm.eval()
         with torch.no_grad():
