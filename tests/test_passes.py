@@ -1,0 +1,61 @@
+"""The stages as PassBase passes, composed with another FX pass in a PassManager."""
+import copy
+
+import torch
+import torchvision
+from torch.fx.experimental.optimization import fuse
+from torch.fx.passes.infra.pass_base import PassResult
+from torch.fx.passes.infra.pass_manager import PassManager
+
+import fxprune
+from fxprune.passes import ApplyPlanPass, prune_passes
+
+
+def _fuse_pass(gm):
+    return PassResult(fuse(gm), True)
+
+
+def test_prune_then_conv_bn_fusion_verifies():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(2, 3, 64, 64)
+    plan = fxprune.plan_by_ratio(fxprune.analyze(model, x), 0.5)
+    pm = PassManager(passes=prune_passes(plan, (x,)) + [_fuse_pass])
+    out = pm(torch.fx.symbolic_trace(model)).graph_module
+    # Fusion removed every BatchNorm; widths are the pruned ones.
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in out.modules())
+    assert out.get_submodule("layer1.0.conv1").out_channels == 32
+    fxprune.verify(model, out, plan, x, atol=1e-4, rtol=1e-4)
+
+
+def test_pass_pipeline_matches_prune():
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2().eval()
+    x = torch.randn(1, 3, 64, 64)
+    plan = fxprune.plan_by_ratio(fxprune.analyze(model, x), 0.3)
+    via_passes = PassManager(passes=prune_passes(plan, (x,)))(torch.fx.symbolic_trace(model)).graph_module
+    direct = fxprune.prune(model, plan, x)
+    sd1, sd2 = via_passes.state_dict(), direct.state_dict()
+    assert sd1.keys() == sd2.keys()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_same_plan_twice_does_not_prune_twice():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 8, 8)
+    plan = fxprune.PrunePlan({"0.weight:0": [1, 2]})
+    passes = prune_passes(plan, (x,))
+    once = PassManager(passes=passes)(torch.fx.symbolic_trace(model)).graph_module
+    before = copy.deepcopy(once.state_dict())
+    res = ApplyPlanPass(plan)(once)
+    assert res.modified is False
+    assert res.graph_module.get_submodule("0").out_channels == 6
+    assert all(torch.equal(before[k], v) for k, v in res.graph_module.state_dict().items())
+    # fxprune.prune on its own output with the same plan also leaves it alone
+    import warnings
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        again = fxprune.prune(once, plan, x)
+    assert again.get_submodule("0").out_channels == 6
+    assert any("already applied" in str(m.message) for m in w)
