@@ -24,8 +24,9 @@ import importlib.util
 import statistics
 import sys
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -34,7 +35,7 @@ import fxprune
 from fxprune.count import count
 from fxprune.latency import cpu_latency_ms
 
-__all__ = ["main", "load_model", "CliError"]
+__all__ = ["CliError", "load_model", "main"]
 
 
 class CliError(Exception):
@@ -63,13 +64,13 @@ def _load_factory(spec: str) -> Any:
     return factory()
 
 
-def load_model(spec: str, input_size: int = 224) -> Tuple[torch.nn.Module, Tuple[Any, ...]]:
+def load_model(spec: str, input_size: int = 224) -> tuple[torch.nn.Module, tuple[Any, ...]]:
     """Build the model named by ``spec`` (in eval mode) and its example inputs.
 
     ``spec`` is a torchvision classification model name (inputs: one ``1x3xSxS`` tensor,
     ``S = input_size``) or ``file.py:factory``; a factory may return ``(module, example_inputs)``.
     """
-    inputs: Optional[Tuple[Any, ...]] = None
+    inputs: tuple[Any, ...] | None = None
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         built = _load_factory(spec)
         if isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], torch.nn.Module):
@@ -135,7 +136,7 @@ def _change(before: float, after: float) -> str:
     return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
 
 
-def _groups_pruned(graph: Any, plan: Any) -> Tuple[int, int, int]:
+def _groups_pruned(graph: Any, plan: Any) -> tuple[int, int, int]:
     """(groups touched by the plan, unpinned groups, all groups)."""
     keys = set(plan)
     touched = 0
@@ -147,7 +148,7 @@ def _groups_pruned(graph: Any, plan: Any) -> Tuple[int, int, int]:
     return touched, unpinned, len(graph.groups)
 
 
-def _table(rows: List[Tuple[str, str, str, str]]) -> str:
+def _table(rows: list[tuple[str, str, str, str]]) -> str:
     header = ("", "before", "after", "change")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     lines = []
@@ -159,12 +160,12 @@ def _table(rows: List[Tuple[str, str, str, str]]) -> str:
 
 # ----------------------------------------------------------------------------------------- commands
 
-def _paired_latency(a: torch.nn.Module, b: torch.nn.Module, inputs: Tuple[Any, ...], warmup: int,
-                    repeat: int, progress: Any) -> Tuple[float, float]:
+def _paired_latency(a: torch.nn.Module, b: torch.nn.Module, inputs: tuple[Any, ...], warmup: int,
+                    repeat: int, progress: Any) -> tuple[float, float]:
     """Median CPU latency (ms) of ``a`` and ``b``, timed alternately so that load from other processes
     on the machine falls on both alike."""
-    ta: List[float] = []
-    tb: List[float] = []
+    ta: list[float] = []
+    tb: list[float] = []
     for i in range(warmup + repeat):
         for model, times in ((a, ta), (b, tb)):
             ms = cpu_latency_ms(model, inputs, warmup=0, repeat=1, progress=progress)
@@ -173,7 +174,7 @@ def _paired_latency(a: torch.nn.Module, b: torch.nn.Module, inputs: Tuple[Any, .
     return statistics.median(ta), statistics.median(tb)
 
 
-def _export_onnx(small: torch.nn.Module, inputs: Tuple[Any, ...], path: str) -> float:
+def _export_onnx(small: torch.nn.Module, inputs: tuple[Any, ...], path: str) -> float:
     """Export with torch.onnx, run with onnxruntime; return max |onnx - pruned|."""
     try:
         import onnxruntime as ort
@@ -272,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (0 ok, 2 bad input or FxpruneError, 1 other)."""
     parser = _parser()
     try:

@@ -13,7 +13,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 __all__ = ["count", "count_by_module", "count_params"]
 
 
-def _as_tuple(example_inputs: Any) -> Tuple[Any, ...]:
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
@@ -46,13 +46,13 @@ def count_params(model: torch.nn.Module) -> int:
         >>> count_params(torch.nn.Linear(16, 4))
         68
     """
-    seen: Dict[int, int] = {}
+    seen: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         seen[id(p)] = p.numel()
     return sum(seen.values())
 
 
-def count(model: torch.nn.Module, example_inputs: Any) -> Tuple[int, int]:
+def count(model: torch.nn.Module, example_inputs: Any) -> tuple[int, int]:
     """Return ``(MACs, params)`` of ``model`` on ``example_inputs``.
 
     ``example_inputs`` is a tuple of positional arguments (a lone tensor is accepted). The model runs
@@ -67,7 +67,7 @@ def count(model: torch.nn.Module, example_inputs: Any) -> Tuple[int, int]:
     return counter.get_total_flops() // 2, count_params(model)
 
 
-def count_by_module(model: torch.nn.Module, example_inputs: Any) -> Dict[str, int]:
+def count_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[str, int]:
     """Per-module MACs keyed by module qualname (``""`` is the whole model, as in ``named_modules``).
 
     A module's count includes its submodules'. Only modules that ran and did matmul-like work appear
@@ -81,7 +81,7 @@ def count_by_module(model: torch.nn.Module, example_inputs: Any) -> Dict[str, in
     """
     counter = _flop_counts(model, example_inputs)
     root = type(model).__name__
-    out: Dict[str, int] = {}
+    out: dict[str, int] = {}
     for key, per_op in counter.get_flop_counts().items():
         if key == "Global":
             continue

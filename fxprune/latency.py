@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -23,7 +24,7 @@ def cpu_latency_ms(
     example_inputs: Any,
     warmup: int = 3,
     repeat: int = 10,
-    progress: Optional[Callable[[], None]] = None,
+    progress: Callable[[], None] | None = None,
 ) -> float:
     """Median wall time in milliseconds of ``model(*example_inputs)`` under ``torch.no_grad``.
 
