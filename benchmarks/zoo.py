@@ -133,7 +133,7 @@ def build_model(name, input_size):
 
 
 def final_classifiers(model):
-    import torch.nn as nn
+    from torch import nn
     return [m for m in model.modules()
             if (isinstance(m, nn.Linear) and m.out_features == 1000)
             or (isinstance(m, nn.Conv2d) and m.out_channels == 1000)]
@@ -157,17 +157,18 @@ def count(model, x):
     """(macs, params, counter-name)."""
     import torch
     c = _fxprune_count()
+    why = "fxprune.count not importable"
     if c is not None:
         try:
             macs, params = c(model, (x,))
             return int(macs), int(params), "fxprune.count"
-        except Exception:
-            pass
+        except Exception as e:
+            why = "fxprune.count failed: " + err(e)[7:200]
     from torch.utils.flop_counter import FlopCounterMode
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(x)
-    return int(fc.get_total_flops() // 2), int(params), "FlopCounterMode/2"
+    return int(fc.get_total_flops() // 2), int(params), f"FlopCounterMode/2 ({why})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def _meta_state(gm):
 def shape_variants():
     """Ways to propagate shapes over meta tensors; each records a shape per FX node."""
     import torch
-    import torch.fx as fx
+    from torch import fx
     from torch.fx.passes.shape_prop import ShapeProp
     from torch.nn.utils.stateless import _reparametrize_module
 
@@ -243,7 +244,7 @@ def clone_half(params):
 
 def measure_floor(model, x, repeat, res, dump):
     import torch
-    import torch.fx as fx
+    from torch import fx
     fl = res["floor"] = {"trace_s": [], "clone_half_params_s": [], "shape_prop_s": {}}
     variants = shape_variants()
     for k in variants:
@@ -285,7 +286,6 @@ def measure_floor(model, x, repeat, res, dump):
 
 
 def measure_fxprune(model, x, repeat, res, dump):
-    import torch
     fx_ = res["fxprune"] = {}
     try:
         sys.path.insert(0, ROOT)
@@ -340,8 +340,8 @@ def measure_fxprune(model, x, repeat, res, dump):
         try:
             fx_["plan_keys"] = len(plan)
             fx_["plan_indices"] = sum(len(v) for v in plan.values())
-        except Exception:
-            pass
+        except Exception as e:
+            fx_["plan_keys"] = err(e)
     dump()
     if small is None:
         return
@@ -501,7 +501,7 @@ def run_worker(kind, name, args, timeout):
     t0 = time.perf_counter()
     tail = ""
     try:
-        p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, cwd=ROOT)
+        p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, cwd=ROOT, check=False)
         rc = p.returncode
         tail = " ".join((p.stderr or "").split())[-400:]
     except subprocess.TimeoutExpired:
@@ -535,7 +535,9 @@ def combine(name, fxr, tpr):
     fl = row["floor_s"] if isinstance(row["floor_s"], (int, float)) else None
     fx_total = an + pr if isinstance(an, float) and isinstance(pr, float) else None
     tb, tpp = tpr.get("build_s"), tpr.get("prune_s")
-    tp_total = tb + tpp if isinstance(tb, float) and isinstance(tpp, float) and "error" not in tpr else None
+    # a worker that timed out after finishing some repeats still gives medians over those (flagged partial)
+    tp_total = tb + tpp if isinstance(tb, float) and isinstance(tpp, float) else None
+    row["tp_partial"] = bool(tp_total is not None and tpr.get("error"))
     row["ratio_to_floor"] = rnd(fx_total / fl, 2) if fx_total and fl else None
     row["speedup_vs_tp"] = rnd(tp_total / fx_total, 2) if fx_total and tp_total else None
     row["speedup_vs_tp_incl_plan"] = (rnd(tp_total / (fx_total + pl), 2)
@@ -573,14 +575,16 @@ def markdown(doc):
         an = _s(fx_.get("analyze_s")) if "analyze_s" in fx_ else _cell_err(fx_)
         pr = _s(fx_.get("prune_s")) if "prune_s" in fx_ else _cell_err(fx_)
         tb = _s(tp_.get("build_s")) if "build_s" in tp_ else _cell_err(tp_)
-        tpp = _s(tp_.get("prune_s")) if ("prune_s" in tp_ and "error" not in tp_) else _cell_err(tp_)
+        star = "*" if r.get("tp_partial") else ""
+        tb = tb + star if "build_s" in tp_ else tb
+        tpp = _s(tp_.get("prune_s")) + star if "prune_s" in tp_ else _cell_err(tp_)
         params = (f"{_si(fx_.get('params_before'))}→{_si(fx_.get('params_after'))}"
                   if "params_after" in fx_ else "–")
         macs = f"{_si(fx_.get('macs_before'))}→{_si(fx_.get('macs_after'))}" if "macs_after" in fx_ else "–"
         v = fx_.get("verify_max_abs_diff")
         v = f"{v:.1e}" if isinstance(v, float) else ("err" if v else "–")
         rt = f"{r['ratio_to_floor']:.2f}" if r.get("ratio_to_floor") is not None else "–"
-        sp = f"{r['speedup_vs_tp']:.2f}×" if r.get("speedup_vs_tp") is not None else "–"
+        sp = f"{r['speedup_vs_tp']:.2f}×{star}" if r.get("speedup_vs_tp") is not None else "–"
         fl = _s(r["floor_s"]) if isinstance(r["floor_s"], (int, float)) else "err"
         lines.append("| " + " | ".join([r["model"], fl, an, pr, rt, tb, tpp, sp, params, macs, v]) + " |")
         for who, d in (("fxprune", fx_), ("TP", tp_)):
@@ -592,6 +596,12 @@ def markdown(doc):
     out = "\n".join(lines)
     out += (f"\n\nMedians of {m['repeat']} runs; {m['cpu_count']} CPU cores, torch {m['torch']}, "
             f"{m['torch_threads']} threads, Torch-Pruning {m.get('torch_pruning')}.")
+    plans = [f"{r['model']} {r['fxprune']['plan_s']:.3f}" for r in doc["models"]
+             if isinstance(r["fxprune"].get("plan_s"), float)]
+    if plans:
+        out += " fxprune.plan_by_ratio s (timed apart, not in the ratios): " + ", ".join(plans) + "."
+    if any(r.get("tp_partial") for r in doc["models"]):
+        out += " `*`: Torch-Pruning worker stopped early (see its error); medians over the repeats it finished."
     if notes:
         out += "\n\n" + "\n".join(notes)
     return out
@@ -606,7 +616,7 @@ def meta(args):
         tpv = err(e)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or None
+                                text=True, check=False).stdout.strip() or None
     except Exception:
         commit = None
     cpu = None
