@@ -113,6 +113,17 @@ def _set_path(value: Any, path: Tuple[int, ...], fn) -> Any:
     return type(value)(items) if not hasattr(value, "_fields") else type(value)(*items)
 
 
+def _plain(v: Any) -> Any:
+    """The Interpreter's immutable containers as the plain ones a GraphModule call returns."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, tuple) and not hasattr(v, "_fields"):
+        return tuple(_plain(x) for x in v)
+    return v
+
+
 def masked_run(graph: ChannelGraph, exp: Expansion, args: Tuple[Any, ...]) -> Any:
     """Run the analysed graph with the removed channels zeroed."""
     return _MaskedInterpreter(graph, exp).run(*args)
@@ -148,7 +159,7 @@ def verify(original: torch.nn.Module, small: torch.nn.Module, plan: Any, example
             graph = analyze(original, args)
             exp = graph.expand(plan)
             interp = _MaskedInterpreter(graph, exp)
-            ref = interp.run(*args)
+            ref = _plain(interp.run(*args))
             out = small(*args)
             ref_leaves, ref_spec = tree_flatten(ref)
             out_leaves, out_spec = tree_flatten(out)
