@@ -64,8 +64,20 @@ class ChannelGraph:
         self.gm, self.ctx, self.sol = gm, ctx, sol
         self.ir = ctx.ir
         self._pinned_labels = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
-        self.groups: List[Group] = self._build_groups()
-        self._group_by_dim = {d.id: g for g in self.groups for d in g.dims}
+        self._groups: Optional[List[Group]] = None
+
+    @property
+    def groups(self) -> List[Group]:
+        """Every group holding at least one parameter dim of size > 1, in key order (built on first use)."""
+        if self._groups is None:
+            self._groups = self._build_groups()
+            self._by_dim = {d.id: g for g in self._groups for d in g.dims}
+        return self._groups
+
+    @property
+    def _group_by_dim(self) -> Dict[int, Group]:
+        self.groups
+        return self._by_dim
 
     # -- groups ---------------------------------------------------------------------------------
     def _param_order(self, d: DimNode) -> Tuple[int, int, int]:
