@@ -353,6 +353,15 @@ def measure_fxprune(model, x, repeat, res, dump):
         fx_["verify_max_abs_diff"] = float(d) if d is not None else repr(rep)[:300]
     except Exception as e:
         fx_["verify_max_abs_diff"] = err(e)
+    try:  # randomly initialised nets can output ~1e12 (inception_v3): give the diff relative to the output
+        import torch
+        with torch.no_grad():
+            out_max = float(model(x).abs().max())
+        fx_["output_abs_max"] = out_max
+        if isinstance(fx_["verify_max_abs_diff"], float) and out_max > 0:
+            fx_["verify_max_rel_diff"] = fx_["verify_max_abs_diff"] / out_max
+    except Exception as e:
+        fx_["output_abs_max"] = err(e)
     dump()
 
     # counts
@@ -498,6 +507,8 @@ def run_worker(kind, name, args, timeout):
         cmd += ["--input-size", str(args.input_size)]
     if args.no_fx:
         cmd += ["--no-fx"]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     t0 = time.perf_counter()
     tail = ""
     try:
@@ -582,7 +593,11 @@ def markdown(doc):
                   if "params_after" in fx_ else "–")
         macs = f"{_si(fx_.get('macs_before'))}→{_si(fx_.get('macs_after'))}" if "macs_after" in fx_ else "–"
         v = fx_.get("verify_max_abs_diff")
-        v = f"{v:.1e}" if isinstance(v, float) else ("err" if v else "–")
+        rel = fx_.get("verify_max_rel_diff")
+        if isinstance(v, float):
+            v = f"{v:.1e}" + (f" (rel {rel:.0e})" if v > 1e-4 and isinstance(rel, float) else "")
+        else:
+            v = "err" if v else "–"
         rt = f"{r['ratio_to_floor']:.2f}" if r.get("ratio_to_floor") is not None else "–"
         sp = f"{r['speedup_vs_tp']:.2f}×{star}" if r.get("speedup_vs_tp") is not None else "–"
         fl = _s(r["floor_s"]) if isinstance(r["floor_s"], (int, float)) else "err"
@@ -626,7 +641,7 @@ def meta(args):
     except OSError:
         pass
     return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.platform(),
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": args.threads or torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__, "torch_pruning": tpv,
             "fxprune_commit": commit, "repeat": args.repeat, "ratio": RATIO, "input_size": args.input_size,
             "tp_timeout_s": args.tp_timeout, "fx_timeout_s": args.fx_timeout}
@@ -642,6 +657,8 @@ def main():
     ap.add_argument("--markdown", action="store_true", help="also print a Markdown table after the JSON")
     ap.add_argument("--tp-timeout", type=int, default=120, help="seconds per model for the Torch-Pruning worker")
     ap.add_argument("--fx-timeout", type=int, default=300, help="seconds per model for the floor+fxprune worker")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch.set_num_threads in both workers (default: leave torch's default)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-fx", action="store_true", help="skip fxprune (floor only)")
     ap.add_argument("--worker", choices=["fx", "tp"], help=argparse.SUPPRESS)
@@ -649,6 +666,9 @@ def main():
     args = ap.parse_args()
 
     names = [n for n in args.models.split(",") if n]
+    if args.worker and args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     if args.worker == "fx":
         worker_fx(names[0], args.input_size, args.repeat, args.result, args.no_fx)
         return
