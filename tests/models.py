@@ -440,6 +440,12 @@ _add(
                             extra_kept=_norm_kept([1, 5, 9, 13], c=16, names=("weight", "bias")),
                             attrs={"conv1.out_channels": 12, "conv2.in_channels": 12,
                                    "norm.num_groups": 4, "norm.num_channels": 12})),
+    # GroupNorm(1, C) (PoolFormer's norm: LayerNorm over C, H, W): channels prunable like LayerNorm's.
+    Case("groupnorm_one_group", lambda: ConvNorm(nn.GroupNorm(1, 8)), lambda: (_img(),),
+         exact=False,
+         **_sandwich_expect([3], extra_kept=_norm_kept([3], names=("weight", "bias")),
+                            attrs={"conv1.out_channels": 7, "conv2.in_channels": 7,
+                                   "norm.num_groups": 1, "norm.num_channels": 7})),
     Case("layernorm_last_dim", lambda: LinearNorm(nn.LayerNorm(8)), lambda: (_seeded(2, 5, 6, seed=1),),
          exact=False,
          **_lin_expect([1, 2], kept=_norm_kept([1, 2], names=("weight", "bias")),

@@ -259,3 +259,18 @@ def test_inplace_false_is_default_and_prune_returns_graph_module():
     assert isinstance(small, torch.fx.GraphModule)
     assert small is not m
     assert m.conv1.out_channels == 8
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
+def test_plan_by_ratio_verifies(case):
+    """Every unpinned group of the case pruned at once (half its classes) still verifies."""
+    m, inputs = case.factory()
+    graph = fxprune.analyze(m, inputs)
+    plan = fxprune.plan_by_ratio(graph, 0.5)
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
+    zoo.recover_slices(m, small)
+    with torch.no_grad():
+        ref_leaves = pytree.tree_leaves(m(*inputs))
+        out_leaves = pytree.tree_leaves(small(*inputs))
+    assert [tuple(t.shape) for t in out_leaves] == [tuple(t.shape) for t in ref_leaves]
