@@ -32,7 +32,10 @@ def describe_node(node: Optional[torch.fx.Node]) -> str:
     if trace:
         lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip()]
         # The last "File ..." line and the code under it are the user's own source line.
-        files = [i for i, ln in enumerate(lines) if ln.startswith("File ")]
+        # The last frame outside torch is the user's line (ops dispatched through __torch_function__
+        # add torch/fx frames after it).
+        files = [i for i, ln in enumerate(lines) if ln.startswith("File ")
+                 and "/torch/" not in ln.split(",")[0]] or [i for i, ln in enumerate(lines) if ln.startswith("File ")]
         if files:
             i = files[-1]
             src = lines[i] + (f": {lines[i + 1]}" if i + 1 < len(lines) else "")
