@@ -433,14 +433,6 @@ _add(
                             extra_kept=_norm_kept([4, 5, 6, 7], c=16, names=("weight", "bias")),
                             attrs={"conv1.out_channels": 12, "conv2.in_channels": 12,
                                    "norm.num_groups": 3, "norm.num_channels": 12})),
-    # GroupNorm(4, 16): the same position in every group keeps 4 groups of 3 (statistics change).
-    Case("groupnorm_columns", lambda: ConvNorm(nn.GroupNorm(4, 16), c=16), lambda: (_img(),),
-         exact=False,
-         **_sandwich_expect([1, 5, 9, 13], c=16,
-                            extra_kept=_norm_kept([1, 5, 9, 13], c=16, names=("weight", "bias")),
-                            attrs={"conv1.out_channels": 12, "conv2.in_channels": 12,
-                                   "norm.num_groups": 4, "norm.num_channels": 12})),
-    # GroupNorm(1, C) (PoolFormer's norm: LayerNorm over C, H, W): channels prunable like LayerNorm's.
     Case("groupnorm_one_group", lambda: ConvNorm(nn.GroupNorm(1, 8)), lambda: (_img(),),
          exact=False,
          **_sandwich_expect([3], extra_kept=_norm_kept([3], names=("weight", "bias")),

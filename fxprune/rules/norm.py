@@ -58,8 +58,11 @@ def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
     ctx.couple_all(x, out)
     c = x.shape[1]
     k = c // groups
-    i = np.arange(c, dtype=np.int64)
-    ctx.couple(x, 1, x, 1, (i, (i // k) * k))  # whole groups only
+    if groups > 1:
+        i = np.arange(c, dtype=np.int64)
+        ctx.couple(x, 1, x, 1, (i, (i // k) * k))  # whole groups: the other groups' statistics stay exact
+    else:
+        ctx.mark_stat("GroupNorm with one group normalises over all channels")
     for ref in (w, b):
         if ref is not None:
             ctx.couple(ref, 0, x, 1)
@@ -74,7 +77,7 @@ def rewrite_gn_module(node, rctx) -> None:
     m = rctx.module(node)
     k = m.num_channels // m.num_groups
     m.num_channels = rctx.new_shape(rctx.tensor(node.args[0]))[1]
-    m.num_groups = m.num_channels // k
+    m.num_groups = 1 if m.num_groups == 1 else m.num_channels // k
 
 
 def lower_gn_fn(ctx, node) -> None:
@@ -88,7 +91,7 @@ def rewrite_gn_fn(node, rctx) -> None:
     groups = arg(node, 1, "num_groups")
     x = rctx.tensor(node.args[0])
     k = x.shape[1] // groups
-    set_arg(node, 1, "num_groups", rctx.new_shape(x)[1] // k)
+    set_arg(node, 1, "num_groups", 1 if groups == 1 else rctx.new_shape(x)[1] // k)
 
 
 def _lower_ln(ctx, x, out, k: int, params: List[Any]) -> None:
@@ -170,6 +173,22 @@ def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
     return _scatter(x.shape, y, kept)
 
 
+def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
+    """GroupNorm(1, C) over the kept channels only, scattered back to the full shape."""
+    x = args[0]
+    kept = [None, vctx.kept(vctx.tensor(node.args[0]), 1)] + [None] * (x.ndim - 2)
+    if node.op == "call_module":
+        m = vctx.module(node)
+        w, b, eps = m.weight, m.bias, m.eps
+    else:
+        w, b = [args[i] if i < len(args) else kwargs.get(n) for i, n in ((2, "weight"), (3, "bias"))]
+        eps = arg(node, 4, "eps", 1e-5)
+    pk = kept[1:2]
+    y = F.group_norm(_gather(x, kept), 1, _gather(w, pk) if w is not None else None,
+                     _gather(b, pk) if b is not None else None, eps)
+    return _scatter(x.shape, y, kept)
+
+
 def lower_prelu(ctx, node) -> None:
     x, out = ctx.tensor(node.args[0]), ctx.out()
     ctx.couple_all(x, out)
@@ -185,8 +204,8 @@ def rewrite_prelu(node, rctx) -> None:
 
 register("call_module", _BN, "batchnorm", lower_bn_module, rewrite_bn_module)
 register("call_function", (F.batch_norm, F.instance_norm), "functional batchnorm", lower_bn_fn)
-register("call_module", (nn.GroupNorm,), "groupnorm", lower_gn_module, rewrite_gn_module)
-register("call_function", (F.group_norm,), "functional groupnorm", lower_gn_fn, rewrite_gn_fn)
+register("call_module", (nn.GroupNorm,), "groupnorm", lower_gn_module, rewrite_gn_module, masked_gn)
+register("call_function", (F.group_norm,), "functional groupnorm", lower_gn_fn, rewrite_gn_fn, masked_gn)
 register("call_module", (nn.LayerNorm, nn.RMSNorm), "layernorm", lower_ln_module, rewrite_ln_module, masked_ln)
 register("call_function", (F.layer_norm,), "functional layernorm", lower_ln_fn, rewrite_ln_fn, masked_ln)
 register("call_module", (nn.PReLU,), "prelu", lower_prelu, rewrite_prelu)
