@@ -16,6 +16,13 @@ from ..registry import register
 from ._util import arg, set_arg
 
 
+def _couple_part(ctx, part, whole, dim: int, off: int) -> None:
+    """``part`` is ``whole[..., off:off + n, ...]`` along ``dim``; every other dim is shared."""
+    for d in range(whole.ndim):
+        pairs = index_map.offset(part.shape[d], off) if d == dim else None
+        ctx.couple(part, d, whole, d, pairs)
+
+
 def lower_cat(ctx, node) -> None:
     tensors = arg(node, 0, "tensors")
     dim = arg(node, 1, "dim", 0)
@@ -28,11 +35,7 @@ def lower_cat(ctx, node) -> None:
     for r in refs:
         if r.ndim != out.ndim:
             continue  # legacy empty tensors
-        for d in range(out.ndim):
-            if d == dim:
-                ctx.couple(r, d, out, d, index_map.offset(r.shape[d], off))
-            else:
-                ctx.couple(r, d, out, d)
+        _couple_part(ctx, r, out, dim, off)
         off += r.shape[dim]
 
 
@@ -60,11 +63,7 @@ def lower_split(ctx, node) -> None:
             for d in range(r.ndim):
                 ctx.couple(x, d if d < dim else d + 1, r, d)
             continue
-        for d in range(x.ndim):
-            if d == dim:
-                ctx.couple(r, d, x, d, index_map.offset(r.shape[d], off))
-            else:
-                ctx.couple(r, d, x, d)
+        _couple_part(ctx, r, x, dim, off)
         off += r.shape[dim]
 
 
