@@ -14,7 +14,7 @@ from typing import Tuple
 
 import numpy as np
 
-__all__ = ["identity", "offset", "factor", "block", "stride", "grouped_blocks"]
+__all__ = ["identity", "offset", "factor", "block", "stride"]
 
 Pairs = Tuple[np.ndarray, np.ndarray]
 
@@ -45,10 +45,3 @@ def block(n: int, inner: int) -> Pairs:
 def stride(n: int, period: int) -> Pairs:
     """Index f goes with ``f % period``: the same position in every block (grouped conv, shuffle)."""
     return factor(n, 1, period)
-
-
-def grouped_blocks(n_in: int, n_out: int) -> Pairs:
-    """Input channel t of a depthwise/group-wise op goes with its ``n_out // n_in`` outputs."""
-    m = n_out // n_in
-    o = np.arange(n_out, dtype=np.int64)
-    return o // m, o

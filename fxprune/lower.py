@@ -26,7 +26,7 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from . import index_map
-from .errors import InternalError, UnsupportedOpError, describe_node
+from .errors import InternalError, UnsupportedOpError
 from .ir import ChannelIR, DimNode, Solution, ValueKey
 from .registry import lookup
 
@@ -289,6 +289,3 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False,
                       stacklevel=3)
     return ctx, sol
 
-
-def describe(node: torch.fx.Node) -> str:  # re-exported for rules' error messages
-    return describe_node(node)

@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.fx
-from torch.utils._pytree import tree_map
 
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FxpruneError, RewriteError
@@ -131,7 +130,6 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
     exp = graph.expand(plan)
     new_root, pairs = _clone_tree(root, graph, exp)
     new_modules = {p.rstrip("."): new for p, (_, new) in pairs.items()}
-    new_modules.update({name: new_modules.get(name, m) for name, m in []})
     for name in graph.ctx.modules:  # shared modules are reachable under several names
         if name not in new_modules:
             try:
@@ -216,5 +214,3 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     graph = analyze(model, example_inputs, strict=strict)
     return apply_plan(graph, plan, model, inplace=inplace)
 
-
-_ = tree_map  # re-exported helper used by passes
