@@ -42,6 +42,33 @@ class Group:
     all_classes: List[Tuple[str, List[int]]]
     dims: List[DimNode] = field(repr=False, default_factory=list)
     labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    sol_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+
+    def index_classes(self) -> List[Tuple[str, int, np.ndarray]]:
+        """For every parameter/buffer dim of the group: ``(name, dim, pos)`` where ``pos[i]`` is the
+        position in :attr:`all_classes` of the class holding index ``i`` of that dim, or -1 when index
+        ``i`` cannot be removed. Importance criteria score classes through this map.
+
+        Example:
+            >>> import torch, fxprune
+            >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+            >>> g = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
+            >>> [(n, d, p.tolist()) for n, d, p in g.index_classes()]
+            [('0.weight', 0, [0, 1, 2]), ('0.bias', 0, [0, 1, 2]), ('2.weight', 1, [0, 1, 2])]
+        """
+        if not len(self.labels):
+            return []
+        order = np.argsort(self.labels)
+        sorted_labs = self.labels[order]
+        out = []
+        for d in self.dims:
+            if not d.is_param or d.size == 0:
+                continue
+            labs = self.sol_labels[d.base:d.base + d.size]
+            at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
+            hit = sorted_labs[at] == labs
+            out.append((d.value[1], d.dim, np.where(hit, order[at], -1).astype(np.int64)))
+        return out
 
     def __repr__(self) -> str:
         state = f"pinned: {self.pinned}" if self.pinned else f"{len(self.all_classes)} removable classes"
@@ -141,7 +168,7 @@ class ChannelGraph:
                 pinned_why = reasons[0] if reasons else "every class would remove a whole dimension"
             members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
             groups.append(Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
-                                classes, all_classes, ordered, np.array(glabels, dtype=np.int64)))
+                                classes, all_classes, ordered, np.array(glabels, dtype=np.int64), labels))
         groups.sort(key=lambda g: rank[g.dims[0].id])
         return groups
 

@@ -1,5 +1,6 @@
 """Op rules, one module per op family; importing this package registers them all."""
 from . import (  # noqa: F401
+    attention,
     concat,
     conv,
     elementwise,
@@ -8,6 +9,7 @@ from . import (  # noqa: F401
     matmul,
     norm,
     pooling,
+    recurrent,
     reduce,
     shape,
 )

@@ -1,0 +1,1 @@
+"""attention op rules (filled in by issue 5)."""

@@ -1,0 +1,1 @@
+"""recurrent op rules (filled in by issue 5)."""
