@@ -250,7 +250,8 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"
 
 
-def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False) -> ChannelGraph:
+def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
+            prefer_heads: bool = False) -> ChannelGraph:
     """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.
 
     Example:
@@ -258,7 +259,10 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False) -
         >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         >>> [g.key for g in fxprune.analyze(m, torch.randn(1, 4)).groups if not g.pinned]
         ['0.weight:0']
+
+    ``prefer_heads=True`` factors reshaped dims outermost first, so an attention projection split
+    into ``(heads, head_dim)`` forms whole-head classes (used for head pruning).
     """
     gm = trace(model, example_inputs)
-    ctx, sol = lower_graph(gm, strict=strict)
+    ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
     return ChannelGraph(gm, ctx, sol)

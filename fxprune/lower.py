@@ -60,8 +60,11 @@ def node_label(node: torch.fx.Node) -> str:
 class LowerCtx:
     """What a rule sees while lowering one node."""
 
-    def __init__(self, gm: torch.fx.GraphModule, choices: Dict[str, int], strict: bool):
+    def __init__(self, gm: torch.fx.GraphModule, choices: Dict[str, int], strict: bool,
+                 prefer_heads: bool = False):
         self.gm = gm
+        # Factor outer dims first in views (D -> (heads, head_dim) gives whole-head classes).
+        self.prefer_heads = prefer_heads
         self.ir = ChannelIR()
         self.choices = choices
         self.strict = strict
@@ -167,7 +170,10 @@ class LowerCtx:
 
     def choose(self, candidates: Sequence[Tuple[TRef, int]]) -> int:
         """Pick one of several ways to factor a dim; analysis retries the next when it ends up pinned."""
-        i = min(self.choices.get(self.node.name, 0), len(candidates) - 1)
+        order = list(range(len(candidates)))
+        if self.prefer_heads:  # outermost factor first
+            order.sort(key=lambda k: candidates[k][1])
+        i = order[min(self.choices.get(self.node.name, 0), len(candidates) - 1)]
         if len(candidates) > 1:
             ref, d = candidates[i]
             self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
@@ -257,19 +263,20 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def lower_graph(gm: torch.fx.GraphModule, strict: bool = False,
-                max_rounds: int = 8) -> Tuple[LowerCtx, Solution]:
+def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int = 8,
+                prefer_heads: bool = False) -> Tuple[LowerCtx, Solution]:
     """Lower every node of a shape-annotated GraphModule and solve the IR.
 
     When a ``view`` can factor a dim in several ways, the innermost factor is tried first; a choice
     whose classes all end up pinned is replaced by the next one and the graph is lowered again
-    (at most ``max_rounds`` times, a finite search).
+    (at most ``max_rounds`` times, a finite search). ``prefer_heads`` tries the outermost factor first,
+    so ``D -> (heads, head_dim)`` yields whole-head classes instead of "dim j of every head".
     """
     from . import rules  # noqa: F401  (registers every rule family)
 
     choices: Dict[str, int] = {}
     for _ in range(max_rounds):
-        ctx = LowerCtx(gm, choices, strict)
+        ctx = LowerCtx(gm, choices, strict, prefer_heads)
         for i, node in enumerate(gm.graph.nodes):
             ctx.node_index = i
             ctx.lower_node(node)
