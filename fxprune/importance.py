@@ -1,0 +1,552 @@
+"""Importance criteria: one score per removable class of a :class:`~fxprune.Group`.
+
+The names and options follow Torch-Pruning (``MagnitudeImportance``, ``TaylorImportance``, ...), but every
+criterion scores the group through :meth:`Group.index_classes`: a *layer* is one ``(parameter, dim)`` entry of
+the group, its per-index scores are summed over the indices each class holds there, the layers are reduced
+(``group_reduction``) and the result is normalised (``normalizer``). Criteria only score; pruners turn scores
+into a :class:`~fxprune.PrunePlan`.
+
+Example:
+    >>> import torch, fxprune
+    >>> import fxprune.importance as imp
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> group = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
+    >>> imp.get_importance("l1")(group, m).shape
+    torch.Size([8])
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .analyze import Group
+from .errors import PlanError
+
+__all__ = [
+    "ActivationImportance", "BNScaleImportance", "FPGMImportance", "GroupHessianImportance",
+    "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance", "Importance",
+    "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
+    "get_importance", "normalize", "reduce_scores", "register_importance",
+]
+
+log = logging.getLogger(__name__)
+
+Normalizer = None | str | Callable[[torch.Tensor], torch.Tensor]
+_CONV_LINEAR: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+_DEFAULT_TYPES: tuple[type, ...] = _CONV_LINEAR + (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+_REDUCTIONS = ("mean", "sum", "max", "prod", "first", "gate", None)
+_NORMALIZERS = ("sum", "mean", "max", "standarization", "standardization", "gaussian", "lamp")
+_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------------- reductions, normalizers
+
+def reduce_scores(layer_scores: torch.Tensor, how: str | None = "mean",
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce ``[n_layers, n_classes]`` scores over the layers that contribute to each class.
+
+    ``mask[l, c]`` says whether layer ``l`` holds indices of class ``c`` (all True when omitted). ``"first"`` and
+    ``"gate"`` take each class's first / last contributing layer; ``None`` returns the scores with
+    non-contributing entries set to 0. A class no layer contributes to scores 0.
+
+    Example:
+        >>> import torch, fxprune.importance as imp
+        >>> s = torch.tensor([[1., 2.], [3., 4.]])
+        >>> imp.reduce_scores(s, "mean", torch.tensor([[True, True], [True, False]]))
+        tensor([2., 2.])
+    """
+    _check_reduction(how)
+    s = layer_scores
+    m = torch.ones_like(s, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    if how is None:
+        return torch.where(m, s, torch.zeros_like(s))
+    some = m.any(0)
+    if how in ("sum", "mean"):
+        out = torch.where(m, s, torch.zeros_like(s)).sum(0)
+        if how == "mean":
+            out = out / m.sum(0).clamp(min=1).to(s.dtype)
+    elif how == "max":
+        out = torch.where(m, s, torch.full_like(s, float("-inf"))).max(0).values
+    elif how == "prod":
+        out = torch.where(m, s, torch.ones_like(s)).prod(0)
+    else:  # "first" / "gate": the first / last contributing layer of each class
+        mm = m if how == "first" else m.flip(0)
+        ss = s if how == "first" else s.flip(0)
+        out = ss.gather(0, mm.to(torch.int8).argmax(0, keepdim=True))[0]
+    return torch.where(some, out, torch.zeros_like(out))
+
+
+def normalize(scores: torch.Tensor, how: Normalizer = "mean") -> torch.Tensor:
+    """Normalise 1-D scores (a 2-D tensor is normalised row by row, except by a callable).
+
+    ``"sum"``/``"mean"``/``"max"`` divide by that statistic (all-zero scores stay zero), ``"standarization"``
+    (or ``"standardization"``) maps min..max to 0..1, ``"gaussian"`` is the z-score, ``"sentinel_<q>"`` divides
+    by the element at rank ``int(q * n)`` of the sorted scores, ``"lamp"`` divides each score by the sum of all
+    scores not smaller than it (LAMP, Lee et al. 2021).
+
+    Example:
+        >>> import torch, fxprune.importance as imp
+        >>> imp.normalize(torch.tensor([1., 3., 2.]), "lamp")
+        tensor([0.1667, 1.0000, 0.4000])
+    """
+    _check_normalizer(how)
+    if how is None:
+        return scores
+    if callable(how):
+        return how(scores)
+    if scores.ndim == 2:
+        return torch.stack([normalize(row, how) for row in scores]) if len(scores) else scores
+    if scores.numel() == 0:
+        return scores
+    if how == "sum":
+        return _div(scores, scores.sum())
+    if how == "mean":
+        return _div(scores, scores.mean())
+    if how == "max":
+        return _div(scores, scores.max())
+    if how in ("standarization", "standardization"):
+        return (scores - scores.min()) / (scores.max() - scores.min() + _EPS)
+    if how == "gaussian":
+        std = scores.std() if scores.numel() > 1 else torch.zeros((), dtype=scores.dtype)
+        return (scores - scores.mean()) / (std + _EPS)
+    if how == "lamp":
+        vals, order = scores.sort(descending=True)
+        out = torch.empty_like(scores)
+        out[order] = vals / vals.cumsum(0)
+        return torch.nan_to_num(out, nan=0.0)
+    q = float(how.split("_", 1)[1])  # sentinel_<q>
+    rank = min(int(q * scores.numel()), scores.numel() - 1)
+    return scores / (scores.sort().values[rank] + _EPS)
+
+
+def _div(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return x if float(d) == 0.0 else x / d
+
+
+def _check_reduction(how: object) -> None:
+    if how not in _REDUCTIONS:
+        raise PlanError(f"unknown group_reduction {how!r}; choose one of {list(_REDUCTIONS)}")
+
+
+def _check_normalizer(how: object) -> None:
+    if how is None or callable(how) or how in _NORMALIZERS:
+        return
+    if isinstance(how, str) and how.startswith("sentinel_"):
+        try:
+            if 0.0 <= float(how[len("sentinel_"):]) <= 1.0:
+                return
+        except ValueError:
+            pass
+    raise PlanError(f"unknown normalizer {how!r}; choose None, a callable, one of {list(_NORMALIZERS)} "
+                    f"or 'sentinel_<q>' with 0 <= q <= 1")
+
+
+# ----------------------------------------------------------------------------------------------- criteria
+
+class Importance(abc.ABC):
+    """Base of every criterion: ``imp(group, model)`` scores each entry of ``group.all_classes``.
+
+    ``model`` is any module whose ``named_parameters(remove_duplicate=False)`` / ``named_buffers`` hold the
+    group's names (the user's model or the graph's ``gm``). The result is a float tensor of shape
+    ``[len(group.all_classes)]`` (``[n_layers, n_classes]`` with ``group_reduction=None``), or ``None`` when no
+    layer of the criterion's target types scores any removable class (e.g. a pinned group).
+
+    Example:
+        >>> import torch, fxprune.importance as imp
+        >>> class Ones(imp.Importance):
+        ...     def __call__(self, group, model):
+        ...         return torch.ones(len(group.all_classes))
+        >>> isinstance(Ones(), imp.Importance)
+        True
+    """
+
+    @abc.abstractmethod
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        """Score every removable class of ``group``."""
+
+
+class LayerImportance(Importance):
+    """A criterion built from per-index scores of each target layer entry, then reduced and normalised.
+
+    Subclasses implement :meth:`layer_score`. A layer entry is one ``(parameter, dim)`` of the group whose
+    owning module (found by qualname prefix) is an instance of ``target_types`` and whose attribute is
+    ``weight`` (or ``bias`` when ``bias=True``).
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> class Count(imp.LayerImportance):
+        ...     def layer_score(self, name, dim, tensor, module):
+        ...         return torch.ones(tensor.shape[dim])
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> Count(group_reduction=None, normalizer=None)(g, m)
+        tensor([[1., 1., 1.],
+                [1., 1., 1.]])
+    """
+
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
+        _check_reduction(group_reduction)
+        _check_normalizer(normalizer)
+        self.group_reduction, self.normalizer, self.bias = group_reduction, normalizer, bias
+        self.target_types = tuple(target_types)
+
+    @abc.abstractmethod
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        """Scores of every index of ``tensor`` along ``dim`` (shape ``[tensor.shape[dim]]``), or None to skip."""
+
+    def _selects(self, module: nn.Module | None, attr: str) -> bool:
+        return isinstance(module, self.target_types) and (attr == "weight" or (self.bias and attr == "bias"))
+
+    @torch.no_grad()
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        n = len(group.all_classes)
+        rows: list[torch.Tensor] = []
+        masks: list[torch.Tensor] = []
+        for name, dim, pos in group.index_classes():
+            hit = torch.from_numpy(pos) >= 0
+            if not hit.any():
+                continue
+            prefix, _, attr = name.rpartition(".")
+            if not self._selects(_submodule(model, prefix), attr):
+                continue
+            if name not in tensors:
+                raise PlanError(f"{type(self).__name__}: parameter {name!r} of group {group.key} is not in the "
+                                f"given model")
+            t = tensors[name]
+            if not t.is_floating_point() or t.ndim == 0:
+                continue
+            per = self.layer_score(name, dim, t, _submodule(model, prefix))
+            if per is None:
+                continue
+            per = per.detach().to("cpu", torch.float64).reshape(-1)
+            where = torch.from_numpy(pos)[hit]
+            rows.append(torch.zeros(n, dtype=torch.float64).index_add_(0, where, per[hit]))
+            masks.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, where, True))
+        if not rows:
+            return None
+        out = reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks))
+        return normalize(out, self.normalizer).to(torch.float32)
+
+
+def _submodule(model: nn.Module, prefix: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(prefix)
+    except AttributeError:
+        return None
+
+
+def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``t`` as a matrix with one row per index along ``dim``."""
+    return t.detach().movedim(dim, 0).reshape(t.shape[dim], -1).float()
+
+
+def _grad(name: str, t: torch.Tensor, who: str) -> torch.Tensor:
+    if t.grad is None:
+        raise PlanError(f"{who} needs gradients: parameter {name!r} has no .grad (run loss.backward() first)")
+    return t.grad
+
+
+class MagnitudeImportance(LayerImportance):
+    """Group magnitude: ``sum |W|^p`` over the other dims of each index (no ``1/p`` root, as Torch-Pruning).
+
+    Norm layers score ``|gamma|^p``; ``bias=True`` adds each bias ``|b|^p`` as extra layer entries.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3, bias=False), torch.nn.ReLU(),
+        ...                         torch.nn.Linear(3, 1, bias=False))
+        >>> _ = m[0].weight.data.copy_(torch.tensor([[1., 0.], [0., 2.], [3., 0.]]))
+        >>> _ = m[2].weight.data.fill_(1.0)
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None)(g, m)
+        tensor([2., 3., 4.])
+    """
+
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
+        super().__init__(group_reduction, normalizer, bias, target_types)
+        self.p = p
+
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        return _rows(tensor, dim).abs().pow(self.p).sum(1)
+
+
+GroupMagnitudeImportance = MagnitudeImportance
+
+
+class BNScaleImportance(MagnitudeImportance):
+    """Network Slimming: ``|gamma|`` of BatchNorm layers only.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 1, 1))
+        >>> _ = m[1].weight.data.copy_(torch.tensor([-2., 1.]))
+        >>> g = fxprune.analyze(m.eval(), torch.randn(1, 1, 2, 2)).group_of("0.weight", 0)
+        >>> imp.BNScaleImportance(normalizer=None)(g, m)
+        tensor([2., 1.])
+    """
+
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean"):
+        super().__init__(1, group_reduction, normalizer, False, (nn.modules.batchnorm._BatchNorm,))
+
+
+class LAMPImportance(MagnitudeImportance):
+    """Magnitude scores with the LAMP normaliser (layer-adaptive magnitude pruning).
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> float(imp.LAMPImportance()(g, m).max())
+        1.0
+    """
+
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", bias: bool = False,
+                 target_types: tuple[type, ...] = _DEFAULT_TYPES):
+        super().__init__(p, group_reduction, "lamp", bias, target_types)
+
+
+class FPGMImportance(LayerImportance):
+    """Geometric median (FPGM): per index, the summed Euclidean distance of its ``|W|^p`` row to all others.
+
+    Conv and linear weights only; an index close to all others is redundant and scores low.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(1, 3, bias=False), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> _ = m[0].weight.data.copy_(torch.tensor([[0.], [1.], [3.]]))
+        >>> g = fxprune.analyze(m, torch.randn(1, 1)).group_of("0.weight", 0)
+        >>> imp.FPGMImportance(p=1, group_reduction="first", normalizer=None)(g, m)
+        tensor([4., 3., 5.])
+    """
+
+    def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 target_types: tuple[type, ...] = _CONV_LINEAR):
+        super().__init__(group_reduction, normalizer, False, target_types)
+        self.p = p
+
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        rows = _rows(tensor, dim).abs().pow(self.p).double()
+        return torch.cdist(rows, rows).sum(1)
+
+
+class TaylorImportance(LayerImportance):
+    """First-order Taylor: ``sum |W * dW|`` per index (``|sum W * dW|`` with ``multivariable=True``).
+
+    Needs ``.grad`` on every scored parameter. BatchNorm ``gamma`` contributes ``|gamma * dgamma|`` (Torch-Pruning
+    1.6.1 skips it by mistake).
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> m(torch.randn(4, 2)).sum().backward()
+        >>> imp.TaylorImportance()(g, m).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 multivariable: bool = False, bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
+        super().__init__(group_reduction, normalizer, bias, target_types)
+        self.multivariable = multivariable
+
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        prod = _rows(tensor, dim) * _rows(_grad(name, tensor, type(self).__name__), dim)
+        return prod.sum(1).abs() if self.multivariable else prod.abs().sum(1)
+
+
+GroupTaylorImportance = TaylorImportance
+
+
+class HessianImportance(LayerImportance):
+    """Optimal Brain Damage: ``sum W^2 * H`` per index, ``H`` the mean over samples of the squared gradient.
+
+    Call :meth:`accumulate_grad` after each per-sample backward; :meth:`zero_grad` starts over. Every sample is
+    accumulated (Torch-Pruning 1.6.1 keeps only the last one) and the model's ``.grad`` is never overwritten.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> h = imp.HessianImportance()
+        >>> for x in torch.randn(3, 1, 2):
+        ...     m.zero_grad()
+        ...     m(x).sum().backward()
+        ...     h.accumulate_grad(m)
+        >>> h(g, m).shape
+        torch.Size([3])
+    """
+
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
+        super().__init__(group_reduction, normalizer, bias, target_types)
+        self.zero_grad()
+
+    def zero_grad(self) -> None:
+        """Forget every accumulated sample."""
+        self._sq: dict[str, torch.Tensor] = {}
+        self._count: dict[str, int] = {}
+
+    @torch.no_grad()
+    def accumulate_grad(self, model: nn.Module) -> None:
+        """Add ``grad ** 2`` of every parameter of ``model`` that has a gradient (one sample)."""
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p.grad is None:
+                continue
+            sq = p.grad.detach().float().pow(2)
+            self._sq[name] = self._sq[name] + sq if name in self._sq else sq.clone()
+            self._count[name] = self._count.get(name, 0) + 1
+
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        if name not in self._sq:
+            raise PlanError(f"HessianImportance has no accumulated gradient for parameter {name!r}: call "
+                            f"accumulate_grad(model) after each per-sample backward")
+        h = self._sq[name] / self._count[name]
+        return (_rows(tensor, dim).pow(2) * _rows(h, dim)).sum(1)
+
+
+GroupHessianImportance = HessianImportance
+
+
+class ActivationImportance(LayerImportance):
+    """Mean ``|input|`` per input channel of conv / linear layers, seen on calibration batches.
+
+    Record with ``with imp.compute_importance(model): model(batch)`` (several batches accumulate; :meth:`reset`
+    forgets them). A class is scored from the group's in-channel entries (conv weight dim 1, transposed conv
+    dim 0, linear dim 1); the channels of a grouped conv that share a weight column add up.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> a = imp.ActivationImportance(normalizer=None)
+        >>> with a.compute_importance(m):
+        ...     _ = m(torch.randn(8, 2))
+        >>> bool((a(g, m) >= 0).all())
+        True
+    """
+
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
+                 target_types: tuple[type, ...] = _CONV_LINEAR):
+        super().__init__(group_reduction, normalizer, False, target_types)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every recorded batch."""
+        self._sum: dict[str, torch.Tensor] = {}
+        self._n: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def compute_importance(self, model: nn.Module) -> Iterator[ActivationImportance]:
+        """Record input statistics of every target module of ``model`` while the block runs."""
+        handles = [mod.register_forward_pre_hook(functools.partial(self._record, name))
+                   for name, mod in model.named_modules() if isinstance(mod, self.target_types)]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def _record(self, name: str, module: nn.Module, args: tuple) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        x = args[0].detach()
+        cdim = -1 if isinstance(module, nn.Linear) else x.ndim - len(module.kernel_size) - 1
+        rows = x.abs().movedim(cdim, -1).reshape(-1, x.shape[cdim]).double()
+        self._sum[name] = self._sum[name] + rows.sum(0) if name in self._sum else rows.sum(0)
+        self._n[name] = self._n.get(name, 0) + rows.shape[0]
+
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        if not self._sum:
+            raise PlanError("ActivationImportance has no calibration data: run "
+                            "`with imp.compute_importance(model): model(batch)` before scoring")
+        return super().__call__(group, model)
+
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        in_dim = 0 if getattr(module, "transposed", False) else 1
+        prefix = name.rpartition(".")[0]
+        if dim != in_dim:
+            return None
+        if prefix not in self._sum:
+            log.warning("ActivationImportance: module %r saw no calibration input; it is not scored", prefix)
+            return None
+        mean = self._sum[prefix] / self._n[prefix]
+        if mean.numel() != tensor.shape[dim]:  # grouped conv: input channel c uses weight column c % (C / g)
+            mean = mean.reshape(-1, tensor.shape[dim]).sum(0)
+        return mean
+
+
+class RandomImportance(Importance):
+    """Uniform random scores, reproducible with ``seed``.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+        >>> torch.equal(imp.RandomImportance(seed=1)(g, m), imp.RandomImportance(seed=1)(g, m))
+        True
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        n = len(group.all_classes)
+        return torch.rand(n, generator=self.generator) if n else None
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Importance]] = {
+    "l1": functools.partial(MagnitudeImportance, p=1),
+    "l2": functools.partial(MagnitudeImportance, p=2),
+    "magnitude": MagnitudeImportance,
+    "bn": BNScaleImportance,
+    "lamp": LAMPImportance,
+    "fpgm": FPGMImportance,
+    "taylor": TaylorImportance,
+    "hessian": HessianImportance,
+    "activation": ActivationImportance,
+    "random": RandomImportance,
+}
+
+
+def register_importance(name: str, factory: Callable[..., Importance], replace: bool = False) -> None:
+    """Make ``get_importance(name, **kwargs)`` call ``factory(**kwargs)``.
+
+    Example:
+        >>> import fxprune.importance as imp
+        >>> imp.register_importance("l3", lambda **kw: imp.MagnitudeImportance(p=3, **kw), replace=True)
+        >>> imp.get_importance("l3").p
+        3
+    """
+    if name in _REGISTRY and not replace:
+        raise PlanError(f"importance {name!r} is already registered; pass replace=True to override it")
+    _REGISTRY[name] = factory
+
+
+def get_importance(name: str, **kwargs: object) -> Importance:
+    """A new criterion by registered name, e.g. ``get_importance("taylor", multivariable=True)``.
+
+    Example:
+        >>> import fxprune.importance as imp
+        >>> type(imp.get_importance("l1", normalizer=None)).__name__
+        'MagnitudeImportance'
+    """
+    if name not in _REGISTRY:
+        raise PlanError(f"unknown importance {name!r}; registered names: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
