@@ -23,20 +23,21 @@ from .errors import (
 )
 from .frontend import trace
 from .plan import PrunePlan
+from .pruner import Pruner, Proposal, linear_scheduler
 from .rewrite import prune
 from .select import plan_by_ratio
 from .verify import VerifyReport, verify
 
 __all__ = [
     "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
+    "Pruner", "Proposal", "linear_scheduler", "importance",
     "VerifyReport", "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError",
     "CouplingConflictError", "PlanError", "RewriteError", "VerificationError", "InternalError",
 ]
 
-try:  # optional pieces written alongside the core
-    from .count import count  # noqa: F401
-    __all__.append("count")
-except ImportError:  # pragma: no cover
-    pass
+from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)
+from .count import count  # noqa: E402
+
+__all__.append("count")
 
 __version__ = "0.1.0"

@@ -1,0 +1,508 @@
+"""``Pruner``: Torch-Pruning's high-level pruning loop, producing :class:`PrunePlan` s.
+
+Every decision is a plan: each ``step()`` scores the removable classes of every group with an
+importance criterion, picks classes (local or global ranking, ratio schedule, ``round_to``,
+``max_pruning_ratio``, head pruning, or a MAC/parameter budget), and applies the plan with
+:func:`fxprune.prune`. :attr:`Pruner.plan` is the cumulative plan in the *original* model's
+coordinates: ``fxprune.prune(fresh_model, pruner.plan, inputs)`` rebuilds the same architecture and
+weights.
+
+Example:
+    >>> import torch, torchvision, fxprune
+    >>> model, x = torchvision.models.resnet18(), torch.randn(1, 3, 64, 64)
+    >>> pruner = fxprune.Pruner(model, x, pruning_ratio=0.5, ignored_layers=[model.fc])
+    >>> small = pruner.step()
+    >>> small.get_submodule("layer1.0.conv1").out_channels, small.get_submodule("layer4.0.conv1").out_channels
+    (32, 256)
+    >>> fxprune.verify(model, small, pruner.plan, x).max_abs_diff < 1e-4
+    True
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .analyze import ChannelGraph, Group, analyze
+from .budget import fit_budget, resolve_target
+from .errors import PlanError
+from .plan import PrunePlan, make_key, parse_key
+from .rewrite import prune
+
+__all__ = ["Pruner", "Proposal", "linear_scheduler"]
+
+log = logging.getLogger(__name__)
+
+Ratio = float
+ModuleKey = Union[nn.Module, Tuple[nn.Module, ...]]
+
+
+def linear_scheduler(ratio: float, steps: int) -> List[float]:
+    """Ratios after each of ``steps`` steps, linear from 0: ``[0, r/steps, 2r/steps, ..., r]``.
+
+    Example:
+        >>> linear_scheduler(0.6, 3)
+        [0.0, 0.2, 0.4, 0.6]
+    """
+    return [ratio * i / steps for i in range(steps + 1)]
+
+
+@dataclass
+class Proposal:
+    """One group's proposed removal in interactive mode: ``indices`` is a plan fragment
+    ``{member key: [indices]}`` (any member works; it is expanded to whole classes). Call
+    :meth:`accept` (optionally with changed indices) to keep it; proposals not accepted are skipped."""
+
+    group: Group
+    indices: Dict[str, List[int]]
+    scores: Optional[np.ndarray] = None
+    accepted: bool = field(default=False, repr=False)
+
+    def accept(self, indices: Optional[Mapping[str, Sequence[int]]] = None) -> None:
+        if indices is not None:
+            self.indices = {k: [int(i) for i in v] for k, v in indices.items()}
+        self.accepted = True
+
+    def __iter__(self) -> Iterator[Any]:  # ``for group, idx in pruner.step(interactive=True)``
+        return iter((self.group, self.indices))
+
+
+class Pruner:
+    """Score, select and remove channel classes; Torch-Pruning's option names where meanings match.
+
+    Args:
+        model: the model to prune (never mutated; each step returns a new, smaller model).
+        example_inputs: a tensor or a tuple of positional inputs.
+        importance: an :mod:`fxprune.importance` criterion (default: L2 magnitude), or its name.
+        pruning_ratio: share of each group's removable classes to remove (of its initial count).
+        global_pruning: rank all groups' normalised scores together instead of per group.
+        pruning_ratio_dict: ``{module or tuple of modules: ratio}`` for groups whose key parameter lies
+            in that module; a tuple is one ranking scope under ``global_pruning``.
+        max_pruning_ratio: no group loses more than this share of its initial classes.
+        iterative_steps, iterative_pruning_ratio_scheduler: ``step()`` may be called this many
+            times; step ``i`` prunes to ``scheduler(ratio, steps)[i]``.
+        round_to: the kept class count of every pruned group is rounded down to a multiple of it.
+        ignored_layers: modules (with their submodules) or parameters whose output channels must
+            not change; groups holding them are skipped (their input channels may still shrink).
+        isomorphic: with ``global_pruning``, rank only among structurally identical groups.
+        prune_num_heads, head_pruning_ratio: remove whole attention heads (heads are found from the
+            graph's ``view``/``reshape`` factors, never passed by hand).
+        prune_head_dims: when False, groups inside attention heads are not pruned by dimension.
+        target_macs, target_params: a budget instead of a ratio: a fraction (``<= 1``) of the
+            original count or an absolute count; classes are removed in ranking order until the
+            budget is met (within one class).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None,
+                 pruning_ratio: float = 0.5, global_pruning: bool = False,
+                 pruning_ratio_dict: Optional[Mapping[ModuleKey, float]] = None,
+                 max_pruning_ratio: float = 1.0, iterative_steps: int = 1,
+                 iterative_pruning_ratio_scheduler: Callable[[float, int], List[float]] = linear_scheduler,
+                 round_to: Optional[int] = None, ignored_layers: Optional[Sequence[Any]] = None,
+                 isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: bool = True,
+                 head_pruning_ratio: float = 0.0, target_macs: Optional[float] = None,
+                 target_params: Optional[float] = None, strict: bool = False):
+        from . import importance as imp_mod
+
+        _check_ratio("pruning_ratio", pruning_ratio)
+        _check_ratio("head_pruning_ratio", head_pruning_ratio)
+        if not 0.0 < max_pruning_ratio <= 1.0:
+            raise PlanError(f"max_pruning_ratio must be in (0, 1], got {max_pruning_ratio}")
+        if iterative_steps < 1:
+            raise PlanError(f"iterative_steps must be >= 1, got {iterative_steps}")
+        if round_to is not None and round_to < 1:
+            raise PlanError(f"round_to must be a positive integer, got {round_to}")
+        if target_macs is not None and target_params is not None:
+            raise PlanError("give target_macs or target_params, not both")
+        self.model = model
+        self.original = model
+        self.example_inputs = example_inputs
+        if importance is None:
+            importance = imp_mod.MagnitudeImportance(p=2)
+        elif isinstance(importance, str):
+            importance = imp_mod.get_importance(importance)
+        self.importance = importance
+        self.pruning_ratio = pruning_ratio
+        self.global_pruning = global_pruning
+        self.max_pruning_ratio = max_pruning_ratio
+        self.iterative_steps = iterative_steps
+        self.round_to = round_to
+        self.isomorphic = isomorphic
+        self.prune_num_heads = prune_num_heads
+        self.prune_head_dims = prune_head_dims
+        self.head_pruning_ratio = head_pruning_ratio
+        self.target_macs, self.target_params = target_macs, target_params
+        self.strict = strict
+        self.per_step_pruning_ratio = iterative_pruning_ratio_scheduler(pruning_ratio, iterative_steps)
+        self.per_step_head_pruning_ratio = iterative_pruning_ratio_scheduler(head_pruning_ratio, iterative_steps)
+        self.current_step = 0
+        names = {id(m): n for n, m in model.named_modules()}
+        pnames = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        self._ratio_scopes = self._resolve_ratio_dict(pruning_ratio_dict or {}, names)
+        self.ignored_modules: List[str] = []
+        self.ignored_params: List[str] = []
+        for item in ignored_layers or ():
+            if isinstance(item, nn.Parameter) and id(item) in pnames:
+                self.ignored_params.append(pnames[id(item)])
+            elif isinstance(item, nn.Module) and id(item) in names:
+                self.ignored_modules.append(names[id(item)])
+            else:
+                raise PlanError(f"ignored_layers entry {type(item).__name__} is not a module or parameter "
+                                "of the model")
+        self._init_classes: Dict[str, int] = {}
+        self._kept: Dict[Tuple[str, int], np.ndarray] = {}  # (param, dim) -> original indices still kept
+        self._plan: Dict[str, List[int]] = {}
+        self.num_heads: Dict[str, int] = {}
+        self._baseline: Optional[Tuple[int, int]] = None
+
+    # -- public ---------------------------------------------------------------------------------
+    @property
+    def plan(self) -> PrunePlan:
+        """The cumulative plan of every step so far, in the original model's coordinates."""
+        return PrunePlan(self._plan)
+
+    def step(self, interactive: bool = False) -> Any:
+        """Run the next pruning step; return the pruned model (a generator of :class:`Proposal` s
+        when ``interactive``; the pruned model is then :attr:`model` once the generator is exhausted)."""
+        if self.current_step >= self.iterative_steps:
+            log.warning("Pruner.step(): all %d steps done; nothing to prune", self.iterative_steps)
+            return iter(()) if interactive else self.model
+        self.current_step += 1
+        if interactive:
+            return self._interactive()
+        plan = self._select_step()
+        return self._apply(plan)
+
+    def estimate_importance(self, group: Group, model: Optional[nn.Module] = None) -> Optional[torch.Tensor]:
+        """The importance scores of ``group``'s removable classes (one per ``all_classes`` entry)."""
+        return self.importance(group, self.model if model is None else model)
+
+    def reset(self) -> None:
+        """Forget all steps: the next ``step()`` starts again from the original model."""
+        self.model, self.current_step = self.original, 0
+        self._init_classes.clear()
+        self._kept.clear()
+        self._plan.clear()
+
+    # -- selection ------------------------------------------------------------------------------
+    def _analyze(self, heads: bool = False) -> ChannelGraph:
+        graph = analyze(self.model, self.example_inputs, strict=self.strict, prefer_heads=heads)
+        for g in graph.groups:
+            self._init_classes.setdefault(g.key, len(g.all_classes))
+        return graph
+
+    def _select_step(self) -> PrunePlan:
+        """The plan (current coordinates) of one non-interactive step."""
+        if self.target_macs is not None or self.target_params is not None:
+            return self._select_budget()
+        plan: Dict[str, List[int]] = {}
+        if self.prune_num_heads and self.per_step_head_pruning_ratio[self.current_step] > 0:
+            self._head_step()  # whole heads first (applied), then the ordinary step on the result
+        graph = self._analyze()
+        cands = self._candidates(graph)
+        ratio = self.per_step_pruning_ratio[self.current_step]
+        for scope in self._scopes(cands):
+            picked = self._pick(scope, lambda g: self._group_ratio(g, ratio))
+            for c, i in picked:
+                key, idx = c.group.all_classes[i]
+                plan.setdefault(key, []).extend(idx)
+        return PrunePlan(plan)
+
+    def _head_step(self) -> None:
+        graph = self._analyze(heads=True)
+        heads = _head_groups(graph)
+        self.num_heads.update(heads)
+        cands = [c for c in self._candidates(graph) if c.group.key in heads]
+        ratio = self.per_step_head_pruning_ratio[self.current_step]
+        plan: Dict[str, List[int]] = {}
+        for scope in self._scopes(cands):
+            for c, i in self._pick(scope, lambda g: ratio):
+                key, idx = c.group.all_classes[i]
+                plan.setdefault(key, []).extend(idx)
+                self.num_heads[c.group.key] -= 1  # one class of a head group is one whole head
+        if plan:
+            self._apply(PrunePlan(plan))
+
+    def _candidates(self, graph: ChannelGraph) -> List["_Cand"]:
+        out = []
+        head_dim_groups = set() if self.prune_head_dims else set(_head_groups(graph))
+        for g in graph.groups:
+            if g.pinned or not g.all_classes or g.key in head_dim_groups or self._ignored(g):
+                continue
+            scores = self.importance(g, graph.gm)
+            if scores is None:
+                continue
+            s = torch.as_tensor(scores, dtype=torch.float64)
+            if s.ndim != 1 or len(s) != len(g.all_classes):
+                raise PlanError(f"importance {type(self.importance).__name__} returned shape "
+                                f"{tuple(s.shape)} for group {g.key} with {len(g.all_classes)} classes; "
+                                "use a group_reduction that gives one score per class")
+            out.append(_Cand(g, s.numpy(), self._init_classes[g.key]))
+        return out
+
+    def _ignored(self, g: Group) -> bool:
+        for name, dim in g.members:
+            if name in self.ignored_params:
+                return True
+            owner, _, attr = name.rpartition(".")
+            for m in self.ignored_modules:
+                if (owner == m or owner.startswith(m + ".") or m == "") and dim == _out_dim(self.model, owner,
+                                                                                            attr):
+                    return True
+        return False
+
+    def _scope_of(self, g: Group) -> Tuple[Optional[int], Optional[float]]:
+        """The ``pruning_ratio_dict`` entry of the first member (key order) whose *output* channels
+        lie in a listed module, so a residual group takes the ratio of the stage that writes it."""
+        if not self._ratio_scopes:
+            return None, None
+        for name, dim in g.members:
+            owner, _, attr = name.rpartition(".")
+            if dim != _out_dim(self.model, owner, attr):
+                continue
+            for i, (prefixes, ratio) in enumerate(self._ratio_scopes):
+                if any(owner == p or owner.startswith(p + ".") or p == "" for p in prefixes):
+                    return i, ratio
+        return None, None
+
+    def _group_ratio(self, g: Group, default: float) -> float:
+        _, r = self._scope_of(g)
+        if r is None:
+            return default
+        # scale a dict ratio by the schedule's progress, as the default ratio is
+        return r * (default / self.pruning_ratio) if self.pruning_ratio else r
+
+    def _scopes(self, cands: List["_Cand"]) -> List[List["_Cand"]]:
+        if not self.global_pruning:
+            return [[c] for c in cands]
+        scopes: Dict[Any, List[_Cand]] = {}
+        for c in cands:
+            sid, _ = self._scope_of(c.group)
+            sig = _signature(self.model, c.group) if self.isomorphic else None
+            scopes.setdefault((sid, sig), []).append(c)
+        return list(scopes.values())
+
+    def _pick(self, scope: List["_Cand"], ratio_of: Callable[[Group], float]) -> List[Tuple["_Cand", int]]:
+        """Lowest scores first inside one ranking scope, never emptying a dim, capped per group."""
+        n_init = sum(c.n_init for c in scope)
+        n_now = sum(len(c.scores) for c in scope)
+        ratio = ratio_of(scope[0].group)
+        if len(scope) == 1:
+            keep = self._keep(scope[0].n_init, ratio)
+            n_remove = max(0, n_now - keep)
+        else:
+            n_remove = max(0, n_now - int(n_init * (1 - ratio)))
+        if n_remove == 0:
+            return []
+        order = sorted(((float(s), k, i) for k, c in enumerate(scope) for i, s in enumerate(c.scores)))
+        guards = [_Guard(c, self.max_pruning_ratio) for c in scope]
+        picked: List[Tuple[_Cand, int]] = []
+        for _, k, i in order:
+            if len(picked) >= n_remove:
+                break
+            if guards[k].take(i):
+                picked.append((scope[k], i))
+        if self.round_to and len(scope) > 1:
+            picked = self._round_global(scope, guards, picked, order)
+        return picked
+
+    def _keep(self, n_init: int, ratio: float) -> int:
+        keep = int(n_init * (1 - min(ratio, self.max_pruning_ratio)))
+        if self.round_to:
+            keep = max(self.round_to, keep - keep % self.round_to) if n_init >= self.round_to else keep
+        return max(keep, 1)
+
+    def _round_global(self, scope, guards, picked, order):
+        """After a global pick, remove more from each group until its kept count is a multiple of round_to."""
+        for k, c in enumerate(scope):
+            kept = len(c.scores) - guards[k].taken
+            extra = kept % self.round_to if kept > self.round_to else 0
+            for _, kk, i in order:
+                if extra == 0:
+                    break
+                if kk == k and guards[k].take(i):
+                    picked.append((c, i))
+                    extra -= 1
+        return picked
+
+    # -- budget -----------------------------------------------------------------------------------
+    def _select_budget(self) -> PrunePlan:
+        from .count import count
+
+        if self._baseline is None:
+            self._baseline = count(self.original, self.example_inputs)
+        metric = "macs" if self.target_macs is not None else "params"
+        final = resolve_target(self.target_macs if metric == "macs" else self.target_params,
+                               self._baseline[0 if metric == "macs" else 1], metric)
+        base = self._baseline[0 if metric == "macs" else 1]
+        target = base - (base - final) * self.current_step / self.iterative_steps
+        graph = self._analyze()
+        order = self._removal_order(self._candidates(graph))
+        return fit_budget(graph, self.model, self.example_inputs, order, metric, target)
+
+    def _removal_order(self, cands: List["_Cand"]) -> List[Tuple[str, List[int]]]:
+        """All removable classes in the order a budget search takes them."""
+        seq: List[Tuple[float, int, str, List[int]]] = []
+        for scope in self._scopes(cands):
+            full = self._pick(scope, lambda g: 1.0)  # the whole scope, ranked, under the guards
+            for rank, (c, i) in enumerate(full):
+                # global: by score; local: interleave groups by the share of each group removed so far
+                key = float(c.scores[i]) if len(scope) > 1 or self.global_pruning else (rank + 1) / c.n_init
+                seq.append((key, len(seq), *c.group.all_classes[i]))
+        seq.sort(key=lambda t: (t[0], t[1]))
+        return [(k, idx) for _, _, k, idx in seq]
+
+    # -- applying -----------------------------------------------------------------------------------
+    def _interactive(self) -> Iterator[Proposal]:
+        graph = self._analyze()
+        props: List[Proposal] = []
+        ratio = self.per_step_pruning_ratio[self.current_step]
+        for c in self._candidates(graph):
+            plan: Dict[str, List[int]] = {}
+            for _, i in self._pick([c], lambda g: self._group_ratio(g, ratio)):
+                key, idx = c.group.all_classes[i]
+                plan.setdefault(key, []).extend(idx)
+            if plan:
+                p = Proposal(c.group, plan, c.scores)
+                props.append(p)
+                yield p
+        merged: Dict[str, List[int]] = {}
+        for p in props:
+            if p.accepted:
+                for k, v in p.indices.items():
+                    merged.setdefault(k, []).extend(v)
+        self._apply(PrunePlan(merged))
+
+    def _apply(self, plan: PrunePlan) -> nn.Module:
+        if not len(plan):
+            return self.model
+        small = prune(self.model, plan, self.example_inputs)
+        applied = small.meta["fxprune"]["plan"] if hasattr(small, "meta") and "fxprune" in small.meta else None
+        if applied is None:  # a model pruned by a fallback frontend records the expansion on the module
+            applied = getattr(small, "_fxprune_expanded", plan)
+        self._record(applied)
+        self.model = small
+        return small
+
+    def _record(self, expanded: Mapping[str, Sequence[int]]) -> None:
+        """Translate this step's removed indices to original coordinates and add them to the plan."""
+        for key, idx in expanded.items():
+            name, dim = parse_key(key)
+            kept = self._kept.get((name, dim))
+            if kept is None:
+                t = _tensor(self.model, name)
+                kept = np.arange(t.shape[dim]) if t is not None else np.asarray(idx).max() + 1
+                kept = kept if isinstance(kept, np.ndarray) else np.arange(kept)
+            local = np.asarray(sorted(set(int(i) for i in idx)), dtype=np.int64)
+            orig = kept[local]
+            full = make_key(name, dim)
+            self._plan[full] = sorted(set(self._plan.get(full, [])) | set(orig.tolist()))
+            self._kept[(name, dim)] = np.delete(kept, local)
+
+    @staticmethod
+    def _resolve_ratio_dict(d: Mapping[ModuleKey, float], names: Dict[int, str]) -> List[Tuple[List[str], float]]:
+        out = []
+        for k, r in d.items():
+            _check_ratio("pruning_ratio_dict value", r)
+            mods = k if isinstance(k, (tuple, list)) else (k,)
+            prefixes = []
+            for m in mods:
+                if id(m) not in names:
+                    raise PlanError(f"pruning_ratio_dict key {type(m).__name__} is not a submodule of the model")
+                prefixes.append(names[id(m)])
+            out.append((prefixes, float(r)))
+        return out
+
+
+@dataclass
+class _Cand:
+    group: Group
+    scores: np.ndarray
+    n_init: int
+
+
+class _Guard:
+    """Tracks how many indices of every parameter dim a scope's picks remove; refuses a pick that would
+    empty a dim or exceed ``max_pruning_ratio`` of the group's initial classes."""
+
+    def __init__(self, c: _Cand, max_ratio: float):
+        self.counts: List[List[Tuple[int, int]]] = [[] for _ in c.scores]
+        self.remaining: Dict[int, int] = {}
+        for j, (_, _, pos) in enumerate(c.group.index_classes()):
+            self.remaining[j] = len(pos)
+            u, n = np.unique(pos[pos >= 0], return_counts=True)
+            for cls, cnt in zip(u.tolist(), n.tolist()):
+                self.counts[cls].append((j, cnt))
+        already = c.n_init - len(c.scores)
+        self.cap = max(0, math.floor(c.n_init * max_ratio + 1e-9) - already)
+        if max_ratio >= 1.0:
+            self.cap = len(c.scores)
+        self.taken = 0
+        self.used = set()
+
+    def take(self, i: int) -> bool:
+        if i in self.used or self.taken >= self.cap:
+            return False
+        if any(self.remaining[j] - n <= 0 for j, n in self.counts[i]):
+            return False
+        for j, n in self.counts[i]:
+            self.remaining[j] -= n
+        self.used.add(i)
+        self.taken += 1
+        return True
+
+
+def _check_ratio(what: str, r: float) -> None:
+    if not 0.0 <= r < 1.0:
+        raise PlanError(f"{what} must be in [0, 1), got {r}")
+
+
+def _tensor(model: nn.Module, name: str) -> Optional[torch.Tensor]:
+    owner, _, attr = name.rpartition(".")
+    try:
+        mod = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return None
+    t = getattr(mod, attr, None)
+    return t if isinstance(t, torch.Tensor) else None
+
+
+def _out_dim(model: nn.Module, owner: str, attr: str) -> int:
+    """The output-channel dim of a module's parameter (1 for transposed-conv weights, else 0)."""
+    try:
+        mod = model.get_submodule(owner) if owner else model
+    except AttributeError:
+        return 0
+    if attr == "weight" and isinstance(mod, nn.modules.conv._ConvTransposeNd):
+        return 1
+    return 0
+
+
+def _signature(model: nn.Module, g: Group) -> Tuple:
+    """Structural signature of a group: module types, parameter roles and dims of its members."""
+    sig = []
+    for name, dim, _ in g.index_classes():  # parameters and buffers only: value names differ per block
+        owner, _, attr = name.rpartition(".")
+        try:
+            mod = model.get_submodule(owner) if owner else model
+            kind = type(mod).__name__
+        except AttributeError:
+            kind = "?"
+        sig.append((kind, attr, dim))
+    return tuple(sorted(sig))
+
+
+def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
+    """Groups holding a dim that a ``view``/``reshape`` factored (heads), with that factor's size."""
+    by_dim = graph._group_by_dim
+    out: Dict[str, int] = {}
+    for _, dim in graph.ctx.ambiguous.values():
+        g = by_dim.get(dim.id)
+        if g is not None and g.pinned is None:
+            out[g.key] = dim.size
+    return out
