@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)
+from .sparse import BNScalePruner, GroupNormPruner, GrowingRegPruner  # noqa: E402
 from .count import count  # noqa: E402
 
-__all__.append("count")
+__all__ += ["count", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner"]
 
 __version__ = "0.1.0"

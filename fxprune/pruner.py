@@ -46,7 +46,7 @@ def linear_scheduler(ratio: float, steps: int) -> List[float]:
     """Ratios after each of ``steps`` steps, linear from 0: ``[0, r/steps, 2r/steps, ..., r]``.
 
     Example:
-        >>> linear_scheduler(0.6, 3)
+        >>> [round(r, 6) for r in linear_scheduler(0.6, 3)]
         [0.0, 0.2, 0.4, 0.6]
     """
     return [ratio * i / steps for i in range(steps + 1)]
