@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count", "count_by_module", "count_params"]
+__all__ = ["count", "count_by_module", "count_params", "params_by_module"]
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -52,8 +52,10 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(seen.values())
 
 
-def count(model: torch.nn.Module, example_inputs: Any) -> tuple[int, int]:
-    """Return ``(MACs, params)`` of ``model`` on ``example_inputs``.
+def count(model: torch.nn.Module, example_inputs: Any, layer_wise: bool = False) -> tuple:
+    """Return ``(MACs, params)`` of ``model`` on ``example_inputs``; with ``layer_wise=True``
+    ``(MACs, params, macs_by_module, params_by_module)`` (module qualname -> count, including
+    submodules; ``""`` is the whole model).
 
     ``example_inputs`` is a tuple of positional arguments (a lone tensor is accepted). The model runs
     once in eval mode under ``torch.no_grad``; its training flags are restored afterwards.
@@ -62,9 +64,31 @@ def count(model: torch.nn.Module, example_inputs: Any) -> tuple[int, int]:
         >>> import torch
         >>> count(torch.nn.Linear(16, 4), torch.randn(1, 16))
         (64, 68)
+        >>> m = torch.nn.Sequential(torch.nn.Linear(16, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> count(m, torch.randn(1, 16), layer_wise=True)[2:]
+        ({'': 72, '0': 64, '2': 8}, {'': 78, '0': 68, '2': 10})
     """
     counter = _flop_counts(model, example_inputs)
-    return counter.get_total_flops() // 2, count_params(model)
+    macs, params = counter.get_total_flops() // 2, count_params(model)
+    if not layer_wise:
+        return macs, params
+    return macs, params, _by_module(model, counter), params_by_module(model)
+
+
+def params_by_module(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters per module qualname, including submodules (shared parameters count once each).
+
+    Example:
+        >>> import torch
+        >>> params_by_module(torch.nn.Sequential(torch.nn.Linear(16, 4), torch.nn.ReLU()))
+        {'': 68, '0': 68}
+    """
+    out: dict[str, int] = {}
+    for name, mod in model.named_modules():
+        n = count_params(mod)
+        if n or name == "":
+            out[name] = n
+    return out
 
 
 def count_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[str, int]:
@@ -79,7 +103,10 @@ def count_by_module(model: torch.nn.Module, example_inputs: Any) -> dict[str, in
         >>> count_by_module(model, torch.randn(1, 16))
         {'': 72, '0': 64, '2': 8}
     """
-    counter = _flop_counts(model, example_inputs)
+    return _by_module(model, _flop_counts(model, example_inputs))
+
+
+def _by_module(model: torch.nn.Module, counter: FlopCounterMode) -> dict[str, int]:
     root = type(model).__name__
     out: dict[str, int] = {}
     for key, per_op in counter.get_flop_counts().items():

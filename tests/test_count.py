@@ -91,3 +91,18 @@ def test_cpu_latency_positive_and_progress_called():
                         progress=lambda: calls.append(1))
     assert ms > 0
     assert len(calls) == 5
+
+
+def test_layer_wise_breakdown_matches_direct_formulas():
+    """Per-module MACs/params of a conv + linear model against the textbook formulas."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                            torch.nn.Linear(8 * 6 * 6, 5))
+    x = torch.randn(2, 3, 6, 6)
+    macs, params, by_mod, p_by_mod = count(m, x, layer_wise=True)
+    conv_macs = 2 * 8 * 6 * 6 * 3 * 3 * 3  # batch * out elements * (Cin * k * k)
+    lin_macs = 2 * 5 * 8 * 6 * 6
+    assert by_mod == {"": conv_macs + lin_macs, "0": conv_macs, "3": lin_macs}
+    assert macs == conv_macs + lin_macs
+    assert p_by_mod == {"": params, "0": 8 * 3 * 9 + 8, "3": 5 * 288 + 5}
+    assert params == 8 * 3 * 9 + 8 + 5 * 288 + 5
