@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -23,7 +24,7 @@ import torch.fx
 from torch.utils._pytree import tree_flatten
 
 from .analyze import ChannelGraph, Expansion, analyze
-from .errors import VerificationError
+from .errors import FallbackWarning, VerificationError
 from .frontend import normalize_inputs
 from .lower import TRef
 from .plan import PrunePlan
@@ -75,8 +76,12 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         self.special = {}
         for name, why in graph.ctx.stat_nodes.items():
             node = next(n for n in graph.gm.graph.nodes if n.name == name)
-            x = graph.ctx.tensor(node.args[0])
-            if x is not None and any(len(graph.removed(exp.mask, x.key, d)) for d in range(x.ndim)):
+            refs = [graph.ctx.tensor(node.args[0])] if node.args else []
+            if node.op == "call_module":  # removed channels inside a module (attention, recurrent units)
+                for pname, p in graph.ctx.modules[node.target].named_parameters(prefix=node.target):
+                    refs.append(TRef(("param", graph.ctx.canonical.get(pname, pname)), tuple(p.shape)))
+            refs = [r for r in refs if r is not None]
+            if any(len(graph.removed(exp.mask, r.key, d)) for r in refs for d in range(r.ndim)):
                 target = type(graph.ctx.modules[node.target]) if node.op == "call_module" else node.target
                 self.special[name] = lookup(node.op, target)
                 self.recomputed[name] = why
@@ -156,7 +161,12 @@ def verify(original: torch.nn.Module, small: torch.nn.Module, plan: Any, example
         original.eval()
         small.eval()
         with torch.no_grad():
-            graph = analyze(original, args)
+            with warnings.catch_warnings():  # prune already warned about a tracing fallback
+                warnings.simplefilter("ignore", FallbackWarning)
+                graph = analyze(original, args)
+            if not isinstance(graph, ChannelGraph):  # only submodules traced: mask them in the original
+                from .frontend.partial import verify_partial
+                return verify_partial(graph, small, plan, args, atol, rtol)
             exp = graph.expand(plan)
             interp = _MaskedInterpreter(graph, exp)
             ref = _plain(interp.run(*args))
