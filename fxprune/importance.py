@@ -115,11 +115,10 @@ def normalize(scores: torch.Tensor, how: Normalizer = "mean") -> torch.Tensor:
     if how == "gaussian":
         std = scores.std() if scores.numel() > 1 else torch.zeros((), dtype=scores.dtype)
         return (scores - scores.mean()) / (std + _EPS)
-    if how == "lamp":
-        vals, order = scores.sort(descending=True)
-        out = torch.empty_like(scores)
-        out[order] = vals / vals.cumsum(0)
-        return torch.nan_to_num(out, nan=0.0)
+    if how == "lamp":  # ties share the largest denominator, so the result does not depend on sort order
+        asc = scores.sort().values
+        tail = asc.flip(0).cumsum(0).flip(0)  # tail[j] = sum of asc[j:]
+        return torch.nan_to_num(scores / tail[torch.searchsorted(asc, scores)], nan=0.0)
     q = float(how.split("_", 1)[1])  # sentinel_<q>
     rank = min(int(q * scores.numel()), scores.numel() - 1)
     return scores / (scores.sort().values[rank] + _EPS)
@@ -215,16 +214,14 @@ class LayerImportance(Importance):
             hit = torch.from_numpy(pos) >= 0
             if not hit.any():
                 continue
-            prefix, _, attr = name.rpartition(".")
-            if not self._selects(_submodule(model, prefix), attr):
-                continue
             if name not in tensors:
                 raise PlanError(f"{type(self).__name__}: parameter {name!r} of group {group.key} is not in the "
                                 f"given model")
-            t = tensors[name]
-            if not t.is_floating_point() or t.ndim == 0:
+            prefix, _, attr = name.rpartition(".")
+            module, t = _submodule(model, prefix), tensors[name]
+            if not self._selects(module, attr) or not t.is_floating_point() or t.ndim == 0:
                 continue
-            per = self.layer_score(name, dim, t, _submodule(model, prefix))
+            per = self.layer_score(name, dim, t, module)
             if per is None:
                 continue
             per = per.detach().to("cpu", torch.float64).reshape(-1)
