@@ -69,7 +69,8 @@ def _reference(m: RNNNet, keep, x, z):
     rnn = m.rnn
     g = {nn.LSTM: 4, nn.GRU: 3, nn.RNN: 1}[type(rnn)]
     h2 = len(keep)
-    ref = type(rnn)(6, h2, num_layers=rnn.num_layers, bidirectional=rnn.bidirectional, batch_first=rnn.batch_first)
+    ref = type(rnn)(6, h2, num_layers=rnn.num_layers, bidirectional=rnn.bidirectional,
+                    batch_first=rnn.batch_first)
     rows = torch.tensor([gi * H + j for gi in range(g) for j in keep])
     cols = torch.tensor(keep)
     out_cols = torch.tensor(keep + ([H + j for j in keep] if rnn.bidirectional else []))
@@ -80,7 +81,8 @@ def _reference(m: RNNNet, keep, x, z):
                 if k > 0:
                     w_ih = w_ih[:, out_cols]
                 getattr(ref, f"weight_ih_l{k}{sfx}").copy_(w_ih)
-                getattr(ref, f"weight_hh_l{k}{sfx}").copy_(getattr(rnn, f"weight_hh_l{k}{sfx}")[rows][:, cols])
+                w_hh = getattr(rnn, f"weight_hh_l{k}{sfx}")[rows][:, cols]
+                getattr(ref, f"weight_hh_l{k}{sfx}").copy_(w_hh)
                 getattr(ref, f"bias_ih_l{k}{sfx}").copy_(getattr(rnn, f"bias_ih_l{k}{sfx}")[rows])
                 getattr(ref, f"bias_hh_l{k}{sfx}").copy_(getattr(rnn, f"bias_hh_l{k}{sfx}")[rows])
         y = m.pre(x)
@@ -91,7 +93,8 @@ def _reference(m: RNNNet, keep, x, z):
         else:
             out, hn = ref(y)
         h = hn[0] if m.lstm else hn
-        res = (F.linear(out, m.fc.weight[:, out_cols], m.fc.bias), F.linear(h[-1], m.hfc.weight[:, cols], m.hfc.bias))
+        res = (F.linear(out, m.fc.weight[:, out_cols], m.fc.bias),
+               F.linear(h[-1], m.hfc.weight[:, cols], m.hfc.bias))
         if m.lstm:
             res = res + (F.linear(hn[1][0], m.hfc.weight[:, cols], m.hfc.bias),)
     return res
@@ -101,7 +104,8 @@ VARIANTS = {
     "lstm": dict(cls=nn.LSTM),
     "lstm_2layer_bidir": dict(cls=nn.LSTM, num_layers=2, bidirectional=True),
     "lstm_batch_first_state": dict(cls=nn.LSTM, batch_first=True, state=True),
-    "lstm_2layer_bidir_bf_state": dict(cls=nn.LSTM, num_layers=2, bidirectional=True, batch_first=True, state=True),
+    "lstm_2layer_bidir_bf_state": dict(cls=nn.LSTM, num_layers=2, bidirectional=True, batch_first=True,
+                                       state=True),
     "gru": dict(cls=nn.GRU),
     "gru_2layer_bidir_state": dict(cls=nn.GRU, num_layers=2, bidirectional=True, state=True),
     "gru_batch_first": dict(cls=nn.GRU, batch_first=True),
