@@ -71,24 +71,20 @@ def _check_grad(name: str, p: nn.Parameter) -> bool:
     return True
 
 
-def _resolve(params: Dict[str, nn.Parameter], slices: Sequence[_Slice]) -> List[_Live]:
+def _resolve(params: Dict[str, nn.Parameter], slices: Sequence[_Slice], grads: bool = True) -> List[_Live]:
+    """Look the slices' parameters up in ``params``; with ``grads``, mark which take an update (and check
+    that those have a gradient), otherwise mark none (the weights are only read)."""
     out = []
     for name, dim, pos in slices:
         p = params.get(name)
         if p is None:
             raise FxpruneError(f"parameter {name!r} of the analysed graph is not in this model: pass the model "
                                f"that was analysed, or call update(graph) with a graph of the pruned model")
-        out.append((p, dim, pos.to(p.device), _check_grad(name, p)))
+        if p.ndim <= dim or p.shape[dim] != len(pos):
+            raise FxpruneError(f"parameter {name!r} has shape {tuple(p.shape)}, but the analysed graph has "
+                               f"{len(pos)} channels on dim {dim}: call update(graph) after pruning")
+        out.append((p, dim, pos.to(p.device), grads and _check_grad(name, p)))
     return out
-
-
-def _resolve_for_norms(params: Dict[str, nn.Parameter], slices: Sequence[_Slice]) -> List[_Live]:
-    """Like :func:`_resolve` but for reading weights only: no gradient is needed."""
-    missing = [name for name, _, _ in slices if name not in params]
-    if missing:
-        raise FxpruneError(f"parameter {missing[0]!r} of the analysed graph is not in this model: pass the "
-                           f"model that was analysed, or call update(graph) with a graph of the pruned model")
-    return [(params[name], dim, pos.to(params[name].device), False) for name, dim, pos in slices]
 
 
 def _class_norms(live: Sequence[_Live], n: int) -> torch.Tensor:
@@ -134,27 +130,31 @@ class BNScaleRegularizer:
 
     def __init__(self, model: nn.Module, reg: float = 1e-5, ignored: Iterable[Union[nn.Module, str]] = ()):
         self.reg = float(reg)
-        names = {}
+        by_id: Dict[int, List[str]] = {}
         for name, mod in model.named_modules(remove_duplicate=False):
-            names.setdefault(id(mod), name)
-        ignored_names = []
+            by_id.setdefault(id(mod), []).append(name)
+        known = {n for names in by_id.values() for n in names}
+        ignored_names: List[str] = []
         for item in ignored:
-            name = item if isinstance(item, str) else names.get(id(item))
-            if name is None or (isinstance(item, str) and item not in dict(model.named_modules())):
-                raise ValueError(f"ignored entry {item if isinstance(item, str) else type(item).__name__!r} "
-                                 f"is not a module of the model")
-            ignored_names.append(name)
+            found = ([item] if item in known else []) if isinstance(item, str) else by_id.get(id(item), [])
+            if not found:
+                what = repr(item) if isinstance(item, str) else f"a {type(item).__name__}"
+                raise ValueError(f"ignored entry {what} is not a module of the model")
+            ignored_names.extend(found)
         self.ignored: Tuple[str, ...] = tuple(ignored_names)
 
     def _is_ignored(self, name: str) -> bool:
         return any(ig == "" or name == ig or name.startswith(ig + ".") for ig in self.ignored)
 
     def targets(self, model: nn.Module) -> List[str]:
-        """Qualified names of the BatchNorm weights :meth:`regularize` acts on."""
+        """Qualified names of the BatchNorm weights :meth:`regularize` acts on (one name per tensor; a
+        module shared under several names is skipped if any of them is ignored)."""
+        mods = list(model.named_modules(remove_duplicate=False))
+        skip = {id(m) for name, m in mods if self._is_ignored(name)}
         out, seen = [], set()
-        for name, mod in model.named_modules():
+        for name, mod in mods:
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine and mod.weight is not None \
-                    and id(mod.weight) not in seen and not self._is_ignored(name):
+                    and id(mod) not in skip and id(mod.weight) not in seen:
                 seen.add(id(mod.weight))
                 out.append(f"{name}.weight" if name else "weight")
         return out
@@ -179,6 +179,8 @@ class GroupLassoRegularizer:
     ``reg * γ_c * W`` to the gradient of every slice of class ``c``: the gradient of
     ``reg/2 · Σ_c γ_c ‖W_c‖²`` with ``γ`` held constant. An index that several classes (of one group or of
     different groups) cover receives each contribution. Call :meth:`update` after pruning.
+    ``alpha`` is an exponent, as in the DepGraph paper and Torch-Pruning's documented ``[2^0, 2^alpha]``
+    range; the default ``alpha=4`` gives ``γ ∈ [1, 16]``, what Torch-Pruning's ``regularize`` applies.
 
     Example:
         >>> import torch, fxprune
@@ -209,7 +211,7 @@ class GroupLassoRegularizer:
         """The current ``γ`` of every class, by group key (float64)."""
         params = dict(model.named_parameters(remove_duplicate=False))
         with torch.no_grad():
-            return {key: self._gamma(_resolve_for_norms(params, s), n) for key, n, s in self._groups}
+            return {key: self._gamma(_resolve(params, s, grads=False), n) for key, n, s in self._groups}
 
     def regularize(self, model: nn.Module) -> None:
         """Add ``reg * γ_c * W`` to the gradient of every parameter slice of every class ``c``."""
@@ -262,17 +264,18 @@ class GrowingRegularizer:
                 raise ValueError(f"scores name unknown or pinned groups {unknown[:3]}; "
                                  f"expected keys among {sorted(self.gamma)[:5]}")
         params = dict((model if model is not None else self._graph.gm).named_parameters(remove_duplicate=False))
-        with torch.no_grad():
+        new: Dict[str, torch.Tensor] = {}
+        with torch.no_grad():  # score every group first: a bad entry leaves the coefficients unchanged
             for key, n, slices in self._groups:
                 if scores is None:
-                    s = _class_norms(_resolve_for_norms(params, slices), n).cpu()
+                    new[key] = _class_norms(_resolve(params, slices, grads=False), n).cpu()
                 elif key in scores:
-                    s = torch.as_tensor(scores[key], dtype=torch.float64).flatten().cpu()
-                    if s.numel() != n:
-                        raise ValueError(f"scores[{key!r}] has {s.numel()} entries; the group has {n} classes")
-                else:
-                    continue
-                self.gamma[key] = self.gamma[key] + self.delta_reg * (s.max() - s) / (s.max() - s.min() + 1e-8)
+                    new[key] = torch.as_tensor(scores[key], dtype=torch.float64).flatten().cpu()
+                    if new[key].numel() != n:
+                        raise ValueError(f"scores[{key!r}] has {new[key].numel()} entries; "
+                                         f"the group has {n} classes")
+        for key, s in new.items():
+            self.gamma[key] = self.gamma[key] + self.delta_reg * (s.max() - s) / (s.max() - s.min() + 1e-8)
 
     def regularize(self, model: nn.Module) -> None:
         """Add ``γ_c * W`` to the gradient of every parameter slice of every class ``c``."""
