@@ -2,9 +2,10 @@
 
 ``<model>`` is a torchvision classification model name (``resnet50``; random weights) or
 ``path/to/file.py:factory``, where ``factory()`` returns an ``nn.Module`` or a pair
-``(module, example_inputs)``. The command analyses the model, removes ``--ratio`` of the removable
-channel classes of every unpinned group (lowest L2 norm first), checks the pruned model against the
-masked original with :func:`fxprune.verify`, and prints params, MACs and CPU latency before and after.
+``(module, example_inputs)``. The command analyses the model and runs a :class:`fxprune.Pruner`
+(``--importance``, ``--ratio`` or ``--target-macs``/``--target-params``, ``--global``, ``--round-to``,
+``--iterative``) or replays ``--plan-in plan.json``; it checks the pruned model against the masked
+original with :func:`fxprune.verify` and prints params, MACs and CPU latency before and after.
 
 Exit status: 0 on success, 2 on bad input or an :class:`fxprune.FxpruneError`, 1 on anything else
 (``--debug`` shows the traceback).
@@ -191,9 +192,59 @@ def _export_onnx(small: torch.nn.Module, inputs: tuple[Any, ...], path: str) -> 
     return max(float((torch.as_tensor(g) - w.cpu()).abs().max()) for g, w in zip(got, want_list))
 
 
+def _prepare_importance(name: str, model: torch.nn.Module, inputs: tuple[Any, ...]) -> Any:
+    """Build the criterion; gradient- and activation-based ones get one pass over the example inputs
+    (the CLI has no labels: the loss is the mean square of the outputs)."""
+    imp = fxprune.importance.get_importance(name)
+    if isinstance(imp, fxprune.importance.ActivationImportance):
+        with imp.compute_importance(model), torch.no_grad():
+            model(*inputs)
+    elif isinstance(imp, (fxprune.importance.TaylorImportance, fxprune.importance.HessianImportance)):
+        model.zero_grad()
+        out = model(*inputs)
+        outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+        sum(o.float().pow(2).mean() for o in outs).backward()
+        if isinstance(imp, fxprune.importance.HessianImportance):
+            imp.zero_grad()
+            imp.accumulate_grad(model)
+    return imp
+
+
+def _select(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple[Any, ...],
+            bar: tqdm) -> tuple[Any, Any, Any]:
+    """(pruned model, plan, analysis of the original) from --plan-in or a Pruner run."""
+    with _step(bar, "trace/analyze"):
+        graph = fxprune.analyze(model, inputs)
+    if args.plan_in:
+        try:
+            plan = fxprune.PrunePlan.from_json(Path(args.plan_in).read_text())
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot read plan {args.plan_in!r}: {e}") from None
+        with _step(bar, "plan"):
+            pass
+        with _step(bar, "prune"):
+            small = fxprune.prune(model, plan, inputs)
+        return small, plan, graph
+    with _step(bar, "plan"):
+        imp = _prepare_importance(args.importance, model, inputs)
+        pruner = fxprune.Pruner(model, inputs, importance=imp, pruning_ratio=args.ratio,
+                                global_pruning=args.global_pruning, round_to=args.round_to,
+                                iterative_steps=args.iterative, target_macs=args.target_macs,
+                                target_params=args.target_params)
+    with _step(bar, "prune"):
+        small = model
+        for _ in range(args.iterative):
+            small = pruner.step()
+    return small, pruner.plan, graph
+
+
 def _prune(args: argparse.Namespace) -> int:
     if not 0.0 <= args.ratio < 1.0:
         raise CliError(f"--ratio must be in [0, 1), got {args.ratio}")
+    if args.iterative < 1:
+        raise CliError(f"--iterative must be >= 1, got {args.iterative}")
+    if args.plan_in and (args.target_macs or args.target_params or args.global_pruning):
+        raise CliError("--plan-in replays a plan; it cannot be combined with --global/--target-*")
     torch.manual_seed(args.seed)
     steps = ["build", "trace/analyze", "plan", "prune", "verify", "measure"]
     if args.out or args.onnx or args.plan_out:
@@ -203,12 +254,7 @@ def _prune(args: argparse.Namespace) -> int:
               disable=args.quiet, bar_format="{desc:<24} |{bar:20}| {n}/{total} steps [{elapsed}]") as bar:
         with _step(bar, "build"):
             model, inputs = load_model(args.model, args.input_size)
-        with _step(bar, "trace/analyze"):
-            graph = fxprune.analyze(model, inputs)
-        with _step(bar, "plan"):
-            plan = fxprune.plan_by_ratio(graph, args.ratio)
-        with _step(bar, "prune"):
-            small = fxprune.prune(model, plan, inputs)
+        small, plan, graph = _select(args, model, inputs, bar)
         with _step(bar, "verify"):
             report = fxprune.verify(model, small, plan, inputs)
         with _step(bar, "measure"):
@@ -231,7 +277,14 @@ def _prune(args: argparse.Namespace) -> int:
     touched, unpinned, total = _groups_pruned(graph, plan)
     removed = sum(len(v) for v in plan.values())
     shape = "x".join(str(d) for d in inputs[0].shape) if isinstance(inputs[0], torch.Tensor) else "custom"
-    print(f"fxprune prune {args.model}  (input {shape}, ratio {args.ratio}, seed {args.seed})", file=out)
+    how = f"plan {args.plan_in}" if args.plan_in else (
+        f"target MACs {args.target_macs:g}" if args.target_macs else
+        f"target params {args.target_params:g}" if args.target_params else f"ratio {args.ratio}")
+    if not args.plan_in:
+        how += f", {args.importance}{', global' if args.global_pruning else ''}"
+        how += f", round_to {args.round_to}" if args.round_to else ""
+        how += f", {args.iterative} steps" if args.iterative > 1 else ""
+    print(f"fxprune prune {args.model}  (input {shape}, {how}, seed {args.seed})", file=out)
     print(_table([
         ("params", _fmt_int(params0), _fmt_int(params1), _change(params0, params1)),
         ("MACs", _fmt_macs(macs0), _fmt_macs(macs1), _change(macs0, macs1)),
@@ -256,7 +309,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fxprune", description="Structural pruning as a torch.fx pass.")
     sub = p.add_subparsers(dest="command", required=True)
-    pr = sub.add_parser("prune", help="prune a model by ratio, verify it, and report params/MACs/latency")
+    pr = sub.add_parser("prune", help="prune a model (ratio, budget or plan), verify it, report params/MACs/latency")
     pr.add_argument("model", help="torchvision classification model name, or path/to/file.py:factory")
     pr.add_argument("--ratio", type=float, default=0.5,
                     help="fraction of the removable channel classes to remove in every unpinned group")
@@ -265,6 +318,19 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--onnx", metavar="PATH", help="export the pruned model to ONNX, check it with onnxruntime")
     pr.add_argument("--onnx-atol", type=float, default=1e-3, help="onnxruntime tolerance (default 1e-3)")
     pr.add_argument("--plan-out", metavar="PATH", help="write the PrunePlan as JSON")
+    pr.add_argument("--plan-in", metavar="PATH", help="replay a PrunePlan JSON instead of selecting channels")
+    pr.add_argument("--importance", default="l2",
+                    help="importance criterion: l1, l2, bn, lamp, fpgm, taylor, hessian, activation, random "
+                         "(default l2; taylor/hessian/activation use one pass over the example input)")
+    pr.add_argument("--global", dest="global_pruning", action="store_true",
+                    help="rank all groups together instead of the same ratio per group")
+    pr.add_argument("--round-to", type=int, default=None, help="keep a multiple of N classes in every group")
+    pr.add_argument("--target-macs", type=float, default=None,
+                    help="prune until MACs <= this (fraction <= 1 of the original, or an absolute count)")
+    pr.add_argument("--target-params", type=float, default=None,
+                    help="prune until params <= this (fraction <= 1 of the original, or an absolute count)")
+    pr.add_argument("--iterative", type=int, default=1, metavar="N",
+                    help="reach the ratio/target in N pruning steps (default 1)")
     pr.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs (default 0)")
     pr.add_argument("--warmup", type=int, default=3, help="untimed runs before timing (default 3)")
     pr.add_argument("--repeat", type=int, default=10, help="timed runs; the median is reported (default 10)")

@@ -85,6 +85,9 @@ def test_prune_factory_file(tmp_path, capsys):
     (["prune", "resnet_does_not_exist"], "unknown model"),
     (["prune", "resnet18", "--ratio", "1.5"], "--ratio"),
     (["prune", "no_such_file.py:build"], "not found"),
+    (["prune", "resnet18", "--importance", "l7"], "unknown importance"),
+    (["prune", "resnet18", "--iterative", "0"], "--iterative"),
+    (["prune", "resnet18", "--plan-in", "missing.json"], "cannot read plan"),
 ])
 def test_bad_input_exit_2(argv, needle, capsys):
     assert main(argv + FAST) == 2
@@ -93,10 +96,10 @@ def test_bad_input_exit_2(argv, needle, capsys):
 
 
 def test_fxprune_error_exit_2(monkeypatch, capsys):
-    def boom(graph, ratio):
+    def boom(self, interactive=False):
         raise fxprune.PlanError("no removable classes\nsecond line")
 
-    monkeypatch.setattr(fxprune, "plan_by_ratio", boom)
+    monkeypatch.setattr(fxprune.Pruner, "step", boom)
     assert main(["prune", "resnet18", "--input-size", "32", *FAST]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["fxprune: error: PlanError: no removable classes second line"]
@@ -115,3 +118,27 @@ def test_onnx_export(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0 and path.is_file()
     assert "onnxruntime max |Δ|" in out
+
+
+def test_target_macs_then_plan_in_replays(tmp_path, capsys):
+    """--target-macs 0.5 --global lands at or below half the MACs; --plan-in rebuilds the same model."""
+    plan_path, a, b = tmp_path / "plan.json", tmp_path / "a.pt", tmp_path / "b.pt"
+    assert main(["prune", "resnet18", "--input-size", "32", "--target-macs", "0.5", "--global",
+                 "--plan-out", str(plan_path), "--out", str(a), *FAST]) == 0
+    assert main(["prune", "resnet18", "--input-size", "32", "--plan-in", str(plan_path),
+                 "--out", str(b), *FAST]) == 0
+    x = torch.randn(1, 3, 32, 32)
+    macs0, _ = count(torchvision.models.resnet18(), x)
+    sa, sb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+    assert count(sa, x)[0] <= macs0 // 2
+    assert {k: v.shape for k, v in sa.state_dict().items()} == {k: v.shape for k, v in sb.state_dict().items()}
+    assert "target MACs 0.5" in capsys.readouterr().out
+
+
+def test_round_to_and_iterative(tmp_path):
+    out = tmp_path / "m.pt"
+    assert main(["prune", "resnet18", "--input-size", "32", "--ratio", "0.5", "--round-to", "24",
+                 "--iterative", "2", "--importance", "l1", "--out", str(out), *FAST]) == 0
+    small = torch.load(out, weights_only=False)
+    # ratio 0.5 of 64/128/256/512 is 32/64/128/256, rounded down to multiples of 24
+    assert [small.get_submodule(f"layer{i}.0.conv1").out_channels for i in range(1, 5)] == [24, 48, 120, 240]
