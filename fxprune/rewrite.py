@@ -181,9 +181,13 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
 
 def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
     """Move the new tensors and attributes into the user's modules (only after everything succeeded)."""
+    copies = {id(new) for _, new in pairs.values()}
     for _, (old, new) in pairs.items():
         children = old._modules
         old.__dict__.update({k: v for k, v in new.__dict__.items() if k != "_modules"})
+        for k, c in new._modules.items():  # a child a rule replaced (PrunedMultiheadAttention) goes in as is
+            if c is not None and id(c) not in copies:
+                children[k] = c
         old._modules = children
 
 
