@@ -176,3 +176,210 @@ def test_sdpa_plan_by_ratio_and_trace():
     from helpers import check_jit_trace, check_train_step
     check_train_step(small, inputs)
     check_jit_trace(small, inputs)
+
+
+# ------------------------------------------------------------------------------------ MultiheadAttention
+
+E, NH, HD = 16, 4, 4  # embed dim, heads, head dim
+
+
+class MHANet(nn.Module):
+    def __init__(self, batch_first=False, need_weights=True, kv=False, extra=False, average=True):
+        super().__init__()
+        self.pre = nn.Linear(6, E)
+        kw = {"kdim": 6, "vdim": 5} if kv else {}
+        self.attn = nn.MultiheadAttention(E, NH, batch_first=batch_first, add_bias_kv=extra,
+                                          add_zero_attn=extra, **kw)
+        if kv:
+            self.kpre = nn.Linear(6, 6)
+            self.vpre = nn.Linear(6, 5)
+        self.fc = nn.Linear(E, 3)
+        self.kv, self.extra, self.need_weights, self.average = kv, extra, need_weights, average
+        if extra:  # batch 2, 5 query and 5 key positions
+            self.register_buffer("kpm", torch.tensor([[False] * 4 + [True], [True] + [False] * 4]))
+            self.register_buffer("mask", (torch.rand(5, 5) > 0.7).fill_diagonal_(False))
+
+    def forward(self, x):
+        y = self.pre(x)
+        k = self.kpre(x) if self.kv else y
+        v = self.vpre(x) if self.kv else y
+        if self.extra:
+            o, w = self.attn(y, k, v, key_padding_mask=self.kpm, need_weights=self.need_weights,
+                             attn_mask=self.mask, average_attn_weights=self.average)
+        else:
+            o, w = self.attn(y, k, v, need_weights=self.need_weights, average_attn_weights=self.average)
+        return self.fc(o), w  # w is None without need_weights
+
+
+def _mha_case(**kw):
+    torch.manual_seed(0)
+    m = MHANet(**kw).eval()
+    with torch.no_grad():
+        m.attn.in_proj_bias.normal_()  # zero-initialised by torch: give the bias rows values to check
+        if m.attn.bias_k is not None:
+            m.attn.bias_k.normal_()
+            m.attn.bias_v.normal_()
+    x = torch.randn(2, 5, 6) if kw.get("batch_first") else torch.randn(5, 2, 6)
+    return m, (x,)
+
+
+def _manual_mha(m, x, heads_keep, qk_keep, v_keep, emb_keep=None, out_keep=None):
+    """nn.MultiheadAttention written out by hand (no bias_kv / zero_attn / masks), weights at kept rows."""
+    a = m.attn
+    emb_keep = list(range(E)) if emb_keep is None else emb_keep
+    out_keep = list(range(E)) if out_keep is None else out_keep
+    qr = sorted(h * HD + j for h in heads_keep for j in qk_keep)
+    vr = sorted(h * HD + j for h in heads_keep for j in v_keep)
+    w, b = a.in_proj_weight, a.in_proj_bias
+    y = F.linear(x, m.pre.weight[emb_keep], m.pre.bias[emb_keep])
+    if not a.batch_first:
+        y = y.transpose(0, 1)
+    n, length = y.shape[:2]
+    hq, dq, dv = len(heads_keep), len(qk_keep), len(v_keep)
+
+    def proj(rows, d):
+        rows = torch.tensor(rows)
+        return F.linear(y, w[rows][:, emb_keep], b[rows]).view(n, length, hq, d).transpose(1, 2)
+
+    q, k = proj(qr, dq), proj([E + r for r in qr], dq)
+    v = proj([2 * E + r for r in vr], dv)
+    att = (q @ k.transpose(-1, -2) / math.sqrt(HD)).softmax(-1)
+    o = (att @ v).transpose(1, 2).reshape(n, length, hq * dv)
+    o = F.linear(o, a.out_proj.weight[out_keep][:, vr], a.out_proj.bias[out_keep])
+    if not a.batch_first:
+        o = o.transpose(0, 1)
+    return F.linear(o, m.fc.weight[:, out_keep], m.fc.bias), att.mean(1)
+
+
+QK_RM, V_RM = [1], [2]  # q/k head dim 1 and v head dim 2, in every head
+MHA_PLAN = {"attn.in_proj_weight:0": [1, 2 * E + 2], "pre.weight:0": [3, 7], "attn.out_proj.weight:0": [0, 5]}
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_mha_head_dims(batch_first, need_weights):
+    m, inputs = _mha_case(batch_first=batch_first, need_weights=need_weights)
+    plan = fxprune.PrunePlan(MHA_PLAN)
+    small = fxprune.prune(m, plan, inputs)
+    report = fxprune.verify(m, small, plan, inputs)
+    assert report.max_abs_diff < 1e-5
+    a = small.attn
+    assert type(a).__name__ == "PrunedMultiheadAttention"
+    assert (a.num_heads, a.qk_head_dim, a.v_head_dim, a.embed_dim) == (4, 3, 3, 14)
+    assert a.scale == pytest.approx(0.5)  # the original 1/sqrt(4)
+    assert tuple(a.in_proj_weight.shape) == (4 * (3 + 3 + 3), 14)
+    assert tuple(a.out_proj.weight.shape) == (14, 12) and small.fc.in_features == 14
+    exp = small.meta["fxprune"]["plan"]
+    assert exp["attn.in_proj_weight:0"] == [1, 5, 9, 13, 17, 21, 25, 29, 34, 38, 42, 46]
+    assert exp["attn.out_proj.weight:1"] == [2, 6, 10, 14]
+    assert exp["attn.in_proj_weight:1"] == [3, 7]
+    # value oracle: attention by hand from the original weights at the kept indices
+    x = inputs[0]
+    with torch.no_grad():
+        got = small(x)
+        want, att = _manual_mha(m, x, range(NH), K(HD, QK_RM), K(HD, V_RM), K(E, [3, 7]), K(E, [0, 5]))
+    torch.testing.assert_close(got[0], want, atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(got[1], att, atol=1e-5, rtol=1e-5)
+    else:
+        assert got[1] is None
+    zoo.recover_slices(m, small)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_mha_whole_heads(average):
+    from fxprune.rules.attention import prefer_heads
+    m, inputs = _mha_case(batch_first=True, average=average)
+    plan = fxprune.PrunePlan({"attn.out_proj.weight:1": [4]})  # one column of head 1 -> all of head 1
+    with prefer_heads():
+        if not average:  # per-head weights are a model output: heads are pinned
+            with pytest.raises(fxprune.PlanError):
+                fxprune.prune(m, plan, inputs)
+            return
+        small = fxprune.prune(m, plan, inputs)
+        fxprune.verify(m, small, plan, inputs)
+    a = small.attn
+    assert (a.num_heads, a.qk_head_dim, a.v_head_dim) == (3, 4, 4)
+    exp = small.meta["fxprune"]["plan"]
+    assert exp["attn.in_proj_weight:0"] == [4, 5, 6, 7, 20, 21, 22, 23, 36, 37, 38, 39]
+    assert exp["attn.out_proj.weight:1"] == [4, 5, 6, 7]
+    x = inputs[0]
+    with torch.no_grad():
+        out, w = small(x)
+        want, att = _manual_mha(m, x, [0, 2, 3], range(HD), range(HD))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, att, atol=1e-5, rtol=1e-5)  # averaged over the 3 kept heads
+
+
+def test_mha_whole_heads_by_module_attribute_and_analyze_flag():
+    m, inputs = _mha_case()
+    m.attn.fxprune_prefer_heads = True
+    g = fxprune.analyze(m, inputs).group_of("attn.in_proj_weight", 0)
+    assert len(g.all_classes) == NH
+    del m.attn.fxprune_prefer_heads
+    assert len(fxprune.analyze(m, inputs).group_of("attn.in_proj_weight", 0).all_classes) == 2 * HD
+    g = fxprune.analyze(m, inputs, prefer_heads=True).group_of("attn.in_proj_weight", 0)
+    assert len(g.all_classes) == NH
+
+
+def test_mha_separate_kdim_vdim():
+    m, inputs = _mha_case(kv=True, batch_first=True)
+    plan = fxprune.PrunePlan({"kpre.weight:0": [1], "vpre.weight:0": [0, 4], "attn.q_proj_weight:0": [2],
+                              "attn.v_proj_weight:0": [3]})
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
+    a = small.attn
+    assert (a.kdim, a.vdim, a.qk_head_dim, a.v_head_dim) == (5, 3, 3, 3)
+    assert tuple(a.q_proj_weight.shape) == (12, 16) and tuple(a.k_proj_weight.shape) == (12, 5)
+    assert tuple(a.v_proj_weight.shape) == (12, 3) and a.in_proj_weight is None
+    exp = small.meta["fxprune"]["plan"]
+    assert exp["attn.k_proj_weight:0"] == [2, 6, 10, 14]
+    assert exp["attn.in_proj_bias:0"] == [2, 6, 10, 14, 18, 22, 26, 30, 35, 39, 43, 47]
+    assert torch.equal(a.k_proj_weight, m.attn.k_proj_weight[_rows(NH, HD, [0, 1, 3])][:, [0, 2, 3, 4, 5]])
+    zoo.recover_slices(m, small)
+
+
+def test_mha_bias_kv_zero_attn_masks():
+    m, inputs = _mha_case(extra=True, batch_first=True)
+    plan = fxprune.PrunePlan(MHA_PLAN)
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
+    a = small.attn
+    assert tuple(a.bias_k.shape) == (1, 1, 12) and tuple(a.bias_v.shape) == (1, 1, 12)
+    assert torch.equal(a.bias_k, m.attn.bias_k[..., _rows(NH, HD, K(HD, QK_RM))])
+    assert torch.equal(a.bias_v, m.attn.bias_v[..., _rows(NH, HD, K(HD, V_RM))])
+    zoo.recover_slices(m, small)
+
+
+def test_mha_3d_mask_pins_heads_only():
+    class M3(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(E, NH)
+            self.register_buffer("mask", torch.zeros(2 * NH, 5, 5))
+
+        def forward(self, x):
+            return self.attn(x, x, x, attn_mask=self.mask)[0]
+
+    m, x = M3().eval(), torch.randn(5, 2, E)
+    assert fxprune.analyze(m, x, prefer_heads=True).group_of("attn.in_proj_weight", 0).pinned
+    assert not fxprune.analyze(m, x).group_of("attn.in_proj_weight", 0).pinned
+
+
+def test_mha_prune_twice_inplace_and_script(tmp_path):
+    from helpers import check_jit, check_onnx, check_train_step
+    m, inputs = _mha_case(batch_first=True)
+    plan = fxprune.PrunePlan(MHA_PLAN)
+    small = fxprune.prune(m, plan, inputs)
+    plan2 = fxprune.PrunePlan({"attn.in_proj_weight:0": [0]})  # again, on the pruned model
+    smaller = fxprune.prune(small, plan2, inputs)
+    fxprune.verify(small, smaller, plan2, inputs)
+    assert (smaller.attn.qk_head_dim, smaller.attn.v_head_dim) == (2, 3)
+    check_train_step(smaller, inputs)
+    assert check_jit(smaller, inputs) == "script"
+    check_onnx(smaller, inputs, tmp_path)
+    # inplace: the user's model holds the replacement module afterwards
+    m2, _ = _mha_case(batch_first=True)
+    out = fxprune.prune(m2, plan, inputs, inplace=True)
+    assert m2.attn is out.attn and type(m2.attn).__name__ == "PrunedMultiheadAttention"
+    torch.testing.assert_close(m2(*inputs), small(*inputs))

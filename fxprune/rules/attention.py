@@ -1,4 +1,4 @@
-"""Attention: ``F.scaled_dot_product_attention`` (torch- and aten-level).
+"""Attention: ``F.scaled_dot_product_attention`` (torch- and aten-level) and ``nn.MultiheadAttention``.
 
 SDPA, ``q [..., Hq, L, E]``, ``k [..., H, S, E]``, ``v [..., H, S, Ev]`` -> ``out [..., Hq, L, Ev]``:
 ``q[-1] ~ k[-1]`` (a zero head-dim channel adds nothing to ``q·k``), ``v[-1] ~ out[-1]``, ``q[-2] ~ out[-2]``
@@ -7,19 +7,48 @@ batch/head dims index-wise (GQA: query head ``i`` goes with kv head ``i // (Hq/H
 pinned: a zeroed key still takes softmax weight, so zeroing one is not removing it. When the head dim
 shrinks and ``scale`` is None, the rewrite passes the original ``1/sqrt(E)``.
 
+``nn.MultiheadAttention`` (a leaf module): the embed dims of query/key/value couple with the in-projection
+columns, the output with ``out_proj`` rows. Its internal dims live in two pseudo values of the node:
+``[qk]`` (head dim ``j`` of q and k in every head: one class) and ``[v]`` (head dim ``j`` of v in every
+head with the matching ``out_proj`` columns), so every head keeps the same size. In head mode
+(``analyze(..., prefer_heads=True)``, the :func:`prefer_heads` context, or a module attribute
+``fxprune_prefer_heads = True``) one pseudo value ``[heads]`` makes a whole head one class instead.
+Sequence positions are pinned; batch dims couple index-wise. The rewrite replaces the module by
+:class:`fxprune.modules.PrunedMultiheadAttention` under the same name (``nn.MultiheadAttention`` forces
+its internal width to equal ``embed_dim``), keeping the original softmax scale. For ``verify`` the
+original runs with its removed projection slices zeroed (averaged attention weights: over kept heads).
+
+Example:
+    >>> import torch, fxprune
+    >>> class Block(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.attn = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    ...     def forward(self, x):
+    ...         return self.attn(x, x, x)[0]
+    >>> g = fxprune.analyze(Block(), torch.randn(1, 5, 8)).group_of("attn.in_proj_weight", 0)
+    >>> len(g.all_classes)                       # 4 q/k head dims + 4 v head dims
+    8
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any, Iterator, List, Optional
 
+import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import index_map
+from ..lower import TRef
+from ..modules import PrunedMultiheadAttention
 from ..registry import register
 from ._util import arg, set_arg
+from .recurrent import masked_module
 
-__all__: list = []
+__all__ = ["prefer_heads"]
 
 # ----------------------------------------------------------------------------------------------- SDPA
 
@@ -71,3 +100,169 @@ def rewrite_sdpa(node, rctx) -> None:
 
 
 register("call_function", _SDPA, "scaled_dot_product_attention", lower_sdpa, rewrite_sdpa)
+
+
+# ------------------------------------------------------------------------------------ MultiheadAttention
+
+_PREFER_HEADS = [False]
+
+
+@contextlib.contextmanager
+def prefer_heads(on: bool = True) -> Iterator[None]:
+    """Within this block, a class of ``nn.MultiheadAttention`` is a whole head instead of a head dim.
+
+    Wrap analysis, pruning *and* verification (verify analyses the original again). A module attribute
+    ``fxprune_prefer_heads`` (True/False) overrides it for one module.
+    """
+    old = _PREFER_HEADS[0]
+    _PREFER_HEADS[0] = bool(on)
+    try:
+        yield
+    finally:
+        _PREFER_HEADS[0] = old
+
+
+def _heads_mode(ctx, m: nn.Module) -> bool:
+    """Module attribute ``fxprune_prefer_heads`` if set, else ``analyze(prefer_heads=...)`` or
+    :func:`prefer_heads`."""
+    flag = getattr(m, "fxprune_prefer_heads", None)
+    if flag is not None:
+        return bool(flag)
+    return bool(getattr(ctx, "prefer_heads", False) or _PREFER_HEADS[0])
+
+
+def _sizes(m: nn.Module):
+    """``(num_heads, q/k head dim, v head dim, scale)`` of an nn.MultiheadAttention or its pruned form."""
+    if isinstance(m, PrunedMultiheadAttention):
+        return m.num_heads, m.qk_head_dim, m.v_head_dim, m.scale
+    return m.num_heads, m.head_dim, m.head_dim, 1.0 / math.sqrt(m.head_dim)
+
+
+def _units(node, m: nn.Module, heads_mode: bool) -> List[TRef]:
+    """The pseudo values of the node's internal classes: ``[heads]``, or ``[qk]`` and ``[v]``."""
+    h, dq, dv, _ = _sizes(m)
+    if heads_mode:
+        return [TRef(("value", node.name, ("heads",)), (h,))]
+    return [TRef(("value", node.name, ("qk",)), (dq,)), TRef(("value", node.name, ("v",)), (dv,))]
+
+
+def _mparam(ctx, m: nn.Module, path: str) -> Optional[TRef]:
+    try:
+        t = m.get_parameter(path)
+    except AttributeError:
+        t = getattr(m, path, None)
+    if not isinstance(t, torch.Tensor):
+        return None
+    return ctx._param_ref(f"{ctx.node.target}.{path}", t)
+
+
+def lower_mha(ctx, node) -> None:
+    m = ctx.module()
+    ins = [ctx.tensor(arg(node, i, n)) for i, n in enumerate(("query", "key", "value"))]
+    out = ctx.elem(node, (0,))
+    if any(r is None for r in ins) or out is None:
+        return
+    qi, ki, vi = ins
+    h, dq, dv, _ = _sizes(m)
+    nq, nv = h * dq, h * dv
+    heads_mode = _heads_mode(ctx, m)
+    units = _units(node, m, heads_mode)
+
+    def rows(ref, d: int, parts) -> None:
+        """Couple dim ``d`` of ``ref``; ``parts`` = [(offset, n, "q"|"k"|"v")] along that dim."""
+        for off, n, kind in parts:
+            r = np.arange(n, dtype=np.int64)
+            per = dv if kind == "v" else dq
+            if heads_mode:
+                ctx.couple(ref, d, units[0], 0, (r + off, r // per))
+            else:
+                ctx.couple(ref, d, units[0 if kind != "v" else 1], 0, (r + off, r % per))
+
+    packed = [(0, nq, "q"), (nq, nq, "k"), (2 * nq, nv, "v")]
+    w = _mparam(ctx, m, "in_proj_weight")
+    if w is not None:
+        for r in ins:
+            ctx.couple(r, -1, w, 1)
+        rows(w, 0, packed)
+    else:
+        sep = (("q_proj_weight", (0, nq, "q")), ("k_proj_weight", (0, nq, "k")),
+               ("v_proj_weight", (0, nv, "v")))
+        for r, (name, part) in zip(ins, sep, strict=True):
+            wp = _mparam(ctx, m, name)
+            ctx.couple(r, -1, wp, 1)
+            rows(wp, 0, [part])
+    b = _mparam(ctx, m, "in_proj_bias")
+    if b is not None:
+        rows(b, 0, packed)
+    for name, part in (("bias_k", (0, nq, "k")), ("bias_v", (0, nv, "v"))):
+        ref = _mparam(ctx, m, name)
+        if ref is not None:
+            rows(ref, 2, [part])
+    ow, ob = _mparam(ctx, m, "out_proj.weight"), _mparam(ctx, m, "out_proj.bias")
+    rows(ow, 1, [(0, nv, "v")])
+    ctx.couple(ow, 0, out, -1)
+    if ob is not None:
+        ctx.couple(ob, 0, out, -1)
+    # batch dims index-wise; sequence positions stay (a zeroed key still takes softmax weight)
+    weights = ctx.elem(node, (1,))
+    batched = qi.ndim == 3
+    if batched:
+        bd = 0 if m.batch_first else 1
+        for r in (ki, vi, out):
+            ctx.couple(qi, bd, r, bd)
+        if weights is not None:
+            ctx.couple(weights, 0, qi, bd)
+    if weights is not None and weights.ndim == (4 if batched else 3) and heads_mode:
+        ctx.couple(weights, -3, units[0], 0)
+    mask = ctx.tensor(arg(node, 5, "attn_mask"))
+    if heads_mode and mask is not None and mask.ndim == 3:
+        ctx.pin(units[0], 0, "a 3-D attn_mask interleaves batch and heads")
+    ctx.mark_stat("attention evaluated with its removed projection rows zeroed")
+
+
+def masked_mha(node, args, kwargs, vctx) -> Any:
+    """The original module with removed q/k/v/out_proj slices zeroed; averaged attention weights are
+    averaged over the kept heads only (a head with zero q and k would still add uniform weights)."""
+    m = masked_module(node, vctx)
+    heads = TRef(("value", node.name, ("heads",)), (m.num_heads,))
+    kept = vctx.kept(heads, 0) if (heads.key, 0) in vctx.graph.ir.index else None
+    args, kwargs = list(args), dict(kwargs)
+    need = args[4] if len(args) > 4 else kwargs.get("need_weights", True)
+    avg = args[6] if len(args) > 6 else kwargs.get("average_attn_weights", True)
+    if kept is None or not need or not avg:
+        return m(*args, **kwargs)
+    if len(args) > 6:
+        args[6] = False
+    else:
+        kwargs["average_attn_weights"] = False
+    out, w = m(*args, **kwargs)
+    return out, w.index_select(-3, kept.to(w.device)).mean(dim=-3)
+
+
+def _replace_module(rctx, old: nn.Module, new: nn.Module) -> None:
+    for name, mod in list(rctx.new_modules.items()):
+        if mod is old:
+            parent, _, child = name.rpartition(".")
+            setattr(rctx.new_modules[parent], child, new)
+            rctx.new_modules[name] = new
+
+
+def rewrite_mha(node, rctx) -> None:
+    orig = rctx.graph.ctx.modules[node.target]
+    m = rctx.module(node)
+    h, dq, dv, scale = _sizes(orig)
+    idx = rctx.graph.ir.index
+    heads = TRef(("value", node.name, ("heads",)), (h,))
+    if (heads.key, 0) in idx:
+        h -= len(rctx.removed(heads, 0))
+    else:
+        qk, v = _units(node, orig, False)
+        dq, dv = dq - len(rctx.removed(qk, 0)), dv - len(rctx.removed(v, 0))
+    same = [tuple(p.shape) for p in m.parameters()] == [tuple(p.shape) for p in orig.parameters()]
+    if same and isinstance(m, type(orig)):
+        return
+    _replace_module(rctx, m, PrunedMultiheadAttention.from_module(m, h, dq, dv, scale))
+
+
+_MHA = (nn.MultiheadAttention, PrunedMultiheadAttention)
+register("call_module", _MHA, "multihead attention", lower_mha, rewrite_mha, masked_mha)
