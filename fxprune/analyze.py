@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from .errors import PlanError
+from .errors import PlanError, TraceError
 from .frontend import trace
 from .ir import DimNode, Solution
 from .lower import LowerCtx, lower_graph
@@ -198,9 +198,38 @@ class ChannelGraph:
 
     # -- plans ----------------------------------------------------------------------------------
     def expand(self, plan: PrunePlan) -> Expansion:
-        """Expand a plan to the smallest valid removal set containing it; raise PlanError if invalid."""
+        """Expand a plan to the smallest valid removal set containing it; raise PlanError if invalid.
+
+        A plan that removes whole attention heads is not a union of this analysis's "dim j of every
+        head" classes; when the plan's own entries are not closed here but are under whole-head
+        classes, this graph switches to the whole-head analysis (``prefer_heads``) of the same model.
+        """
         if not isinstance(plan, PrunePlan):
             plan = PrunePlan(plan)
+        try:
+            exp = self._expand(plan)
+            closed = self._closed(plan, exp)
+        except PlanError:
+            exp, closed = None, False
+        if closed or self.ctx.prefer_heads or not self.ctx.ambiguous:
+            return exp if exp is not None else self._expand(plan)
+        ctx, sol = lower_graph(self.gm, strict=self.ctx.strict, prefer_heads=True)
+        heads = ChannelGraph(self.gm, ctx, sol)
+        try:
+            hexp = heads._expand(plan)
+        except PlanError:
+            return exp if exp is not None else self._expand(plan)
+        if not heads._closed(plan, hexp):
+            return exp if exp is not None else self._expand(plan)
+        self.__dict__.update(heads.__dict__)  # from now on this graph is the whole-head analysis
+        return hexp
+
+    @staticmethod
+    def _closed(plan: PrunePlan, exp: Expansion) -> bool:
+        """Whether the expansion removes exactly what the plan lists for the plan's own keys."""
+        return all(sorted(set(int(i) for i in plan[k])) == exp.plan.get(k, []) for k in plan)
+
+    def _expand(self, plan: PrunePlan) -> Expansion:
         labels = self.sol.labels
         chosen: List[np.ndarray] = []
         for key in plan:
@@ -262,7 +291,18 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
 
     ``prefer_heads=True`` factors reshaped dims outermost first, so an attention projection split
     into ``(heads, head_dim)`` forms whole-head classes (used for head pruning).
+
+    When ``symbolic_trace`` fails on ``model``, its maximal traceable submodules are analysed instead
+    and a :class:`~fxprune.frontend.partial.PartialGraph` (same interface) is returned, with one
+    :class:`~fxprune.errors.FallbackWarning`; see :mod:`fxprune.frontend.partial`.
     """
-    gm = trace(model, example_inputs)
+    try:
+        gm = trace(model, example_inputs)
+    except TraceError as e:
+        # symbolic_trace failed (control flow, Python on tensors): analyse the traceable submodules instead
+        if e.__cause__ is None or isinstance(model, torch.fx.GraphModule):
+            raise
+        from .frontend.partial import analyze_partial
+        return analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads, cause=e)
     ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
     return ChannelGraph(gm, ctx, sol)

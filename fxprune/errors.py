@@ -19,7 +19,7 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "RewriteError", "VerificationError", "InternalError", "describe_node",
+    "PlanError", "RewriteError", "VerificationError", "InternalError", "FallbackWarning", "describe_node",
 ]
 
 
@@ -83,3 +83,7 @@ class VerificationError(FxpruneError):
 
 class InternalError(FxpruneError):
     """A bug in fxprune: please report it with the model that triggered it."""
+
+
+class FallbackWarning(UserWarning):
+    """``symbolic_trace`` failed on the model: only its traceable submodules are analysed and pruned."""

@@ -200,6 +200,11 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     step succeeded (a failing plan leaves it untouched). Applying a plan to a GraphModule that this
     plan already produced returns it unchanged.
 
+    A model that ``symbolic_trace`` cannot trace is pruned through its traceable submodules (see
+    :mod:`fxprune.frontend.partial`): the result is then a pruned deep copy of the model's own class
+    (an ``nn.Module``, not a GraphModule) whose traced submodules were edited in place, or replaced by
+    their pruned GraphModule where graph constants had to change.
+
     Example:
         >>> import torch, torchvision, fxprune
         >>> m = torchvision.models.resnet18()
@@ -216,5 +221,8 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
                           stacklevel=2)
             return model
     graph = analyze(model, example_inputs, strict=strict)
+    if not isinstance(graph, ChannelGraph):  # symbolic_trace failed: submodules were traced instead
+        from .frontend.partial import apply_partial
+        return apply_partial(graph, plan, inplace=inplace)
     return apply_plan(graph, plan, model, inplace=inplace)
 

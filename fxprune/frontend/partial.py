@@ -1,0 +1,710 @@
+"""The partial-tracing frontend: when ``symbolic_trace`` fails on a model, trace what can be traced.
+
+This fills the design's fallback slot (``frontend/autograd``) with per-submodule tracing instead of a
+``grad_fn`` walk. One real forward (eval mode, ``no_grad``) records the arguments of every submodule's
+first call. Starting from the root, a module whose ``forward`` symbolic-traces with those arguments (and
+whose graph propagates shapes) becomes one *part*, analysed as an ordinary :class:`ChannelGraph`;
+otherwise its children are tried. Only maximal traceable subtrees become parts.
+
+Every input and output dim of a part is pinned (the lowering pins graph inputs and outputs), so the
+Python code around the parts, which fxprune cannot rewrite, always sees tensors of the original shapes.
+A parameter that is also used outside its part's calls (tied weights, a parent reading
+``self.child.weight``) is pinned too.
+
+:class:`PartialGraph` combines the parts behind the interface of :class:`ChannelGraph`: ``groups`` (keys
+and members are full model qualnames), ``group_of``, ``expand``, ``sol.labels`` / ``ir.dims`` over one
+index space, and ``gm`` (here the model itself, for parameters by full name).
+
+:func:`apply_partial` prunes a deep copy of the model (never the input unless ``inplace=True``): each
+pruned part's modules are edited in place (parameters sliced, attributes such as ``out_channels``
+updated). A part whose graph constants had to change (``view`` sizes, split sizes, ...) is replaced by its
+pruned GraphModule, which keeps the part's call signature and public attributes. The result is the
+model's own class, not a GraphModule.
+
+Example:
+    >>> import warnings, torch, fxprune
+    >>> class Gate(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.block = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+    ...     def forward(self, x):
+    ...         return self.block(x) if x.sum() > 0 else -self.block(x)
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> with warnings.catch_warnings(record=True):
+    ...     graph = fxprune.analyze(Gate(), x)
+    >>> graph.group_of("block.0.weight", 0).key
+    'block.0.weight:0'
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx
+from torch.fx.graph import CodeGen
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
+from ..ir import ChannelIR, DimNode, Solution
+from ..plan import PrunePlan, make_key, parse_key
+from .fx import normalize_inputs, propagate_shapes
+
+__all__ = ["Part", "PartialGraph", "analyze_partial", "apply_partial", "verify_partial"]
+
+# Trace attempts stop starting after this many seconds (the forward pass is extra): analysis of any
+# model ends in bounded time; modules left untried are reported as not analysed.
+TRACE_BUDGET_S = 5.0
+
+
+# ------------------------------------------------------------------------------------------- recording
+
+@dataclass
+class _Call:
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    spec: Any
+    consts: list[Any]
+    varies: bool = False
+
+
+def _split_leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    return spec, [(type(v), v.dtype, v.ndim) if isinstance(v, torch.Tensor) else v for v in leaves]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - objects without a usable ==
+        return False
+
+
+class _UseTracker(TorchFunctionMode):
+    """Records, for every parameter/buffer, the modules that were running at each of its uses."""
+
+    def __init__(self, ids: set[int], stack: list[int], inside: dict[int, set[int]]):
+        super().__init__()
+        self.ids, self.stack, self.inside = ids, stack, inside
+
+    def _note(self, t: Any) -> None:
+        if isinstance(t, torch.Tensor) and id(t) in self.ids:
+            cur = set(self.stack)
+            prev = self.inside.get(id(t))
+            self.inside[id(t)] = cur if prev is None else prev & cur
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, (list, tuple)):
+                for b in a:
+                    self._note(b)
+            else:
+                self._note(a)
+        return func(*args, **kwargs)
+
+
+@dataclass
+class _Recording:
+    calls: dict[int, _Call]
+    inside: dict[int, set[int]]  # tensor id -> ids of modules running at every use of it
+
+
+def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
+    """One real forward in eval mode: first-call arguments of every module, and where tensors are used."""
+    calls: dict[int, _Call] = {}
+    stack: list[int] = []
+    inside: dict[int, set[int]] = {}
+    ids = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+
+    def pre(m, a, kw):
+        stack.append(id(m))
+        spec, consts = _split_leaves(a, kw)
+        c = calls.get(id(m))
+        if c is None:
+            calls[id(m)] = _Call(a, dict(kw), spec, consts)
+        elif not c.varies and (spec != c.spec or not all(_same(x, y) for x, y in zip(consts, c.consts))):
+            c.varies = True
+
+    def post(m, a, out):
+        if stack and stack[-1] == id(m):
+            stack.pop()
+
+    handles = []
+    flags = {m: m.training for m in model.modules()}
+    try:
+        for m in model.modules():
+            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(m.register_forward_hook(post, always_call=True))
+        model.eval()
+        with torch.no_grad(), _UseTracker(ids, stack, inside):
+            model(*args)
+    except FxpruneError:
+        raise
+    except Exception as e:
+        raise ShapeInfoError(f"the fallback's forward pass of {type(model).__name__} failed with the given "
+                             f"example inputs: {type(e).__name__}: {e}") from e
+    finally:
+        for h in handles:
+            h.remove()
+        for m, t in flags.items():
+            m.training = t
+    return _Recording(calls, inside)
+
+
+# ------------------------------------------------------------------------------------------- tracing
+
+_LITERALS = (type(None), bool, int, float, str)
+
+
+def _literal(v: Any) -> bool:
+    if isinstance(v, tuple):
+        return all(_literal(x) for x in v)
+    return type(v) in _LITERALS and (not isinstance(v, float) or np.isfinite(v))
+
+
+def _holds_tensor(v: Any, depth: int = 0) -> bool:
+    """A non-container object that carries tensors (e.g. an ImageList): tracing would bake them in."""
+    if isinstance(v, torch.Tensor):
+        return True
+    if depth > 2 or isinstance(v, (*_LITERALS, torch.nn.Module)):
+        return False
+    attrs = getattr(v, "__dict__", None)
+    return isinstance(attrs, dict) and any(_holds_tensor(x, depth + 1) for x in attrs.values())
+
+
+class _CallCodeGen(CodeGen):
+    """``forward`` keeps the traced module's own parameters (names, defaults) and picks the tensor
+    leaves out of them, so the GraphModule is called exactly like the module it replaces."""
+
+    def __init__(self, params: list[tuple[str, Any, str | None]], leaves: list[tuple[int, Any]]):
+        super().__init__()
+        self.params = params  # (name, inspect kind, default source or None)
+        self.leaves = leaves  # (parameter index, pytree key path) per placeholder, in order
+
+    def gen_fn_def(self, free_vars: list[str], maybe_return_annotation: str, *, expanded_def: bool = False) -> str:
+        parts, star, slash = ["self"], False, False
+        for name, kind, default in self.params:
+            if kind != inspect.Parameter.POSITIONAL_ONLY and not slash and any(
+                    k == inspect.Parameter.POSITIONAL_ONLY for _, k, _ in self.params):
+                parts.append("/")
+                slash = True
+            if kind == inspect.Parameter.KEYWORD_ONLY and not star:
+                parts.append("*")
+                star = True
+            parts.append(name if default is None else f"{name}={default}")
+        lines = [f"def {self._func_name}({', '.join(parts)}){maybe_return_annotation}:"]
+        names = [v.split(":")[0].split("=")[0].strip() for v in free_vars if v != "self"]
+        for var, (i, path) in zip(names, self.leaves):
+            lines.append(f"    {var} = {self.params[i][0]}{pytree.keystr(path)}")
+        return "\n".join(lines)
+
+    def process_inputs(self, *inputs: Any) -> Any:
+        out = []
+        for i, path in self.leaves:
+            v = inputs[i]
+            for k in path:
+                v = k.get(v)
+            out.append(v)
+        return out
+
+
+class _PartTracer(torch.fx.Tracer):
+    """Placeholders for the tensor leaves of the recorded arguments only; every other value is a constant."""
+
+    def __init__(self, values: list[Any], names: list[str]):
+        super().__init__()
+        self.record_stack_traces = True
+        self.values, self.names = values, names
+        self.leaves: list[tuple[int, Any]] = []
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        flat, spec = pytree.tree_flatten_with_path(tuple(self.values))
+        new, used = [], set(self.names)
+        for path, leaf in flat:
+            if isinstance(leaf, torch.Tensor):
+                i, rest = path[0].idx, path[1:]
+                label = "_".join(str(getattr(k, "idx", getattr(k, "key", getattr(k, "name", "")))) for k in rest)
+                name = _ident(self.names[i] + (f"_{label}" if label else ""))
+                if label:  # a leaf of a container argument: a fresh name
+                    base, k = name, 0
+                    while name in used:
+                        k += 1
+                        name = f"{base}_{k}"
+                    used.add(name)
+                new.append(self.create_proxy("placeholder", name, (), {}))
+                self.leaves.append((i, tuple(rest)))
+            else:
+                new.append(leaf)
+        values = pytree.tree_unflatten(new, spec)
+
+        def fn(root):
+            return root_fn(root, *values)
+        return fn, [self.root]
+
+
+def _ident(name: str) -> str:
+    s = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return s if s and not s[0].isdigit() else f"x_{s}"
+
+
+def _bind(module: torch.nn.Module, call: _Call) -> tuple[list[Any], list[tuple[str, Any, str | None]]]:
+    """Values of ``forward``'s parameters in order, and their (name, kind, default source)."""
+    sig = inspect.signature(module.forward)
+    bound = sig.bind(*call.args, **call.kwargs)
+    given = set(bound.arguments)
+    bound.apply_defaults()
+    values, params = [], []
+    for name, p in sig.parameters.items():
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TraceError(f"forward takes *{name}")
+        default = None
+        if p.default is not inspect.Parameter.empty:
+            if not _literal(p.default):
+                if name not in given:
+                    raise TraceError(f"parameter {name!r} has a default that cannot be written as a literal")
+            else:
+                default = repr(p.default)
+        v = bound.arguments[name]
+        if any(_holds_tensor(x) for x in pytree.tree_leaves(v) if not isinstance(x, torch.Tensor)):
+            raise TraceError(f"argument {name!r} is a {type(v).__name__} holding tensors")
+        values.append(v)
+        params.append((name, p.kind, default))
+    return values, params
+
+
+@dataclass
+class Part:
+    """One traced submodule: its path in the model, module, analysed graph and example arguments."""
+
+    path: str
+    module: torch.nn.Module
+    graph: Any  # ChannelGraph
+    values: list[Any] = field(repr=False)
+    dim_offset: int = 0
+    index_offset: int = 0
+    label_offset: int = 0
+
+    @property
+    def prefix(self) -> str:
+        return self.path + "."
+
+
+def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool,
+                prefer_heads: bool) -> Part:
+    from ..analyze import ChannelGraph
+    from ..lower import lower_graph
+
+    if call.varies:
+        raise TraceError("it is called with differently structured arguments or other constants")
+    if isinstance(module, torch.jit.ScriptModule):
+        raise TraceError("it is a ScriptModule")
+    values, params = _bind(module, call)
+    tracer = _PartTracer(values, [p[0] for p in params])
+    try:
+        graph = tracer.trace(module)
+    except Exception as e:
+        raise TraceError(f"{type(e).__name__}: {e}") from e
+    graph.set_codegen(_CallCodeGen(params, tracer.leaves))
+    graph._tracer_cls = torch.fx.Tracer  # unpickling re-traces the generated code with a plain tracer
+    gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
+    propagate_shapes(gm, tuple(values))
+    ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
+    _pin_boundary(gm, ctx, sol, module, rec)
+    return Part(path, module, ChannelGraph(gm, ctx, sol), values)
+
+
+def _pin_boundary(gm, ctx, sol: Solution, module: torch.nn.Module, rec: _Recording) -> None:
+    """Pin what the lowering leaves free but the code around the part relies on: tuple outputs
+    returned as a whole, and parameters that are used outside this module's calls."""
+    dims: list[tuple[DimNode, str]] = []
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+
+    def visit(a):
+        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), (tuple, list)):
+            for path, ref in _elem_paths(a.meta["val"]):
+                for d in range(len(ref)):
+                    i = ctx.ir.index.get((("value", a.name, path), d))
+                    if i is not None:
+                        dims.append((ctx.ir.dims[i], "output of the traced submodule"))
+        return a
+    torch.fx.node.map_aggregate(out.args, visit)
+    used_outside = {i for i, mods in rec.inside.items() if id(module) not in mods}
+    for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
+            module.named_buffers(remove_duplicate=False)):
+        if id(t) in used_outside:
+            canon = ctx.canonical.get(name, name)
+            for d in range(t.ndim):
+                i = ctx.ir.index.get((("param", canon), d))
+                if i is not None:
+                    dims.append((ctx.ir.dims[i], f"{name} is also used outside this submodule's forward"))
+    for d, why in dims:
+        for lab in np.unique(sol.labels[d.base:d.base + d.size]).tolist():
+            sol.pinned_reason.setdefault(lab, why)
+
+
+def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    if isinstance(val, torch.Tensor):
+        return [(path, tuple(val.shape))]
+    if isinstance(val, (tuple, list)):
+        return [r for i, v in enumerate(val) for r in _elem_paths(v, path + (i,))]
+    return []
+
+
+def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
+                    prefer_heads: bool = False, cause: BaseException | None = None,
+                    budget_s: float = TRACE_BUDGET_S) -> PartialGraph:
+    """Analyse the maximal traceable submodules of ``model`` (see the module docstring).
+
+    Warns once (:class:`~fxprune.errors.FallbackWarning`) naming the modules whose Python ``forward``
+    stays as it is. ``strict=True`` raises on ops without a rule, as :func:`fxprune.analyze` does.
+    """
+    args = normalize_inputs(example_inputs)
+    rec = _record(model, args)
+    deadline = time.monotonic() + budget_s
+    parts: list[Part] = []
+    untraced: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    seen: set[int] = set()
+    lower_warnings: list[str] = []
+
+    def visit(path: str, m: torch.nn.Module) -> None:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
+            return  # nothing to prune
+        call = rec.calls.get(id(m))
+        if call is None:
+            return  # never called: its tensors are not prunable
+        if path:
+            if time.monotonic() > deadline:
+                skipped.append(path)
+                return
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    parts.append(_trace_part(path, m, call, rec, strict, prefer_heads))
+                # rule warnings are summed up in the one fallback warning; tracer chatter is dropped
+                lower_warnings.extend(f"{path}: {w.message}" for w in caught
+                                      if str(w.message).startswith("fxprune"))
+                return
+            except FxpruneError as e:
+                if strict and not isinstance(e, (TraceError, ShapeInfoError)):
+                    raise
+                untraced.append((path, _reason(e)))
+            except Exception as e:  # noqa: BLE001 - an op or a rule failing on this submodule alone
+                untraced.append((path, f"{type(e).__name__}: {e}"))
+        else:
+            untraced.append(("", _reason(cause) if cause is not None else "symbolic tracing failed"))
+        for name, c in m.named_children():
+            visit(f"{path}.{name}" if path else name, c)
+
+    visit("", model)
+    graph = PartialGraph(model, parts, untraced, skipped)
+    _warn(model, graph, lower_warnings)
+    return graph
+
+
+def _reason(e: BaseException) -> str:
+    cause = e.__cause__ if isinstance(e, TraceError) and e.__cause__ is not None else e
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]) -> None:
+    def name(p: str) -> str:
+        return p or f"<root {type(model).__name__}>"
+    shown = "; ".join(f"{name(p)} ({why})" for p, why in graph.untraced[:8])
+    more = f"; and {len(graph.untraced) - 8} more" if len(graph.untraced) > 8 else ""
+    lines = [(
+        f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its submodules. "
+        f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes in "
+        "view/reshape, split sizes, channel counts) cannot be rewritten, so every input and output of a "
+        f"traced submodule keeps its size. Traced: {', '.join(p.path for p in graph.parts) or 'nothing'}.")]
+    if graph.skipped:
+        lines.append(f"Not analysed (time budget of {TRACE_BUDGET_S:g} s spent): {', '.join(graph.skipped[:8])}.")
+    if lower_warnings:
+        lines.append("Within the traced submodules: " + " | ".join(lower_warnings[:4]))
+    warnings.warn(" ".join(lines), FallbackWarning, stacklevel=_user_level())
+
+
+def _user_level() -> int:
+    """``stacklevel`` of the first frame outside fxprune, so the warning points at the user's call."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    f, level = sys._getframe(1), 1
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
+        f, level = f.f_back, level + 1
+    return level
+
+
+# ------------------------------------------------------------------------------------------- graph
+
+@dataclass
+class PartialExpansion:
+    """A plan expanded per part (``parts``: path -> Expansion), and over the combined index space."""
+
+    removed_labels: np.ndarray
+    mask: np.ndarray
+    plan: dict[str, list[int]]
+    parts: dict[str, Any]
+
+
+class _Ctx:
+    """The bits of ``LowerCtx`` that plan builders read, over all parts."""
+
+    def __init__(self):
+        self.ambiguous: dict[str, tuple] = {}
+        self.stat_nodes: dict[str, str] = {}
+        self.unknown: dict[str, list[str]] = {}
+
+
+class PartialGraph:
+    """The analysis of a model that only traces in parts; the interface of :class:`ChannelGraph`.
+
+    ``gm`` is the model itself (parameters by their full names); ``parts`` the traced submodules;
+    ``untraced`` the modules whose Python forward could not be traced, with the reason.
+    """
+
+    def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
+                 skipped: list[str]):
+        self.gm, self.model = model, model
+        self.parts, self.untraced, self.skipped = parts, untraced, skipped
+        self.ir = ChannelIR()
+        self.ctx = _Ctx()
+        labels, owner, dim_group, pinned = [], [], [], {}
+        n_dims = n_idx = n_lab = n_grp = 0
+        for part in parts:
+            g = part.graph
+            part.dim_offset, part.index_offset, part.label_offset = n_dims, n_idx, n_lab
+            for d in g.ir.dims:
+                value = (("param", part.prefix + d.value[1]) if d.is_param
+                         else ("value", part.prefix + d.value[1], d.value[2]))
+                nd = DimNode(d.id + n_dims, value, d.dim, d.size, d.base + n_idx)
+                self.ir.dims.append(nd)
+                self.ir.index[(value, d.dim)] = nd.id
+            labels.append(g.sol.labels + n_lab)
+            owner.append(g.sol.owner + n_dims)
+            dim_group.append(g.sol.dim_group + n_grp)
+            pinned.update({lab + n_lab: why for lab, why in g.sol.pinned_reason.items()})
+            for k, v in g.ctx.ambiguous.items():  # dim nodes in it move to the combined index space
+                self.ctx.ambiguous[part.prefix + k] = tuple(
+                    self.ir.dims[x.id + n_dims] if isinstance(x, DimNode) else x for x in v)
+            self.ctx.stat_nodes.update({part.prefix + k: v for k, v in g.ctx.stat_nodes.items()})
+            for k, v in g.ctx.unknown.items():
+                self.ctx.unknown.setdefault(k, []).extend(part.prefix + n for n in v)
+            n_dims += len(g.ir.dims)
+            n_idx += g.ir.total
+            n_lab += int(g.sol.labels.max()) + 1 if len(g.sol.labels) else 0
+            n_grp += int(g.sol.dim_group.max()) + 1 if len(g.sol.dim_group) else 0
+        self.ir.total = n_idx
+
+        def cat(xs):
+            return np.concatenate(xs) if xs else np.zeros(0, np.int64)
+        self.sol = Solution(self.ir, cat(labels), cat(owner), cat(dim_group), pinned)
+        self._groups = None
+        tensors = dict(model.named_parameters(remove_duplicate=False))
+        tensors.update(model.named_buffers(remove_duplicate=False))
+        self._tensors = tensors
+        self._owner: dict[int, tuple[Part, str]] = {}
+        for part in parts:
+            for name, t in list(part.module.named_parameters(remove_duplicate=False)) + list(
+                    part.module.named_buffers(remove_duplicate=False)):
+                self._owner.setdefault(id(t), (part, name))
+
+    # -- groups ---------------------------------------------------------------------------------
+    @property
+    def groups(self):
+        """Every group of every part, with full-model keys and members, in module order."""
+        if self._groups is None:
+            from ..analyze import Group
+            self._groups, self._map = [], {}
+            self._by_dim = {}
+            for part in self.parts:
+                pre = part.prefix
+                for g in part.graph.groups:
+                    dims = [self.ir.dims[d.id + part.dim_offset] for d in g.dims]
+                    members = [(pre + n, d) for n, d in g.members]
+                    new = Group(pre + g.key, g.size, g.pinned, members, [list(c) for c in g.classes],
+                                [(pre + k, idx) for k, idx in g.all_classes], dims,
+                                g.labels + part.label_offset, self.sol.labels)
+                    self._groups.append(new)
+                    self._map[id(g)] = new
+                    self._by_dim.update({d.id: new for d in dims})
+        return self._groups
+
+    @property
+    def _group_by_dim(self):
+        _ = self.groups
+        return self._by_dim
+
+    def _part_of(self, name: str, dim: int) -> tuple[Part, str]:
+        key = make_key(name, dim)
+        t = self._tensors.get(name)
+        if t is None:
+            close = difflib.get_close_matches(name, list(self._tensors), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PlanError(f"unknown key {key!r}: the model has no parameter or buffer {name!r}{hint}")
+        hit = self._owner.get(id(t))
+        if hit is None:
+            where = name.rpartition(".")[0]
+            why = dict(self.untraced).get(where)
+            raise PlanError(f"key {key!r}: {name} is not in a traced submodule"
+                            + (f" ({where or 'the root'} could not be traced: {why})" if why else "")
+                            + "; it cannot be pruned")
+        return hit
+
+    def group_of(self, name: str, dim: int):
+        """The group holding parameter/buffer ``name`` (full qualname) along ``dim``."""
+        part, rel = self._part_of(name, dim)
+        try:
+            g = part.graph.group_of(rel, dim)
+        except PlanError as e:
+            raise PlanError(f"in traced submodule {part.path!r}: {e}") from None
+        _ = self.groups
+        return self._map[id(g)]
+
+    # -- plans ----------------------------------------------------------------------------------
+    def expand(self, plan: Any) -> PartialExpansion:
+        """Expand a plan part by part; raise PlanError if any entry is invalid."""
+        plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
+        by_part: dict[str, dict[str, list[int]]] = {}
+        for key in plan:
+            name, dim = parse_key(key)
+            part, rel = self._part_of(name, dim)
+            by_part.setdefault(part.path, {})[make_key(rel, dim)] = plan[key]
+        exps: dict[str, Any] = {}
+        removed, mask, out = [], [], {}
+        for part in self.parts:
+            sub = by_part.get(part.path)
+            if sub is None:
+                mask.append(np.zeros(part.graph.ir.total, bool))
+                continue
+            try:
+                e = part.graph.expand(PrunePlan(sub))
+            except PlanError as err:
+                raise PlanError(f"in traced submodule {part.path!r}: {err}") from None
+            exps[part.path] = e
+            removed.append(e.removed_labels + part.label_offset)
+            mask.append(e.mask)
+            out.update({part.prefix + k: v for k, v in e.plan.items()})
+        return PartialExpansion(np.concatenate(removed) if removed else np.zeros(0, np.int64),
+                                np.concatenate(mask) if mask else np.zeros(0, bool), out, exps)
+
+    def removed(self, mask: np.ndarray, value: Any, dim: int) -> np.ndarray:
+        """Indices of ``value`` (a full-name value key) along ``dim`` that ``mask`` removes."""
+        i = self.ir.index.get((value, dim))
+        if i is None:
+            return np.zeros(0, np.int64)
+        d = self.ir.dims[i]
+        return np.nonzero(mask[d.base:d.base + d.size])[0]
+
+    def __repr__(self) -> str:
+        free = sum(1 for g in self.groups if g.pinned is None)
+        return (f"PartialGraph({len(self.parts)} traced parts, {len(self.untraced)} untraced modules, "
+                f"{len(self.groups)} groups, {free} prunable)")
+
+
+# ------------------------------------------------------------------------------------------- rewrite
+
+_KEEP_ATTRS = ("training", "forward")
+
+
+def apply_partial(graph: PartialGraph, plan: Any, inplace: bool = False) -> torch.nn.Module:
+    """Prune the model ``graph`` was built from (a deep copy unless ``inplace``); see the module docstring."""
+    from ..rewrite import apply_plan
+
+    plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
+    exp = graph.expand(plan)  # every entry is checked before anything changes
+    model = graph.model
+    target = model if inplace else copy.deepcopy(model)
+    for part in graph.parts:
+        e = exp.parts.get(part.path)
+        if e is None or not e.plan:
+            continue
+        sub_plan = PrunePlan({k[len(part.prefix):]: v for k, v in exp.plan.items() if k.startswith(part.prefix)})
+        root = target.get_submodule(part.path)
+        small = apply_plan(part.graph, sub_plan, root, inplace=True)
+        if small.code != part.graph.gm.code:  # graph constants changed: the Python forward is stale
+            for k, v in root.__dict__.items():
+                if not k.startswith("_") and k not in _KEEP_ATTRS and k not in small.__dict__ and not callable(v):
+                    setattr(small, k, v)
+            small.training = root.training
+            parent, _, child = part.path.rpartition(".")
+            setattr(target.get_submodule(parent) if parent else target, child, small)
+    target._fxprune_expanded = dict(exp.plan)
+    return target
+
+
+# ------------------------------------------------------------------------------------------- verify
+
+def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args: tuple[Any, ...],
+                   atol: float, rtol: float):
+    """Run the model with every pruned part masked (removed channels zeroed) and compare with ``small``."""
+    from ..errors import VerificationError
+    from ..verify import VerifyReport, _diff, _MaskedInterpreter, _ok
+
+    exp = graph.expand(plan)
+    model = graph.model
+    saved: list[tuple[torch.nn.Module, bool, Any]] = []
+    recomputed: dict[str, str] = {}
+    try:
+        for part in graph.parts:
+            e = exp.parts.get(part.path)
+            if e is None or not e.mask.any():
+                continue
+            interp = _MaskedInterpreter(part.graph, e)
+            recomputed.update({part.prefix + k: v for k, v in interp.recomputed.items()})
+            m = part.module
+            saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
+            m.forward = _masked_forward(m, interp)
+        ref = model(*args)
+    finally:
+        for m, had, old in saved:
+            if had:
+                m.forward = old
+            else:
+                del m.forward
+    out = small(*args)
+    ref_leaves, ref_spec = pytree.tree_flatten(ref)
+    out_leaves, out_spec = pytree.tree_flatten(out)
+    if ref_spec != out_spec:
+        raise VerificationError(f"output structure differs: {ref_spec} vs {out_spec}")
+    diffs, bad = [], []
+    for i, (r, o) in enumerate(zip(ref_leaves, out_leaves)):
+        if isinstance(r, torch.Tensor):
+            d = _diff(o, r)
+            diffs.append(d)
+            if not _ok(d, r, atol, rtol):
+                bad.append((i, d))
+    if bad:
+        pruned = ", ".join(p for p in exp.parts) or "none"
+        raise VerificationError(
+            f"pruned model differs from the masked original: output {bad[0][0]} max |Δ| = {bad[0][1]:.3g} "
+            f"(pruned submodules: {pruned})")
+    return VerifyReport(max(diffs, default=0.0), diffs, recomputed)
+
+
+def _masked_forward(module: torch.nn.Module, interp):
+    from ..verify import _plain
+
+    sig = inspect.signature(module.forward)
+
+    def forward(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return _plain(interp.run(*bound.arguments.values()))
+    return forward
