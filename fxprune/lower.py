@@ -78,6 +78,7 @@ class LowerCtx:
         self.first_use: Dict[str, int] = {}
         self.unknown: Dict[str, List[str]] = {}
         self.ambiguous: Dict[str, Tuple[int, DimNode]] = {}
+        self.merges: set = set()  # ambiguous nodes that merge dims
         self.stat_nodes: Dict[str, str] = {}
         self.node: Optional[torch.fx.Node] = None
         self.node_index = 0
@@ -168,8 +169,9 @@ class LowerCtx:
         for dd in (range(ref.ndim) if d is None else [d % ref.ndim]):
             self._touched.add((ref.key, dd))
 
-    def choose(self, candidates: Sequence[Tuple[TRef, int]]) -> int:
-        """Pick one of several ways to factor a dim; analysis retries the next when it ends up pinned."""
+    def choose(self, candidates: Sequence[Tuple[TRef, int]], merge: bool = False) -> int:
+        """Pick one of several ways to factor a dim; analysis retries the next when it ends up pinned.
+        ``merge`` marks a choice that merges dims (retried only after the splits feeding it settled)."""
         order = list(range(len(candidates)))
         if self.prefer_heads:  # outermost factor first
             order.sort(key=lambda k: candidates[k][1])
@@ -177,6 +179,8 @@ class LowerCtx:
         if len(candidates) > 1:
             ref, d = candidates[i]
             self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
+            if merge:
+                self.merges.add(self.node.name)
         return i
 
     def mark_stat(self, reason: str) -> None:
@@ -282,12 +286,13 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int 
             ctx.lower_node(node)
         sol = ctx.ir.solve()
         pinned = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
-        changed = False
-        for name, (n, dim) in ctx.ambiguous.items():
-            if choices.get(name, 0) + 1 < n and np.isin(sol.labels_of(dim), pinned).all():
-                choices[name] = choices.get(name, 0) + 1
-                changed = True
-        if not changed:
+        stuck = [(name in ctx.merges, name) for name, (n, dim) in ctx.ambiguous.items()
+                 if choices.get(name, 0) + 1 < n and np.isin(sol.labels_of(dim), pinned).all()]
+        # Retry splits first: a merge downstream of a wrong split is pinned only because of it.
+        retry = [name for merge, name in stuck if not merge] or [name for _, name in stuck]
+        for name in retry:
+            choices[name] = choices.get(name, 0) + 1
+        if not retry:
             break
     if ctx.unknown:
         lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"

@@ -154,7 +154,7 @@ class Pruner:
             else:
                 raise PlanError(f"ignored_layers entry {type(item).__name__} is not a module or parameter "
                                 "of the model")
-        self._init_classes: Dict[str, int] = {}
+        self._init_classes: Dict[Tuple[bool, str], int] = {}
         self._kept: Dict[Tuple[str, int], np.ndarray] = {}  # (param, dim) -> original indices still kept
         self._plan: Dict[str, List[int]] = {}
         self.num_heads: Dict[str, int] = {}
@@ -192,8 +192,8 @@ class Pruner:
     # -- selection ------------------------------------------------------------------------------
     def _analyze(self, heads: bool = False) -> ChannelGraph:
         graph = analyze(self.model, self.example_inputs, strict=self.strict, prefer_heads=heads)
-        for g in graph.groups:
-            self._init_classes.setdefault(g.key, len(g.all_classes))
+        for g in graph.groups:  # per analysis mode: head classes and head-dim classes count differently
+            self._init_classes.setdefault((heads, g.key), len(g.all_classes))
         return graph
 
     def _select_step(self) -> PrunePlan:
@@ -242,7 +242,8 @@ class Pruner:
                 raise PlanError(f"importance {type(self.importance).__name__} returned shape "
                                 f"{tuple(s.shape)} for group {g.key} with {len(g.all_classes)} classes; "
                                 "use a group_reduction that gives one score per class")
-            out.append(_Cand(g, s.numpy(), self._init_classes[g.key]))
+            n_init = self._init_classes.get((graph.ctx.prefer_heads, g.key), len(g.all_classes))
+            out.append(_Cand(g, s.numpy(), n_init))
         return out
 
     def _ignored(self, g: Group) -> bool:

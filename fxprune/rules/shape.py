@@ -11,11 +11,12 @@ import math
 from typing import List, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from .. import index_map
 from ..registry import register
-from ._util import arg, set_arg
+from ._util import arg, fixed_size, reads_pruned, set_arg
 
 
 def _runs(a: Tuple[int, ...], b: Tuple[int, ...]) -> List[Tuple[List[int], List[int]]]:
@@ -47,7 +48,7 @@ def lower_reshape(ctx, node) -> None:
             ctx.couple(x, ra[0], out, rb[0])
         elif len(rb) == 1:  # merge: prefer a factor that carries prunable channels, then the innermost
             cands = sorted(ra, key=lambda d: (not ctx.ir.free[ctx.dim(x, d).id], -d))
-            c = cands[ctx.choose([(x, d) for d in cands])]
+            c = cands[ctx.choose([(x, d) for d in cands], merge=True)]
             inner = math.prod(x.shape[d] for d in ra if d > c)
             ctx.couple(out, rb[0], x, c, index_map.factor(out.shape[rb[0]], inner, x.shape[c]))
         elif len(ra) == 1:  # split: innermost factor first
@@ -57,10 +58,10 @@ def lower_reshape(ctx, node) -> None:
             ctx.couple(x, ra[0], out, c, index_map.factor(x.shape[ra[0]], inner, out.shape[c]))
 
 
-def _rewrite_sizes(sizes, old: Tuple[int, ...], new: Tuple[int, ...]):
-    out = []
-    for s, o, n in zip(sizes, old, new):
-        out.append(n if isinstance(s, int) and s != -1 and o != n else s)
+def _rewrite_sizes(sizes, old: Tuple[int, ...], new: Tuple[int, ...], rctx):
+    if isinstance(sizes, torch.fx.Node):  # the whole shape computed in the graph
+        return tuple(new) if any(o != n for o, n in zip(old, new)) or reads_pruned(sizes, rctx) else sizes
+    out = [fixed_size(s, o, n, rctx) for s, o, n in zip(sizes, old, new)]
     return type(sizes)(out) if isinstance(sizes, (list, tuple)) else out
 
 
@@ -68,19 +69,17 @@ def rewrite_view(node, rctx) -> None:
     """Replace constant sizes of ``view``/``reshape``/``expand`` by the pruned ones."""
     out = rctx.tensor(node)
     old, new = out.shape, rctx.new_shape(out)
-    if old == new:
-        return
     if node.op == "call_function":  # torch.reshape(x, shape)
-        set_arg(node, 1, "shape", _rewrite_sizes(arg(node, 1, "shape"), old, new))
+        set_arg(node, 1, "shape", _rewrite_sizes(arg(node, 1, "shape"), old, new, rctx))
         return
     rest = node.args[1:]
-    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
-        node.args = (node.args[0], _rewrite_sizes(rest[0], old, new))
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple, torch.fx.Node)):
+        node.args = (node.args[0], _rewrite_sizes(rest[0], old, new, rctx))
     elif rest:
-        node.args = (node.args[0],) + tuple(_rewrite_sizes(list(rest), old, new))
+        node.args = (node.args[0],) + tuple(_rewrite_sizes(list(rest), old, new, rctx))
     elif "size" in node.kwargs or "shape" in node.kwargs:
         k = "size" if "size" in node.kwargs else "shape"
-        node.kwargs = {**node.kwargs, k: _rewrite_sizes(node.kwargs[k], old, new)}
+        node.kwargs = {**node.kwargs, k: _rewrite_sizes(node.kwargs[k], old, new, rctx)}
 
 
 def rewrite_unflatten(node, rctx) -> None:
@@ -95,7 +94,7 @@ def rewrite_unflatten(node, rctx) -> None:
         return
     d = arg(node, 1, "dim") % x.ndim
     sizes = arg(node, 2, "sizes")
-    set_arg(node, 2, "sizes", _rewrite_sizes(sizes, old[d:d + len(sizes)], new[d:d + len(sizes)]))
+    set_arg(node, 2, "sizes", _rewrite_sizes(sizes, old[d:d + len(sizes)], new[d:d + len(sizes)], rctx))
 
 
 def lower_permute(ctx, node) -> None:
@@ -136,6 +135,14 @@ def lower_expand(ctx, node) -> None:
         ctx.touch(other)
 
 
+def lower_reshape_as(ctx, node) -> None:
+    """``x.reshape_as(other)`` / ``x.expand_as(other)``: the output takes ``other``'s (pruned) shape."""
+    other = ctx.tensor(node.args[1])
+    (lower_expand if node.target == "expand_as" else lower_reshape)(ctx, node)
+    if other is not None:
+        ctx.couple_all(other, ctx.out())
+
+
 def lower_repeat(ctx, node) -> None:
     x, out = ctx.tensor(node.args[0]), ctx.out()
     off = out.ndim - x.ndim
@@ -158,6 +165,6 @@ register("call_function", (torch.permute, torch.transpose, torch.swapaxes, torch
 register("call_method", ("permute", "transpose", "swapaxes", "swapdims", "t", "movedim", "moveaxis"),
          "permute", lower_permute)
 register("call_method", ("expand",), "expand", lower_expand, rewrite_view)
-register("call_method", ("expand_as",), "expand", lower_expand)
+register("call_method", ("expand_as", "reshape_as", "view_as"), "reshape_as", lower_reshape_as)
 register("call_function", (torch.broadcast_to,), "expand", lower_expand)
 register("call_method", ("repeat", "tile"), "repeat", lower_repeat)

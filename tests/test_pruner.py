@@ -1,0 +1,209 @@
+"""fxprune.Pruner: Torch-Pruning's option semantics on resnet18, budgets, interactive steps, replay,
+head pruning — every check against widths written out by hand, reference measurements, or a direct
+computation."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import fxprune
+from fxprune.count import count, count_params
+
+X32 = torch.randn(1, 3, 32, 32)
+
+
+def widths(m: nn.Module) -> list:
+    """[stem, layer1..4 conv1 width, layer1..4 residual width] as in the reference study (§3.6.1)."""
+    return ([m.get_submodule("conv1").out_channels]
+            + [m.get_submodule(f"layer{i}.0.conv1").out_channels for i in range(1, 5)]
+            + [m.get_submodule(f"layer{i}.0.conv2").out_channels for i in range(1, 5)])
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)  # the seed of the reference measurements
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+# Widths measured with Torch-Pruning 1.6.1 on the same seed-0 resnet18 (reference study §3.6.1).
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, [32, 32, 64, 128, 256, 32, 64, 128, 256]),
+    ({"round_to": 24}, [24, 24, 48, 120, 240, 24, 48, 120, 240]),
+    ({"global_pruning": True}, [32, 33, 58, 125, 263, 32, 64, 125, 261]),
+    ({"global_pruning": True, "isomorphic": True}, [32, 33, 58, 126, 263, 32, 64, 128, 256]),
+], ids=["local", "round_to", "global", "isomorphic"])
+def test_resnet18_matches_reference_widths(resnet18, kwargs, expected):
+    pruner = fxprune.Pruner(resnet18, X32, pruning_ratio=0.5, ignored_layers=[resnet18.fc], **kwargs)
+    small = pruner.step()
+    assert widths(small) == expected
+    assert fxprune.verify(resnet18, small, pruner.plan, X32).max_abs_diff < 1e-4
+    assert small.fc.out_features == 1000
+
+
+def test_ratio_dict_local_and_global(resnet18):
+    m = resnet18
+    local = fxprune.Pruner(m, X32, ignored_layers=[m.fc],
+                           pruning_ratio_dict={m.layer1: 0.25, (m.layer3, m.layer4): 0.75}).step()
+    assert widths(local) == [48, 48, 64, 64, 128, 48, 64, 64, 128]
+    glob = fxprune.Pruner(m, X32, ignored_layers=[m.fc], global_pruning=True,
+                          pruning_ratio_dict={(m.layer3, m.layer4): 0.75}).step()
+    assert widths(glob) == [33, 33, 61, 78, 121, 33, 65, 71, 106]
+
+
+def test_iterative_schedule_and_replay(resnet18):
+    pruner = fxprune.Pruner(resnet18, X32, ignored_layers=[resnet18.fc], iterative_steps=3, pruning_ratio=0.6)
+    seen = [widths(pruner.step()) for _ in range(3)]
+    # linear schedule 0.2, 0.4, 0.6 of the initial widths: int(64*0.8)=51, int(64*0.6)=38, int(64*0.4)=25
+    assert [w[:5] for w in seen] == [[51, 51, 102, 204, 409], [38, 38, 76, 153, 307], [25, 25, 51, 102, 204]]
+    assert pruner.step() is pruner.model  # a 4th step does nothing
+    small = pruner.model
+    replay = fxprune.prune(resnet18, fxprune.PrunePlan.from_json(pruner.plan.to_json()), X32)
+    a, b = small.state_dict(), replay.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert fxprune.verify(resnet18, small, pruner.plan, X32).max_abs_diff < 1e-4
+
+
+def mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+
+def test_target_params_within_one_class():
+    m, x = mlp(), torch.randn(2, 16)
+    total = count_params(m)
+    assert total == 16 * 32 + 32 + 32 * 4 + 4 == 676
+    per_unit = 16 + 1 + 4  # one hidden unit: a row of W1, a bias entry, a column of W2
+    small = fxprune.Pruner(m, x, target_params=500).step()
+    removed = 32 - small.get_submodule("0").out_features
+    assert removed == -(-(total - 500) // per_unit) == 9  # the fewest units that reach the budget
+    assert count_params(small) == total - 9 * per_unit <= 500 < total - 8 * per_unit
+
+
+def test_target_macs_within_one_class():
+    torch.manual_seed(2)
+    m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1))
+    x = torch.randn(1, 3, 8, 8)
+    macs0, _ = count(m, x)
+    per_filter = (3 * 9 + 8 * 9) * 64  # a conv1 filter and the conv2 column it feeds, over 8x8 positions
+    per_out = 16 * 9 * 64               # a conv2 filter
+    pruner = fxprune.Pruner(m, x, target_macs=0.6, global_pruning=True)
+    small = pruner.step()
+    macs1, _ = count(small, x)
+    # conv2's outputs are the model output (pinned): only conv1 filters go
+    assert small.get_submodule("2").out_channels == 8 and per_out
+    k = 16 - small.get_submodule("0").out_channels
+    assert macs1 == macs0 - k * per_filter <= int(0.6 * macs0) < macs0 - (k - 1) * per_filter
+
+
+def test_global_never_empties_a_layer():
+    torch.manual_seed(3)
+    m = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+    with torch.no_grad():
+        m[0].weight.mul_(1e-4)  # every unit of layer 0 ranks below every unit of layer 2
+    small = fxprune.Pruner(m, torch.randn(1, 8), pruning_ratio=0.9, global_pruning=True).step()
+    assert small.get_submodule("0").out_features >= 1 and small.get_submodule("2").out_features >= 1
+    assert small.get_submodule("0").out_features == 1  # it gives up all but one unit before layer 2 loses more
+
+
+def test_max_pruning_ratio_caps_each_group(resnet18):
+    small = fxprune.Pruner(resnet18, X32, ignored_layers=[resnet18.fc], pruning_ratio=0.8,
+                           global_pruning=True, max_pruning_ratio=0.5).step()
+    for w, w0 in zip(widths(small), [64, 64, 128, 256, 512, 64, 128, 256, 512]):
+        assert w >= w0 // 2
+
+
+def test_ignored_layers_and_params(resnet18):
+    m = resnet18
+    small = fxprune.Pruner(m, X32, ignored_layers=[m.fc, m.layer2[0].conv1, m.layer3[1].conv1.weight]).step()
+    assert small.layer2[0].conv1.out_channels == 128 and small.layer3[1].conv1.out_channels == 256
+    assert small.layer2[1].conv1.out_channels == 64  # not ignored
+
+
+def test_interactive_accept_change_skip():
+    m, x = mlp(), torch.randn(2, 16)
+    m2 = nn.Sequential(*mlp(), nn.ReLU(), nn.Linear(4, 4))  # two prunable groups
+    pruner = fxprune.Pruner(m2, x, pruning_ratio=0.5)
+    props = []
+    for prop in pruner.step(interactive=True):
+        props.append(prop)
+        if prop.group.key == "0.weight:0":
+            assert len(prop.indices["0.weight:0"]) == 16
+            prop.accept({"0.weight:0": [1, 2, 3]})  # change the proposal
+        # the other group's proposal is skipped
+    assert [p.group.key for p in props] == ["0.weight:0", "2.weight:0"]
+    small = pruner.model
+    assert small.get_submodule("0").out_features == 29 and small.get_submodule("2").out_features == 4
+    assert pruner.plan.to_dict() == fxprune.PrunePlan({"0.weight:0": [1, 2, 3], "0.bias:0": [1, 2, 3],
+                                                       "2.weight:1": [1, 2, 3]}).to_dict()
+    assert torch.equal(small.get_submodule("0").weight, m2[0].weight[[0] + list(range(4, 32))])
+    del m
+
+
+class Attention(nn.Module):
+    """A timm-style attention block: heads only in the reshape constants."""
+
+    def __init__(self, dim: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return x + self.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_head_pruning_discovers_heads():
+    torch.manual_seed(4)
+    m, x = Attention(), torch.randn(2, 5, 32)
+    pruner = fxprune.Pruner(m, x, pruning_ratio=0.0, prune_num_heads=True, head_pruning_ratio=0.5)
+    small = pruner.step()
+    # whole heads: q, k and v each keep 2 heads of 8 dims; proj keeps the matching 16 inputs
+    assert small.qkv.out_features == 3 * 16 and small.proj.in_features == 16
+    assert list(pruner.num_heads.values()) == [2]
+    removed = sorted(pruner.plan["qkv.weight:0"])
+    heads = sorted({i // 8 for i in removed if i < 32})
+    assert len(heads) == 2 and removed[:16] == [i for h in heads for i in range(8 * h, 8 * h + 8)]
+    assert fxprune.verify(m, small, pruner.plan, x).max_abs_diff < 1e-5
+    assert small(x).shape == (2, 5, 32)
+
+
+def test_head_dims_default():
+    torch.manual_seed(4)
+    m, x = Attention(), torch.randn(2, 5, 32)
+    pruner = fxprune.Pruner(m, x, pruning_ratio=0.5)
+    small = pruner.step()
+    # dims inside heads: every head keeps 4 of 8 dims of q/k and of v
+    assert small.qkv.out_features == 3 * 16 and small.proj.in_features == 16
+    assert fxprune.verify(m, small, pruner.plan, x).max_abs_diff < 1e-5
+
+
+def test_group_norm_pruner_regularizes_like_its_regularizer():
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    x = torch.randn(2, 3, 8, 8)
+    pruner = fxprune.GroupNormPruner(m, x, reg=1e-2)
+    m(x).square().mean().backward()
+    g0 = {n: p.grad.clone() for n, p in m.named_parameters()}
+    pruner.regularize(m)
+    delta = {n: p.grad - g0[n] for n, p in m.named_parameters()}
+    # class c = conv0 row c, its bias, BN γ_c/β_c and conv3 column c: reg * γ_c * W on each slice
+    norms = torch.stack([torch.cat([m[0].weight[c].flatten(), m[0].bias[c:c + 1], m[1].weight[c:c + 1],
+                                    m[1].bias[c:c + 1], m[3].weight[:, c].flatten()]).norm() for c in range(8)])
+    gamma = 2 ** (4.0 * (norms.max() - norms) / (norms.max() - norms.min()))
+    torch.testing.assert_close(delta["0.weight"], 1e-2 * gamma.view(8, 1, 1, 1) * m[0].weight.detach())
+    torch.testing.assert_close(delta["3.weight"], 1e-2 * gamma.view(1, 8, 1, 1) * m[3].weight.detach())
+    assert torch.equal(delta["3.bias"], torch.zeros(4))
+
+
+def test_bad_options_raise_plan_error(resnet18):
+    for kw in ({"pruning_ratio": 1.5}, {"max_pruning_ratio": 0}, {"iterative_steps": 0}, {"round_to": 0},
+               {"target_macs": 0.5, "target_params": 0.5}, {"ignored_layers": [nn.Linear(2, 2)]},
+               {"pruning_ratio_dict": {nn.Linear(2, 2): 0.5}}):
+        with pytest.raises(fxprune.PlanError):
+            fxprune.Pruner(resnet18, X32, **kw)
+    with pytest.raises(fxprune.PlanError, match="target_macs"):
+        fxprune.Pruner(resnet18, X32, target_macs=-1).step()
