@@ -178,6 +178,41 @@ class Pruner:
         plan = self._select_step()
         return self._apply(plan)
 
+    def manual_prune_width(self, layer: nn.Module, amount: Union[float, Sequence[int]]) -> nn.Module:
+        """Prune the output channels of one ``layer`` (a module of the current model, or of the original
+        one by qualname): a float removes that share of them (lowest importance first; unlike
+        Torch-Pruning, ``0.25`` removes 25 %), a list removes exactly those indices (with their class).
+
+        Example:
+            >>> import torch, fxprune
+            >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            >>> pruner = fxprune.Pruner(m, torch.randn(1, 4))
+            >>> pruner.manual_prune_width(m[0], 0.25).get_submodule("0").out_features
+            6
+        """
+        names = {id(mod): n for n, mod in list(self.original.named_modules()) + list(self.model.named_modules())}
+        name = names.get(id(layer))
+        weight = getattr(layer, "weight", None)
+        if name is None or not isinstance(weight, torch.Tensor):
+            raise PlanError(f"manual_prune_width: {type(layer).__name__} is not a weighted module of the model")
+        graph = self._analyze()
+        attr = f"{name}.weight" if name else "weight"
+        g = graph.group_of(attr, _out_dim(self.model, name, "weight"))
+        if g.pinned:
+            raise PlanError(f"manual_prune_width: the output channels of {name!r} are pinned: {g.pinned}")
+        if isinstance(amount, float):
+            _check_ratio("manual_prune_width amount", amount)
+            scores = self.importance(g, graph.gm)
+            c = _Cand(g, torch.as_tensor(scores, dtype=torch.float64).numpy(), len(g.all_classes))
+            n = int(round(g.size * amount))
+            plan: Dict[str, List[int]] = {}
+            for _, i in self._pick([c], lambda _: n / max(len(g.all_classes), 1)):
+                key, idx = g.all_classes[i]
+                plan.setdefault(key, []).extend(idx)
+        else:
+            plan = {make_key(attr, _out_dim(self.model, name, "weight")): [int(i) for i in amount]}
+        return self._apply(PrunePlan(plan))
+
     def estimate_importance(self, group: Group, model: Optional[nn.Module] = None) -> Optional[torch.Tensor]:
         """The importance scores of ``group``'s removable classes (one per ``all_classes`` entry)."""
         return self.importance(group, self.model if model is None else model)

@@ -207,3 +207,14 @@ def test_bad_options_raise_plan_error(resnet18):
             fxprune.Pruner(resnet18, X32, **kw)
     with pytest.raises(fxprune.PlanError, match="target_macs"):
         fxprune.Pruner(resnet18, X32, target_macs=-1).step()
+
+
+def test_manual_prune_width_ratio_is_what_is_removed(resnet18):
+    """Torch-Pruning's manual_prune_width(layer, fn, 0.25) leaves 25 % (128 -> 32); ours removes 25 %."""
+    pruner = fxprune.Pruner(resnet18, X32)
+    small = pruner.manual_prune_width(resnet18.layer2[0].conv1, 0.25)
+    assert small.layer2[0].conv1.out_channels == 96 and small.layer2[0].bn1.num_features == 96
+    small = pruner.manual_prune_width(small.layer2[1].conv1, [0, 5, 7])
+    assert small.layer2[1].conv1.out_channels == 125
+    assert sorted(pruner.plan["layer2.1.conv1.weight:0"]) == [0, 5, 7]
+    assert fxprune.verify(resnet18, small, pruner.plan, X32).max_abs_diff < 1e-4
