@@ -188,16 +188,20 @@ class PrunedMultiheadAttention(nn.Module):
             w = F.softmax(scores, dim=-1)
             if dropout_p > 0.0:
                 w = F.dropout(w, p=dropout_p)
-            out = torch.bmm(w, v)
+            out = torch.bmm(w, v).transpose(0, 1).reshape(tgt_len * bsz, h * dv)
             weights = w.reshape(bsz, h, tgt_len, src_len)
             if average_attn_weights:
                 weights = weights.mean(dim=1)
             if not is_batched:
                 weights = weights.squeeze(0)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                                 scale=self.scale)
-        out = out.transpose(0, 1).reshape(tgt_len * bsz, h * dv)
+        else:  # 4-D SDPA (what the ONNX exporter supports)
+            if attn_mask is not None:
+                attn_mask = attn_mask.unsqueeze(0) if attn_mask.shape[0] == 1 else \
+                    attn_mask.reshape(bsz, h, -1, src_len)
+            q4, k4 = q.reshape(bsz, h, tgt_len, dq), k.reshape(bsz, h, src_len, dq)
+            out = F.scaled_dot_product_attention(q4, k4, v.reshape(bsz, h, src_len, dv), attn_mask=attn_mask,
+                                                 dropout_p=dropout_p, scale=self.scale)
+            out = out.permute(2, 0, 1, 3).reshape(tgt_len * bsz, h * dv)
         out = self.out_proj(out).reshape(tgt_len, bsz, self.embed_dim)
         if not is_batched:
             out = out.squeeze(1)

@@ -383,3 +383,85 @@ def test_mha_prune_twice_inplace_and_script(tmp_path):
     out = fxprune.prune(m2, plan, inputs, inplace=True)
     assert m2.attn is out.attn and type(m2.attn).__name__ == "PrunedMultiheadAttention"
     torch.testing.assert_close(m2(*inputs), small(*inputs))
+
+
+# ------------------------------------------------------------------------------------------------- ViT
+
+def _vit():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                                             hidden_dim=64, mlp_dim=128)
+    with torch.no_grad():  # torchvision zero-initialises the head and the attention biases
+        m.heads.head.weight.normal_(0, 0.1)
+        m.heads.head.bias.normal_()
+        for mod in m.modules():
+            if isinstance(mod, nn.MultiheadAttention):
+                mod.in_proj_bias.normal_(0, 0.1)
+                mod.out_proj.bias.normal_(0, 0.1)
+    zoo._randomize(m)  # LayerNorm affine parameters; eval mode
+    return m, (torch.randn(2, 3, 32, 32),)
+
+
+_VIT: dict = {}
+
+
+def _vit_pruned():
+    if not _VIT:
+        m, inputs = _vit()
+        plan = fxprune.plan_by_ratio(fxprune.analyze(m, inputs), 0.5)
+        _VIT.update(m=m, inputs=inputs, plan=plan, small=fxprune.prune(m, plan, inputs))
+    return _VIT["m"], _VIT["inputs"], _VIT["plan"], _VIT["small"]
+
+
+def test_vit_plan_by_ratio_verify_and_widths():
+    m, inputs, plan, small = _vit_pruned()
+    report = fxprune.verify(m, small, plan, inputs)
+    assert report.max_abs_diff < 1e-4
+    # hidden_dim (the residual stream) 64 -> 32, mlp_dim 128 -> 64, attention 32 classes -> 16
+    assert small.conv_proj.out_channels == 32
+    assert tuple(small.class_token.shape) == (1, 1, 32)
+    assert tuple(small.encoder.pos_embedding.shape) == (1, 17, 32)
+    assert small.encoder.ln.normalized_shape == (32,) and small.heads.head.in_features == 32
+    for i in range(2):
+        layer = small.encoder.layers.get_submodule(f"encoder_layer_{i}")
+        assert layer.ln_1.normalized_shape == (32,) and layer.ln_2.normalized_shape == (32,)
+        assert (layer.mlp[0].in_features, layer.mlp[0].out_features) == (32, 64)
+        assert (layer.mlp[3].in_features, layer.mlp[3].out_features) == (64, 32)
+        a = layer.self_attention
+        assert type(a).__name__ == "PrunedMultiheadAttention"
+        assert a.num_heads == 4 and a.embed_dim == 32 and a.qk_head_dim + a.v_head_dim == 16
+        assert tuple(a.in_proj_weight.shape) == (4 * (2 * a.qk_head_dim + a.v_head_dim), 32)
+        assert a.scale == pytest.approx(1 / 4)  # 1/sqrt(64 / 4), the original
+    # the graph constant of `x.reshape(n, hidden_dim, n_h * n_w)` follows the pruned width
+    (node,) = [n for n in small.graph.nodes if n.target == "reshape"]
+    assert node.args[2] == 32
+    with torch.no_grad():
+        assert tuple(small(*inputs).shape) == (2, 1000)
+    zoo.recover_slices(m, small)  # every tensor is an index_select of the original (value oracle)
+
+
+def test_vit_train_jit_onnx(tmp_path):
+    from helpers import check_jit_trace, check_onnx, check_train_step
+    m, inputs, plan, small = _vit_pruned()
+    check_train_step(small, inputs)
+    check_jit_trace(small, inputs)
+    check_onnx(small, inputs, tmp_path)
+
+
+def test_vit_whole_heads():
+    from fxprune.rules.attention import prefer_heads
+    m, inputs = _vit()
+    key = "encoder.layers.encoder_layer_0.self_attention.out_proj.weight:1"
+    plan = fxprune.PrunePlan({key: [16, 48]})  # one column of heads 1 and 3
+    with prefer_heads():
+        small = fxprune.prune(m, plan, inputs)
+        fxprune.verify(m, small, plan, inputs)
+    a = small.encoder.layers.encoder_layer_0.self_attention
+    assert (a.num_heads, a.qk_head_dim, a.v_head_dim) == (2, 16, 16)
+    assert small.encoder.layers.encoder_layer_1.self_attention.num_heads == 4
+    keep = list(range(0, 16)) + list(range(32, 48))
+    orig = m.encoder.layers.encoder_layer_0.self_attention
+    assert torch.equal(a.out_proj.weight, orig.out_proj.weight[:, keep])
+    rows = keep + [64 + i for i in keep] + [128 + i for i in keep]
+    assert torch.equal(a.in_proj_weight, orig.in_proj_weight[rows])
