@@ -128,6 +128,28 @@ def test_sdpa_head_dims(variant):
     zoo.recover_slices(m, small)
 
 
+def test_sdpa_aten_target():
+    """The aten-level op (what torch.export graphs hold) takes the same rule and the same scale rewrite."""
+    class AtenBlock(SDPABlock):
+        def forward(self, x):
+            b, n, _ = x.shape
+            q = self.q(x).view(b, n, self.h, self.hd).transpose(1, 2)
+            k = self.k(x).view(b, n, self.kvh, self.hd).transpose(1, 2)
+            v = self.v(x).view(b, n, self.kvh, self.hd).transpose(1, 2)
+            o = torch.ops.aten.scaled_dot_product_attention.default(q, k, v)
+            return self.proj(o.transpose(1, 2).reshape(b, n, self.h * self.hd))
+
+    torch.manual_seed(0)
+    m, x = AtenBlock().eval(), torch.randn(2, 5, 16)
+    plan = fxprune.PrunePlan({"k.weight:0": [0]})
+    small = fxprune.prune(m, plan, x)
+    fxprune.verify(m, small, plan, x)
+    aten_sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    (node,) = [n for n in small.graph.nodes if n.target is aten_sdpa]
+    assert node.kwargs["scale"] == pytest.approx(1 / math.sqrt(8))
+    assert small.q.out_features == 14 and small.k.out_features == 14
+
+
 def test_sdpa_scale_unchanged_when_head_dim_kept():
     m, inputs = _sdpa_case()
     plan = fxprune.PrunePlan({"v.weight:0": [2]})
