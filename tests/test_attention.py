@@ -383,9 +383,30 @@ def test_mha_3d_mask_pins_heads_only():
         def forward(self, x):
             return self.attn(x, x, x, attn_mask=self.mask)[0]
 
+    from fxprune.rules.attention import prefer_heads
     m, x = M3().eval(), torch.randn(5, 2, E)
-    assert fxprune.analyze(m, x, prefer_heads=True).group_of("attn.in_proj_weight", 0).pinned
-    assert not fxprune.analyze(m, x).group_of("attn.in_proj_weight", 0).pinned
+    with prefer_heads():  # forced whole heads: pinned
+        assert fxprune.analyze(m, x).group_of("attn.in_proj_weight", 0).pinned
+    # a preference only: whole heads are pinned, so the analysis falls back to head dims
+    g = fxprune.analyze(m, x, prefer_heads=True).group_of("attn.in_proj_weight", 0)
+    assert not g.pinned and len(g.all_classes) == 2 * HD
+
+
+def test_mha_whole_head_plan_without_flags():
+    """A plan that lists exactly the rows of whole heads is read with whole-head classes."""
+    m, inputs = _mha_case(batch_first=True)
+    head1 = [4, 5, 6, 7]
+    rows = head1 + [16 + i for i in head1] + [32 + i for i in head1]
+    plan = fxprune.PrunePlan({"attn.in_proj_weight:0": rows, "attn.out_proj.weight:1": head1})
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
+    assert (small.attn.num_heads, small.attn.qk_head_dim, small.attn.v_head_dim) == (3, 4, 4)
+    x = inputs[0]
+    with torch.no_grad():
+        out, w = small(x)
+        want, att = _manual_mha(m, x, [0, 2, 3], range(HD), range(HD))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(w, att, atol=1e-5, rtol=1e-5)
 
 
 def test_mha_prune_twice_inplace_and_script(tmp_path):
@@ -487,3 +508,15 @@ def test_vit_whole_heads():
     assert torch.equal(a.out_proj.weight, orig.out_proj.weight[:, keep])
     rows = keep + [64 + i for i in keep] + [128 + i for i in keep]
     assert torch.equal(a.in_proj_weight, orig.in_proj_weight[rows])
+
+
+def test_vit_prefer_heads_plan_by_ratio():
+    """analyze(prefer_heads=True) + plan_by_ratio: half the heads go; prune/verify read the plan as heads."""
+    m, inputs = _vit()
+    plan = fxprune.plan_by_ratio(fxprune.analyze(m, inputs, prefer_heads=True), 0.5)
+    small = fxprune.prune(m, plan, inputs)
+    assert fxprune.verify(m, small, plan, inputs).max_abs_diff < 1e-4
+    for i in range(2):
+        a = small.encoder.layers.get_submodule(f"encoder_layer_{i}").self_attention
+        assert (a.num_heads, a.qk_head_dim, a.v_head_dim, a.embed_dim) == (2, 16, 16, 32)
+    zoo.recover_slices(m, small)

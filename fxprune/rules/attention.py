@@ -9,10 +9,13 @@ shrinks and ``scale`` is None, the rewrite passes the original ``1/sqrt(E)``.
 
 ``nn.MultiheadAttention`` (a leaf module): the embed dims of query/key/value couple with the in-projection
 columns, the output with ``out_proj`` rows. Its internal dims live in two pseudo values of the node:
-``[qk]`` (head dim ``j`` of q and k in every head: one class) and ``[v]`` (head dim ``j`` of v in every
-head with the matching ``out_proj`` columns), so every head keeps the same size. In head mode
-(``analyze(..., prefer_heads=True)``, the :func:`prefer_heads` context, or a module attribute
-``fxprune_prefer_heads = True``) one pseudo value ``[heads]`` makes a whole head one class instead.
+``[qk]`` ``(H, dq)`` and ``[v]`` ``(H, dv)``. By default the rows couple with their head-dim factor: head
+dim ``j`` of q and k in every head is one class, head dim ``j`` of v in every head with the matching
+``out_proj`` columns another, so every head keeps the same size. Like a ``view`` into heads this is a
+``ctx.choose``: with ``analyze(..., prefer_heads=True)`` (or when the head dims end up pinned, or when
+a plan removes whole heads) the rows couple with their head factor instead and a whole head (q, k, v rows
+and ``out_proj`` columns) is one class. The :func:`prefer_heads` context or a module attribute
+``fxprune_prefer_heads = True``/``False`` forces one mode.
 Sequence positions are pinned; batch dims couple index-wise. The rewrite replaces the module by
 :class:`fxprune.modules.PrunedMultiheadAttention` under the same name (``nn.MultiheadAttention`` forces
 its internal width to equal ``embed_dim``), keeping the original softmax scale. For ``verify`` the
@@ -122,13 +125,12 @@ def prefer_heads(on: bool = True) -> Iterator[None]:
         _PREFER_HEADS[0] = old
 
 
-def _heads_mode(ctx, m: nn.Module) -> bool:
-    """Module attribute ``fxprune_prefer_heads`` if set, else ``analyze(prefer_heads=...)`` or
-    :func:`prefer_heads`."""
+def _forced_heads(m: nn.Module) -> Optional[bool]:
+    """Module attribute ``fxprune_prefer_heads`` if set, else True inside :func:`prefer_heads`, else None."""
     flag = getattr(m, "fxprune_prefer_heads", None)
     if flag is not None:
         return bool(flag)
-    return bool(getattr(ctx, "prefer_heads", False) or _PREFER_HEADS[0])
+    return True if _PREFER_HEADS[0] else None
 
 
 def _sizes(m: nn.Module):
@@ -138,12 +140,10 @@ def _sizes(m: nn.Module):
     return m.num_heads, m.head_dim, m.head_dim, 1.0 / math.sqrt(m.head_dim)
 
 
-def _units(node, m: nn.Module, heads_mode: bool) -> List[TRef]:
-    """The pseudo values of the node's internal classes: ``[heads]``, or ``[qk]`` and ``[v]``."""
+def _units(node, m: nn.Module) -> List[TRef]:
+    """Pseudo values ``[qk]`` ``(H, dq)`` and ``[v]`` ``(H, dv)``: the node's internal q/k and v channels."""
     h, dq, dv, _ = _sizes(m)
-    if heads_mode:
-        return [TRef(("value", node.name, ("heads",)), (h,))]
-    return [TRef(("value", node.name, ("qk",)), (dq,)), TRef(("value", node.name, ("v",)), (dv,))]
+    return [TRef(("value", node.name, ("qk",)), (h, dq)), TRef(("value", node.name, ("v",)), (h, dv))]
 
 
 def _mparam(ctx, m: nn.Module, path: str) -> Optional[TRef]:
@@ -165,18 +165,22 @@ def lower_mha(ctx, node) -> None:
     qi, ki, vi = ins
     h, dq, dv, _ = _sizes(m)
     nq, nv = h * dq, h * dv
-    heads_mode = _heads_mode(ctx, m)
-    units = _units(node, m, heads_mode)
+    qk, vu = _units(node, m)
+    heads_mode = _forced_heads(m)
+    if heads_mode is None:  # head dims first; whole heads with prefer_heads or when head dims are pinned
+        heads_mode = ctx.choose([(qk, 1), (qk, 0)]) == 1
+    if heads_mode:
+        ctx.couple(qk, 0, vu, 0)
 
     def rows(ref, d: int, parts) -> None:
         """Couple dim ``d`` of ``ref``; ``parts`` = [(offset, n, "q"|"k"|"v")] along that dim."""
         for off, n, kind in parts:
             r = np.arange(n, dtype=np.int64)
-            per = dv if kind == "v" else dq
+            unit, per = (vu, dv) if kind == "v" else (qk, dq)
             if heads_mode:
-                ctx.couple(ref, d, units[0], 0, (r + off, r // per))
+                ctx.couple(ref, d, unit, 0, (r + off, r // per))
             else:
-                ctx.couple(ref, d, units[0 if kind != "v" else 1], 0, (r + off, r % per))
+                ctx.couple(ref, d, unit, 1, (r + off, r % per))
 
     packed = [(0, nq, "q"), (nq, nq, "k"), (2 * nq, nv, "v")]
     w = _mparam(ctx, m, "in_proj_weight")
@@ -213,10 +217,10 @@ def lower_mha(ctx, node) -> None:
         if weights is not None:
             ctx.couple(weights, 0, qi, bd)
     if weights is not None and weights.ndim == (4 if batched else 3) and heads_mode:
-        ctx.couple(weights, -3, units[0], 0)
+        ctx.couple(weights, -3, qk, 0)
     mask = ctx.tensor(arg(node, 5, "attn_mask"))
     if heads_mode and mask is not None and mask.ndim == 3:
-        ctx.pin(units[0], 0, "a 3-D attn_mask interleaves batch and heads")
+        ctx.pin(qk, 0, "a 3-D attn_mask interleaves batch and heads")
     ctx.mark_stat("attention evaluated with its removed projection rows zeroed")
 
 
@@ -224,8 +228,8 @@ def masked_mha(node, args, kwargs, vctx) -> Any:
     """The original module with removed q/k/v/out_proj slices zeroed; averaged attention weights are
     averaged over the kept heads only (a head with zero q and k would still add uniform weights)."""
     m = masked_module(node, vctx)
-    heads = TRef(("value", node.name, ("heads",)), (m.num_heads,))
-    kept = vctx.kept(heads, 0) if (heads.key, 0) in vctx.graph.ir.index else None
+    qk = _units(node, vctx.module(node))[0]
+    kept = vctx.kept(qk, 0) if (qk.key, 0) in vctx.graph.ir.index else None
     args, kwargs = list(args), dict(kwargs)
     need = args[4] if len(args) > 4 else kwargs.get("need_weights", True)
     avg = args[6] if len(args) > 6 else kwargs.get("average_attn_weights", True)
@@ -251,13 +255,11 @@ def rewrite_mha(node, rctx) -> None:
     orig = rctx.graph.ctx.modules[node.target]
     m = rctx.module(node)
     h, dq, dv, scale = _sizes(orig)
-    idx = rctx.graph.ir.index
-    heads = TRef(("value", node.name, ("heads",)), (h,))
-    if (heads.key, 0) in idx:
-        h -= len(rctx.removed(heads, 0))
+    qk, v = _units(node, orig)
+    if (qk.key, 0) in rctx.graph.ir.index:  # whole heads
+        h -= len(rctx.removed(qk, 0))
     else:
-        qk, v = _units(node, orig, False)
-        dq, dv = dq - len(rctx.removed(qk, 0)), dv - len(rctx.removed(v, 0))
+        dq, dv = dq - len(rctx.removed(qk, 1)), dv - len(rctx.removed(v, 1))
     same = [tuple(p.shape) for p in m.parameters()] == [tuple(p.shape) for p in orig.parameters()]
     if same and isinstance(m, type(orig)):
         return
