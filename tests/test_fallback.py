@@ -305,11 +305,23 @@ def test_fasterrcnn_mobilenet_v3():
     with torch.no_grad():
         out = small(*inputs)
     assert [sorted(o) for o in out] == [sorted(o) for o in ref]
-    assert out[0]["boxes"].shape == ref[0]["boxes"].shape
+    assert len(out[0]["boxes"]) > 0 and out[0]["boxes"].shape[1:] == ref[0]["boxes"].shape[1:]
+    assert len(report.output_diffs) == 3  # boxes, scores, labels compared
+
+
+def _spread_scores(model: nn.Module) -> None:
+    """At their default init, one-stage detectors score every anchor alike (sigmoid(bias) = 0.01): top-k and
+    NMS then order near-ties by float noise, and masked-original vs pruned outputs differ in order only.
+    Spread the class logits so the comparison is meaningful (verify names this case when it happens)."""
+    for name, m in model.named_modules():
+        if ("cls_logits" in name or "classification_head.module_list" in name) and isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.05)
+            nn.init.zeros_(m.bias)
 
 
 @pytest.mark.zoo
-@pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssdlite320_mobilenet_v3_large",
+@pytest.mark.parametrize("name", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "ssd300_vgg16",
+                                  "ssdlite320_mobilenet_v3_large", "fasterrcnn_resnet50_fpn",
                                   "maskrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn"])
 def test_detection_zoo(name):
     from torchvision.models import detection
@@ -317,7 +329,9 @@ def test_detection_zoo(name):
     kw = {"weights": None, "weights_backbone": None, "num_classes": 3}
     if not name.startswith("ssd"):
         kw.update(min_size=128, max_size=128)
+    kw["box_score_thresh" if "rcnn" in name else "score_thresh"] = 0.0
     model = getattr(detection, name)(**kw).eval()
+    _spread_scores(model)
     inputs = ([torch.rand(3, 128, 128)],)
     with torch.no_grad():
         ref = model(*inputs)
@@ -334,6 +348,6 @@ def test_raft(name):
     from torchvision.models import optical_flow
     torch.manual_seed(0)
     model = getattr(optical_flow, name)(weights=None).eval()
-    inputs = (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))
+    inputs = (torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64))
     _, _, report = _check_model(model, inputs)
     assert report.max_abs_diff < 1e-2
