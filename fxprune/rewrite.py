@@ -23,7 +23,7 @@ import torch
 import torch.fx
 
 from .analyze import ChannelGraph, Expansion, analyze
-from .errors import FxpruneError, RewriteError
+from .errors import FxpruneError, PlanError, RewriteError
 from .lower import TRef
 from .plan import PrunePlan
 from .registry import lookup
@@ -224,5 +224,14 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     if not isinstance(graph, ChannelGraph):  # symbolic_trace failed: submodules were traced instead
         from .frontend.partial import apply_partial
         return apply_partial(graph, plan, inplace=inplace)
-    return apply_plan(graph, plan, model, inplace=inplace)
+    try:
+        return apply_plan(graph, plan, model, inplace=inplace)
+    except PlanError:
+        from .mixed import split_mixed  # whole heads, then head dims: two plans
+
+        parts = None if inplace else split_mixed(model, plan, example_inputs, strict)
+        if parts is None:
+            raise
+        _, mid, rest = parts
+        return prune(mid, rest, example_inputs, strict=strict) if len(rest) else mid
 

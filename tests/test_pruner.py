@@ -218,3 +218,23 @@ def test_manual_prune_width_ratio_is_what_is_removed(resnet18):
     assert small.layer2[1].conv1.out_channels == 125
     assert sorted(pruner.plan["layer2.1.conv1.weight:0"]) == [0, 5, 7]
     assert fxprune.verify(resnet18, small, pruner.plan, X32).max_abs_diff < 1e-4
+
+
+def test_heads_then_head_dims_on_timm_vit_verify_and_replay():
+    """Whole heads and dims inside the kept heads in one step: the cumulative plan mixes both class
+    families, and still verifies and replays."""
+    timm = pytest.importorskip("timm", reason="timm is a test extra")
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1).eval()
+    x = torch.randn(1, 3, 32, 32)
+    pruner = fxprune.Pruner(m, x, pruning_ratio=0.25, prune_num_heads=True, head_pruning_ratio=0.34,
+                            ignored_layers=[m.head])
+    small = pruner.step()
+    assert pruner.num_heads == {"blocks.0.attn.qkv.weight:0": 1}  # keep int(3 * 0.66) = 1 of 3 heads
+    # the kept head loses int(64 * 0.25) = 16 of its 64 dims in q, k and v; hidden 192 -> 144
+    assert small.blocks[0].attn.qkv.out_features == 3 * 48 and small.blocks[0].attn.proj.in_features == 48
+    assert small.patch_embed.proj.out_channels == 144 and small.blocks[0].mlp.fc1.out_features == 576
+    assert fxprune.verify(m, small, pruner.plan, x).max_abs_diff < 1e-4
+    replay = fxprune.prune(m, pruner.plan, x)
+    a, b = small.state_dict(), replay.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
