@@ -282,7 +282,38 @@ def _check_model(model, inputs, min_ratio=0.2):
     n1 = param_count(small)
     assert n1 < (1 - min_ratio) * n0, (n0, n1)
     report = fxprune.verify(model, small, plan, inputs)
+    _assert_interfaces_kept(graph, model, small, inputs)
     return graph, small, report
+
+
+def _interface_shapes(model, paths, inputs):
+    """Shapes of every tensor going into and out of the first call of each module in ``paths``."""
+    seen, hooks = {}, []
+    for path in paths:
+        def hook(_, args, kwargs, out, path=path):
+            if path not in seen:
+                leaves = torch.utils._pytree.tree_leaves((args, kwargs, out))
+                seen[path] = [tuple(t.shape) for t in leaves if isinstance(t, torch.Tensor)]
+        hooks.append(model.get_submodule(path).register_forward_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def _assert_interfaces_kept(graph, model, small, inputs):
+    """The untraced code around each traced part sees tensors of the original shapes."""
+    paths = [p.path for p in graph.parts]
+    before, after = _interface_shapes(model, paths, inputs), _interface_shapes(small, paths, inputs)
+    assert before.keys() == after.keys()
+    for path in paths:
+        a, b = before[path], after[path]
+        if path.startswith("roi_heads"):  # the number of boxes depends on the (pruned) model's scores
+            a, b = [s[1:] for s in a], [s[1:] for s in b]
+        assert a == b, path
 
 
 def _detection_outputs_nonempty(model, inputs):

@@ -364,20 +364,31 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
 
 
 def _pin_boundary(gm, ctx, sol: Solution, module: torch.nn.Module, rec: _Recording) -> None:
-    """Pin what the lowering leaves free but the code around the part relies on: tuple outputs
-    returned as a whole, and parameters that are used outside this module's calls."""
+    """Pin every dim of the part's interface (inputs, outputs, also tuples returned whole: the lowering
+    pins most of them already, this makes it hold by construction) and the parameters that are used
+    outside this module's calls (tied weights, a parent reading ``self.child.weight``)."""
     dims: list[tuple[DimNode, str]] = []
-    out = next(n for n in gm.graph.nodes if n.op == "output")
 
-    def visit(a):
-        if isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), (tuple, list)):
-            for path, ref in _elem_paths(a.meta["val"]):
-                for d in range(len(ref)):
-                    i = ctx.ir.index.get((("value", a.name, path), d))
-                    if i is not None:
-                        dims.append((ctx.ir.dims[i], "output of the traced submodule"))
+    def add(key: Any, ndim: int, why: str) -> None:
+        for d in range(ndim):
+            i = ctx.ir.index.get((key, d))
+            if i is not None:
+                dims.append((ctx.ir.dims[i], why))
+
+    def visit(a, why):
+        if isinstance(a, torch.fx.Node):
+            val = a.meta.get("val")
+            if a.op == "get_attr" and a.target in ctx.canonical and isinstance(val, torch.Tensor):
+                add(("param", ctx.canonical[a.target]), val.ndim, why)
+            for path, shape in _elem_paths(val):
+                add(("value", a.name, path), len(shape), why)
         return a
-    torch.fx.node.map_aggregate(out.args, visit)
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            visit(n, "input of a traced submodule (the code around it is not rewritten)")
+        elif n.op == "output":
+            torch.fx.node.map_aggregate(
+                n.args, lambda a: visit(a, "output of a traced submodule (the code around it is not rewritten)"))
     used_outside = {i for i, mods in rec.inside.items() if id(module) not in mods}
     for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
             module.named_buffers(remove_duplicate=False)):
