@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 import torch.fx
@@ -39,8 +39,25 @@ class _Tracer(torch.fx.Tracer):
         self.record_stack_traces = True
 
 
+def _dict_attrs(model: torch.nn.Module) -> Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]:
+    return {id(m): (m, {k: dict(v) for k, v in vars(m).items() if type(v) is dict and not k.startswith("_")})
+            for m in model.modules()}
+
+
+def _drop_proxies(snapshot: Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]) -> None:
+    """Undo what tracing cached in modules: a cache dict filled during tracing holds Proxies of a dead
+    graph (timm's LeViT/EfficientFormer attention-bias cache), which the next trace would reuse."""
+    for m, dicts in snapshot.values():
+        for k, old in dicts.items():
+            v = getattr(m, k, None)
+            if type(v) is dict and any(isinstance(x, torch.fx.Proxy) for x in v.values()):
+                v.clear()
+                v.update(old)
+
+
 def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     tracer = _Tracer()
+    snapshot = _dict_attrs(model)
     try:
         graph = tracer.trace(model)
     except Exception as e:  # anything symbolic tracing raises: control flow, unsupported Python
@@ -48,6 +65,8 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
             f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(e).__name__}: {e}. "
             "Data-dependent control flow or Python built-ins on tensors cannot be traced symbolically; "
             "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
+    finally:
+        _drop_proxies(snapshot)
     name = type(model).__name__
     return torch.fx.GraphModule(tracer.root, graph, name)
 

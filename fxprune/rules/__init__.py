@@ -3,6 +3,7 @@ from . import (  # noqa: F401
     attention,
     concat,
     conv,
+    creation,
     elementwise,
     embedding,
     linear,

@@ -1,11 +1,13 @@
 """Small helpers shared by rule families: reading FX arguments and normalising dims."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+import operator
+from typing import Any, List, Optional, Sequence, Tuple
 
+import torch
 import torch.fx
 
-__all__ = ["arg", "set_arg", "norm_dims", "spatial_rank"]
+__all__ = ["arg", "set_arg", "norm_dims", "spatial_rank", "size_reads", "fixed_size", "reads_pruned"]
 
 
 def arg(node: torch.fx.Node, pos: int, name: str, default: Any = None) -> Any:
@@ -44,3 +46,83 @@ def spatial_rank(name: str, default: int = 2) -> int:
         if name.lower().endswith(f"{k}d"):
             return k
     return default
+
+
+def size_reads(value: Any) -> Optional[List[Tuple[torch.fx.Node, Optional[int]]]]:
+    """The ``(tensor node, dim)`` pairs a Python size expression reads through ``x.size()``/``x.shape``.
+
+    ``dim`` is None when the whole shape is read. Returns None when the expression depends on
+    something else than sizes (a tensor's values, an op this helper does not follow).
+    """
+    reads: List[Tuple[torch.fx.Node, Optional[int]]] = []
+    stack, seen = [value], set()
+    while stack:
+        v = stack.pop()
+        if not isinstance(v, torch.fx.Node) or v in seen:
+            continue
+        seen.add(v)
+        if isinstance(v.meta.get("val"), torch.Tensor):
+            return None  # a tensor's values feed the size
+        x = _shape_source(v)
+        if x is not None:
+            reads.append(x)
+            continue
+        if v.op == "call_function" and v.target is operator.getitem:
+            src, i = v.args
+            x = _shape_source(src) if isinstance(src, torch.fx.Node) else None
+            if x is not None and x[1] is None and isinstance(i, int):
+                reads.append((x[0], i))
+                continue
+        if v.op not in ("call_function", "call_method"):
+            return None
+        stack.extend(a for a in _flat(v.args) + _flat(tuple(v.kwargs.values())) if isinstance(a, torch.fx.Node))
+    return reads
+
+
+def _shape_source(v: torch.fx.Node) -> Optional[Tuple[torch.fx.Node, Optional[int]]]:
+    """``(x, d)`` for ``x.size(d)``, ``(x, None)`` for ``x.size()`` / ``x.shape``; else None."""
+    if v.op == "call_method" and v.target == "size" and v.args:
+        d = arg(v, 1, "dim")
+        return (v.args[0], d if isinstance(d, int) else None)
+    if v.op == "call_function" and v.target is getattr and len(v.args) == 2 and v.args[1] == "shape":
+        return (v.args[0], None)
+    return None
+
+
+def _flat(items: Any) -> List[Any]:
+    out: List[Any] = []
+    for a in items:
+        out.extend(_flat(a) if isinstance(a, (list, tuple)) else [a])
+    return out
+
+
+def fixed_size(entry: Any, old: int, new: int, rctx) -> Any:
+    """A size argument after pruning: ``new`` where pruning changes it, else ``entry`` unchanged.
+
+    An int entry changes when the dim it sizes shrank (``-1`` is left alone). A size computed in the graph
+    (``c // heads`` from another tensor's shape) becomes the constant ``new`` when the dim shrank or when
+    the expression reads a pruned dim (then its run-time value would no longer be ``old``): it is a
+    channel size, fixed once pruned. Sizes that read only unpruned dims (the batch) stay dynamic.
+    """
+    if isinstance(entry, int):
+        return new if entry != -1 and old != new else entry
+    if not isinstance(entry, torch.fx.Node):
+        return entry
+    if old != new or reads_pruned(entry, rctx):
+        return new
+    return entry
+
+
+def reads_pruned(entry: Any, rctx) -> bool:
+    """True when a size expression reads a dim that loses channels (or cannot be followed)."""
+    reads = size_reads(entry)
+    if reads is None:
+        return True
+    for x, d in reads:
+        ref = rctx.tensor(x)
+        if ref is None:
+            continue
+        dims = range(ref.ndim) if d is None else [d % ref.ndim]
+        if any(len(rctx.removed(ref, k)) for k in dims):
+            return True
+    return False

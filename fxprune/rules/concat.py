@@ -7,6 +7,7 @@ whose parts become unequal turns into a ``split`` with explicit sizes).
 from __future__ import annotations
 
 import operator
+from typing import Optional
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ def lower_getitem(ctx, node) -> None:
     if isinstance(val, (tuple, list)):
         if not isinstance(idx, int):
             return
+        idx %= len(val)  # ``chunks[-1]`` names the same element as ``chunks[n - 1]``
         for path, r in ctx.out_elems():
             e = ctx.elem(src, (idx,) + path)
             if e is not None:
@@ -112,8 +114,12 @@ def lower_getitem(ctx, node) -> None:
 def _index_plan(idx, shape):
     """[(in_dim, out_dim, selected input indices)] for basic indexing, None if not understood."""
     items = list(idx) if isinstance(idx, tuple) else [idx]
-    if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items):
+    if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice)) or _gather_index(i) is not None)
+           for i in items):
         return None
+    n_adv = sum(1 for i in items if isinstance(i, torch.fx.Node))
+    if n_adv > 1 or (n_adv and any(isinstance(i, int) for i in items)):
+        return None  # several advanced indices (or ints beside one) may move dims to the front
     for i in items:
         if isinstance(i, slice) and not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
             return None
@@ -128,6 +134,9 @@ def _index_plan(idx, shape):
             d_out += 1
         elif isinstance(i, int):
             d_in += 1
+        elif isinstance(i, torch.fx.Node):  # x[:, idx]: the gathered dim is replaced by idx's dims (pinned)
+            d_in += 1
+            d_out += _gather_index(i)
         else:
             sel = np.arange(shape[d_in], dtype=np.int64)[i]
             if i.step in (None, 1):
@@ -135,6 +144,14 @@ def _index_plan(idx, shape):
             d_in += 1
             d_out += 1
     return plan
+
+
+def _gather_index(i) -> Optional[int]:
+    """The rank of an integer index tensor (``x[:, idx]``), None for anything else."""
+    val = i.meta.get("val") if isinstance(i, torch.fx.Node) else None
+    if isinstance(val, torch.Tensor) and not val.is_floating_point() and val.dtype != torch.bool:
+        return val.ndim
+    return None
 
 
 def rewrite_getitem(node, rctx) -> None:

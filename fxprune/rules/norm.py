@@ -45,13 +45,44 @@ def rewrite_bn_module(node, rctx) -> None:
     m.num_features = rctx.new_shape(x)[_channel_dim(m, x)]
 
 
+_BN_FN_ARGS = ("input", "running_mean", "running_var", "weight", "bias")
+
+
+def _input_stats(node) -> bool:
+    """Whether a functional batch/instance norm normalises with statistics of its input."""
+    if node.target is F.instance_norm:
+        return arg(node, 5, "use_input_stats", True) is not False
+    return arg(node, 5, "training", False) is not False
+
+
 def lower_bn_fn(ctx, node) -> None:
     x, out = ctx.tensor(node.args[0]), ctx.out()
     ctx.couple_all(x, out)
-    for pos, name in ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias")):
+    cd = 1 if x.ndim >= 2 else 0
+    for pos, name in enumerate(_BN_FN_ARGS[1:], start=1):
         ref = ctx.tensor(arg(node, pos, name))
         if ref is not None:
-            ctx.couple(ref, 0, x, 1)
+            ctx.couple(ref, 0, x, cd)
+    if _input_stats(node):
+        # e.g. weight standardisation (``F.batch_norm(w.reshape(1, O, -1), training=True)``): the
+        # statistics run over the fan-in, which input-channel pruning shrinks (verify recomputes them)
+        ctx.mark_stat("batch statistics over every dim but the channels")
+
+
+def masked_bn_fn(node, args, kwargs, vctx) -> torch.Tensor:
+    """Batch/instance norm with input statistics over the kept entries only, scattered back."""
+    x = args[0]
+    kept = [vctx.kept(vctx.tensor(node.args[0]), d) for d in range(x.ndim)]
+    cd = 1 if x.ndim >= 2 else 0
+    args = list(args)
+    kwargs = dict(kwargs)
+    args[0] = _gather(x, kept)
+    for pos, name in enumerate(_BN_FN_ARGS[1:], start=1):
+        where, key = (args, pos) if pos < len(args) else (kwargs, name)
+        t = where[key] if pos < len(args) or name in kwargs else None
+        if isinstance(t, torch.Tensor):
+            where[key] = _gather(t, [kept[cd]]).clone()  # a copy: running stats are updated in place
+    return _scatter(x.shape, node.target(*args, **kwargs), kept)
 
 
 def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
@@ -203,7 +234,8 @@ def rewrite_prelu(node, rctx) -> None:
 
 
 register("call_module", _BN, "batchnorm", lower_bn_module, rewrite_bn_module)
-register("call_function", (F.batch_norm, F.instance_norm), "functional batchnorm", lower_bn_fn)
+register("call_function", (F.batch_norm, F.instance_norm), "functional batchnorm", lower_bn_fn,
+         masked_eval=masked_bn_fn)
 register("call_module", (nn.GroupNorm,), "groupnorm", lower_gn_module, rewrite_gn_module, masked_gn)
 register("call_function", (F.group_norm,), "functional groupnorm", lower_gn_fn, rewrite_gn_fn, masked_gn)
 register("call_module", (nn.LayerNorm, nn.RMSNorm), "layernorm", lower_ln_module, rewrite_ln_module, masked_ln)

@@ -1,0 +1,144 @@
+"""The model catalogue shared by ``benchmarks/zoo.py --list`` and ``tests/test_zoo.py``.
+
+Every torchvision classification, segmentation and video model (``weights=None``) and the smallest
+variant of a set of timm families (``pretrained=False``), each with the smallest input it accepts (or a
+size override where the constructor allows one), so that a whole sweep stays cheap on a small CPU box.
+
+    >>> spec = get_spec("resnet18")
+    >>> spec.source, spec.input_shape
+    ('torchvision', (1, 3, 64, 64))
+    >>> model, inputs = build(spec)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LISTS", "TIMM_FAMILIES", "Spec", "build", "get_spec", "specs"]
+
+IMG = (1, 3, 64, 64)
+VIDEO = (1, 3, 8, 64, 64)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One model of the zoo: where it comes from, how to build it, and its example input."""
+
+    name: str                      # unique id: the torchvision name, or "timm/<name>"
+    source: str                    # torchvision | segmentation | video | timm
+    model_name: str                # name passed to the constructor
+    input_shape: tuple[int, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    family: str = ""               # timm family label
+
+
+# Smallest input each torchvision model accepts, when it is not IMG / VIDEO (and why).
+_TV_INPUT = {
+    "inception_v3": (1, 3, 80, 80),        # valid convs and 3x3/2 pools need >= 75
+    "maxvit_t": (1, 3, 224, 224),          # partition size 7 is fixed: the grid must be 7 * 2**k
+    "vit_h_14": (1, 3, 56, 56),            # image_size must be a multiple of the patch (14)
+}
+# Constructor overrides (only when weights=None allows them): a smaller fixed image size.
+_TV_KWARGS = {
+    "vit_b_16": {"image_size": 64}, "vit_b_32": {"image_size": 64}, "vit_l_16": {"image_size": 64},
+    "vit_l_32": {"image_size": 64}, "vit_h_14": {"image_size": 56},
+}
+_VIDEO_INPUT = {
+    "s3d": (1, 3, 16, 224, 224),           # AvgPool3d((2, 7, 7)) after a /8 x /32 backbone
+    "mvit_v1_b": (1, 3, 16, 224, 224),     # spatial/temporal size fixed by the builder
+    "mvit_v2_s": (1, 3, 16, 224, 224),
+}
+_VIDEO_KWARGS: dict[str, dict[str, Any]] = {}
+
+# timm: family -> (smallest variant, input shape, constructor kwargs).
+TIMM_FAMILIES: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
+    "resnet": ("resnet18", IMG, {}),
+    "resnext": ("resnext26ts", IMG, {}),
+    "efficientnet": ("efficientnet_b0", IMG, {}),
+    "mobilenetv3": ("mobilenetv3_small_050", IMG, {}),
+    "regnet": ("regnetx_002", IMG, {}),
+    "convnext": ("convnext_atto", IMG, {}),
+    "vit": ("vit_tiny_patch16_224", IMG, {"img_size": 64}),
+    "deit": ("deit_tiny_patch16_224", IMG, {"img_size": 64}),
+    "swin": ("swin_tiny_patch4_window7_224", IMG, {"img_size": 64, "window_size": 2}),
+    "beit": ("beit_base_patch16_224", IMG, {"img_size": 64}),
+    "levit": ("levit_128s", IMG, {"img_size": 64}),
+    "mixer": ("mixer_s32_224", IMG, {"img_size": 64}),
+    "poolformer": ("poolformer_s12", IMG, {}),
+    "maxvit": ("maxvit_pico_rw_256", IMG, {"img_size": 64}),
+    "efficientformer": ("efficientformer_l1", (1, 3, 224, 224), {}),  # attention biases fixed at 7x7
+    "repvgg": ("repvgg_a0", IMG, {}),
+    "dla": ("dla46_c", IMG, {}),
+    "dpn": ("dpn48b", IMG, {}),
+    "hrnet": ("hrnet_w18_small", IMG, {}),
+    "cspnet": ("cspresnet50", IMG, {}),
+    "ghostnet": ("ghostnet_050", IMG, {}),
+    "rexnet": ("rexnet_100", IMG, {}),
+    "nfnet": ("nf_resnet26", IMG, {}),
+    "coatnet": ("coatnet_pico_rw_224", IMG, {"img_size": 64}),
+    "edgenext": ("edgenext_xx_small", IMG, {}),
+    "fastvit": ("fastvit_t8", IMG, {}),
+    "mobilevit": ("mobilevit_xxs", IMG, {}),
+    "xcit": ("xcit_nano_12_p16_224", IMG, {"img_size": 64}),
+    "eva": ("eva02_tiny_patch14_224", (1, 3, 56, 56), {"img_size": 56}),
+    "convmixer": ("convmixer_768_32", IMG, {}),
+}
+
+
+def _torchvision(module_name: str) -> list[str]:
+    import torchvision
+    mod = torchvision.models if module_name == "" else getattr(torchvision.models, module_name)
+    return sorted(torchvision.models.list_models(module=mod))
+
+
+def _tv_specs() -> list[Spec]:
+    return [Spec(n, "torchvision", n, _TV_INPUT.get(n, IMG), _TV_KWARGS.get(n, {})) for n in _torchvision("")]
+
+
+def _seg_specs() -> list[Spec]:
+    # weights_backbone defaults to ImageNet weights (a download): random init like everything else
+    return [Spec(n, "segmentation", n, IMG, {"weights_backbone": None}) for n in _torchvision("segmentation")]
+
+
+def _video_specs() -> list[Spec]:
+    return [Spec(n, "video", n, _VIDEO_INPUT.get(n, VIDEO), _VIDEO_KWARGS.get(n, {}))
+            for n in _torchvision("video")]
+
+
+def _timm_specs() -> list[Spec]:
+    return [Spec(f"timm/{n}", "timm", n, shape, kw, fam) for fam, (n, shape, kw) in TIMM_FAMILIES.items()]
+
+
+LISTS = {"torchvision": _tv_specs, "segmentation": _seg_specs, "video": _video_specs, "timm": _timm_specs}
+
+
+def specs(which: str = "all") -> list[Spec]:
+    """The specs of one list (``all``, ``torchvision``, ``segmentation``, ``video``, ``timm``)."""
+    if which == "all":
+        return [s for f in LISTS.values() for s in f()]
+    return LISTS[which]()
+
+
+def get_spec(name: str) -> Spec:
+    """The spec named ``name`` (a torchvision name or ``timm/<name>``); unknown names get IMG input."""
+    for s in specs("all"):
+        if s.name == name:
+            return s
+    if name.startswith("timm/"):
+        return Spec(name, "timm", name[5:], IMG)
+    return Spec(name, "torchvision", name, IMG)
+
+
+def build(spec: Spec, seed: int = 0):
+    """``(model in eval mode, example inputs tuple)`` with a fixed seed."""
+    import torch
+    torch.manual_seed(seed)
+    if spec.source == "timm":
+        import timm
+        model = timm.create_model(spec.model_name, pretrained=False, **spec.kwargs)
+    else:
+        import torchvision
+        model = torchvision.models.get_model(spec.model_name, weights=None, **spec.kwargs)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*spec.input_shape, generator=g)
+    return model.eval(), (x,)

@@ -1,0 +1,227 @@
+"""Small op cases distilled from the torchvision/timm zoo (tests/test_zoo.py): one module per pattern.
+
+Each case analyses with ``strict=True`` (no op without a rule), prunes with a hand-written plan, and checks
+``fxprune.verify``, the hand-written parameter shapes, that the kept weights are ``index_select`` of the
+original at the hand-picked kept indices, and that the output shape is unchanged.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxprune
+
+
+def _kept(n: int, removed: Sequence[int]) -> torch.Tensor:
+    return torch.tensor([i for i in range(n) if i not in set(removed)])
+
+
+def _check(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: dict[str, list[int]],
+           shapes: dict[str, tuple[int, ...]], kept: dict[str, dict[int, torch.Tensor]] | None = None,
+           train: bool = False) -> torch.fx.GraphModule:
+    """Prune ``model`` by ``plan``; check verify, exact shapes and the kept slices of ``kept`` params."""
+    model.eval()
+    graph = fxprune.analyze(model, inputs, strict=True)
+    assert isinstance(graph, fxprune.ChannelGraph), "symbolic tracing failed"
+    small = fxprune.prune(model, fxprune.PrunePlan(plan), inputs)
+    fxprune.verify(model, small, plan, inputs)
+    state, orig = small.state_dict(), model.state_dict()
+    for name, shape in shapes.items():
+        assert tuple(state[name].shape) == shape, f"{name}: {tuple(state[name].shape)} != {shape}"
+    for name, dims in (kept or {}).items():
+        want = orig[name]
+        for d, idx in dims.items():
+            want = want.index_select(d, idx)
+        assert torch.equal(state[name], want), f"{name}: kept values are not the original's"
+    with torch.no_grad():
+        assert small(*inputs).shape == model(*inputs).shape
+    if train:
+        small.train()
+        small(*inputs).sum().backward()
+    return small
+
+
+# ------------------------------------------------------------------------------- chunk(...)[-1]
+
+class ChunkLast(nn.Module):
+    """EdgeNeXt's split-transpose block: ``x.chunk(2, 1)``; ``[0]`` goes through a conv, ``[-1]`` around."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        parts = x.chunk(2, dim=1)
+        return self.head(torch.cat([self.dw(parts[0]), parts[-1]], 1))
+
+
+def test_chunk_negative_index():
+    m = ChunkLast()
+    removed = [1, 5, 6]  # one channel of the first chunk, two of the last
+    small = _check(m, (torch.randn(1, 3, 6, 6),), {"stem.weight:0": removed},
+                   {"stem.weight": (5, 3, 1, 1), "dw.weight": (3, 1, 3, 3), "head.weight": (2, 5, 1, 1)},
+                   {"stem.weight": {0: _kept(8, removed)}, "head.weight": {1: _kept(8, removed)}})
+    assert small.get_submodule("dw").groups == 3
+
+
+# ------------------------------------------------------------------------- sizes read from x.shape
+
+class ShapeReshape(nn.Module):
+    """``B, C, H, W = x.shape; x.reshape(B, C, H * W)`` with C pruned (EdgeNeXt, many timm blocks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv(x)
+        B, C, H, W = x.shape
+        x = x.reshape(B, C, H * W).permute(0, 2, 1)
+        return self.fc(x).reshape(B, H, W, -1)
+
+
+def test_reshape_sizes_from_shape():
+    removed = [0, 3, 4]
+    small = _check(ShapeReshape(), (torch.randn(2, 3, 4, 4),), {"conv.weight:0": removed},
+                   {"conv.weight": (5, 3, 1, 1), "fc.weight": (4, 5)},
+                   {"fc.weight": {1: _kept(8, removed)}})
+    # the batch size stays read from the input; the pruned channel count became a constant
+    out = small(torch.randn(3, 3, 4, 4))
+    assert out.shape == (3, 4, 4, 4)
+
+
+class HeadsFromResidual(nn.Module):
+    """XCiT's ``qkv.reshape(B, N, 3, heads, C // heads)`` where ``C`` is the *residual* width."""
+
+    def __init__(self, dim: int = 8, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.inp = nn.Linear(4, dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(B, N, C))
+        return self.out(x)
+
+
+def test_reshape_size_reads_pruned_residual():
+    # prune the residual stream only: C shrinks, the qkv head layout must not follow it
+    m = HeadsFromResidual()
+    removed = [2, 7]
+    _check(m, (torch.randn(1, 5, 4),), {"inp.weight:0": removed},
+           {"inp.weight": (6, 4), "qkv.weight": (24, 6), "proj.weight": (6, 8), "out.weight": (3, 6)},
+           {"qkv.weight": {1: _kept(8, removed)}, "proj.weight": {0: _kept(8, removed)}})
+
+
+# ------------------------------------------------------------------------------ tensor creation
+
+class Creation(nn.Module):
+    """``zeros_like`` follows its input; ``torch.zeros(B, C)`` / ``new_ones`` / ``arange`` are constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.conv2 = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = y + torch.zeros_like(y)
+        B, C = y.shape[:2]
+        z = self.conv2(y)
+        pos = torch.arange(z.shape[1], dtype=z.dtype) + torch.zeros((B, z.shape[1])) + z.new_ones((B, 6))
+        return self.fc(z.mean((2, 3)) + pos) + torch.zeros((B, C)).sum(1, keepdim=True)
+
+
+def test_creation_ops():
+    removed = [1, 2, 6]
+    _check(Creation(), (torch.randn(2, 3, 4, 4),), {"conv.weight:0": removed},
+           {"conv.weight": (5, 3, 1, 1), "conv2.weight": (6, 5, 1, 1), "fc.weight": (2, 6)},
+           {"conv2.weight": {1: _kept(8, removed)}})
+
+
+# --------------------------------------------------------------------- weight standardisation
+
+class StdConv(nn.Conv2d):
+    """timm's ScaledStdConv2d: weights standardised per output channel with ``F.batch_norm``."""
+
+    def __init__(self, cin: int, cout: int, k: int):
+        super().__init__(cin, cout, k, padding=k // 2)
+        self.gain = nn.Parameter(torch.rand(cout, 1, 1, 1) + 0.5)
+        self.scale = (cin * k * k) ** -0.5
+
+    def forward(self, x):
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         weight=(self.gain * self.scale).view(-1), training=True, momentum=0.,
+                         eps=1e-5).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = StdConv(3, 8, 3)
+        self.c2 = StdConv(8, 6, 3)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.c1(x)))
+
+
+def test_weight_standardisation():
+    # c1's outputs are per-channel statistics (exact); c2's inputs shrink the statistics' fan-in, which
+    # verify recomputes over the kept channels
+    removed = [0, 4, 5]
+    m = StdConvNet()
+    small = _check(m, (torch.randn(1, 3, 6, 6),), {"c1.weight:0": removed},
+                   {"c1.weight": (5, 3, 3, 3), "c1.gain": (5, 1, 1, 1), "c2.weight": (6, 5, 3, 3),
+                    "c2.gain": (6, 1, 1, 1)},
+                   {"c1.gain": {0: _kept(8, removed)}, "c2.weight": {1: _kept(8, removed)}}, train=True)
+    report = fxprune.verify(m, small, {"c1.weight:0": removed}, (torch.randn(1, 3, 6, 6),))
+    assert report.recomputed, "the standardisation of c2 reads pruned channels: it must be recomputed"
+
+
+# ------------------------------------------------------------------ caches filled while tracing
+
+class CachedBias(nn.Module):
+    """LeViT/EfficientFormer: in eval mode an attention-bias gather is cached in a dict per device."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.biases = nn.Parameter(torch.randn(8, 3))
+        self.register_buffer("idx", torch.tensor([0, 2, 1, 1]), persistent=False)
+        self.cache: dict[str, torch.Tensor] = {}
+        self.out = nn.Linear(8, 2)
+
+    def bias(self):
+        if self.training:
+            return self.biases[:, self.idx]
+        if "cpu" not in self.cache:
+            self.cache["cpu"] = self.biases[:, self.idx]
+        return self.cache["cpu"]
+
+    def forward(self, x):  # x: (B, 4 tokens, 4)
+        return self.out(self.fc(x) + self.bias().t())
+
+
+def test_trace_leaves_no_proxy_in_caches():
+    m = CachedBias().eval()
+    x = torch.randn(2, 4, 4)
+    removed = [3, 5]
+    _check(m, (x,), {"fc.weight:0": removed}, {"fc.weight": (6, 4), "biases": (6, 3), "out.weight": (2, 6)},
+           {"biases": {0: _kept(8, removed)}})
+    assert not any(isinstance(v, torch.fx.Proxy) for v in m.cache.values())
