@@ -20,8 +20,17 @@ Each model runs in two fresh subprocesses of the same interpreter, one after the
 Torch-Pruning), so a crash, hang or leak in either tool costs only that model, and both tools start from the
 same cold state.  Every time is a median over ``--repeat`` runs; the raw samples are kept in the JSON.
 
+Sweep mode (``--list all|torchvision|segmentation|video|timm``): every model of the catalogue in
+``benchmarks/zoo_models.py`` at its smallest input, checked once (see ``benchmarks/zoo_checks.py``): fxprune
+analyze/prune times, prunable groups, verify, output structure, a train step, jit.trace and ONNX wherever
+the unpruned model traces/exports, params/MACs; Torch-Pruning MetaPruner time, a raw forward and params/MACs.
+JSON to ``--out`` (default ``benchmarks/results/zoo_sweep.json``) and a Markdown table next to it (``.md``).
+
 Usage::
 
+    python benchmarks/zoo.py --list all                       # the whole zoo, one subprocess per model and tool
+    python benchmarks/zoo.py --list timm --no-tp --checks verify
+    python benchmarks/zoo.py --models swin_t,timm/levit_128s --list all --resume
     python benchmarks/zoo.py                                  # all 13 models, JSON -> stdout and --out
     python benchmarks/zoo.py --models resnet18,densenet121 --repeat 3 --markdown
     python benchmarks/zoo.py --no-tp --input-size 128
@@ -647,6 +656,161 @@ def meta(args):
             "tp_timeout_s": args.tp_timeout, "fx_timeout_s": args.fx_timeout}
 
 
+# ----------------------------------------------------------------------------------------------
+# sweep mode (--list)
+# ----------------------------------------------------------------------------------------------
+SWEEP_OUT = os.path.join(HERE, "results", "zoo_sweep.json")
+
+
+def _limit_memory(gb):
+    """Cap the worker's address space so a model that would exhaust the machine fails alone."""
+    if gb:
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (int(gb * 2 ** 30), int(gb * 2 ** 30)))
+
+
+def run_check_worker(kind, name, args, timeout):
+    fd, rpath = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, "--models", name, "--result", rpath,
+           "--checks", args.checks, "--mem-gb", str(args.mem_gb)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    t0 = time.perf_counter()
+    tail = ""
+    try:
+        p = subprocess.run(cmd, timeout=timeout, capture_output=True, text=True, cwd=ROOT, check=False)
+        rc = p.returncode
+        tail = " ".join((p.stderr or "").split())[-300:]
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    wall = round(time.perf_counter() - t0, 1)
+    try:
+        with open(rpath) as f:
+            r = json.load(f)
+    except Exception:
+        r = {}
+    os.unlink(rpath)
+    r["worker_wall_s"] = wall
+    if rc == "timeout":
+        r.setdefault("error", f"error: timeout after {timeout} s (partial results kept)")
+    elif rc != 0:
+        r.setdefault("error", f"error: worker exited rc={rc} (memory limit {args.mem_gb} GB?): {tail}")
+    return r
+
+
+def _status(v):
+    if not isinstance(v, str):
+        return "–"
+    if v.startswith("ok"):
+        return "ok"
+    return "skip" if v.startswith("skip") else "FAIL"
+
+
+def _fx_ok(fx_):
+    return (not fx_.get("error") and fx_.get("verify") == "ok" and fx_.get("structure") == "ok"
+            and all(_status(fx_.get(k)) in ("ok", "skip", "–") for k in ("train", "jit", "onnx")))
+
+
+def sweep_markdown(doc):
+    hdr = ["model", "groups (prunable/all)", "fxprune verified", "train", "jit.trace", "ONNX",
+           "fxprune params", "fxprune MACs", "fxprune analyze+prune s", "TP forward ok", "TP params",
+           "TP MACs", "TP prune s"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    notes = []
+    for r in doc["models"]:
+        fx_, tp_ = r["fxprune"], r["tp"]
+        groups = f"{fx_['prunable_groups']}/{fx_['groups']}" if "groups" in fx_ else "–"
+        ver = "ok" if fx_.get("verify") == "ok" and fx_.get("structure") == "ok" else "FAIL"
+        an, pr = fx_.get("analyze_s"), fx_.get("prune_s")
+        fx_t = f"{an:.2f}+{pr:.2f}" if isinstance(an, float) and isinstance(pr, float) else "–"
+        params = f"{_si(fx_.get('params_before'))}→{_si(fx_.get('params_after'))}" if "params_after" in fx_ else "–"
+        macs = f"{_si(fx_.get('macs_before'))}→{_si(fx_.get('macs_after'))}" if "macs_after" in fx_ else "–"
+        if tp_.get("skipped"):
+            tp_ok = tp_params = tp_macs = tp_t = "–"
+        else:
+            tp_ok = "ok" if tp_.get("forward") == "ok" else "FAIL"
+            tp_params = _si(tp_.get("params_after")) if "params_after" in tp_ else "–"
+            tp_macs = _si(tp_.get("macs_after")) if "macs_after" in tp_ else "–"
+            tp_t = _s(tp_.get("prune_s")) if "prune_s" in tp_ else "–"
+        lines.append("| " + " | ".join([
+            r["model"], groups, ver, _status(fx_.get("train")), _status(fx_.get("jit")), _status(fx_.get("onnx")),
+            params, macs, fx_t, tp_ok, tp_params, tp_macs, tp_t]) + " |")
+        for k in ("error", "train", "jit", "onnx"):
+            v = fx_.get(k)
+            if isinstance(v, str) and not v.startswith("ok"):
+                notes.append(f"- {r['model']} fxprune {k if k != 'error' else fx_.get('stage_failed', '')}: "
+                             f"{v[:240]}")
+        for w in fx_.get("warnings", []):
+            notes.append(f"- {r['model']} fxprune warning: {w[:240]}")
+        if tp_.get("error") and not tp_.get("skipped"):
+            notes.append(f"- {r['model']} Torch-Pruning {tp_.get('stage_failed', '')}: {tp_['error'][7:240]}")
+    m = doc["meta"]
+    n = len(doc["models"])
+    ok = sum(1 for r in doc["models"] if _fx_ok(r["fxprune"]))
+    tp_ok = sum(1 for r in doc["models"] if r["tp"].get("forward") == "ok")
+    out = (f"{ok}/{n} models pass every fxprune check (verify, output structure, train step, jit.trace and ONNX "
+           f"where the unpruned model traces/exports); Torch-Pruning prunes and runs a forward on {tp_ok}/{n}.\n\n")
+    out += "\n".join(lines)
+    an = [r["fxprune"]["analyze_s"] for r in doc["models"] if isinstance(r["fxprune"].get("analyze_s"), float)]
+    out += (f"\n\nOne run per model on {m['cpu_count']} CPU cores ({m['cpu']}), torch {m['torch']}, "
+            f"Torch-Pruning {m.get('torch_pruning')}, fxprune commit {m.get('fxprune_commit', '')[:7]}; "
+            f"ratio 0.5 of every unpinned group (fxprune.plan_by_ratio) vs MetaPruner(MagnitudeImportance(p=2), "
+            f"pruning_ratio=0.5, final classifier ignored). Max fxprune analyze time "
+            f"{max(an, default=0):.2f} s. Times are single runs on a shared machine: compare within a row.")
+    if notes:
+        out += "\n\n" + "\n".join(notes)
+    return out + "\n"
+
+
+def sweep(args):
+    sys.path.insert(0, HERE)
+    from zoo_models import specs
+    wanted = [n for n in args.models.split(",") if n] if args.models_given else None
+    todo = [s for s in specs(args.list) if wanted is None or s.name in wanted]
+    doc = {"meta": meta(args), "models": []}
+    if args.resume and os.path.exists(args.out):
+        with open(args.out) as f:
+            old = json.load(f)
+        doc["models"] = [r for r in old.get("models", []) if r["model"] not in {s.name for s in todo}]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    for spec in todo:
+        log(f"[zoo] {spec.name}: fxprune ...")
+        load = [round(v, 2) for v in os.getloadavg()]
+        fxr = run_check_worker("check", spec.name, args, args.fx_timeout)
+        log(f"[zoo] {spec.name}: analyze {fxr.get('analyze_s')} s, prune {fxr.get('prune_s')} s, "
+            f"groups {fxr.get('prunable_groups')}/{fxr.get('groups')}, verify {fxr.get('verify')}, "
+            f"train {_status(fxr.get('train'))}, jit {_status(fxr.get('jit'))}, onnx {_status(fxr.get('onnx'))} "
+            f"{fxr.get('error', '')[:200]}")
+        if args.no_tp:
+            tpr = {"skipped": True, "error": "error: skipped (--no-tp)"}
+        else:
+            tpr = run_check_worker("tpcheck", spec.name, args, args.tp_timeout)
+            log(f"[zoo] {spec.name}: Torch-Pruning {tpr.get('prune_s')} s, forward {tpr.get('forward')} "
+                f"{tpr.get('error', '')[:160]}")
+        doc["models"].append({"model": spec.name, "source": spec.source, "input_shape": list(spec.input_shape),
+                              "loadavg_1_5_15_before": load, "fxprune": fxr, "tp": tpr})
+        order = {s.name: i for i, s in enumerate(specs("all"))}
+        doc["models"].sort(key=lambda r: order.get(r["model"], 1 << 30))
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(sweep_markdown(doc))
+    log(f"[zoo] wrote {args.out} and {os.path.splitext(args.out)[0]}.md")
+
+
+def sweep_worker(args):
+    sys.path.insert(0, HERE)
+    _limit_memory(args.mem_gb)
+    from zoo_checks import check_fx, check_tp
+    from zoo_models import get_spec
+    spec = get_spec(args.models)
+    if args.worker == "check":
+        check_fx(spec, None, tuple(c for c in args.checks.split(",") if c), args.result)
+    else:
+        check_tp(spec, None, args.result)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision model names")
@@ -661,14 +825,31 @@ def main():
                     help="torch.set_num_threads in both workers (default: leave torch's default)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-fx", action="store_true", help="skip fxprune (floor only)")
-    ap.add_argument("--worker", choices=["fx", "tp"], help=argparse.SUPPRESS)
+    ap.add_argument("--list", choices=["all", "torchvision", "segmentation", "video", "timm"],
+                    help="sweep mode: check every model of this list (see benchmarks/zoo_models.py)")
+    ap.add_argument("--checks", default="verify,train,jit,onnx", help="sweep mode: fxprune checks to run")
+    ap.add_argument("--mem-gb", type=float, default=12.0, help="sweep mode: address-space cap per worker")
+    ap.add_argument("--resume", action="store_true",
+                    help="sweep mode: keep the other models' rows of an existing --out")
+    ap.add_argument("--worker", choices=["fx", "tp", "check", "tpcheck"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.models_given = args.models != ",".join(MODELS)
+    if args.list and args.out == DEFAULT_OUT:
+        args.out = SWEEP_OUT
+    if args.list and "--fx-timeout" not in sys.argv:
+        args.fx_timeout = 900
 
     names = [n for n in args.models.split(",") if n]
     if args.worker and args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if args.worker in ("check", "tpcheck"):
+        sweep_worker(args)
+        return
+    if args.list:
+        sweep(args)
+        return
     if args.worker == "fx":
         worker_fx(names[0], args.input_size, args.repeat, args.result, args.no_fx)
         return
