@@ -383,3 +383,15 @@ def test_raft(name):
     inputs = (torch.randn(1, 3, 128, 128), torch.randn(1, 3, 128, 128))  # the smallest RAFT accepts
     _, _, report = _check_model(model, inputs)
     assert report.max_abs_diff < 1e-2
+
+
+def test_pruner_iterative_on_a_fallback_model():
+    model, x = _gated()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        pruner = fxprune.Pruner(model, x, pruning_ratio=0.5, iterative_steps=2)
+        for _ in range(2):
+            small = pruner.step()  # the second step re-analyses the pruned copy (again through the fallback)
+    assert type(small) is Gated
+    assert (small.a.conv1.out_channels, small.b.conv1.out_channels) == (4, 6)
+    assert fxprune.verify(model, small, pruner.plan, x).max_abs_diff < 1e-5

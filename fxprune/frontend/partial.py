@@ -461,7 +461,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
             visit(f"{path}.{name}" if path else name, c)
 
     visit("", model)
-    graph = PartialGraph(model, parts, untraced, skipped)
+    graph = PartialGraph(model, parts, untraced, skipped, strict, prefer_heads)
     _warn(model, graph, lower_warnings)
     return graph
 
@@ -513,7 +513,8 @@ class PartialExpansion:
 class _Ctx:
     """The bits of ``LowerCtx`` that plan builders read, over all parts."""
 
-    def __init__(self):
+    def __init__(self, strict: bool = False, prefer_heads: bool = False):
+        self.strict, self.prefer_heads = strict, prefer_heads
         self.ambiguous: dict[str, tuple] = {}
         self.stat_nodes: dict[str, str] = {}
         self.unknown: dict[str, list[str]] = {}
@@ -527,11 +528,11 @@ class PartialGraph:
     """
 
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
-                 skipped: list[str]):
+                 skipped: list[str], strict: bool = False, prefer_heads: bool = False):
         self.gm, self.model = model, model
         self.parts, self.untraced, self.skipped = parts, untraced, skipped
         self.ir = ChannelIR()
-        self.ctx = _Ctx()
+        self.ctx = _Ctx(strict, prefer_heads)
         labels, owner, dim_group, pinned = [], [], [], {}
         n_dims = n_idx = n_lab = n_grp = 0
         for part in parts:
