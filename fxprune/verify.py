@@ -86,6 +86,10 @@ class _MaskedInterpreter(torch.fx.Interpreter):
                 self.special[name] = lookup(node.op, target)
                 self.recomputed[name] = why
 
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        # plain containers: a wrapped helper may mutate a list argument (torchvision's swin3d window size)
+        return super().call_function(target, _plain(args), _plain(kwargs))
+
     def run_node(self, n: torch.fx.Node) -> Any:
         rule = self.special.get(n.name)
         if rule is None:
@@ -103,7 +107,8 @@ def _paths(graph: ChannelGraph, node: torch.fx.Node) -> List[Tuple[Tuple[int, ..
     val = node.meta.get("val")
     if isinstance(val, torch.Tensor):
         ref = graph.ctx.tensor(node)
-        return [((), ref)] if ref is not None and ref.key[0] == "value" else []
+        # a parameter read as data (get_attr: swin v2's coordinate table, a cls token) is masked too
+        return [((), ref)] if ref is not None and (ref.key[0] == "value" or node.op == "get_attr") else []
     if isinstance(val, (tuple, list)):
         return [((i,), TRef(("value", node.name, (i,)), tuple(v.shape)))
                 for i, v in enumerate(val) if isinstance(v, torch.Tensor)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -225,3 +226,52 @@ def test_trace_leaves_no_proxy_in_caches():
     _check(m, (x,), {"fc.weight:0": removed}, {"fc.weight": (6, 4), "biases": (6, 3), "out.weight": (2, 6)},
            {"biases": {0: _kept(8, removed)}})
     assert not any(isinstance(v, torch.fx.Proxy) for v in m.cache.values())
+
+
+# ------------------------------------------------------------- parameters read as data; wrapped helpers
+
+class TableMLP(nn.Module):
+    """Swin v2's continuous position bias: a constant coordinate table goes through an MLP."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.randn(1, 5, 5, 4))
+        self.mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):  # x: (B, 6)
+        return self.fc(x) + self.mlp(self.table).mean((1, 2))
+
+
+def test_buffer_read_as_data_is_masked_by_verify():
+    # removing column 1 of the table and of mlp.0's weight equals zeroing that column in the original
+    m = TableMLP()
+    _check(m, (torch.randn(2, 6),), {"table:3": [1], "mlp.0.weight:0": [0, 7]},
+           {"table": (1, 5, 5, 3), "mlp.0.weight": (6, 3), "mlp.2.weight": (3, 6)},
+           {"table": {3: _kept(4, [1])}, "mlp.2.weight": {1: _kept(8, [0, 7])}})
+
+
+@torch.fx.wrap
+def _pad_to(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    size[0] = max(size[0], x.shape[-1])  # mutates its list argument, like torchvision's swin3d helper
+    return F.pad(x, (0, size[0] - x.shape[-1]))
+
+
+class MutatingHelper(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 1)
+        self.head = nn.Conv1d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)) + _pad_to(self.conv(x), [x.shape[-1]]).sigmoid())
+
+
+@pytest.mark.filterwarnings("ignore:fxprune. no rule for 1 op")  # the helper has no rule: its dims are pinned
+def test_wrapped_helper_mutating_its_list_argument():
+    m = MutatingHelper()
+    gm = fxprune.trace(m, (torch.randn(1, 3, 5),))  # shape propagation runs the helper on plain lists
+    assert gm.graph.find_nodes(op="output")[0].args[0].meta["val"].shape == (1, 2, 5)
+    graph = fxprune.analyze(m, (torch.randn(1, 3, 5),))
+    plan = fxprune.plan_by_ratio(graph, 0.5)
+    fxprune.verify(m, fxprune.prune(m, plan, (torch.randn(1, 3, 5),)), plan, (torch.randn(1, 3, 5),))

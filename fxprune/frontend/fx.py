@@ -80,7 +80,21 @@ _SAME_SHAPE = (
 )
 
 
+def _plain(v: Any) -> Any:
+    """FX's immutable argument containers as plain ones (a wrapped helper may mutate a list argument)."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if type(v) is tuple:
+        return tuple(_plain(x) for x in v)
+    return v
+
+
 class _ShapeInterpreter(torch.fx.Interpreter):
+    def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        return super().call_function(target, _plain(args), _plain(kwargs))
+
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         if self.meta_mode and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             if isinstance(self.submodule_cache.get(target), _SAME_SHAPE):
