@@ -82,12 +82,14 @@ def test_gated_analyze_warns_once_and_names_the_untraced_module():
     msg = str(ws[0].message)
     assert "Gated" in msg and "control flow" in msg and "cannot be rewritten" in msg, msg
     assert ws[0].filename == __file__  # points at the user's call
-    assert [p.path for p in graph.parts] == ["a", "b", "head"]
+    assert [p.path for p in graph.parts] == ["a", "b"]  # a lone nn.Linear (head) has nothing to prune
     free = {g.key: g.size for g in graph.groups if not g.pinned}
     assert free == {"a.conv1.weight:0": 8, "b.conv1.weight:0": 12}
     # the boundaries of every traced submodule stay fixed
-    for key in ("a.conv2.weight:0", "b.conv1.weight:1", "head.weight:1"):
+    for key in ("a.conv2.weight:0", "b.conv1.weight:1"):
         assert graph.group_of(*fxprune.plan.parse_key(key)).pinned, key
+    with pytest.raises(fxprune.PlanError, match="not in a traced submodule"):
+        graph.group_of("head.weight", 1)
     g = graph.group_of("a.bn.weight", 0)
     assert g.key == "a.conv1.weight:0"
     assert ("a.conv2.weight", 1) in g.members
@@ -187,14 +189,14 @@ class Caller(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 1)
         self.shuffle = Shuffle()
-        self.tail = nn.Conv2d(4, 2, 1)
+        self.tail = nn.Sequential(nn.Conv2d(4, 6, 1), nn.Conv2d(6, 2, 1))
 
     def forward(self, x):
         x = self.stem(x)
         feats = [x, x * 2] if x.sum() > -1e9 else [x, x]
         y = self.shuffle(feats, scale=0.5)["y"]
         # the parent reads a parameter of a traced submodule: it must stay as it is
-        y = y + self.tail.weight.sum()
+        y = y + self.tail[0].weight.sum()
         return self.tail(y)
 
 
@@ -203,9 +205,9 @@ def test_graph_constants_replace_the_part_by_its_graphmodule(tmp_path):
     model = Caller().eval()
     x = torch.randn(1, 3, 5, 5)
     graph, ws = _fallback_warnings(lambda: fxprune.analyze(model, x))
-    assert len(ws) == 1 and [p.path for p in graph.parts] == ["stem", "shuffle", "tail"]
+    assert len(ws) == 1 and [p.path for p in graph.parts] == ["shuffle", "tail"]
     assert graph.group_of("shuffle.conv.weight", 0).pinned is None
-    assert graph.group_of("tail.weight", 0).pinned  # used by the parent's own code
+    assert "used outside" in graph.group_of("tail.0.weight", 0).pinned  # the parent's own code reads it
     plan = fxprune.PrunePlan({"shuffle.conv.weight:0": [0, 6]})
     snap = state_snapshot(model)
     small, _ = _fallback_warnings(lambda: fxprune.prune(model, plan, x))

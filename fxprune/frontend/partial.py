@@ -437,6 +437,8 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         call = rec.calls.get(id(m))
         if call is None:
             return  # never called: its tensors are not prunable
+        if path and not m._modules and type(m).__module__.startswith("torch.nn."):
+            return  # a lone torch.nn layer: every dim is on its pinned interface, nothing to prune
         if path:
             if time.monotonic() > deadline:
                 skipped.append(path)
