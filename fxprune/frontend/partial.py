@@ -610,10 +610,13 @@ class PartialGraph:
             raise PlanError(f"unknown key {key!r}: the model has no parameter or buffer {name!r}{hint}")
         hit = self._owner.get(id(t))
         if hit is None:
-            where = name.rpartition(".")[0]
-            why = dict(self.untraced).get(where)
+            untraced, where = dict(self.untraced), name.rpartition(".")[0]
+            while where not in untraced and where:  # the nearest module whose forward stays Python
+                where = where.rpartition(".")[0]
+            why = untraced.get(where)
+            what = where or f"the root {type(self.model).__name__}"
             raise PlanError(f"key {key!r}: {name} is not in a traced submodule"
-                            + (f" ({where or 'the root'} could not be traced: {why})" if why else "")
+                            + (f" ({what} could not be traced: {why})" if why else "")
                             + "; it cannot be pruned")
         return hit
 
