@@ -275,3 +275,46 @@ def test_wrapped_helper_mutating_its_list_argument():
     graph = fxprune.analyze(m, (torch.randn(1, 3, 5),))
     plan = fxprune.plan_by_ratio(graph, 0.5)
     fxprune.verify(m, fxprune.prune(m, plan, (torch.randn(1, 3, 5),)), plan, (torch.randn(1, 3, 5),))
+
+
+# ------------------------------------------------------------------------ torchvision Swin helpers
+
+class SwinBlock(nn.Module):
+    """Patch merging, then torchvision's (shifted) window attention on a residual stream."""
+
+    def __init__(self, v2: bool):
+        from torchvision.models import swin_transformer as tvs
+        super().__init__()
+        self.embed = nn.Linear(3, 4)
+        self.merge = (tvs.PatchMergingV2 if v2 else tvs.PatchMerging)(4)  # 4 -> 8 channels
+        attn = tvs.ShiftedWindowAttentionV2 if v2 else tvs.ShiftedWindowAttention
+        self.attn = attn(8, [2, 2], [1, 1], num_heads=2)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):  # x: (B, H, W, 3)
+        x = self.merge(self.embed(x))
+        x = x + self.attn(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_swin_window_attention(v2):
+    from fxprune.rules.swin import window_attention
+    m = SwinBlock(v2)
+    x = (torch.randn(1, 8, 8, 3),)
+    # residual channels {1, 6}; head-dim column 0 of q/k (rows 0, 4 of q and 8, 12 of k: heads x 4 dims);
+    # column 3 of v (rows 16 + 3, 16 + 7), i.e. proj columns 3 and 7
+    plan = {"merge.reduction.weight:0": [1, 6], "attn.qkv.weight:0": [19]}
+    if not v2:
+        plan["attn.qkv.weight:0"] = [0, 19]
+    small = _check(m, x, plan, {
+        "merge.reduction.weight": (6, 16), "attn.qkv.weight": (22 if v2 else 18, 6),
+        "attn.proj.weight": (6, 6), "head.weight": (2, 6)},
+        {"attn.qkv.weight": {0: _kept(24, [19, 23] if v2 else [0, 4, 8, 12, 19, 23]), 1: _kept(8, [1, 6])},
+         "attn.proj.weight": {0: _kept(8, [1, 6]), 1: _kept(8, [3, 7])}}, train=True)
+    (node,) = small.graph.find_nodes(op="call_function", target=window_attention)
+    assert (node.kwargs["qk_dim"], node.kwargs["v_dim"]) == ((4, 3) if v2 else (3, 3))
+    if v2:  # cosine attention: q/k columns are statistics inputs, pinned
+        graph = fxprune.analyze(m, x)
+        with pytest.raises(fxprune.PlanError, match="cosine attention"):
+            graph.expand(fxprune.PrunePlan({"attn.qkv.weight:0": [0]}))
