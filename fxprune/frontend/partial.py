@@ -739,19 +739,15 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
             except AttributeError:
                 pass
         ref = model(*args)
-        for m, had, old in saved:  # the pruned model may share no module with this one, but be safe
-            if had:
-                m.forward = old
-            else:
-                del m.forward
-        saved = []
-        out = small(*args)
     finally:
         for m, had, old in saved:
             if had:
                 m.forward = old
             else:
                 del m.forward
+    try:
+        out = small(*args)
+    finally:
         for h in hooks:
             h.remove()
     bad, diffs = _compare(ref, out, atol, rtol)
