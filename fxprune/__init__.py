@@ -12,6 +12,7 @@ Example:
 from .analyze import ChannelGraph, Group, analyze
 from .errors import (
     CouplingConflictError,
+    FallbackWarning,
     FxpruneError,
     InternalError,
     PlanError,
@@ -32,7 +33,7 @@ __all__ = [
     "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
     "Pruner", "Proposal", "linear_scheduler", "importance",
     "VerifyReport", "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError",
-    "CouplingConflictError", "PlanError", "RewriteError", "VerificationError", "InternalError",
+    "CouplingConflictError", "FallbackWarning", "PlanError", "RewriteError", "VerificationError", "InternalError",
 ]
 
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)

@@ -200,6 +200,17 @@ class LowerCtx:
             for ref in _arg_tensors(self, node):
                 for d in range(ref.ndim):
                     self.pin(ref, d, "model output")
+            seen: set = set()  # a node returning a tuple (``return self.lstm(x)``) is output whole
+
+            def whole(a: Any) -> Any:
+                if isinstance(a, torch.fx.Node) and a.name not in seen and \
+                        isinstance(a.meta.get("val"), (tuple, list)):
+                    seen.add(a.name)
+                    for _, ref in _tensor_paths(self, a):
+                        for d in range(ref.ndim):
+                            self.pin(ref, d, "model output")
+                return a
+            map_aggregate(node.args, whole)
             return
         if node.op == "get_attr":
             ref = self.tensor(node)

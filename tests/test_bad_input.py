@@ -175,14 +175,36 @@ def test_wrong_number_of_inputs(net):
 # ---------------------------------------------------------------------------------------------- tracing
 
 def test_untraceable_model():
+    """trace() raises; analyze/prune fall back to the traceable submodules with one FallbackWarning, and
+    a plan on a parameter outside them is a PlanError naming the untraced module."""
+    from fxprune.errors import FallbackWarning
+
     model = DataDependent().eval()
-    for call in (lambda: fxprune.trace(model, X), lambda: fxprune.analyze(model, X),
-                 lambda: fxprune.prune(model, fxprune.PrunePlan({"conv1.weight:0": [0]}), X)):
-        e = _raises(fxprune.TraceError, call, model=model)
-        msg = str(e).lower()
-        assert "trace" in msg or "control flow" in msg, msg
-        # names where: the model class or the offending source line
-        assert "DataDependent" in str(e) or "x.sum() > 0" in str(e), str(e)
+    e = _raises(fxprune.TraceError, lambda: fxprune.trace(model, X), model=model)
+    assert "DataDependent" in str(e) or "x.sum() > 0" in str(e), str(e)
+    with pytest.warns(FallbackWarning, match="DataDependent") as rec:
+        graph = fxprune.analyze(model, X)
+    assert len([w for w in rec if issubclass(w.category, FallbackWarning)]) == 1
+    # conv1/conv2/fc traced alone: every dim is a part interface, so nothing is prunable
+    assert all(g.pinned for g in graph.groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        _raises(fxprune.PlanError, lambda: fxprune.prune(model, fxprune.PrunePlan({"conv1.weight:0": [0]}), X),
+                "conv1.weight", "DataDependent", model=model)
+
+
+class SplitOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return torch.split(self.conv(x), 4, 1)  # a tuple-valued node is the model output
+
+
+def test_tuple_output_returned_whole_is_pinned():
+    graph = fxprune.analyze(SplitOut(), X)
+    assert graph.group_of("conv.weight", 0).pinned == "model output"
 
 
 # ---------------------------------------------------------------------------------------------- unsupported ops
