@@ -659,11 +659,9 @@ class PartialGraph:
 
     def removed(self, mask: np.ndarray, value: Any, dim: int) -> np.ndarray:
         """Indices of ``value`` (a full-name value key) along ``dim`` that ``mask`` removes."""
-        i = self.ir.index.get((value, dim))
-        if i is None:
-            return np.zeros(0, np.int64)
-        d = self.ir.dims[i]
-        return np.nonzero(mask[d.base:d.base + d.size])[0]
+        from ..analyze import ChannelGraph  # the same lookup over this graph's combined IR
+
+        return ChannelGraph.removed(self, mask, value, dim)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         free = sum(1 for g in self.groups if g.pinned is None)
