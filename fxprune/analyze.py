@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.fx
 
-from .errors import PlanError
+from .errors import PlanError, TraceError
 from .frontend import trace
 from .ir import DimNode, Solution
 from .lower import LowerCtx, lower_graph
@@ -291,7 +291,18 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
 
     ``prefer_heads=True`` factors reshaped dims outermost first, so an attention projection split
     into ``(heads, head_dim)`` forms whole-head classes (used for head pruning).
+
+    When ``symbolic_trace`` fails on ``model``, its maximal traceable submodules are analysed instead
+    and a :class:`~fxprune.frontend.partial.PartialGraph` (same interface) is returned, with one
+    :class:`~fxprune.errors.FallbackWarning`; see :mod:`fxprune.frontend.partial`.
     """
-    gm = trace(model, example_inputs)
+    try:
+        gm = trace(model, example_inputs)
+    except TraceError as e:
+        # symbolic_trace failed (control flow, Python on tensors): analyse the traceable submodules instead
+        if e.__cause__ is None or isinstance(model, torch.fx.GraphModule):
+            raise
+        from .frontend.partial import analyze_partial
+        return analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads, cause=e)
     ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
     return ChannelGraph(gm, ctx, sol)
