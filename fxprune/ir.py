@@ -58,6 +58,7 @@ class ChannelIR:
     _a: List[np.ndarray] = field(default_factory=list)
     _b: List[np.ndarray] = field(default_factory=list)
     pins: List[Tuple[int, Optional[np.ndarray], str]] = field(default_factory=list)
+    _pairs: List[Tuple[int, int]] = field(default_factory=list)
 
     def dim(self, value: ValueKey, d: int, size: int) -> DimNode:
         """The dim node of ``value`` along ``d``, created on first use."""
@@ -76,6 +77,7 @@ class ChannelIR:
         if len(ia):
             self._a.append(ia.astype(np.int64, copy=False) + a.base)
             self._b.append(ib.astype(np.int64, copy=False) + b.base)
+            self._pairs.append((a.id, b.id))
         f = self.free[a.id] or self.free[b.id]
         self.free[a.id] = self.free[b.id] = f
 
@@ -84,30 +86,50 @@ class ChannelIR:
         self.pins.append((d.id, idx, reason))
 
     def solve(self) -> "Solution":
-        """Classes (index components) and groups (dim components)."""
-        n = self.total
+        """Classes (index components) and groups (dim components).
+
+        Groups are components over dim nodes (small). Index-level classes are computed only inside groups
+        that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
+        transformer are millions of indices), so each such dim gets one label, pinned when its group is.
+        """
+        n, nd = self.total, len(self.dims)
+        sizes = np.array([d.size for d in self.dims], dtype=np.int64)
+        owner = np.repeat(np.arange(nd), sizes) if nd else np.zeros(0, np.int64)
+        pairs = np.array(self._pairs, dtype=np.int64).reshape(-1, 2)
+        dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
+        _, dim_group = connected_components(dadj, directed=False)
+        with_param = np.zeros(nd, bool)
+        with_param[[dim_group[d.id] for d in self.dims if d.is_param]] = True
+        keep_dim = with_param[dim_group]
+        keep = keep_dim[owner]
+        kept = np.nonzero(keep)[0]
+        remap = np.full(n, -1, dtype=np.int64)
+        remap[kept] = np.arange(len(kept), dtype=np.int64)
         a = np.concatenate(self._a) if self._a else np.zeros(0, np.int64)
         b = np.concatenate(self._b) if self._b else np.zeros(0, np.int64)
-        ones = np.ones(len(a), dtype=np.int8)
-        adj = sp.coo_matrix((ones, (a, b)), shape=(n, n)).tocsr()
-        _, labels = connected_components(adj, directed=False)
-        # Groups: link consecutive indices of each dim node as well, then components again.
-        starts = np.array([d.base for d in self.dims], dtype=np.int64)
-        sizes = np.array([d.size for d in self.dims], dtype=np.int64)
-        owner = np.repeat(np.arange(len(self.dims)), sizes) if len(self.dims) else np.zeros(0, np.int64)
-        chain = np.arange(n - 1, dtype=np.int64)
-        same = owner[:-1] == owner[1:] if n > 1 else np.zeros(0, bool)
-        a2 = np.concatenate([a, chain[same]])
-        b2 = np.concatenate([b, chain[same] + 1])
-        adj2 = sp.coo_matrix((np.ones(len(a2), np.int8), (a2, b2)), shape=(n, n)).tocsr()
-        _, group_labels = connected_components(adj2, directed=False)
-        dim_group = group_labels[starts] if len(starts) else np.zeros(0, np.int64)
+        sel = keep[a]  # both ends of a coupling lie in one group
+        a, b = remap[a[sel]], remap[b[sel]]
+        m = len(kept)
+        adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)).tocsr()
+        n_cls, cls = connected_components(adj, directed=False)
+        labels = np.empty(n, dtype=np.int64)
+        labels[kept] = cls
+        rank = np.cumsum(~keep_dim) - 1 + n_cls  # one label per dim outside parameter groups
+        labels[~keep] = rank[owner[~keep]]
         pinned_reason: Dict[int, str] = {}
+        group_reason: Dict[int, str] = {}
         for did, idx, reason in self.pins:
+            if not keep_dim[did]:
+                group_reason.setdefault(int(dim_group[did]), reason)
+                continue
             d = self.dims[did]
             ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))
             for lab in np.unique(labels[ids]).tolist():
                 pinned_reason.setdefault(lab, reason)
+        for did in np.nonzero(~keep_dim)[0].tolist():
+            why = group_reason.get(int(dim_group[did]))
+            if why is not None:
+                pinned_reason[int(rank[did])] = why
         return Solution(self, labels, owner, dim_group, pinned_reason)
 
 

@@ -78,6 +78,8 @@ class LowerCtx:
         self.first_use: Dict[str, int] = {}
         self.unknown: Dict[str, List[str]] = {}
         self.ambiguous: Dict[str, Tuple[int, DimNode]] = {}
+        self.candidates: Dict[str, List[Tuple[ValueKey, int]]] = {}  # every choice, in the order tried
+        self.pinned_by: Dict[int, set] = {}  # dim id -> nodes whose rule pinned that whole dim
         self.merges: set = set()  # ambiguous nodes that merge dims
         self.stat_nodes: Dict[str, str] = {}
         self.node: Optional[torch.fx.Node] = None
@@ -161,7 +163,9 @@ class LowerCtx:
 
     def pin(self, ref: TRef, d: int, reason: str) -> None:
         d = d % ref.ndim
-        self.ir.pin(self.dim(ref, d), reason)
+        dim = self.dim(ref, d)
+        self.ir.pin(dim, reason)
+        self.pinned_by.setdefault(dim.id, set()).add(self.node.name)
         self._touched.add((ref.key, d))
 
     def touch(self, ref: TRef, d: Optional[int] = None) -> None:
@@ -179,6 +183,9 @@ class LowerCtx:
         if len(candidates) > 1:
             ref, d = candidates[i]
             self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
+            # keys only: creating dim nodes for the candidates not chosen would change the IR
+            self.candidates[self.node.name] = [(candidates[k][0].key, candidates[k][1] % candidates[k][0].ndim)
+                                               for k in order]
             if merge:
                 self.merges.add(self.node.name)
         return i
@@ -278,6 +285,16 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
+def _next_choice(cands: List[Optional[int]], current: int, pinned_by: Dict[int, set], name: str) -> Optional[int]:
+    """The next choice worth a round: a candidate that another node pins as a whole (a conv's spatial
+    dims, the model input) stays pinned whatever this node chooses, so it is skipped. None when none is
+    left."""
+    for k in range(current + 1, len(cands)):
+        if not pinned_by.get(cands[k], set()) - {name}:
+            return k
+    return None
+
+
 def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int = 8,
                 prefer_heads: bool = False) -> Tuple[LowerCtx, Solution]:
     """Lower every node of a shape-annotated GraphModule and solve the IR.
@@ -297,12 +314,14 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int 
             ctx.lower_node(node)
         sol = ctx.ir.solve()
         pinned = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
+        nxt = {name: _next_choice([ctx.ir.index.get(c) for c in ctx.candidates[name]], choices.get(name, 0),
+                                  ctx.pinned_by, name) for name in ctx.ambiguous}
         stuck = [(name in ctx.merges, name) for name, (n, dim) in ctx.ambiguous.items()
-                 if choices.get(name, 0) + 1 < n and np.isin(sol.labels_of(dim), pinned).all()]
+                 if nxt[name] is not None and np.isin(sol.labels_of(dim), pinned).all()]
         # Retry splits first: a merge downstream of a wrong split is pinned only because of it.
         retry = [name for merge, name in stuck if not merge] or [name for _, name in stuck]
         for name in retry:
-            choices[name] = choices.get(name, 0) + 1
+            choices[name] = nxt[name]
         if not retry:
             break
     if ctx.unknown:
