@@ -318,3 +318,52 @@ def test_swin_window_attention(v2):
         graph = fxprune.analyze(m, x)
         with pytest.raises(fxprune.PlanError, match="cosine attention"):
             graph.expand(fxprune.PrunePlan({"attn.qkv.weight:0": [0]}))
+
+
+# ------------------------------------------------------------------ tensor_split, repeat_interleave
+
+class SplitRepeat(nn.Module):
+    """``tensor_split`` at an index (MViT's class token) and a ``repeat_interleave``d position table."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(3, 8, 1)  # (B, 8, 6): channels 8, tokens 6
+        self.pos = nn.Parameter(torch.randn(3, 8))  # repeated twice along the tokens
+        self.a = nn.Conv1d(2, 4, 1)
+        self.b = nn.Conv1d(6, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x) + self.pos.repeat_interleave(2, dim=0).t()
+        head, tail = torch.tensor_split(y, (2,), dim=1)
+        return self.a(head) + self.b(tail)
+
+
+def test_tensor_split_and_repeat_interleave():
+    removed = [1, 5, 6]  # one of the 2 head channels, two of the 6 tail ones
+    small = _check(SplitRepeat(), (torch.randn(1, 3, 6),), {"conv.weight:0": removed},
+                   {"conv.weight": (5, 3, 1), "pos": (3, 5), "a.weight": (4, 1, 1), "b.weight": (4, 4, 1)},
+                   {"pos": {1: _kept(8, removed)}, "b.weight": {1: _kept(6, [3, 4])}})
+    assert small.graph.find_nodes(op="call_function", target=torch.split)  # the split index was rewritten
+
+
+# --------------------------------------------------------------------------- torchvision MViT helpers
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_mvit_helpers(v2):
+    # a two-block MViT: v1 has absolute position embeddings, v2 relative ones (_add_rel_pos),
+    # a pooled-query shortcut (_add_shortcut) and a projection after attention
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+    torch.manual_seed(0)
+    block = MSBlockConfig(num_heads=2, input_channels=8, output_channels=8, kernel_q=[3, 3, 3],
+                          kernel_kv=[3, 3, 3], stride_q=[1, 1, 1], stride_kv=[1, 2, 2])
+    m = MViT((16, 16), 4, [block, block], residual_pool=v2, residual_with_cls_embed=not v2, rel_pos_embed=v2,
+             proj_after_attn=v2, num_classes=3, dropout=0.0)
+    x = (torch.randn(1, 3, 4, 16, 16),)
+    graph = fxprune.analyze(m, x, strict=True)
+    plan = fxprune.plan_by_ratio(graph, 0.5)
+    assert len(plan) >= 2, plan
+    small = fxprune.prune(m, plan, x)
+    fxprune.verify(m.eval(), small, plan, x)
+    # the MLP hidden width and the attention head dims shrank; heads stay
+    assert small.get_submodule("blocks.0.mlp.0").out_features < 32
+    assert small.get_submodule("blocks.0.attn.qkv").out_features < 48

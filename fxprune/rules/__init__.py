@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     embedding,
     linear,
     matmul,
+    mvit,
     norm,
     pooling,
     recurrent,

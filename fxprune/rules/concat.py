@@ -79,10 +79,11 @@ def rewrite_split(node, rctx) -> None:
     new = [rctx.new_shape(r)[dim] for r in elems]
     if old == new:
         return
-    if name == "chunk":
+    if name in ("chunk", "tensor_split"):
         node.target = "split" if node.op == "call_method" else torch.split
-    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("chunks", "split_size_or_sections",
-                                                                 "split_size")}
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("chunks", "split_size_or_sections", "split_size",
+                                                                 "indices", "sections",
+                                                                 "tensor_indices_or_sections")}
     kwargs.setdefault("dim", dim)
     node.args, node.kwargs = (node.args[0], new), kwargs
 
@@ -187,6 +188,7 @@ def rewrite_getitem(node, rctx) -> None:
 
 register("call_function", (torch.cat, torch.concat, torch.concatenate), "cat", lower_cat)
 register("call_function", (torch.stack,), "stack", lower_stack)
-register("call_function", (torch.split, torch.chunk, torch.unbind), "split", lower_split, rewrite_split)
-register("call_method", ("split", "chunk", "unbind"), "split", lower_split, rewrite_split)
+register("call_function", (torch.split, torch.chunk, torch.unbind, torch.tensor_split), "split", lower_split,
+         rewrite_split)
+register("call_method", ("split", "chunk", "unbind", "tensor_split"), "split", lower_split, rewrite_split)
 register("call_function", (operator.getitem,), "getitem", lower_getitem, rewrite_getitem)

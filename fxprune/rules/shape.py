@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
@@ -143,6 +144,20 @@ def lower_reshape_as(ctx, node) -> None:
         ctx.couple_all(other, ctx.out())
 
 
+def lower_repeat_interleave(ctx, node) -> None:
+    """``x.repeat_interleave(r, dim)``: index ``i * r + k`` of the output comes from index ``i``."""
+    x, out = ctx.tensor(node.args[0]), ctx.out()
+    r, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
+    if x is None or out is None or not isinstance(dim, int) or not isinstance(r, int):
+        return  # flattened, or repeats given per index: every dim pinned
+    dim %= x.ndim
+    for d in range(x.ndim):
+        if d != dim:
+            ctx.couple(x, d, out, d)
+    i = np.arange(out.shape[dim], dtype=np.int64)
+    ctx.couple(out, dim, x, dim, (i, i // r))
+
+
 def lower_repeat(ctx, node) -> None:
     x, out = ctx.tensor(node.args[0]), ctx.out()
     off = out.ndim - x.ndim
@@ -168,3 +183,5 @@ register("call_method", ("expand",), "expand", lower_expand, rewrite_view)
 register("call_method", ("expand_as", "reshape_as", "view_as"), "reshape_as", lower_reshape_as)
 register("call_function", (torch.broadcast_to,), "expand", lower_expand)
 register("call_method", ("repeat", "tile"), "repeat", lower_repeat)
+register("call_function", (torch.repeat_interleave,), "repeat_interleave", lower_repeat_interleave)
+register("call_method", ("repeat_interleave",), "repeat_interleave", lower_repeat_interleave)
