@@ -772,6 +772,9 @@ def sweep(args):
     if args.resume and os.path.exists(args.out):
         with open(args.out) as f:
             old = json.load(f)
+        done = {r["model"] for r in old.get("models", [])}
+        if wanted is None:  # carry on where the last run stopped
+            todo = [s for s in todo if s.name not in done]
         doc["models"] = [r for r in old.get("models", []) if r["model"] not in {s.name for s in todo}]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for spec in todo:
@@ -830,7 +833,8 @@ def main():
     ap.add_argument("--checks", default="verify,train,jit,onnx", help="sweep mode: fxprune checks to run")
     ap.add_argument("--mem-gb", type=float, default=12.0, help="sweep mode: address-space cap per worker")
     ap.add_argument("--resume", action="store_true",
-                    help="sweep mode: keep the other models' rows of an existing --out")
+                    help="sweep mode: keep the rows of an existing --out; without --models, run only the "
+                         "models it lacks, with --models, rerun those")
     ap.add_argument("--worker", choices=["fx", "tp", "check", "tpcheck"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
