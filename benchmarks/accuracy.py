@@ -489,7 +489,8 @@ def plot(doc: dict, path: str):
     libs = [l for l in LIBRARIES if any(r["library"] == l for r in rows)]
     colors = {"fxprune": "tab:blue", "torch-pruning": "tab:orange"}
     markers = {"fxprune": "o", "torch-pruning": "s"}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (ax, zx, bx) = plt.subplots(1, 3, figsize=(18, 5.5), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    base = doc.get("base", {})
     for lib in libs:
         rs = [r for r in rows if r["library"] == lib]
         xs = [r["macs_after"] / 1e6 for r in rs]
@@ -499,18 +500,45 @@ def plot(doc: dict, path: str):
               if isinstance(r.get("acc_finetuned"), (int, float))]
         ax.scatter([p[0] for p in ft], [p[1] for p in ft], marker=markers[lib], color=colors[lib],
                    label=f"{lib}, fine-tuned")
-        for i, (xm, ya, name) in enumerate(ft):
-            ax.annotate(name, (xm, ya), textcoords="offset points", fontsize=6, color=colors[lib],
-                        xytext=(6 if lib == "fxprune" else -6, 0), ha="left" if lib == "fxprune" else "right")
-    if "acc" in doc.get("base", {}):
-        ax.scatter([doc["base"]["macs"] / 1e6], [100 * doc["base"]["acc"]], marker="*", s=180, color="k",
-                   label="unpruned")
-        ax.axhline(100 * doc["base"]["acc"], color="k", lw=0.5, ls="--")
+    if "acc" in base:
+        ax.scatter([base["macs"] / 1e6], [100 * base["acc"]], marker="*", s=180, color="k", label="unpruned")
+        ax.axhline(100 * base["acc"], color="k", lw=0.5, ls="--")
     ax.set_xlabel("MACs (M; fxprune.count, batch 1)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("accuracy vs. MACs")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+
+    # zoom on the fine-tuned points; labels spread in a column beside each library's points
+    pts = {lib: sorted([(r["macs_after"] / 1e6, 100 * r["acc_finetuned"], r["criterion"]) for r in rows
+                        if r["library"] == lib and isinstance(r.get("acc_finetuned"), (int, float))],
+                       key=lambda p: p[1]) for lib in libs}
+    allv = [p[1] for v in pts.values() for p in v] + ([100 * base["acc"]] if "acc" in base else [])
+    if allv:
+        lo, hi = min(allv), max(allv)
+        pad = max(0.2, 0.08 * (hi - lo))
+        xs_all = [p[0] for v in pts.values() for p in v]
+        xmin, xmax = min(xs_all), max(xs_all)
+        span = max(xmax - xmin, 0.05 * xmax)
+        for lib in libs:
+            v = pts[lib]
+            zx.scatter([p[0] for p in v], [p[1] for p in v], marker=markers[lib], color=colors[lib], label=lib)
+            left = lib == "fxprune"
+            tx = (xmin - 1.2 * span) if left else (xmax + 1.2 * span)
+            for k, (xm, ya, name) in enumerate(v):
+                ty = lo - pad / 2 + (hi - lo + pad) * (k + 0.5) / max(1, len(v))
+                zx.annotate(f"{name} {ya:.2f}", (xm, ya), xytext=(tx, ty), fontsize=7, color=colors[lib],
+                            ha="right" if left else "left", va="center",
+                            arrowprops=dict(arrowstyle="-", color=colors[lib], lw=0.4, alpha=0.6))
+        if "acc" in base:
+            zx.axhline(100 * base["acc"], color="k", lw=0.8, ls="--", label=f"unpruned {100 * base['acc']:.2f}")
+        zx.set_xlim(xmin - 3 * span, xmax + 3 * span)
+        zx.set_ylim(lo - pad, hi + 2.5 * pad)
+    zx.set_xlabel("MACs (M)")
+    zx.set_ylabel("test accuracy after fine-tuning (%)")
+    zx.set_title("zoom: fine-tuned")
+    zx.grid(alpha=0.3)
+    zx.legend(fontsize=7, loc="upper center", ncol=3)
 
     crits = [c for c in CRITERIA if any(r["criterion"] == c for r in rows)]
     width = 0.8 / max(1, len(libs))
@@ -558,6 +586,15 @@ def write_outputs(doc: dict, out: str):
 
 # ------------------------------------------------------------------------------------------------ main
 
+def _dist_version(dist: str, module) -> str:
+    """Installed distribution version (torch_pruning 1.6.1's ``__version__`` still says 1.6.0)."""
+    try:
+        from importlib.metadata import version
+        return version(dist)
+    except Exception:
+        return getattr(module, "__version__", "?")
+
+
 def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -587,7 +624,18 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=None, help="directory with the idx .gz files (skip dpkg/apt)")
     ap.add_argument("--no-install", action="store_true", help="do not try apt-get install")
     ap.add_argument("--retrain", action="store_true", help="ignore a cached base checkpoint")
+    ap.add_argument("--replot", metavar="JSON", default=None,
+                    help="only rewrite the .md and .png next to JSON from its contents, then exit")
     args = ap.parse_args(argv)
+    if args.replot:
+        with open(args.replot) as f:
+            doc = json.load(f)
+        stem = os.path.splitext(args.replot)[0]
+        with open(stem + ".md", "w") as f:
+            f.write(markdown(doc))
+        plot(doc, stem + ".png")
+        print(markdown(doc))
+        return
 
     criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
     libraries = [l.strip() for l in args.libraries.split(",") if l.strip()]
@@ -615,7 +663,7 @@ def main(argv=None):
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "config": {k: v for k, v in vars(args).items()},
         "env": {"python": platform.python_version(), "torch": torch.__version__,
-                "torch_pruning": getattr(tp, "__version__", "?"), "fxprune_commit": git_commit(),
+                "torch_pruning": _dist_version("torch-pruning", tp), "fxprune_commit": git_commit(),
                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                 "threads": torch.get_num_threads(),
                 "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "loadavg_start": os.getloadavg()},
