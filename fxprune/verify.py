@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -125,8 +126,9 @@ def _set_path(value: Any, path: Tuple[int, ...], fn) -> Any:
 
 def _plain(v: Any) -> Any:
     """The Interpreter's immutable containers as the plain ones a GraphModule call returns."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, dict):  # an OrderedDict stays one (segmentation outputs), FX's immutable_dict does not
+        items = {k: _plain(x) for k, x in v.items()}
+        return collections.OrderedDict(items) if isinstance(v, collections.OrderedDict) else items
     if isinstance(v, list):
         return [_plain(x) for x in v]
     if isinstance(v, tuple) and not hasattr(v, "_fields"):

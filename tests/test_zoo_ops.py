@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 import fxprune
 
@@ -38,7 +39,8 @@ def _check(model: nn.Module, inputs: tuple[torch.Tensor, ...], plan: dict[str, l
             want = want.index_select(d, idx)
         assert torch.equal(state[name], want), f"{name}: kept values are not the original's"
     with torch.no_grad():
-        assert small(*inputs).shape == model(*inputs).shape
+        got, want = tree_flatten(small(*inputs)), tree_flatten(model(*inputs))
+    assert got[1] == want[1] and [t.shape for t in got[0]] == [t.shape for t in want[0]]
     if train:
         small.train()
         small(*inputs).sum().backward()
@@ -367,3 +369,33 @@ def test_mvit_helpers(v2):
     # the MLP hidden width and the attention head dims shrank; heads stay
     assert small.get_submodule("blocks.0.mlp.0").out_features < 32
     assert small.get_submodule("blocks.0.attn.qkv").out_features < 48
+
+
+# ----------------------------------------------------------------------------- OrderedDict outputs
+
+class Segmenter(nn.Module):
+    """torchvision's segmentation models return ``OrderedDict(out=..., aux=...)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.out = nn.Conv2d(8, 2, 1)
+        self.aux = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        from collections import OrderedDict
+        y = torch.relu(self.conv(x))
+        result = OrderedDict()
+        result["out"] = self.out(y)
+        result["aux"] = self.aux(y)
+        return result
+
+
+def test_ordered_dict_output_kept():
+    from collections import OrderedDict
+    m = Segmenter()
+    x = (torch.randn(1, 3, 5, 5),)
+    small = _check(m, x, {"conv.weight:0": [0, 7]}, {"conv.weight": (6, 3, 3, 3), "aux.weight": (2, 6, 1, 1)})
+    out = small(*x)
+    assert type(out) is OrderedDict and list(out) == ["out", "aux"]
+    assert fxprune.analyze(m, x).group_of("out.weight", 0).pinned == "model output"

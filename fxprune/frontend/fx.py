@@ -11,6 +11,7 @@ Example:
 """
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any, Dict, Tuple
 
@@ -37,6 +38,28 @@ class _Tracer(torch.fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        self._depth = 0
+        self.returned: type = type(None)
+
+    def create_arg(self, a: Any) -> Any:
+        # The last top-level argument FX converts is what forward returned: remember its type, since FX
+        # turns an OrderedDict (torchvision segmentation models) into a plain dict.
+        self._depth += 1
+        try:
+            return super().create_arg(a)
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.returned = type(a)
+
+
+def _keep_ordered_output(graph: torch.fx.Graph, returned: type) -> None:
+    """Return an OrderedDict again where forward did (one ``OrderedDict(...)`` node before the output)."""
+    out = next(iter(reversed(graph.nodes)))
+    if returned is collections.OrderedDict and out.op == "output" and isinstance(out.args[0], dict):
+        with graph.inserting_before(out):
+            od = graph.call_function(collections.OrderedDict, (out.args[0],))
+        out.args = (od,)
 
 
 def _dict_attrs(model: torch.nn.Module) -> Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]:
@@ -60,6 +83,7 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     snapshot = _dict_attrs(model)
     try:
         graph = tracer.trace(model)
+        _keep_ordered_output(graph, tracer.returned)
     except Exception as e:  # anything symbolic tracing raises: control flow, unsupported Python
         raise TraceError(
             f"torch.fx.symbolic_trace failed on {type(model).__name__}: {type(e).__name__}: {e}. "

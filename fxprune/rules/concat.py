@@ -6,6 +6,7 @@ whose parts become unequal turns into a ``split`` with explicit sizes).
 """
 from __future__ import annotations
 
+import collections
 import operator
 from typing import Optional
 
@@ -186,7 +187,17 @@ def rewrite_getitem(node, rctx) -> None:
         node.args = (src, tuple(new_items) if isinstance(idx, tuple) or len(new_items) > 1 else new_items[0])
 
 
+def lower_container(ctx, node) -> None:
+    """``OrderedDict(...)`` before the output (see the FX frontend): its tensors are model outputs."""
+    for a in node.args[0].values():
+        ref = ctx.tensor(a)
+        if ref is not None:
+            for d in range(ref.ndim):
+                ctx.pin(ref, d, "model output")
+
+
 register("call_function", (torch.cat, torch.concat, torch.concatenate), "cat", lower_cat)
+register("call_function", (collections.OrderedDict,), "container", lower_container)
 register("call_function", (torch.stack,), "stack", lower_stack)
 register("call_function", (torch.split, torch.chunk, torch.unbind, torch.tensor_split), "split", lower_split,
          rewrite_split)
