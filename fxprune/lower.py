@@ -71,9 +71,11 @@ class LowerCtx:
         self.modules = dict(gm.named_modules(remove_duplicate=False))
         self.canonical: Dict[str, str] = {}
         seen: Dict[int, str] = {}
+        constants = gm.meta.get("fxprune_constants", ()) if hasattr(gm, "meta") else ()
         for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
                 gm.named_buffers(remove_duplicate=False)):
-            self.canonical[name] = seen.setdefault(id(t), name)
+            if name not in constants:  # tensors the tracer stowed away are constants, not the model's state
+                self.canonical[name] = seen.setdefault(id(t), name)
         self.param_rank = {name: i for i, name in enumerate(dict.fromkeys(self.canonical.values()))}
         self.first_use: Dict[str, int] = {}
         self.unknown: Dict[str, List[str]] = {}

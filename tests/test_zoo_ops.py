@@ -399,3 +399,36 @@ def test_ordered_dict_output_kept():
     out = small(*x)
     assert type(out) is OrderedDict and list(out) == ["out", "aux"]
     assert fxprune.analyze(m, x).group_of("out.weight", 0).pinned == "model output"
+
+
+# ------------------------------------------------------------------- norms with running statistics
+
+def _frozen_norms():
+    import torchvision
+    out = [("torchvision FrozenBatchNorm2d", torchvision.ops.FrozenBatchNorm2d),
+           ("SyncBatchNorm", nn.SyncBatchNorm),
+           ("InstanceNorm2d(track_running_stats)", lambda c: nn.InstanceNorm2d(c, affine=True,
+                                                                               track_running_stats=True))]
+    try:
+        import timm.layers
+        out += [("timm FrozenBatchNormAct2d", timm.layers.FrozenBatchNormAct2d),
+                ("timm BatchNormAct2d", timm.layers.BatchNormAct2d)]
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.mark.parametrize("make", [m for _, m in _frozen_norms()], ids=[n for n, _ in _frozen_norms()])
+def test_norm_with_running_stats(make):
+    # FrozenBatchNorm2d computes its scale from its buffers in a traced forward: the buffers must stay
+    # graph inputs (not constants folded at trace time) so that pruning slices them
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 1), make(8), nn.Conv2d(8, 4, 1))
+    for name, b in m[1].named_buffers():
+        if b.is_floating_point():
+            b.uniform_(0.5, 1.5)
+    removed = [1, 5]
+    stats = [n for n in ("weight", "bias", "running_mean", "running_var") if getattr(m[1], n, None) is not None]
+    _check(m, (torch.randn(2, 3, 5, 5),), {"0.weight:0": removed},
+           {"0.weight": (6, 3, 1, 1), "2.weight": (4, 6, 1, 1), **{f"1.{n}": (6,) for n in stats}},
+           {f"1.{n}": {0: _kept(8, removed)} for n in stats})

@@ -38,6 +38,9 @@ class _Tracer(torch.fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = True
+        # Buffers read in a traced forward stay get_attr nodes (torchvision's FrozenBatchNorm2d computes its
+        # scale from them): otherwise FX folds that arithmetic into constants that pruning cannot slice.
+        self.proxy_buffer_attributes = True
         self._depth = 0
         self.returned: type = type(None)
 
@@ -91,8 +94,9 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
             "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
     finally:
         _drop_proxies(snapshot)
-    name = type(model).__name__
-    return torch.fx.GraphModule(tracer.root, graph, name)
+    gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["fxprune_constants"] = set(tracer.tensor_attrs.values())
+    return gm
 
 
 # Modules whose output has the input's shape: on meta tensors their kernels (decompositions) are the
