@@ -186,8 +186,8 @@ class LowerCtx:
             ref, d = candidates[i]
             self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
             # keys only: creating dim nodes for the candidates not chosen would change the IR
-            self.candidates[self.node.name] = [(candidates[k][0].key, candidates[k][1] % candidates[k][0].ndim)
-                                               for k in order]
+            keys = [(candidates[k][0].key, candidates[k][1] % candidates[k][0].ndim) for k in order]
+            self.candidates[self.node.name] = keys
             if merge:
                 self.merges.add(self.node.name)
         return i
@@ -287,7 +287,8 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def _next_choice(cands: List[Optional[int]], current: int, pinned_by: Dict[int, set], name: str) -> Optional[int]:
+def _next_choice(cands: List[Optional[int]], current: int, pinned_by: Dict[int, set],
+                 name: str) -> Optional[int]:
     """The next choice worth a round: a candidate that another node pins as a whole (a conv's spatial
     dims, the model input) stays pinned whatever this node chooses, so it is skipped. None when none is
     left."""

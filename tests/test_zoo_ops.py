@@ -424,11 +424,12 @@ def test_norm_with_running_stats(make):
     # graph inputs (not constants folded at trace time) so that pruning slices them
     torch.manual_seed(0)
     m = nn.Sequential(nn.Conv2d(3, 8, 1), make(8), nn.Conv2d(8, 4, 1))
-    for name, b in m[1].named_buffers():
+    for b in m[1].buffers():
         if b.is_floating_point():
             b.uniform_(0.5, 1.5)
     removed = [1, 5]
-    stats = [n for n in ("weight", "bias", "running_mean", "running_var") if getattr(m[1], n, None) is not None]
+    stats = [n for n in ("weight", "bias", "running_mean", "running_var")
+             if getattr(m[1], n, None) is not None]
     _check(m, (torch.randn(2, 3, 5, 5),), {"0.weight:0": removed},
            {"0.weight": (6, 3, 1, 1), "2.weight": (4, 6, 1, 1), **{f"1.{n}": (6,) for n in stats}},
            {f"1.{n}": {0: _kept(8, removed)} for n in stats})

@@ -75,7 +75,8 @@ def size_reads(value: Any) -> Optional[List[Tuple[torch.fx.Node, Optional[int]]]
                 continue
         if v.op not in ("call_function", "call_method"):
             return None
-        stack.extend(a for a in _flat(v.args) + _flat(tuple(v.kwargs.values())) if isinstance(a, torch.fx.Node))
+        args = _flat(v.args) + _flat(tuple(v.kwargs.values()))
+        stack.extend(a for a in args if isinstance(a, torch.fx.Node))
     return reads
 
 

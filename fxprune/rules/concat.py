@@ -15,7 +15,7 @@ import torch
 
 from .. import index_map
 from ..registry import register
-from ._util import arg, set_arg
+from ._util import arg
 
 
 def _couple_part(ctx, part, whole, dim: int, off: int) -> None:
@@ -82,9 +82,9 @@ def rewrite_split(node, rctx) -> None:
         return
     if name in ("chunk", "tensor_split"):
         node.target = "split" if node.op == "call_method" else torch.split
-    kwargs = {k: v for k, v in node.kwargs.items() if k not in ("chunks", "split_size_or_sections", "split_size",
-                                                                 "indices", "sections",
-                                                                 "tensor_indices_or_sections")}
+    sizes_kw = ("chunks", "split_size_or_sections", "split_size", "indices", "sections",
+                "tensor_indices_or_sections")
+    kwargs = {k: v for k, v in node.kwargs.items() if k not in sizes_kw}
     kwargs.setdefault("dim", dim)
     node.args, node.kwargs = (node.args[0], new), kwargs
 

@@ -1,4 +1,4 @@
-"""Tensor creation: ``zeros``/``ones``/``full``/``empty``/``arange``/``rand*``, their ``*_like`` and ``new_*`` forms.
+"""Tensor creation: ``zeros``/``ones``/``full``/``empty``/``arange``/``rand*``, ``*_like`` and ``new_*``.
 
 A fresh tensor's dims are constants of the graph, so they stay pinned; a size computed from another
 tensor's pruned dim (``torch.zeros(B, C)`` with ``C = x.shape[1]``) is frozen to its original value, so the

@@ -70,7 +70,8 @@ def _mask_2d(x: torch.Tensor, pad_h: int, pad_w: int, window_size: Sequence[int]
         for w in w_slices:
             attn_mask[h[0]:h[1], w[0]:w[1]] = count
             count += 1
-    attn_mask = attn_mask.view(pad_h // window_size[0], window_size[0], pad_w // window_size[1], window_size[1])
+    attn_mask = attn_mask.view(pad_h // window_size[0], window_size[0],
+                               pad_w // window_size[1], window_size[1])
     attn_mask = attn_mask.permute(0, 2, 1, 3).reshape(num_windows, window_size[0] * window_size[1])
     attn_mask = attn_mask.unsqueeze(1) - attn_mask.unsqueeze(2)
     return attn_mask.masked_fill(attn_mask != 0, -100.0).masked_fill(attn_mask == 0, 0.0)
@@ -211,7 +212,8 @@ def rewrite_window_attention(node, rctx) -> None:
     node.kwargs = kwargs
     for name in ("qkv_weight", "proj_weight"):  # the nn.Linear that owns the weight, for its repr
         w = _get(node, names, name)
-        mod = rctx.new_modules.get(w.target.rpartition(".")[0]) if getattr(w, "op", "") == "get_attr" else None
+        is_attr = getattr(w, "op", "") == "get_attr"
+        mod = rctx.new_modules.get(w.target.rpartition(".")[0]) if is_attr else None
         if isinstance(mod, torch.nn.Linear):
             mod.out_features, mod.in_features = rctx.new_shape(rctx.tensor(w))
 
@@ -241,9 +243,9 @@ try:
     import torchvision.models.swin_transformer as _tv2
     import torchvision.models.video.swin_transformer as _tv3
     _TV_3D = _tv3.shifted_window_attention_3d
-    register("call_function", (_tv2.shifted_window_attention, _tv3.shifted_window_attention_3d, window_attention,
-                               window_attention_3d), "window attention", lower_window_attention,
-             rewrite_window_attention)
+    register("call_function", (_tv2.shifted_window_attention, _tv3.shifted_window_attention_3d,
+                               window_attention, window_attention_3d), "window attention",
+             lower_window_attention, rewrite_window_attention)
     register("call_function", (_tv2._patch_merging_pad,), "patch merging", lower_patch_merging_pad)
     register("call_function", (_tv2._get_relative_position_bias, _tv3._get_relative_position_bias),
              "relative position bias", lower_relative_position_bias)
