@@ -776,6 +776,9 @@ def sweep(args):
         if wanted is None:  # carry on where the last run stopped
             todo = [s for s in todo if s.name not in done]
         doc["models"] = [r for r in old.get("models", []) if r["model"] not in {s.name for s in todo}]
+        rerun = {k: doc["meta"][k] for k in ("date", "fxprune_commit", "torch_threads")}
+        doc["meta"] = {**old["meta"], "reruns": old["meta"].get("reruns", []) + [
+            {**rerun, "models": [s.name for s in todo]}]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for spec in todo:
         log(f"[zoo] {spec.name}: fxprune ...")
