@@ -831,7 +831,7 @@ def main():
                     help="torch.set_num_threads in both workers (default: leave torch's default)")
     ap.add_argument("--no-tp", action="store_true", help="skip Torch-Pruning")
     ap.add_argument("--no-fx", action="store_true", help="skip fxprune (floor only)")
-    ap.add_argument("--list", choices=["all", "torchvision", "segmentation", "video", "timm"],
+    ap.add_argument("--list", choices=["all", "torchvision", "segmentation", "video", "detection", "flow", "timm"],
                     help="sweep mode: check every model of this list (see benchmarks/zoo_models.py)")
     ap.add_argument("--checks", default="verify,train,jit,onnx", help="sweep mode: fxprune checks to run")
     ap.add_argument("--mem-gb", type=float, default=12.0, help="sweep mode: address-space cap per worker")

@@ -5,12 +5,15 @@ every step, so a crash, a hang or an out-of-memory kill still leaves what was me
 
 fxprune (``check_fx``)
     analyze, ``plan_by_ratio(graph, 0.5)``, prune (timed once each); groups (prunable/total); output
-    structure and shapes; ``fxprune.verify``; one train step; ``torch.jit.trace`` and ``torch.onnx.export``
-    + onnxruntime (1e-4) of the pruned model wherever the unpruned model traces/exports (an export the
-    unpruned model fails is reported as ``skip: <error>``); params/MACs before and after.
+    structure and shapes (for detectors, all but the number of boxes); ``fxprune.verify``; one train step
+    (detectors: with one target box per image, backward of the sum of the losses); TorchScript and ONNX +
+    onnxruntime (1e-4) of the pruned model by the route the unpruned model takes (``helpers.
+    check_export_routes``: jit.trace, else jit.script; the default ONNX exporter, else ``dynamo=False``);
+    ``skip: <error>`` when the unpruned model has no route; params/MACs before and after.
 Torch-Pruning (``check_tp``)
     ``MetaPruner(model, x, MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=[final classifier])``
-    (construction builds the dependency graph) + ``step()``, timed once; then one raw forward of the pruned
+    (the output layers of every head for detectors, RAFT's flow and mask predictors; construction builds the
+    dependency graph) + ``step()``, timed once; then one raw forward of the pruned
     model (no comparison with the original is possible: Torch-Pruning has no verify) and params/MACs.
 """
 from __future__ import annotations
@@ -54,44 +57,51 @@ def final_classifiers(model):
     return heads or mods[-1:]
 
 
+# Output layers of torchvision's detection heads: their widths are the output format (classes, 4 box
+# coordinates, masks, keypoints), so Torch-Pruning must keep them whole, as its own detection example does.
+_DETECTION_OUTPUTS = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "box_predictor", "mask_predictor",
+                      "keypoint_predictor", "classification_head.cls_logits", "regression_head.bbox_reg",
+                      "regression_head.bbox_ctrness")
+
+
+def tp_ignored(spec, model):
+    """Layers Torch-Pruning must keep whole for the model's output format to stay valid."""
+    if spec.source == "detection":
+        if spec.name.startswith("ssd"):
+            return [model.head]
+        return [m for n, m in model.named_modules() if n.endswith(_DETECTION_OUTPUTS)]
+    if spec.source == "flow":  # RAFT predicts 2 flow channels and a fixed-size upsampling mask
+        return [m for n, m in model.named_modules() if n.endswith(("flow_head.conv2", "mask_predictor"))]
+    return final_classifiers(model)
+
+
 def count(model, inputs):
     from fxprune.count import count as fx_count
     macs, params = fx_count(model, inputs)
     return int(macs), int(params)
 
 
-def _structure(out):
+def _structure(out, per_detection: bool = False):
+    """The output's container structure and leaf shapes; ``per_detection`` drops the leading dim (the number
+    of boxes a detector keeps depends on its scores, which pruning changes)."""
     import torch
     from torch.utils._pytree import tree_flatten
     leaves, spec = tree_flatten(out)
-    return spec, [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in leaves]
+    cut = 1 if per_detection else 0
+    return spec, [tuple(t.shape[cut:]) if isinstance(t, torch.Tensor) else None for t in leaves]
 
 
-def _can(fn, *args) -> str | None:
-    """None when ``fn(*args)`` works, else the error (used on the unpruned model)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn(*args)
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure of the unpruned model means "not applicable"
-        return err(e)[7:300]
-
-
-def _jit_trace(model, inputs):
-    import torch
-    return torch.jit.trace(model.eval(), inputs, strict=False, check_trace=False)
-
-
-def _onnx_export(model, inputs):
-    import torch
-    with tempfile.TemporaryDirectory() as d:
-        torch.onnx.export(model.eval(), inputs, os.path.join(d, "m.onnx"))
+def train_inputs(spec, inputs):
+    """Inputs of a training forward: a detector also takes its targets (and then returns its losses)."""
+    from zoo_models import detection_targets
+    if spec.source == "detection":
+        return (inputs[0], detection_targets(spec, inputs[0]))
+    return inputs
 
 
 def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
     import torch
-    from helpers import check_jit_trace, check_onnx, check_train_step
+    from helpers import check_export_routes, check_train_step
     from zoo_models import build
 
     import fxprune
@@ -104,7 +114,8 @@ def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
         model, inputs = build(spec)
         if inputs_shape is not None:
             inputs = (torch.randn(*inputs_shape),)
-        res["input_shape"] = [list(t.shape) for t in inputs]
+        res["input_shape"] = [list(t.shape) if isinstance(t, torch.Tensor) else [list(i.shape) for i in t]
+                              for t in inputs]
         with torch.no_grad():
             ref_out = model(*inputs)
         with warnings.catch_warnings(record=True) as caught:
@@ -130,7 +141,8 @@ def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
         stage = "structure"
         with torch.no_grad():
             out = small(*inputs)
-        want, got = _structure(ref_out), _structure(out)
+        det = spec.source == "detection"
+        want, got = _structure(ref_out, det), _structure(out, det)
         res["structure"] = "ok" if want == got else f"error: {got} != {want}"
         if "verify" in checks:
             stage = "verify"
@@ -150,32 +162,28 @@ def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
         dump()
         return
     if "train" in checks:
-        res["train"] = _run(lambda: check_train_step(small, inputs))
+        res["train"] = _run(lambda: check_train_step(small, train_inputs(spec, inputs)))
         dump()
-    if "jit" in checks:
-        why = _can(_jit_trace, model, inputs)
-        res["jit"] = f"skip: unpruned model does not jit.trace: {why}" if why else \
-            _run(lambda: check_jit_trace(small, inputs))
-        dump()
-    if "onnx" in checks:
-        why = _can(_onnx_export, model, inputs)
-        if why:
-            res["onnx"] = f"skip: unpruned model does not export to ONNX: {why}"
-        else:
+    for what in ("jit", "onnx"):
+        if what in checks:
             with tempfile.TemporaryDirectory() as d:
-                res["onnx"] = _run(lambda: check_onnx(small, inputs, d, atol=1e-4))
-        dump()
+                res[what] = _run(lambda d=d, what=what: check_export_routes(model, small, inputs, d, what))
+            dump()
 
 
 def _run(fn) -> str:
+    """``ok (<route>, <seconds> s)``, the skip reason ``fn`` returned, or the error."""
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fn()
+            how = fn()
     except Exception as e:  # noqa: BLE001 - recorded, not raised: the sweep goes on
         return err(e)
-    return f"ok ({time.perf_counter() - t0:.1f} s)"
+    if isinstance(how, str) and how.startswith("skip"):
+        return how
+    route = f"{how}, " if isinstance(how, str) else ""
+    return f"ok ({route}{time.perf_counter() - t0:.1f} s)"
 
 
 def check_tp(spec, inputs_shape, result_path: str) -> None:
@@ -192,11 +200,13 @@ def check_tp(spec, inputs_shape, result_path: str) -> None:
         if inputs_shape is not None:
             inputs = (torch.randn(*inputs_shape),)
         res["macs_before"], res["params_before"] = count(model, inputs)
-        x = inputs[0]
+        # Torch-Pruning first tries model(*x): detectors and RAFT get the whole inputs tuple (an image list,
+        # two frames); classifiers keep the single tensor the earlier sweeps used
+        x = inputs if spec.source in ("detection", "flow") else inputs[0]
         stage = "MetaPruner"
         t0 = time.perf_counter()
         pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=RATIO, ignored_layers=final_classifiers(model))
+                                      pruning_ratio=RATIO, ignored_layers=tp_ignored(spec, model))
         t1 = time.perf_counter()
         res["init_s"] = round(t1 - t0, 3)
         dump()

@@ -1,20 +1,27 @@
 """The model catalogue shared by ``benchmarks/zoo.py --list`` and ``tests/test_zoo.py``.
 
-Every torchvision classification, segmentation and video model (``weights=None``) and the smallest
-variant of a set of timm families (``pretrained=False``), each with the smallest input it accepts (or a
-size override where the constructor allows one), so that a whole sweep stays cheap on a small CPU box.
+Every torchvision classification, segmentation, video, detection and optical-flow model (``weights=None``,
+``weights_backbone=None``) and the smallest variant of a set of timm families (``pretrained=False``), each
+with the smallest input it accepts (or a size override where the constructor allows one), so that a whole
+sweep stays cheap on a small CPU box.
+
+Detection models take a list of images (``input_shape`` is one image's ``C, H, W``), run at 128x128
+(``min_size=max_size=128``; SSD resizes to its own fixed size), keep every box (score threshold 0) and
+have 3 classes (Keypoint R-CNN: 2), so that outputs are comparable; RAFT takes two frames.
 
     >>> spec = get_spec("resnet18")
     >>> spec.source, spec.input_shape
     ('torchvision', (1, 3, 64, 64))
     >>> model, inputs = build(spec)
+    >>> get_spec("fasterrcnn_resnet50_fpn").source
+    'detection'
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LISTS", "TIMM_FAMILIES", "Spec", "build", "get_spec", "specs"]
+__all__ = ["LISTS", "TIMM_FAMILIES", "Spec", "build", "detection_targets", "get_spec", "specs"]
 
 IMG = (1, 3, 64, 64)
 VIDEO = (1, 3, 8, 64, 64)
@@ -25,7 +32,7 @@ class Spec:
     """One model of the zoo: where it comes from, how to build it, and its example input."""
 
     name: str                      # unique id: the torchvision name, or "timm/<name>"
-    source: str                    # torchvision | segmentation | video | timm
+    source: str                    # torchvision | segmentation | video | detection | flow | timm
     model_name: str                # name passed to the constructor
     input_shape: tuple[int, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +56,8 @@ _VIDEO_INPUT = {
     "mvit_v2_s": (1, 3, 16, 224, 224),
 }
 _VIDEO_KWARGS: dict[str, dict[str, Any]] = {}
+DETECTION_IMG = (3, 128, 128)
+FLOW = (1, 3, 128, 128)                    # RAFT needs H, W >= 128 (its correlation pyramid)
 
 # timm: family -> (smallest variant, input shape, constructor kwargs).
 TIMM_FAMILIES: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
@@ -105,15 +114,33 @@ def _video_specs() -> list[Spec]:
             for n in _torchvision("video")]
 
 
+def _detection_specs() -> list[Spec]:
+    out = []
+    for n in _torchvision("detection"):
+        kw: dict[str, Any] = {"weights_backbone": None}
+        if not n.startswith("ssd"):  # SSD resizes to its own fixed size (300 / 320)
+            kw.update(min_size=DETECTION_IMG[1], max_size=DETECTION_IMG[2])
+        kw["box_score_thresh" if "rcnn" in n else "score_thresh"] = 0.0  # keep every box: comparable outputs
+        # few classes: with 91 near-uniform random class scores, top-k/NMS order near-ties by float noise
+        kw["num_classes"] = 2 if n.startswith("keypoint") else 3
+        out.append(Spec(n, "detection", n, DETECTION_IMG, kw))
+    return out
+
+
+def _flow_specs() -> list[Spec]:
+    return [Spec(n, "flow", n, FLOW) for n in _torchvision("optical_flow")]
+
+
 def _timm_specs() -> list[Spec]:
     return [Spec(f"timm/{n}", "timm", n, shape, kw, fam) for fam, (n, shape, kw) in TIMM_FAMILIES.items()]
 
 
-LISTS = {"torchvision": _tv_specs, "segmentation": _seg_specs, "video": _video_specs, "timm": _timm_specs}
+LISTS = {"torchvision": _tv_specs, "segmentation": _seg_specs, "video": _video_specs,
+         "detection": _detection_specs, "flow": _flow_specs, "timm": _timm_specs}
 
 
 def specs(which: str = "all") -> list[Spec]:
-    """The specs of one list (``all``, ``torchvision``, ``segmentation``, ``video``, ``timm``)."""
+    """The specs of one list (``all`` or a key of ``LISTS``)."""
     if which == "all":
         return [s for f in LISTS.values() for s in f()]
     return LISTS[which]()
@@ -129,6 +156,18 @@ def get_spec(name: str) -> Spec:
     return Spec(name, "torchvision", name, IMG)
 
 
+def _spread_scores(model) -> None:
+    """At their default init, one-stage detectors score every anchor alike (sigmoid(bias) = 0.01): top-k and
+    NMS then order near-ties by float noise, and masked-original vs pruned outputs differ in order only.
+    Spread the class logits so that comparing outputs is meaningful."""
+    from torch import nn
+    for name, m in model.named_modules():
+        if ("cls_logits" in name or "classification_head.module_list" in name) and isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.05)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 def build(spec: Spec, seed: int = 0):
     """``(model in eval mode, example inputs tuple)`` with a fixed seed."""
     import torch
@@ -140,5 +179,30 @@ def build(spec: Spec, seed: int = 0):
         import torchvision
         model = torchvision.models.get_model(spec.model_name, weights=None, **spec.kwargs)
     g = torch.Generator().manual_seed(1)
+    if spec.source == "detection":
+        _spread_scores(model)
+        return model.eval(), ([torch.rand(*spec.input_shape, generator=g)],)
+    if spec.source == "flow":
+        return model.eval(), tuple(torch.randn(*spec.input_shape, generator=g) for _ in range(2))
     x = torch.randn(*spec.input_shape, generator=g)
     return model.eval(), (x,)
+
+
+def detection_targets(spec: Spec, images) -> list[dict[str, Any]]:
+    """One ground-truth box per image for a detection model's training forward (masks and keypoints for
+    Mask / Keypoint R-CNN), so that every loss term is computed."""
+    import torch
+    out = []
+    for img in images:
+        h, w = img.shape[-2:]
+        t: dict[str, Any] = {"boxes": torch.tensor([[0.1 * w, 0.2 * h, 0.7 * w, 0.9 * h]]),
+                             "labels": torch.tensor([1])}
+        if "maskrcnn" in spec.name:
+            mask = torch.zeros(1, h, w, dtype=torch.uint8)
+            mask[:, int(0.3 * h):int(0.8 * h), int(0.2 * w):int(0.6 * w)] = 1
+            t["masks"] = mask
+        if "keypointrcnn" in spec.name:
+            k = torch.linspace(0.15, 0.65, 17)
+            t["keypoints"] = torch.stack([k * w, (k + 0.2) * h, torch.ones(17)], 1)[None]
+        out.append(t)
+    return out

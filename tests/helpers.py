@@ -9,6 +9,7 @@ works on a deep copy.
     check_jit(small, inputs, reference=gm)          # torch.jit.script (trace only if gm can't script either)
     check_jit_trace(small, inputs)                  # torch.jit.trace
     check_onnx(small, inputs, tmp_path)             # torch.onnx.export + onnxruntime agreement
+    check_export_routes(model, small, inputs, tmp)  # TorchScript + ONNX by whatever route the unpruned takes
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ __all__ = [
     "as_tuple",
     "assert_outputs_close",
     "assert_state_unchanged",
+    "check_export_routes",
     "check_jit",
     "check_jit_trace",
     "check_onnx",
@@ -284,7 +286,8 @@ def check_onnx(small: torch.nn.Module, inputs: Any, tmp_path, atol: float = 1e-4
                 f"default ONNX exporter works on the unpruned model but fails on the pruned one: {err}") from err
     onnx.checker.check_model(onnx.load(path))
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    # nested inputs (a detector's list of images) become one ONNX input per tensor, in pytree order
+    tensors = [a for a in flatten_outputs(args) if isinstance(a, torch.Tensor)]
     feeds = {}
     onnx_inputs = sess.get_inputs()
     assert len(onnx_inputs) == len(tensors), f"ONNX model has {len(onnx_inputs)} inputs, expected {len(tensors)}"
@@ -294,3 +297,46 @@ def check_onnx(small: torch.nn.Module, inputs: Any, tmp_path, atol: float = 1e-4
     exp = run_model(small, args)
     assert_outputs_close(exp, got, atol, f"onnx ({how} exporter) vs eager")
     return how
+
+
+def _failure(fn: Callable[[], Any]) -> str | None:
+    """None when ``fn()`` works, else the error in one line."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fn()
+    except Exception as e:  # noqa: BLE001 - any failure of the unpruned model means "route not available"
+        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
+    return None
+
+
+def check_export_routes(model: torch.nn.Module, small: torch.nn.Module, inputs: Any, tmp_path,
+                        what: str, atol: float = 1e-4) -> str:
+    """Export ``small`` the way the *unpruned* ``model`` exports, and compare with eager.
+
+    ``what`` is ``"jit"`` (``torch.jit.trace``; ``torch.jit.script`` when the unpruned model does not trace
+    but scripts, as torchvision's detectors do) or ``"onnx"`` (the default exporter; the TorchScript-based
+    one, ``dynamo=False``, when only that exports the unpruned model). Returns the route taken, or
+    ``"skip: <why>"`` when the unpruned model has no route (nothing to hold the pruned one to).
+    """
+    args = as_tuple(inputs)
+    model.eval()
+    if what == "jit":
+        why = _failure(lambda: torch.jit.trace(model, args, strict=False, check_trace=False))
+        if why is None:
+            check_jit_trace(small, args)
+            return "trace"
+        why_script = _failure(lambda: torch.jit.script(model))
+        if why_script is None:
+            check_jit(small, args)  # must script, since the unpruned model does
+            return "script"
+        return f"skip: unpruned model does not jit.trace ({why}) nor jit.script ({why_script})"
+    path = os.path.join(str(tmp_path), "unpruned.onnx")
+    why = _failure(lambda: torch.onnx.export(model, args, path))
+    if why is None:
+        check_onnx(small, args, tmp_path, atol=atol)
+        return "default"
+    why_ts = _failure(lambda: torch.onnx.export(model, args, path, dynamo=False))
+    if why_ts is None:
+        return check_onnx(small, args, tmp_path, atol=atol, reference=model)
+    return f"skip: unpruned model does not export to ONNX ({why}; dynamo=False: {why_ts})"

@@ -1,12 +1,14 @@
-"""The model zoo: every torchvision classification, segmentation and video model and the smallest variant of
-30 timm families (the catalogue in ``benchmarks/zoo_models.py``), each analysed, pruned by
-``plan_by_ratio(graph, 0.5)`` and checked:
+"""The model zoo: every torchvision classification, segmentation, video, detection and optical-flow model and
+the smallest variant of 30 timm families (the catalogue in ``benchmarks/zoo_models.py``), each analysed,
+pruned by ``plan_by_ratio(graph, 0.5)`` and checked:
 
-1. the pruned model keeps the output structure and shapes, and has fewer parameters when a group is prunable;
+1. the pruned model keeps the output structure and shapes (a detector: all but the number of boxes), and has
+   fewer parameters when a group is prunable;
 2. ``fxprune.verify`` against the original with the removed channels zeroed;
-3. one train step (``helpers.check_train_step``);
-4. ``torch.jit.trace`` and ``torch.onnx.export`` + onnxruntime (1e-4) wherever the *unpruned* model
-   traces/exports; otherwise the test is skipped with the unpruned model's error.
+3. one train step (``helpers.check_train_step``; a detector gets one target box per image and sums its losses);
+4. TorchScript and ONNX + onnxruntime (1e-4) by the route the *unpruned* model takes
+   (``helpers.check_export_routes``: ``jit.trace``, else ``jit.script`` as for torchvision's detectors; the
+   default ONNX exporter, else ``dynamo=False``); skipped with the unpruned model's errors when it has none.
 
 Analysis must take at most 10 s of CPU time per model (CPU time, not wall time: the test machine is shared).
 Every model is marked ``zoo`` (``pytest -m zoo``). A fast handful, one per family with ops of its own
@@ -17,18 +19,18 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 import warnings
 
 import pytest
 import torch
-from helpers import check_jit_trace, check_onnx, check_train_step, flatten_outputs, param_count
+from helpers import check_export_routes, check_train_step, flatten_outputs, param_count
 from torch.utils._pytree import tree_flatten
 
 import fxprune
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from zoo_checks import train_inputs
 from zoo_models import Spec, build, get_spec, specs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
@@ -94,9 +96,10 @@ def case(request) -> Case:
     return Case(get_spec(name), shape, checks)
 
 
-def _structure(out):
+def _structure(out, per_detection: bool):
     leaves, spec = tree_flatten(out)
-    return spec, [tuple(t.shape) if isinstance(t, torch.Tensor) else None for t in leaves]
+    cut = 1 if per_detection else 0  # how many boxes a detector keeps depends on its (pruned) scores
+    return spec, [tuple(t.shape[cut:]) if isinstance(t, torch.Tensor) else None for t in leaves]
 
 
 @pytest.mark.parametrize("case", PARAMS, indirect=True)
@@ -105,7 +108,8 @@ def test_prune_verify(case: Case):
     assert not case.no_rule, case.no_rule[0]  # every op of the zoo has a rule
     with torch.no_grad():
         out = case.small(*case.inputs)
-    assert _structure(out) == _structure(case.ref)
+    det = case.spec.source == "detection"
+    assert _structure(out, det) == _structure(case.ref, det)
     assert all(torch.isfinite(t).all() for t in flatten_outputs(out))
     report = fxprune.verify(case.model, case.small, case.plan, case.inputs)
     scale = max(1.0, max(float(t.abs().max()) for t in flatten_outputs(case.ref)))
@@ -125,32 +129,20 @@ def test_prune_verify(case: Case):
 
 @pytest.mark.parametrize("case", _with("train"), indirect=True)
 def test_train_step(case: Case):
-    check_train_step(case.small, case.inputs)
+    check_train_step(case.small, train_inputs(case.spec, case.inputs))
 
 
-def _unpruned_fails(fn) -> str | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn()
-    except Exception as e:  # noqa: BLE001 - whatever stops the unpruned model stops the check
-        return " ".join(f"{type(e).__name__}: {e}".split())[:300]
-    return None
+def _export(case: Case, what: str, tmp_path) -> None:
+    route = check_export_routes(case.model, case.small, case.inputs, tmp_path, what)
+    if route.startswith("skip"):
+        pytest.skip(route[6:])
 
 
 @pytest.mark.parametrize("case", _with("jit"), indirect=True)
-def test_jit_trace(case: Case):
-    why = _unpruned_fails(lambda: torch.jit.trace(case.model.eval(), case.inputs, strict=False,
-                                                  check_trace=False))
-    if why:
-        pytest.skip(f"unpruned model does not jit.trace: {why}")
-    check_jit_trace(case.small, case.inputs)
+def test_jit(case: Case, tmp_path):
+    _export(case, "jit", tmp_path)
 
 
 @pytest.mark.parametrize("case", _with("onnx"), indirect=True)
 def test_onnx(case: Case, tmp_path):
-    why = _unpruned_fails(lambda: torch.onnx.export(case.model.eval(), case.inputs,
-                                                    os.path.join(tempfile.mkdtemp(dir=tmp_path), "m.onnx")))
-    if why:
-        pytest.skip(f"unpruned model does not export to ONNX: {why}")
-    check_onnx(case.small, case.inputs, tmp_path, atol=1e-4)
+    _export(case, "onnx", tmp_path)
