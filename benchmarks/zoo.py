@@ -20,7 +20,7 @@ Each model runs in two fresh subprocesses of the same interpreter, one after the
 Torch-Pruning), so a crash, hang or leak in either tool costs only that model, and both tools start from the
 same cold state.  Every time is a median over ``--repeat`` runs; the raw samples are kept in the JSON.
 
-Sweep mode (``--list all|torchvision|segmentation|video|timm``): every model of the catalogue in
+Sweep mode (``--list all|torchvision|segmentation|video|detection|flow|timm``): every model of the catalogue in
 ``benchmarks/zoo_models.py`` at its smallest input, checked once (see ``benchmarks/zoo_checks.py``): fxprune
 analyze/prune times, prunable groups, verify, output structure, a train step, jit.trace and ONNX wherever
 the unpruned model traces/exports, params/MACs; Torch-Pruning MetaPruner time, a raw forward and params/MACs.
@@ -31,6 +31,7 @@ Usage::
     python benchmarks/zoo.py --list all                       # the whole zoo, one subprocess per model and tool
     python benchmarks/zoo.py --list timm --no-tp --checks verify
     python benchmarks/zoo.py --models swin_t,timm/levit_128s --list all --resume
+    python benchmarks/zoo.py --list all --render              # rewrite the Markdown table from the JSON
     python benchmarks/zoo.py                                  # all 13 models, JSON -> stdout and --out
     python benchmarks/zoo.py --models resnet18,densenet121 --repeat 3 --markdown
     python benchmarks/zoo.py --no-tp --input-size 128
@@ -713,7 +714,7 @@ def _fx_ok(fx_):
 
 
 def sweep_markdown(doc):
-    hdr = ["model", "groups (prunable/all)", "fxprune verified", "train", "jit.trace", "ONNX",
+    hdr = ["model", "groups (prunable/all)", "fxprune verified", "train", "TorchScript", "ONNX",
            "fxprune params", "fxprune MACs", "fxprune analyze+prune s", "TP forward ok", "TP params",
            "TP MACs", "TP prune s"]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
@@ -749,8 +750,10 @@ def sweep_markdown(doc):
     n = len(doc["models"])
     ok = sum(1 for r in doc["models"] if _fx_ok(r["fxprune"]))
     tp_ok = sum(1 for r in doc["models"] if r["tp"].get("forward") == "ok")
-    out = (f"{ok}/{n} models pass every fxprune check (verify, output structure, train step, jit.trace and ONNX "
-           f"where the unpruned model traces/exports); Torch-Pruning prunes and runs a forward on {tp_ok}/{n}.\n\n")
+    out = (f"{ok}/{n} models pass every fxprune check (verify, output structure, train step, TorchScript and "
+           f"ONNX by the route the unpruned model takes); Torch-Pruning prunes and runs a forward on "
+           f"{tp_ok}/{n}.\n\n")
+    out += sweep_totals(doc) + "\n\n"
     out += "\n".join(lines)
     an = [r["fxprune"]["analyze_s"] for r in doc["models"] if isinstance(r["fxprune"].get("analyze_s"), float)]
     out += (f"\n\nOne run per model on {m['cpu_count']} CPU cores ({m['cpu']}), torch {m['torch']}, "
@@ -761,6 +764,73 @@ def sweep_markdown(doc):
     if notes:
         out += "\n\n" + "\n".join(notes)
     return out + "\n"
+
+
+def sweep_totals(doc):
+    """Per-list counts: models, fxprune verified (+ output structure, train step), TorchScript and ONNX
+    ok/skipped, Torch-Pruning forward ok."""
+    hdr = ["list", "models", "fxprune: verified, output structure kept, train step", "TorchScript",
+           "ONNX + onnxruntime (1e-4)", "Torch-Pruning 1.6.1: prunes and runs a forward"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    sources = list(dict.fromkeys(r["source"] for r in doc["models"]))
+
+    def cell(rows, key):
+        st = [_status(r["fxprune"].get(key)) for r in rows]
+        skip = st.count("skip")
+        return f"{st.count('ok')}" + (f" (+{skip} skipped)" if skip else "")
+
+    total = []
+    for src in sources + ["**all**"]:
+        rows = doc["models"] if src == "**all**" else [r for r in doc["models"] if r["source"] == src]
+        ver = sum(1 for r in rows if r["fxprune"].get("verify") == "ok" and r["fxprune"].get("structure") == "ok"
+                  and _status(r["fxprune"].get("train")) == "ok")
+        tp_ok = sum(1 for r in rows if r["tp"].get("forward") == "ok")
+        total.append("| " + " | ".join([src, str(len(rows)), str(ver), cell(rows, "jit"), cell(rows, "onnx"),
+                                        str(tp_ok)]) + " |")
+    return "\n".join(lines + total)
+
+
+README = os.path.join(ROOT, "README.md")
+README_START, README_END = "<!-- zoo-table:start (benchmarks/zoo.py --list all --render) -->", "<!-- zoo-table:end -->"
+
+
+def readme_table(doc):
+    """The per-list totals and a compact per-model table for the README (between its zoo-table markers)."""
+    hdr = ["model", "list", "fxprune verified", "TP forward ok", "params before → fxprune / TP",
+           "MACs before → fxprune / TP", "analyze+prune s fxprune / TP"]
+    lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    for r in doc["models"]:
+        fx_, tp_ = r["fxprune"], r["tp"]
+        tp_fwd = tp_.get("forward") == "ok"
+        ver = "ok" if _fx_ok(fx_) else "FAIL"
+        an, pr = fx_.get("analyze_s"), fx_.get("prune_s")
+        fx_t = an + pr if isinstance(an, float) and isinstance(pr, float) else None
+        tp_t = _s(tp_.get("prune_s")) if tp_fwd else "–"
+        lines.append("| " + " | ".join([
+            r["model"], r["source"], ver, "ok" if tp_fwd else "FAIL",
+            (f"{_si(fx_.get('params_before'))} → {_si(fx_.get('params_after'))} / "
+             f"{_si(tp_.get('params_after')) if tp_fwd else '–'}"),
+            (f"{_si(fx_.get('macs_before'))} → {_si(fx_.get('macs_after'))} / "
+             f"{_si(tp_.get('macs_after')) if tp_fwd else '–'}"),
+            f"{_s(fx_t)} / {tp_t}"]) + " |")
+    return (sweep_totals(doc) + "\n\n<details><summary>Every model (fxprune verified = verify, output structure, "
+            "train step, TorchScript and ONNX where the unpruned model has a route; TP = Torch-Pruning 1.6.1, "
+            "a raw forward)</summary>\n\n" + "\n".join(lines) + "\n\n</details>")
+
+
+def write_readme_table(doc, path=README):
+    """Replace the README's generated zoo table (between the markers); leave the README alone without them."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        text = f.read()
+    a, b = text.find(README_START), text.find(README_END)
+    if a < 0 or b < a:
+        log(f"[zoo] {path} has no zoo-table markers: not updated")
+        return
+    with open(path, "w") as f:
+        f.write(text[:a + len(README_START)] + "\n" + readme_table(doc) + "\n" + text[b:])
+    log(f"[zoo] updated the zoo table in {path}")
 
 
 def sweep(args):
@@ -803,6 +873,8 @@ def sweep(args):
         with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
             f.write(sweep_markdown(doc))
     log(f"[zoo] wrote {args.out} and {os.path.splitext(args.out)[0]}.md")
+    if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:  # only a full sweep speaks for the README
+        write_readme_table(doc)
 
 
 def sweep_worker(args):
@@ -838,6 +910,8 @@ def main():
     ap.add_argument("--resume", action="store_true",
                     help="sweep mode: keep the rows of an existing --out; without --models, run only the "
                          "models it lacks, with --models, rerun those")
+    ap.add_argument("--render", action="store_true",
+                    help="sweep mode: only rewrite the Markdown table from the JSON in --out")
     ap.add_argument("--worker", choices=["fx", "tp", "check", "tpcheck"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -853,6 +927,15 @@ def main():
         torch.set_num_threads(args.threads)
     if args.worker in ("check", "tpcheck"):
         sweep_worker(args)
+        return
+    if args.list and args.render:
+        with open(args.out) as f:
+            doc = json.load(f)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(sweep_markdown(doc))
+        log(f"[zoo] wrote {os.path.splitext(args.out)[0]}.md")
+        if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:
+            write_readme_table(doc)
         return
     if args.list:
         sweep(args)

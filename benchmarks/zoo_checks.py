@@ -58,7 +58,8 @@ def final_classifiers(model):
 
 
 # Output layers of torchvision's detection heads: their widths are the output format (classes, 4 box
-# coordinates, masks, keypoints), so Torch-Pruning must keep them whole, as its own detection example does.
+# coordinates, masks, keypoints), so Torch-Pruning must keep them whole, as its own detection example does
+# (which for Faster R-CNN also keeps the FPN and the RoI heads whole: without that its forward fails).
 _DETECTION_OUTPUTS = ("rpn.head.cls_logits", "rpn.head.bbox_pred", "box_predictor", "mask_predictor",
                       "keypoint_predictor", "classification_head.cls_logits", "regression_head.bbox_reg",
                       "regression_head.bbox_ctrness")
@@ -69,7 +70,10 @@ def tp_ignored(spec, model):
     if spec.source == "detection":
         if spec.name.startswith("ssd"):
             return [model.head]
-        return [m for n, m in model.named_modules() if n.endswith(_DETECTION_OUTPUTS)]
+        keep = [m for n, m in model.named_modules() if n.endswith(_DETECTION_OUTPUTS)]
+        if spec.name.startswith("fasterrcnn"):  # Torch-Pruning's own Faster R-CNN recipe also keeps these
+            keep += [model.backbone.fpn, model.roi_heads]
+        return keep
     if spec.source == "flow":  # RAFT predicts 2 flow channels and a fixed-size upsampling mask
         return [m for n, m in model.named_modules() if n.endswith(("flow_head.conv2", "mask_predictor"))]
     return final_classifiers(model)
