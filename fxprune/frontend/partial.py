@@ -42,7 +42,6 @@ import difflib
 import inspect
 import os
 import sys
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,11 +59,6 @@ from ..plan import PrunePlan, make_key, parse_key
 from .fx import normalize_inputs, propagate_shapes
 
 __all__ = ["Part", "PartialGraph", "analyze_partial", "apply_partial", "verify_partial"]
-
-# Trace attempts stop starting after this many seconds (the forward pass is extra): analysis of any
-# model ends in bounded time; modules left untried are reported as not analysed.
-TRACE_BUDGET_S = 5.0
-
 
 # ------------------------------------------------------------------------------------------- recording
 
@@ -412,19 +406,20 @@ def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, .
 
 
 def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-                    prefer_heads: bool = False, cause: BaseException | None = None,
-                    budget_s: float = TRACE_BUDGET_S) -> PartialGraph:
+                    prefer_heads: bool = False, cause: BaseException | None = None) -> PartialGraph:
     """Analyse the maximal traceable submodules of ``model`` (see the module docstring).
+
+    The work is bounded by construction, not by a clock: one forward pass, then every submodule is traced
+    at most once (a module and its descendants are tried top-down, and a traced module's descendants never
+    are), so the result never depends on how fast or loaded the machine is.
 
     Warns once (:class:`~fxprune.errors.FallbackWarning`) naming the modules whose Python ``forward``
     stays as it is. ``strict=True`` raises on ops without a rule, as :func:`fxprune.analyze` does.
     """
     args = normalize_inputs(example_inputs)
     rec = _record(model, args)
-    deadline = time.monotonic() + budget_s
     parts: list[Part] = []
     untraced: list[tuple[str, str]] = []
-    skipped: list[str] = []
     seen: set[int] = set()
     lower_warnings: list[str] = []
 
@@ -440,9 +435,6 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         if path and not m._modules and type(m).__module__.startswith("torch.nn."):
             return  # a lone torch.nn layer: every dim is on its pinned interface, nothing to prune
         if path:
-            if time.monotonic() > deadline:
-                skipped.append(path)
-                return
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -463,7 +455,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
             visit(f"{path}.{name}" if path else name, c)
 
     visit("", model)
-    graph = PartialGraph(model, parts, untraced, skipped, strict, prefer_heads)
+    graph = PartialGraph(model, parts, untraced, strict, prefer_heads)
     _warn(model, graph, lower_warnings)
     return graph
 
@@ -484,8 +476,6 @@ def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]
         f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes in "
         "view/reshape, split sizes, channel counts) cannot be rewritten, so every input and output of a "
         f"traced submodule keeps its size. Traced: {', '.join(p.path for p in graph.parts) or 'nothing'}.")]
-    if graph.skipped:
-        lines.append(f"Not analysed (time budget of {TRACE_BUDGET_S:g} s spent): {', '.join(graph.skipped[:8])}.")
     if lower_warnings:
         lines.append("Within the traced submodules: " + " | ".join(lower_warnings[:4]))
     warnings.warn(" ".join(lines), FallbackWarning, stacklevel=_user_level())
@@ -530,9 +520,9 @@ class PartialGraph:
     """
 
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
-                 skipped: list[str], strict: bool = False, prefer_heads: bool = False):
+                 strict: bool = False, prefer_heads: bool = False):
         self.gm, self.model = model, model
-        self.parts, self.untraced, self.skipped = parts, untraced, skipped
+        self.parts, self.untraced = parts, untraced
         self.ir = ChannelIR()
         self.ctx = _Ctx(strict, prefer_heads)
         labels, owner, dim_group, pinned = [], [], [], {}
