@@ -6,7 +6,7 @@ every step, so a crash, a hang or an out-of-memory kill still leaves what was me
 fxprune (``check_fx``)
     analyze, ``plan_by_ratio(graph, 0.5)``, prune (timed once each); groups (prunable/total); output
     structure and shapes (for detectors, all but the number of boxes); ``fxprune.verify``; one train step
-    (detectors: with one target box per image, backward of the sum of the losses); TorchScript and ONNX +
+    (detectors: two images with one target box each, backward of the sum of the losses); TorchScript and ONNX +
     onnxruntime (1e-4) of the pruned model by the route the unpruned model takes (``helpers.
     check_export_routes``: jit.trace, else jit.script; the default ONNX exporter, else ``dynamo=False``);
     ``skip: <error>`` when the unpruned model has no route; params/MACs before and after.
@@ -98,8 +98,9 @@ def _structure(out, per_detection: bool = False):
 def train_inputs(spec, inputs):
     """Inputs of a training forward: a detector also takes its targets (and then returns its losses)."""
     from zoo_models import detection_targets
-    if spec.source == "detection":
-        return (inputs[0], detection_targets(spec, inputs[0]))
+    if spec.source == "detection":  # two images: BatchNorm in train mode needs > 1 value per channel
+        images = [inputs[0][0], inputs[0][0].flip(-1)]
+        return (images, detection_targets(spec, images))
     return inputs
 
 
