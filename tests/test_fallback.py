@@ -15,7 +15,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_state_unchanged, param_count, state_snapshot
+from helpers import assert_state_unchanged, check_export_routes, check_train_step, param_count, state_snapshot
 from torch import nn
 
 import fxprune
@@ -23,7 +23,8 @@ from fxprune.errors import FallbackWarning
 from fxprune.frontend.partial import PartialGraph
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from zoo_models import build, get_spec, specs  # the shared catalogue lives in benchmarks/
+from zoo_checks import train_inputs  # the shared catalogue and its checks live in benchmarks/
+from zoo_models import build, get_spec, specs
 
 
 def _fallback_warnings(fn):
@@ -330,12 +331,11 @@ def _detection_outputs_nonempty(model, inputs):
     return out
 
 
-def test_fasterrcnn_mobilenet_v3():
-    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
-    torch.manual_seed(0)
-    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=3,
-                                                  min_size=128, max_size=128, box_score_thresh=0.0).eval()
-    inputs = ([torch.rand(3, 128, 128)],)
+def test_fasterrcnn_mobilenet_v3(tmp_path):
+    """The catalogue's smallest detector end to end: prune, verify, train with targets, TorchScript and ONNX
+    (torchvision's detectors script but do not trace, and export with the TorchScript-based exporter)."""
+    spec = get_spec("fasterrcnn_mobilenet_v3_large_320_fpn")
+    model, inputs = build(spec)
     ref = _detection_outputs_nonempty(model, inputs)
     graph, small, report = _check_model(model, inputs)
     assert {"backbone", "rpn.head", "roi_heads.box_head"} <= {p.path for p in graph.parts}
@@ -345,6 +345,9 @@ def test_fasterrcnn_mobilenet_v3():
     assert [sorted(o) for o in out] == [sorted(o) for o in ref]
     assert len(out[0]["boxes"]) > 0 and out[0]["boxes"].shape[1:] == ref[0]["boxes"].shape[1:]
     assert len(report.output_diffs) == 3  # boxes, scores, labels compared
+    check_train_step(small, train_inputs(spec, inputs))
+    assert check_export_routes(model, small, inputs, tmp_path, "jit") == "script"
+    assert check_export_routes(model, small, inputs, tmp_path, "onnx") == "torchscript"
 
 
 @pytest.mark.zoo
