@@ -85,7 +85,7 @@ def count(model, inputs):
     return int(macs), int(params)
 
 
-def _structure(out, per_detection: bool = False):
+def output_structure(out, per_detection: bool = False):
     """The output's container structure and leaf shapes; ``per_detection`` drops the leading dim (the number
     of boxes a detector keeps depends on its scores, which pruning changes)."""
     import torch
@@ -147,7 +147,7 @@ def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
         with torch.no_grad():
             out = small(*inputs)
         det = spec.source == "detection"
-        want, got = _structure(ref_out, det), _structure(out, det)
+        want, got = output_structure(ref_out, det), output_structure(out, det)
         res["structure"] = "ok" if want == got else f"error: {got} != {want}"
         if "verify" in checks:
             stage = "verify"

@@ -25,12 +25,11 @@ import warnings
 import pytest
 import torch
 from helpers import check_export_routes, check_train_step, flatten_outputs, param_count
-from torch.utils._pytree import tree_flatten
 
 import fxprune
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from zoo_checks import train_inputs
+from zoo_checks import output_structure, train_inputs
 from zoo_models import Spec, build, get_spec, specs
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning",
@@ -96,12 +95,6 @@ def case(request) -> Case:
     return Case(get_spec(name), shape, checks)
 
 
-def _structure(out, per_detection: bool):
-    leaves, spec = tree_flatten(out)
-    cut = 1 if per_detection else 0  # how many boxes a detector keeps depends on its (pruned) scores
-    return spec, [tuple(t.shape[cut:]) if isinstance(t, torch.Tensor) else None for t in leaves]
-
-
 @pytest.mark.parametrize("case", PARAMS, indirect=True)
 def test_prune_verify(case: Case):
     assert case.analyze_cpu_s <= MAX_ANALYZE_CPU_S, f"analysis took {case.analyze_cpu_s:.1f} s of CPU time"
@@ -109,7 +102,7 @@ def test_prune_verify(case: Case):
     with torch.no_grad():
         out = case.small(*case.inputs)
     det = case.spec.source == "detection"
-    assert _structure(out, det) == _structure(case.ref, det)
+    assert output_structure(out, det) == output_structure(case.ref, det)
     assert all(torch.isfinite(t).all() for t in flatten_outputs(out))
     report = fxprune.verify(case.model, case.small, case.plan, case.inputs)
     scale = max(1.0, max(float(t.abs().max()) for t in flatten_outputs(case.ref)))
