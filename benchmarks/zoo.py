@@ -873,7 +873,12 @@ def sweep(args):
         with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
             f.write(sweep_markdown(doc))
     log(f"[zoo] wrote {args.out} and {os.path.splitext(args.out)[0]}.md")
-    if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:  # only a full sweep speaks for the README
+    _readme_if_full(doc, args)
+
+
+def _readme_if_full(doc, args):
+    """Only the whole catalogue at the default --out speaks for the README."""
+    if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:
         write_readme_table(doc)
 
 
@@ -934,8 +939,7 @@ def main():
         with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
             f.write(sweep_markdown(doc))
         log(f"[zoo] wrote {os.path.splitext(args.out)[0]}.md")
-        if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:
-            write_readme_table(doc)
+        _readme_if_full(doc, args)
         return
     if args.list:
         sweep(args)
