@@ -15,11 +15,15 @@ Example:
 from __future__ import annotations
 
 import json
-from typing import Dict, Iterable, Iterator, Mapping, Tuple
+import operator
+from collections.abc import Iterable
+from typing import Dict, Iterator, Mapping, Tuple
 
 from .errors import PlanError
 
 __all__ = ["PrunePlan", "parse_key", "make_key"]
+
+_BOOL_DTYPES = {"bool", "torch.bool"}  # numpy and torch bool scalars, by their dtype's name
 
 
 def make_key(name: str, dim: int) -> str:
@@ -41,21 +45,48 @@ def parse_key(key: str) -> Tuple[str, int]:
     return name, d
 
 
+def _index(key: str, i: object) -> int:
+    """``i`` as a Python int when it is an integer (Python, numpy or a 0-d integer tensor).
+
+    bool is refused although it is an ``int`` subclass: ``[True]`` would silently mean channel 1, and
+    floats or strings are refused rather than truncated or parsed (``0.5`` is not channel 0).
+    """
+    if isinstance(i, bool) or str(getattr(i, "dtype", "")) in _BOOL_DTYPES:
+        raise PlanError(f"plan entry {key!r}: index {i!r} is a bool; indices must be integers")
+    try:
+        return operator.index(i)  # type: ignore[arg-type]
+    except TypeError:
+        raise PlanError(f"plan entry {key!r}: index {i!r} ({type(i).__name__}) is not an integer") from None
+
+
+def _indices(key: str, idxs: object) -> list:
+    if isinstance(idxs, (str, bytes)) or not isinstance(idxs, Iterable):
+        raise PlanError(f"plan entry {key!r}: indices must be a list of integers, got {idxs!r}")
+    return [_index(key, i) for i in idxs]
+
+
 class PrunePlan(Mapping[str, list]):
     """An immutable mapping ``key -> sorted list of indices to remove``.
 
-    Indices must be non-negative ints without duplicates; range checks need the model and happen in
+    Indices must be non-negative integers (Python or numpy) without duplicates; bools, floats and strings
+    raise :class:`~fxprune.PlanError` naming the entry. Range checks need the model and happen in
     :func:`fxprune.prune`. Plans compare equal when they hold the same keys and indices.
+
+    Example:
+        >>> import numpy as np
+        >>> PrunePlan({"fc.weight:0": np.array([3, 1])})
+        PrunePlan({'fc.weight:0': [1, 3]})
+        >>> PrunePlan({"fc.weight:0": [True]})
+        Traceback (most recent call last):
+        ...
+        fxprune.errors.PlanError: plan entry 'fc.weight:0': index True is a bool; indices must be integers
     """
 
     def __init__(self, entries: Mapping[str, Iterable[int]] | None = None):
         self._entries: Dict[str, list] = {}
         for key, idxs in (entries or {}).items():
             parse_key(key)
-            try:
-                lst = [int(i) for i in idxs]
-            except (TypeError, ValueError):
-                raise PlanError(f"plan entry {key!r}: indices must be a list of ints, got {idxs!r}") from None
+            lst = _indices(key, idxs)
             bad = [i for i in lst if i < 0]
             if bad:
                 raise PlanError(f"plan entry {key!r}: negative indices {bad[:5]} (use indices in 0..size-1)")
@@ -90,7 +121,7 @@ class PrunePlan(Mapping[str, list]):
         """A new plan holding the union of both plans' indices per key."""
         out = {k: set(v) for k, v in self._entries.items()}
         for k, v in other.items():
-            out.setdefault(k, set()).update(int(i) for i in v)
+            out.setdefault(k, set()).update(_indices(k, v))
         return PrunePlan({k: sorted(v) for k, v in out.items()})
 
     def to_dict(self) -> Dict[str, list]:
