@@ -1,4 +1,60 @@
-"""Frontends: turn a user's model into a GraphModule with shapes in ``node.meta``."""
-from .fx import normalize_inputs, propagate_shapes, trace
+"""Frontends: turn a user's model into a GraphModule with shapes in ``node.meta``.
 
-__all__ = ["trace", "propagate_shapes", "normalize_inputs"]
+``fx`` is ``symbolic_trace`` (torch-level graph, constants rewritable in place); ``export`` is
+``torch.export`` non-strict, raised to torch-level ops (models with Python branches, ``**kwargs``, Hugging
+Face). ``auto`` tries them in that order and records which one ran in ``gm.meta["fxprune_frontend"]``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..errors import TraceError
+from . import fx as _fx
+from .export import Inputs, call_model, export_trace, graph_args, split_inputs
+from .fx import normalize_inputs, propagate_shapes
+
+__all__ = ["trace", "propagate_shapes", "normalize_inputs", "Inputs", "graph_args", "call_model",
+           "split_inputs", "FRONTENDS"]
+
+log = logging.getLogger(__name__)
+
+FRONTENDS = ("auto", "fx", "export", "parts")
+
+
+def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -> torch.fx.GraphModule:
+    """Trace ``model`` into a GraphModule with shapes in ``node.meta["val"]``.
+
+    ``frontend``: ``"fx"`` (symbolic_trace), ``"export"`` (torch.export, non-strict) or ``"auto"`` (fx,
+    then export). A GraphModule is used as it is. ``"parts"`` is a mode of :func:`fxprune.analyze` only
+    (its result is not one GraphModule).
+
+    Example:
+        >>> import torch, torchvision, fxprune
+        >>> gm = fxprune.trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
+        >>> gm.graph.find_nodes(op="output")[0].args[0].meta["val"].shape, gm.meta["fxprune_frontend"]
+        (torch.Size([1, 1000]), 'fx')
+    """
+    if frontend not in FRONTENDS or frontend == "parts":
+        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export' for trace, got {frontend!r}")
+    if not isinstance(model, torch.nn.Module):
+        raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.fx.GraphModule):
+        model.meta.setdefault("fxprune_frontend", "fx")
+        if "fxprune_inputs" in model.meta:
+            return model  # an exported graph already carries its shapes
+        return _fx.trace(model, example_inputs)
+    _, kwargs = split_inputs(example_inputs)
+    if frontend == "fx" or (frontend == "auto" and not kwargs):
+        try:
+            gm = _fx.trace(model, normalize_inputs(example_inputs) if not isinstance(example_inputs, Inputs)
+                           else example_inputs.args)
+            gm.meta["fxprune_frontend"] = "fx"
+            return gm
+        except TraceError as e:
+            if frontend == "fx" or e.__cause__ is None:
+                raise
+            log.info("symbolic_trace failed on %s (%s); trying torch.export", type(model).__name__, e)
+    return export_trace(model, example_inputs)

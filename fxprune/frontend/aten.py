@@ -1,0 +1,208 @@
+"""Raise an exported aten-level graph to the torch-level ops the rule registry speaks.
+
+``torch.export`` records ATen overloads (``aten.linear.default``, ``aten.view.default``,
+``aten.slice.Tensor``). Most of them are one torch-level call with the same arguments in the same order
+(``torch.ops.aten.transpose.int(x, 0, 1)`` is ``torch.transpose(x, 0, 1)``); a few differ only in argument
+order (``aten.embedding(weight, ids)`` is ``F.embedding(ids, weight)``) or spell an indexing expression
+(``aten.slice.Tensor(x, 1, 0, 4)`` is ``x[:, 0:4]``). Raising each such node to its torch-level form lets
+every op rule, constant rewrite and masked evaluation serve both frontends, and the pruned graph target is
+ordinary torch code that TorchScript and both ONNX exporters take. An overload without an entry here is left
+as it is: its rule (if one is registered for the overload) or the default-deny pin applies.
+
+One small converter per op; a factory per family (same-signature functions, methods, dropped no-ops).
+
+Example:
+    >>> import torch
+    >>> from fxprune.frontend.aten import RAISE
+    >>> RAISE[torch.ops.aten.linear.default].__name__
+    'same_as_linear'
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+
+__all__ = ["RAISE", "raise_graph"]
+
+aten = torch.ops.aten
+
+# A converter returns (op, target, args, kwargs) for the node's torch-level form, or None to keep it.
+Converted = Optional[Tuple[str, Any, Tuple[Any, ...], Dict[str, Any]]]
+RAISE: Dict[Any, Callable[[torch.fx.Node], Converted]] = {}
+
+# Aten ops that do nothing to values: their users read their input directly.
+DROP_NOOPS = (aten.alias.default, aten.lift_fresh_copy.default, aten.detach.default, aten.detach_.default)
+# Aten ops that only check metadata and return nothing.
+DROP_CHECKS = (aten._assert_tensor_metadata.default, aten._assert_scalar.default,
+               aten.sym_constrain_range_for_size.default)
+
+
+def _same(fn: Callable) -> Callable[[torch.fx.Node], Converted]:
+    def conv(node: torch.fx.Node) -> Converted:
+        return "call_function", fn, tuple(node.args), dict(node.kwargs)
+    conv.__name__ = f"same_as_{getattr(fn, '__name__', fn)}"
+    return conv
+
+
+def _method(name: str) -> Callable[[torch.fx.Node], Converted]:
+    def conv(node: torch.fx.Node) -> Converted:
+        return "call_method", name, tuple(node.args), dict(node.kwargs)
+    conv.__name__ = f"method_{name}"
+    return conv
+
+
+def _reg(fn: Callable[[torch.fx.Node], Converted], *overloads: Any) -> None:
+    for o in overloads:
+        if o is not None:
+            RAISE[o] = fn
+
+
+def _ov(packet: str, *names: str) -> Tuple[Any, ...]:
+    """Overloads of ``aten.<packet>`` that exist in this torch build."""
+    p = getattr(aten, packet, None)
+    return tuple(getattr(p, n) for n in names if p is not None and hasattr(p, n))
+
+
+# -- same arguments, torch-level function -------------------------------------------------------------
+_SAME_FN = {
+    F.linear: _ov("linear", "default"),
+    torch.conv1d: _ov("conv1d", "default"), torch.conv2d: _ov("conv2d", "default"),
+    torch.conv3d: _ov("conv3d", "default"),
+    torch.conv_transpose1d: _ov("conv_transpose1d", "default"),
+    torch.conv_transpose2d: _ov("conv_transpose2d", "input"),
+    torch.conv_transpose3d: _ov("conv_transpose3d", "input"),
+    F.layer_norm: _ov("layer_norm", "default"), F.group_norm: _ov("group_norm", "default"),
+    F.scaled_dot_product_attention: _ov("scaled_dot_product_attention", "default"),
+    torch.matmul: _ov("matmul", "default"), torch.bmm: _ov("bmm", "default"), torch.mm: _ov("mm", "default"),
+    torch.addmm: _ov("addmm", "default"), torch.einsum: _ov("einsum", "default"),
+    torch.reshape: _ov("reshape", "default"), torch.permute: _ov("permute", "default"),
+    torch.transpose: _ov("transpose", "int"), torch.t: _ov("t", "default"),
+    torch.unsqueeze: _ov("unsqueeze", "default"), torch.squeeze: _ov("squeeze", "dim", "dims", "default"),
+    torch.flatten: _ov("flatten", "using_ints"), torch.unflatten: _ov("unflatten", "int"),
+    torch.cat: _ov("cat", "default"), torch.stack: _ov("stack", "default"),
+    torch.split: _ov("split", "Tensor") + _ov("split_with_sizes", "default"),
+    torch.chunk: _ov("chunk", "default"), torch.unbind: _ov("unbind", "int"),
+    torch.mean: _ov("mean", "dim", "default"), torch.sum: _ov("sum", "dim_IntList", "default"),
+    torch.amax: _ov("amax", "default"), torch.softmax: _ov("softmax", "int"),
+    torch.log_softmax: _ov("log_softmax", "int"),
+    torch.add: _ov("add", "Tensor", "Scalar"), torch.sub: _ov("sub", "Tensor", "Scalar"),
+    torch.mul: _ov("mul", "Tensor", "Scalar"), torch.div: _ov("div", "Tensor", "Scalar"),
+    torch.pow: _ov("pow", "Tensor_Scalar", "Tensor_Tensor", "Scalar"),
+    torch.rsqrt: _ov("rsqrt", "default"), torch.sqrt: _ov("sqrt", "default"), torch.neg: _ov("neg", "default"),
+    torch.exp: _ov("exp", "default"), torch.tanh: _ov("tanh", "default"), torch.sigmoid: _ov("sigmoid", "default"),
+    torch.cos: _ov("cos", "default"), torch.sin: _ov("sin", "default"), torch.abs: _ov("abs", "default"),
+    torch.erf: _ov("erf", "default"), torch.relu: _ov("relu", "default"), torch.clone: _ov("clone", "default"),
+    torch.maximum: _ov("maximum", "default"), torch.minimum: _ov("minimum", "default"),
+    torch.clamp: _ov("clamp", "default"), torch.where: _ov("where", "self"),
+    F.silu: _ov("silu", "default"), F.gelu: _ov("gelu", "default"), F.hardtanh: _ov("hardtanh", "default"),
+    F.hardswish: _ov("hardswish", "default"), F.hardsigmoid: _ov("hardsigmoid", "default"),
+    F.adaptive_avg_pool1d: _ov("adaptive_avg_pool1d", "default"),
+    F.adaptive_avg_pool2d: _ov("adaptive_avg_pool2d", "default"),
+    F.adaptive_avg_pool3d: _ov("adaptive_avg_pool3d", "default"),
+    F.avg_pool2d: _ov("avg_pool2d", "default"), F.max_pool2d: _ov("max_pool2d", "default"),
+    F.pad: _ov("pad", "default"), torch.constant_pad_nd: _ov("constant_pad_nd", "default"),
+    torch.arange: _ov("arange", "default", "start", "start_step"), torch.zeros: _ov("zeros", "default"),
+    torch.ones: _ov("ones", "default"), torch.full: _ov("full", "default"),
+    torch.zeros_like: _ov("zeros_like", "default"), torch.ones_like: _ov("ones_like", "default"),
+    torch.tril: _ov("tril", "default"), torch.triu: _ov("triu", "default"),
+}
+for _fn, _ovs in _SAME_FN.items():
+    _reg(_same(_fn), *_ovs)
+
+if hasattr(F, "rms_norm"):
+    _reg(_same(F.rms_norm), *_ov("rms_norm", "default"))
+
+# -- same arguments, a Tensor method --------------------------------------------------------------------
+for _name, _ovs in {"view": _ov("view", "default"), "expand": _ov("expand", "default"),
+                    "contiguous": _ov("contiguous", "default"), "repeat": _ov("repeat", "default"),
+                    "type_as": _ov("type_as", "default")}.items():
+    _reg(_method(_name), *_ovs)
+
+
+def _dropout(node: torch.fx.Node) -> Converted:
+    x, p, train = (list(node.args) + [None, None])[:3]
+    return "call_function", F.dropout, (x,), {"p": p, "training": bool(train)}
+
+
+def _embedding(node: torch.fx.Node) -> Converted:
+    weight, ids = node.args[:2]
+    padding_idx = node.args[2] if len(node.args) > 2 else node.kwargs.get("padding_idx", -1)
+    return "call_function", F.embedding, (ids, weight), \
+        ({"padding_idx": padding_idx} if padding_idx not in (None, -1) else {})
+
+
+def _batch_norm(node: torch.fx.Node) -> Converted:
+    # aten: (input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
+    x, w, b, rm, rv, training, momentum, eps = (list(node.args) + [None] * 8)[:8]
+    return "call_function", F.batch_norm, (x, rm, rv, w, b, bool(training), momentum, eps), {}
+
+
+def _slice(node: torch.fx.Node) -> Converted:
+    x = node.args[0]
+    given = list(node.args[1:])
+    dim, start, end, step = given + [0, None, None, 1][len(given):]
+    if dim < 0:
+        return None
+    idx = (slice(None),) * int(dim) + (slice(start, end, None if step == 1 else step),)
+    return "call_function", operator.getitem, (x, idx), {}
+
+
+def _select(node: torch.fx.Node) -> Converted:
+    x, dim, i = node.args[:3]
+    if dim < 0:
+        return None
+    return "call_function", operator.getitem, (x, (slice(None),) * int(dim) + (i,)), {}
+
+
+def _to(node: torch.fx.Node) -> Converted:
+    """``aten.to.*`` and ``aten._to_copy``: keep the dtype conversion, as ``x.to(dtype)``."""
+    dtype = node.kwargs.get("dtype")
+    for a in node.args[1:]:
+        if isinstance(a, torch.dtype):
+            dtype = a
+    return "call_method", "to", (node.args[0],) + ((dtype,) if dtype is not None else ()), {}
+
+
+_reg(_dropout, *_ov("dropout", "default"))
+_reg(_embedding, *_ov("embedding", "default"))
+_reg(_batch_norm, *_ov("batch_norm", "default"))
+_reg(_slice, *_ov("slice", "Tensor"))
+_reg(_select, *_ov("select", "int"))
+_reg(_to, *_ov("to", "dtype", "dtype_layout", "device"), *_ov("_to_copy", "default"))
+
+
+def raise_graph(gm: torch.fx.GraphModule) -> int:
+    """Rewrite ``gm``'s aten nodes to their torch-level forms in place; return how many changed.
+
+    ``meta["val"]`` (shapes) and ``meta["stack_trace"]`` of every node are kept.
+    """
+    graph, changed = gm.graph, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target in DROP_CHECKS and not node.users:
+            graph.erase_node(node)
+            changed += 1
+            continue
+        if node.target in DROP_NOOPS and node.args and isinstance(node.args[0], torch.fx.Node):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            changed += 1
+            continue
+        conv = RAISE.get(node.target)
+        new = conv(node) if conv is not None else None
+        if new is None:
+            continue
+        op, target, args, kwargs = new
+        with graph.inserting_before(node):
+            repl = graph.create_node(op, target, args, kwargs, name=node.name + "_t")
+        repl.meta = dict(node.meta)
+        node.replace_all_uses_with(repl)
+        graph.erase_node(node)
+        changed += 1
+    graph.lint()
+    return changed

@@ -1,0 +1,149 @@
+"""The ``export`` frontend: ``torch.export`` (non-strict) for models ``symbolic_trace`` cannot take.
+
+``torch.export.export(model, args, kwargs, strict=False)`` runs the model's Python once with fake tensors,
+so Python branches on values, ``**kwargs`` forwards, ``ModuleList`` loops and Hugging Face models are
+captured as one aten-level graph. The graph is then made to look like the fx frontend's: the exporter's
+guard call and metadata asserts are dropped, aten nodes are raised to their torch-level forms
+(:mod:`fxprune.frontend.aten`), non-tensor inputs (``use_cache=False``) are specialised to constants, and
+shapes come from the exporter's own ``meta["val"]`` (turned into meta tensors; no forward is run).
+
+The GraphModule takes the tensor leaves of ``(args, kwargs)`` as positional inputs and returns the
+leaves of the model's output as a tuple; :func:`graph_args` turns example inputs into that form.
+
+Example:
+    >>> import torch, fxprune
+    >>> class Blocks(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.layers = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(2))
+    ...     def forward(self, x, scale=1.0):
+    ...         for layer in self.layers:
+    ...             x = layer(x).relu() * scale
+    ...         return x
+    >>> gm = fxprune.trace(Blocks(), fxprune.Inputs(torch.randn(2, 8), scale=0.5), frontend="export")
+    >>> [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
+    ['linear', 'relu', 'mul', 'linear', 'relu', 'mul']
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.fx
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ..errors import TraceError
+from .aten import raise_graph
+
+__all__ = ["Inputs", "export_trace", "graph_args", "call_model", "split_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+class Inputs:
+    """Example inputs with keyword arguments: ``Inputs(ids, attention_mask=m, use_cache=False)``.
+
+    A plain tensor or tuple is still accepted everywhere as positional inputs; use ``Inputs`` when the
+    model's forward needs keyword arguments (Hugging Face models).
+
+    Example:
+        >>> import torch, fxprune
+        >>> inp = fxprune.Inputs(torch.zeros(1, 3), use_cache=False)
+        >>> inp.args[0].shape, inp.kwargs
+        (torch.Size([1, 3]), {'use_cache': False})
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = tuple(args), dict(kwargs)
+
+    def __repr__(self) -> str:
+        return f"Inputs({len(self.args)} positional, keywords {sorted(self.kwargs)})"
+
+
+def split_inputs(example_inputs: Any) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """``(args, kwargs)`` of example inputs given as a tensor, a tuple, or :class:`Inputs`."""
+    if isinstance(example_inputs, Inputs):
+        return example_inputs.args, example_inputs.kwargs
+    if isinstance(example_inputs, tuple):
+        return example_inputs, {}
+    return (example_inputs,), {}
+
+
+def call_model(model: torch.nn.Module, example_inputs: Any) -> Any:
+    """Call ``model`` the way the user's inputs say (positional and keyword arguments)."""
+    args, kwargs = split_inputs(example_inputs)
+    return model(*args, **kwargs)
+
+
+def graph_args(gm: torch.fx.GraphModule, example_inputs: Any) -> Tuple[Any, ...]:
+    """The positional inputs of a traced graph: for an exported graph, the kept tensor leaves of
+    ``(args, kwargs)``; for any other graph, the positional example inputs."""
+    spec = getattr(gm, "meta", {}).get("fxprune_inputs")
+    args, kwargs = split_inputs(example_inputs)
+    if spec is None:
+        if kwargs:
+            raise TraceError("keyword example inputs need a graph from the export frontend "
+                             "(fxprune.trace(model, inputs, frontend='export'))")
+        return args
+    leaves = _flat_inputs(args, kwargs, spec["in_spec"])
+    return tuple(leaves[i] for i in spec["kept"])
+
+
+def _flat_inputs(args: Tuple[Any, ...], kwargs: Dict[str, Any], in_spec: Any) -> List[Any]:
+    from torch.fx._pytree import tree_flatten_spec
+    return list(tree_flatten_spec((args, kwargs), in_spec))
+
+
+def _to_meta(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return torch.empty_strided(tuple(int(s) for s in v.shape), tuple(int(s) for s in v.stride()),
+                                   dtype=v.dtype, device="meta")
+    return v
+
+
+def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
+    """Capture ``model`` with ``torch.export`` (non-strict) and shape it like an fx-frontend graph.
+
+    Raises :class:`~fxprune.errors.TraceError` when the exporter fails (data-dependent control flow
+    that it cannot specialise, unsupported Python).
+    """
+    args, kwargs = split_inputs(example_inputs)
+    try:
+        ep = torch.export.export(model, args, kwargs, strict=False)
+    except Exception as e:  # anything the exporter raises: data-dependent branches, unsupported Python
+        raise TraceError(f"torch.export.export failed on {type(model).__name__}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    gm = ep.module()
+    in_spec = gm._in_spec
+    graph = gm.graph
+    for node in list(graph.nodes):  # the exporter's input guard: a call_module that checks inputs
+        if node.op == "call_module" and node.target == "_guards_fn":
+            graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        delattr(gm, "_guards_fn")
+    leaves = _flat_inputs(args, kwargs, in_spec)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    kept: List[int] = []
+    for i, (ph, leaf) in enumerate(zip(placeholders, leaves)):
+        if isinstance(leaf, torch.Tensor):
+            kept.append(i)
+            ph.meta["val"] = leaf
+            continue
+        ph.replace_all_uses_with(leaf)  # a flag such as use_cache=False: specialised, not an input
+        graph.erase_node(ph)
+    graph._codegen = torch.fx.graph.CodeGen()  # positional tensor inputs, a flat tuple out
+    out = next(iter(reversed(graph.nodes)))
+    out.args = (tuple(out.args[0]) if isinstance(out.args[0], (list, tuple)) else out.args[0],)
+    raise_graph(gm)
+    for node in graph.nodes:
+        if "val" in node.meta:
+            node.meta["val"] = tree_map(_to_meta, node.meta["val"])
+    out.meta["val"] = tuple(a.meta.get("val") if isinstance(a, torch.fx.Node) else a
+                            for a in tree_flatten(out.args[0])[0])
+    graph.eliminate_dead_code()
+    gm.recompile()
+    gm.meta["fxprune_inputs"] = {"in_spec": in_spec, "kept": kept, "out_spec": ep.call_spec.out_spec}
+    gm.meta["fxprune_frontend"] = "export"
+    gm.meta["fxprune_constants"] = set(ep.constants) - {n for n, _ in model.named_buffers()}
+    return gm
