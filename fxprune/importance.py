@@ -20,9 +20,14 @@ import abc
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from .analyze import Group
@@ -32,7 +37,7 @@ __all__ = [
     "ActivationImportance", "BNScaleImportance", "FPGMImportance", "GroupHessianImportance",
     "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance", "Importance",
     "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
-    "get_importance", "normalize", "reduce_scores", "register_importance",
+    "LayerRole", "get_importance", "layer_roles", "normalize", "reduce_scores", "register_importance",
 ]
 
 log = logging.getLogger(__name__)
@@ -146,6 +151,103 @@ def _check_normalizer(how: object) -> None:
                     f"or 'sentinel_<q>' with 0 <= q <= 1")
 
 
+# ------------------------------------------------------------------------------------------ layer roles
+
+@dataclass(frozen=True)
+class LayerRole:
+    """What a parameter is to the op that uses it: ``kind`` is a module class standing for the op (a functional
+    ``conv2d`` is ``nn.modules.conv._ConvNd``), ``attr`` the argument it fills (``weight``, ``bias``, ...).
+
+    Criteria select layers by role, not by the type of the module that owns the parameter: in a traced
+    GraphModule a ``Conv2d`` subclass with its own ``forward`` is a plain ``Module`` whose weight feeds
+    ``torch.conv2d``.
+
+    Example:
+        >>> import torch, fxprune, fxprune.importance as imp
+        >>> class Same(torch.nn.Conv2d):
+        ...     def forward(self, x):
+        ...         return torch.nn.functional.conv2d(x, self.weight, self.bias, padding=1)
+        >>> gm = fxprune.trace(torch.nn.Sequential(Same(1, 2, 3)), torch.randn(1, 1, 4, 4))
+        >>> imp.layer_roles(gm)["0.weight"].kind.__name__
+        '_ConvNd'
+    """
+
+    kind: type
+    attr: str
+    transposed: bool = False
+
+
+_CONV_FNS = (torch.conv1d, torch.conv2d, torch.conv3d, F.conv1d, F.conv2d, F.conv3d)
+_CONVT_FNS = (torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d, F.conv_transpose1d,
+              F.conv_transpose2d, F.conv_transpose3d)
+# function -> (role class, argument names in order: a parameter's role is the argument it fills)
+_FN_ROLES: dict[Any, tuple[type, tuple[str, ...]]] = {
+    **{f: (nn.modules.conv._ConvNd, ("input", "weight", "bias")) for f in _CONV_FNS},
+    **{f: (nn.modules.conv._ConvTransposeNd, ("input", "weight", "bias")) for f in _CONVT_FNS},
+    F.linear: (nn.Linear, ("input", "weight", "bias")),
+    torch._C._nn.linear: (nn.Linear, ("input", "weight", "bias")),
+    F.batch_norm: (nn.modules.batchnorm._BatchNorm, ("input", "running_mean", "running_var", "weight", "bias")),
+    F.layer_norm: (nn.LayerNorm, ("input", "normalized_shape", "weight", "bias")),
+    F.group_norm: (nn.GroupNorm, ("input", "num_groups", "weight", "bias")),
+}
+_ROLE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[int, dict[str, LayerRole]]]" = weakref.WeakKeyDictionary()
+
+
+def layer_roles(model: nn.Module) -> dict[str, LayerRole]:
+    """The role of every parameter/buffer of ``model`` that a module or a functional conv/linear/norm uses.
+
+    For a ``torch.fx.GraphModule`` the roles come from the graph: a leaf module's own class, or the functional
+    op a ``get_attr`` feeds (followed through value-preserving ops such as the ``reshape`` of a standardised
+    weight). For any other model they come from the owning module's class. Parameters used by nothing
+    known have no entry.
+    """
+    graph = getattr(model, "graph", None)
+    stamp = id(graph) ^ (len(graph.nodes) if isinstance(graph, torch.fx.Graph) else 0)
+    hit = _ROLE_CACHE.get(model)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    roles: dict[str, LayerRole] = {}
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(mod, torch.fx.GraphModule) or type(mod) is nn.Module:
+            continue  # a traced container: its parameters' roles come from the graph
+        for attr, _ in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False)):
+            roles[f"{prefix}.{attr}" if prefix else attr] = LayerRole(
+                type(mod), attr, bool(getattr(mod, "transposed", False)))
+    if isinstance(graph, torch.fx.Graph):
+        for node in graph.nodes:
+            if node.op == "get_attr" and isinstance(node.target, str) and node.target not in roles:
+                role = _role_from_uses(node)
+                if role is not None:
+                    roles[node.target] = role
+    _ROLE_CACHE[model] = (stamp, roles)
+    return roles
+
+
+def _role_from_uses(node: torch.fx.Node, depth: int = 6) -> LayerRole | None:
+    """The role of a parameter read by ``node``: the known op it reaches as an argument, through at most
+    ``depth`` ops that take it as their first input (reshape, standardisation, a scale)."""
+    frontier = [node]
+    for _ in range(depth):
+        nxt = []
+        for cur in frontier:
+            for user in cur.users:
+                spec = _FN_ROLES.get(user.target) if user.op == "call_function" else None
+                if spec is not None:
+                    names = spec[1]
+                    pos = next((i for i, a in enumerate(user.args) if a is cur), None)
+                    attr = names[pos] if pos is not None and pos < len(names) else next(
+                        (k for k, a in user.kwargs.items() if a is cur), None)
+                    if attr is not None and attr != "input":
+                        return LayerRole(spec[0], attr, user.target in _CONVT_FNS)
+                    if attr == "input" and cur is not node and spec[0] is nn.modules.batchnorm._BatchNorm:
+                        nxt.append(user)  # weight standardisation (timm StdConv2d) normalises the weight itself
+                    continue
+                if user.op in ("call_function", "call_method") and user.args and user.args[0] is cur:
+                    nxt.append(user)
+        frontier = nxt
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- criteria
 
 class Importance(abc.ABC):
@@ -174,8 +276,13 @@ class LayerImportance(Importance):
     """A criterion built from per-index scores of each target layer entry, then reduced and normalised.
 
     Subclasses implement :meth:`layer_score`. A layer entry is one ``(parameter, dim)`` of the group whose
-    owning module (found by qualname prefix) is an instance of ``target_types`` and whose attribute is
-    ``weight`` (or ``bias`` when ``bias=True``).
+    role (:func:`layer_roles`: the op that uses it, not the class of the module that owns it) is one of
+    ``target_types`` and whose argument is ``weight`` (or ``bias`` when ``bias=True``).
+
+    Every removable class is scored: a class that no target layer touches (an ``nn.MultiheadAttention``
+    projection, a class token, a layer scale) is scored by the same :meth:`layer_score` from the other
+    floating-point parameters of the group that hold it (weights before biases), and the criterion says so once
+    through ``logging``. :meth:`scored` tells which classes a call covers.
 
     Example:
         >>> import torch, fxprune, fxprune.importance as imp
@@ -189,27 +296,44 @@ class LayerImportance(Importance):
                 [1., 1., 1.]])
     """
 
+    #: whether classes outside every target layer are scored from the group's other parameters
+    fallback: bool = True
+
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
                  bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
         _check_reduction(group_reduction)
         _check_normalizer(normalizer)
         self.group_reduction, self.normalizer, self.bias = group_reduction, normalizer, bias
         self.target_types = tuple(target_types)
+        self._told: set[str] = set()
 
     @abc.abstractmethod
     def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
         """Scores of every index of ``tensor`` along ``dim`` (shape ``[tensor.shape[dim]]``), or None to skip."""
 
-    def _selects(self, module: nn.Module | None, attr: str) -> bool:
-        return isinstance(module, self.target_types) and (attr == "weight" or (self.bias and attr == "bias"))
+    def _selects(self, role: LayerRole | None, attr: str) -> bool:
+        if role is None or not issubclass(role.kind, self.target_types):
+            return False
+        return role.attr == "weight" or (self.bias and role.attr == "bias")
+
+    def _tell(self, key: str, msg: str, *args: object, level: int = logging.INFO) -> None:
+        """Log ``msg`` once per criterion object and ``key``."""
+        told = self.__dict__.setdefault("_told", set())  # subclasses may skip __init__
+        if key not in told:
+            told.add(key)
+            log.log(level, msg, *args)
 
     @torch.no_grad()
-    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+    def _layer_rows(self, group: Group, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-layer scores ``[n_classes]`` and masks of the classes each layer holds (target layers, then
+        fallback layers for the classes no target layer touches)."""
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
+        roles = layer_roles(model)
         n = len(group.all_classes)
         rows: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
+        spare: list[tuple[int, str, int, torch.Tensor]] = []
         for name, dim, pos in group.index_classes():
             hit = torch.from_numpy(pos) >= 0
             if not hit.any():
@@ -217,24 +341,81 @@ class LayerImportance(Importance):
             if name not in tensors:
                 raise PlanError(f"{type(self).__name__}: parameter {name!r} of group {group.key} is not in the "
                                 f"given model")
-            prefix, _, attr = name.rpartition(".")
-            module, t = _submodule(model, prefix), tensors[name]
-            if not self._selects(module, attr) or not t.is_floating_point() or t.ndim == 0:
+            t, role = tensors[name], roles.get(name)
+            if not t.is_floating_point() or t.ndim == 0:
                 continue
-            per = self.layer_score(name, dim, t, module)
-            if per is None:
+            if not self._selects(role, name.rpartition(".")[2]):
+                attr = role.attr if role is not None else name.rpartition(".")[2]
+                if attr not in ("running_mean", "running_var"):  # statistics are not learned importance
+                    spare.append((int(attr == "bias"), name, dim, torch.from_numpy(pos)))
                 continue
-            per = per.detach().to("cpu", torch.float64).reshape(-1)
-            where = torch.from_numpy(pos)[hit]
-            rows.append(torch.zeros(n, dtype=torch.float64).index_add_(0, where, per[hit]))
-            masks.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, where, True))
+            if not self._add_row(rows, masks, n, name, dim, t, torch.from_numpy(pos), _submodule(model, name)):
+                spare.append((0, name, dim, torch.from_numpy(pos)))  # e.g. an activation criterion's out dim
+        if not self.fallback or not spare:
+            return rows, masks
+        covered = torch.stack(masks).any(0) if masks else torch.zeros(n, dtype=torch.bool)
+        if bool(covered.all()):
+            return rows, masks
+        for is_bias in (0, 1):  # weights first; biases only for classes no weight holds
+            for _, name, dim, pos in (x for x in spare if x[0] == is_bias):
+                pos = torch.where((pos >= 0) & ~covered[pos.clamp(min=0)], pos, torch.full_like(pos, -1))
+                if (pos >= 0).any():
+                    self._add_row(rows, masks, n, name, dim, tensors[name], pos, _submodule(model, name),
+                                  self.fallback_score)
+            covered = torch.stack(masks).any(0) if masks else covered
+        self._tell("fallback", "%s: classes that no %s weight holds are scored from the other parameters of "
+                   "their group (first: %s)", type(self).__name__,
+                   "/".join(t.__name__ for t in self.target_types), group.key)
+        return rows, masks
+
+    def fallback_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module | None
+                       ) -> torch.Tensor | None:
+        """Per-index scores of a parameter outside ``target_types`` (default: :meth:`layer_score`; a parameter
+        it cannot score, e.g. one without ``.grad`` for Taylor, is left out)."""
+        try:
+            return self.layer_score(name, dim, tensor, module)
+        except PlanError:
+            return None
+
+    def _add_row(self, rows: list, masks: list, n: int, name: str, dim: int, t: torch.Tensor,
+                 pos: torch.Tensor, module: nn.Module | None, score: Callable | None = None) -> bool:
+        hit = pos >= 0
+        per = (score or self.layer_score)(name, dim, t, module)
+        if per is None:
+            return False
+        per = per.detach().to("cpu", torch.float64).reshape(-1)
+        where = pos[hit]
+        rows.append(torch.zeros(n, dtype=torch.float64).index_add_(0, where, per[hit]))
+        masks.append(torch.zeros(n, dtype=torch.bool).index_fill_(0, where, True))
+        return True
+
+    def scored(self, group: Group, model: nn.Module) -> torch.Tensor:
+        """Which of ``group.all_classes`` a call scores from at least one layer (a bool tensor).
+
+        Example:
+            >>> import torch, fxprune, fxprune.importance as imp
+            >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+            >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
+            >>> imp.FPGMImportance().scored(g, m).tolist()
+            [True, True, True]
+        """
+        _, masks = self._layer_rows(group, model)
+        if not masks:
+            return torch.zeros(len(group.all_classes), dtype=torch.bool)
+        return torch.stack(masks).any(0)
+
+    @torch.no_grad()
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        rows, masks = self._layer_rows(group, model)
         if not rows:
             return None
         out = reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks))
         return normalize(out, self.normalizer).to(torch.float32)
 
 
-def _submodule(model: nn.Module, prefix: str) -> nn.Module | None:
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
+    """The module owning parameter ``name`` (None when there is none)."""
+    prefix = name.rpartition(".")[0]
     try:
         return model.get_submodule(prefix)
     except AttributeError:
@@ -292,8 +473,22 @@ class BNScaleImportance(MagnitudeImportance):
         tensor([2., 1.])
     """
 
+    fallback = False  # "the BatchNorm scale" has no meaning elsewhere: such classes stay unscored (and kept)
+
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean"):
         super().__init__(1, group_reduction, normalizer, False, (nn.modules.batchnorm._BatchNorm,))
+
+    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+        rows, masks = self._layer_rows(group, model)
+        if not rows or not bool(torch.stack(masks).any(0).all()):
+            self._tell("unscored", "BNScaleImportance: group %s (and any other like it) has channels that no "
+                       "BatchNorm scales; they are not scored, so not pruned", group.key, level=logging.WARNING)
+        if not rows:
+            return None
+        out = reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks))
+        # channels without a BatchNorm rank above every scored one: kept, never removed by a zero score
+        out = torch.where(torch.stack(masks).any(0), out, torch.full_like(out, float(out.max()) + 1.0))
+        return normalize(out, self.normalizer).to(torch.float32)
 
 
 class LAMPImportance(MagnitudeImportance):
@@ -441,6 +636,7 @@ class ActivationImportance(LayerImportance):
         """Forget every recorded batch."""
         self._sum: dict[str, torch.Tensor] = {}
         self._n: dict[str, int] = {}
+        self._roles: dict[str, LayerRole] = {}
 
     @contextlib.contextmanager
     def compute_importance(self, model: nn.Module) -> Iterator[ActivationImportance]:
@@ -463,19 +659,27 @@ class ActivationImportance(LayerImportance):
         self._sum[name] = self._sum[name] + rows.sum(0) if name in self._sum else rows.sum(0)
         self._n[name] = self._n.get(name, 0) + rows.shape[0]
 
-    def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
+    def _layer_rows(self, group: Group, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if not self._sum:
             raise PlanError("ActivationImportance has no calibration data: run "
                             "`with imp.compute_importance(model): model(batch)` before scoring")
-        return super().__call__(group, model)
+        self._roles = layer_roles(model)
+        return super()._layer_rows(group, model)
+
+    def fallback_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module | None
+                       ) -> torch.Tensor | None:
+        """Classes that no conv/linear reads as input (a projection of ``nn.MultiheadAttention``): L2 magnitude."""
+        return _rows(tensor, dim).pow(2).sum(1)
 
     def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
-        in_dim = 0 if getattr(module, "transposed", False) else 1
+        role = self._roles.get(name)
+        in_dim = 0 if (role.transposed if role is not None else getattr(module, "transposed", False)) else 1
         prefix = name.rpartition(".")[0]
         if dim != in_dim:
             return None
         if prefix not in self._sum:
-            log.warning("ActivationImportance: module %r saw no calibration input; it is not scored", prefix)
+            self._tell(f"unseen:{prefix}", "ActivationImportance: module %r saw no calibration input; its "
+                       "channels are scored by L2 magnitude instead", prefix, level=logging.WARNING)
             return None
         mean = self._sum[prefix] / self._n[prefix]
         if mean.numel() != tensor.shape[dim]:  # grouped conv: input channel c uses weight column c % (C / g)

@@ -434,3 +434,123 @@ def test_all_criteria_score_every_unpinned_group(res):
     for g, c in itertools.product([g for g in graph.groups if not g.pinned], crits):
         s = c(g, m)
         assert s is None or (s.shape == (len(g.all_classes),) and torch.isfinite(s).all()), (g, c)
+
+
+# --------------------------------------------------------------- issue 13: layers by role, every class scored
+
+class SamePadConv(nn.Conv2d):
+    """A Conv2d subclass with its own forward (EfficientNet's static-same conv, timm's Conv2dSame): traced
+    through, so in the GraphModule it is a plain Module whose weight feeds ``torch.conv2d``."""
+
+    def forward(self, x):
+        return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1)), self.weight, self.bias, self.stride, 0,
+                                    self.dilation, self.groups)
+
+
+def _same_pad_chain():
+    torch.manual_seed(3)
+    m = nn.Sequential(SamePadConv(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), SamePadConv(8, 4, 3)).eval()
+    with torch.no_grad():
+        m[1].weight.uniform_(0.5, 1.5)
+    return m
+
+
+def test_conv_subclass_scored_in_traced_graph():
+    """L2 on the Pruner's traced gm: conv1 rows, bn gamma and conv2 columns, averaged (by hand)."""
+    m, x = _same_pad_chain(), torch.randn(1, 3, 8, 8)
+    graph = fxprune.analyze(m, x)
+    assert type(graph.gm.get_submodule("0")) is nn.Module  # the situation of the bug
+    g = graph.group_of("0.weight", 0)
+    got = imp.MagnitudeImportance(p=2, group_reduction="mean", normalizer=None)(g, graph.gm)
+    w1, gam, w2 = m[0].weight.detach(), m[1].weight.detach(), m[3].weight.detach()
+    expect = ((w1 ** 2).sum((1, 2, 3)) + gam ** 2 + (w2 ** 2).sum((0, 2, 3))) / 3
+    order = [idx[0] for _, idx in g.all_classes]
+    assert torch.allclose(got, expect[order].float(), rtol=1e-5)
+    # without the fix only the BatchNorm row was scored: the ranking then followed gamma alone
+    assert not torch.allclose(got, (gam ** 2)[order].float(), rtol=1e-3)
+
+
+def test_fpgm_and_activation_see_conv_subclass():
+    m, x = _same_pad_chain(), torch.randn(1, 3, 8, 8)
+    graph = fxprune.analyze(m, x)
+    g = graph.group_of("0.weight", 0)
+    fp = imp.FPGMImportance(p=2, group_reduction="mean", normalizer=None)(g, graph.gm)
+    rows1 = m[0].weight.detach().flatten(1).pow(2).double()
+    rows2 = m[3].weight.detach().transpose(0, 1).flatten(1).pow(2).double()
+    expect = (torch.cdist(rows1, rows1).sum(1) + torch.cdist(rows2, rows2).sum(1)) / 2
+    assert torch.allclose(fp.double(), expect, rtol=1e-4)
+    a = imp.ActivationImportance(group_reduction="mean", normalizer=None)
+    xb = torch.randn(16, 3, 8, 8)
+    with a.compute_importance(m):
+        m(xb)
+    h = m[2](m[1](m[0](xb)))  # the input of conv2, recorded by hand
+    assert torch.allclose(a(g, graph.gm).double(), h.abs().mean((0, 2, 3)).double(), rtol=1e-4)
+
+
+class MHAOnly(nn.Module):
+    """Channels of an nn.MultiheadAttention's q/k projection are held by no Conv/Linear/norm weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x):
+        x = self.inp(x)
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "lamp", "fpgm", "activation", "taylor"])
+def test_every_class_scored_outside_target_types(name, caplog):
+    m, x = MHAOnly().eval(), torch.randn(2, 5, 8)
+    graph = fxprune.analyze(m, x)
+    crit = imp.get_importance(name)
+    if name == "activation":
+        with crit.compute_importance(m):
+            m(x)
+    if name == "taylor":
+        m(x).pow(2).sum().backward()
+    groups = [g for g in graph.groups if g.all_classes]
+    assert groups
+    with caplog.at_level("INFO", logger="fxprune.importance"):
+        for g in groups:
+            assert bool(crit.scored(g, graph.gm).all()), g.key
+            s = crit(g, graph.gm)
+            assert s is not None and s.shape == (len(g.all_classes),)
+    assert sum("scored from the other parameters" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fallback_scores_are_layer_scores_of_the_other_parameters():
+    """q/k head-dim classes: L1 over the in_proj_weight rows that hold them (q row j and k row j), by hand."""
+    m, x = MHAOnly().eval(), torch.randn(2, 5, 8)
+    graph = fxprune.analyze(m, x)
+    w = m.attn.in_proj_weight.detach()
+    for g in graph.groups:
+        if not g.all_classes or g.key != "attn.in_proj_weight:0":
+            continue
+        s = imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None)(g, graph.gm)
+        qk = [i for i, (_, idx) in enumerate(g.all_classes) if max(idx) < 16]  # v rows are out_proj columns
+        assert len(qk) == 4
+        expect = torch.tensor([float(w[g.all_classes[i][1]].abs().sum()) for i in qk])
+        assert torch.allclose(s[qk], expect, rtol=1e-5)
+        return
+    pytest.fail("no in_proj_weight group")
+
+
+def test_bn_criterion_tells_when_a_group_has_no_batchnorm(caplog):
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    g = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
+    crit = imp.BNScaleImportance()
+    with caplog.at_level("WARNING", logger="fxprune.importance"):
+        assert crit(g, m) is None
+        assert crit(g, m) is None
+    assert sum("no BatchNorm" in r.getMessage() or "not scored" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_std_conv_weight_standardisation_role():
+    """timm's StdConv2d standardises its weight with F.batch_norm before the conv: the weight is a conv weight."""
+    timm = pytest.importorskip("timm")
+    conv = timm.layers.StdConv2d(3, 4, 3, padding=1)
+    gm = fxprune.trace(nn.Sequential(conv), torch.randn(1, 3, 6, 6))
+    role = imp.layer_roles(gm)["0.weight"]
+    assert issubclass(role.kind, nn.modules.conv._ConvNd) and role.attr == "weight"
