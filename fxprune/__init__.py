@@ -22,7 +22,7 @@ from .errors import (
     UnsupportedOpError,
     VerificationError,
 )
-from .frontend import trace
+from .frontend import Inputs, trace
 from .plan import PrunePlan
 from .pruner import Pruner, Proposal, linear_scheduler
 from .rewrite import prune
@@ -30,7 +30,7 @@ from .select import plan_by_ratio
 from .verify import VerifyReport, verify
 
 __all__ = [
-    "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
+    "Inputs", "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
     "Pruner", "Proposal", "linear_scheduler", "importance",
     "VerifyReport", "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError",
     "CouplingConflictError", "FallbackWarning", "PlanError", "RewriteError", "VerificationError", "InternalError",
@@ -41,5 +41,10 @@ from .sparse import BNScalePruner, GroupNormPruner, GrowingRegPruner  # noqa: E4
 from .count import count  # noqa: E402
 
 __all__ += ["count", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner"]
+
+from .errors import SerializationError  # noqa: E402
+from .saving import load, save  # noqa: E402  (portable saved models: torch.export .pt2 + plan + weights)
+
+__all__ += ["save", "load", "SerializationError"]
 
 __version__ = "0.1.0"

@@ -19,7 +19,8 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "RewriteError", "VerificationError", "InternalError", "FallbackWarning", "describe_node",
+    "PlanError", "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
+    "describe_node",
 ]
 
 
@@ -79,6 +80,10 @@ class RewriteError(FxpruneError):
 
 class VerificationError(FxpruneError):
     """The pruned model does not compute what the masked original computes."""
+
+
+class SerializationError(FxpruneError):
+    """A saved model could not be written or read back (``fxprune.save`` / ``fxprune.load``)."""
 
 
 class InternalError(FxpruneError):
