@@ -280,29 +280,44 @@ class ChannelGraph:
 
 
 def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-            prefer_heads: bool = False) -> ChannelGraph:
+            prefer_heads: bool = False, frontend: str = "auto") -> ChannelGraph:
     """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.
 
     Example:
         >>> import torch, fxprune
         >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-        >>> [g.key for g in fxprune.analyze(m, torch.randn(1, 4)).groups if not g.pinned]
-        ['0.weight:0']
+        >>> graph = fxprune.analyze(m, torch.randn(1, 4))
+        >>> [g.key for g in graph.groups if not g.pinned], graph.frontend
+        (['0.weight:0'], 'fx')
 
     ``prefer_heads=True`` factors reshaped dims outermost first, so an attention projection split
     into ``(heads, head_dim)`` forms whole-head classes (used for head pruning).
 
-    When ``symbolic_trace`` fails on ``model``, its maximal traceable submodules are analysed instead
-    and a :class:`~fxprune.frontend.partial.PartialGraph` (same interface) is returned, with one
-    :class:`~fxprune.errors.FallbackWarning`; see :mod:`fxprune.frontend.partial`.
+    ``frontend`` picks how the model is captured (:func:`fxprune.trace`): ``"fx"``, ``"export"``
+    (``torch.export`` non-strict: Python branches, ``**kwargs``, Hugging Face models; pass keyword inputs
+    as :class:`fxprune.Inputs`), ``"parts"`` (the maximal traceable submodules, see
+    :mod:`fxprune.frontend.partial`: a :class:`~fxprune.frontend.partial.PartialGraph` with the same
+    interface, and one :class:`~fxprune.errors.FallbackWarning`), or ``"auto"``: fx, then export, then parts.
+    ``graph.frontend`` says which one ran.
     """
-    try:
-        gm = trace(model, example_inputs)
-    except TraceError as e:
-        # symbolic_trace failed (control flow, Python on tensors): analyse the traceable submodules instead
-        if e.__cause__ is None or isinstance(model, torch.fx.GraphModule):
-            raise
-        from .frontend.partial import analyze_partial
-        return analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads, cause=e)
-    ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
-    return ChannelGraph(gm, ctx, sol)
+    if frontend not in ("auto", "fx", "export", "parts"):
+        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', got {frontend!r}")
+    cause: Optional[TraceError] = None
+    if frontend != "parts":
+        try:
+            gm = trace(model, example_inputs, frontend=frontend)
+        except TraceError as e:
+            # neither tracer took the whole model: analyse its traceable submodules instead
+            if frontend != "auto" or e.__cause__ is None or isinstance(model, torch.fx.GraphModule):
+                raise
+            cause = e
+        else:
+            ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
+            graph = ChannelGraph(gm, ctx, sol)
+            graph.frontend = gm.meta.get("fxprune_frontend", "fx")
+            return graph
+    from .frontend.partial import analyze_partial
+    part = analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads,
+                           cause=cause or TraceError("frontend='parts' was asked for"))
+    part.frontend = "parts"
+    return part

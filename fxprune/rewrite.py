@@ -27,6 +27,7 @@ from .errors import FxpruneError, PlanError, RewriteError
 from .lower import TRef
 from .plan import PrunePlan
 from .registry import lookup
+from .rules._util import call_args
 
 __all__ = ["prune", "apply_plan", "RewriteCtx"]
 
@@ -144,6 +145,8 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
         target = type(graph.ctx.modules[node.target]) if node.op == "call_module" else node.target
         rule = lookup(node.op, target)
         if rule is not None and rule.rewrite is not None:
+            if node.kwargs:  # rewrites read arguments by position: move keywords to their slots (a copy)
+                node.args, node.kwargs = call_args(node)
             try:
                 rule.rewrite(node, rctx)
             except FxpruneError:
@@ -192,7 +195,7 @@ def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
 
 
 def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool = False,
-          strict: bool = False) -> torch.fx.GraphModule:
+          strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
     """Remove the channels of ``plan`` and return a smaller GraphModule.
 
     ``model`` may be an ``nn.Module`` (traced here) or a GraphModule. The model is not modified unless
@@ -204,6 +207,12 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     :mod:`fxprune.frontend.partial`): the result is then a pruned deep copy of the model's own class
     (an ``nn.Module``, not a GraphModule) whose traced submodules were edited in place, or replaced by
     their pruned GraphModule where graph constants had to change.
+
+    ``output``: ``"graph"`` returns the pruned GraphModule; ``"module"`` returns a copy of the user's own
+    class with parameters sliced and layer attributes updated (see :mod:`fxprune.targets.module`; a
+    :class:`~fxprune.errors.RewriteError` names any graph constant only a GraphModule can carry);
+    ``"auto"`` gives the module when the model was captured by ``torch.export`` (``frontend``, see
+    :func:`fxprune.analyze`) and the GraphModule otherwise.
 
     Example:
         >>> import torch, torchvision, fxprune
@@ -220,10 +229,15 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
             warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
                           stacklevel=2)
             return model
-    graph = analyze(model, example_inputs, strict=strict)
+    if output not in ("auto", "graph", "module"):
+        raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
+    graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
     if not isinstance(graph, ChannelGraph):  # symbolic_trace failed: submodules were traced instead
         from .frontend.partial import apply_partial
         return apply_partial(graph, plan, inplace=inplace)
+    if getattr(graph, "frontend", "fx") == "export" or output == "module":
+        from .targets.module import prune_to_module
+        return prune_to_module(graph, plan, model, example_inputs, output, inplace)
     try:
         return apply_plan(graph, plan, model, inplace=inplace)
     except PlanError:

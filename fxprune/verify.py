@@ -26,10 +26,11 @@ from torch.utils._pytree import tree_flatten
 
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FallbackWarning, PlanError, VerificationError
-from .frontend import normalize_inputs
+from .frontend import Inputs, call_model, graph_args, normalize_inputs
 from .lower import TRef
 from .plan import PrunePlan
 from .registry import lookup
+from .rules._util import arg, normalize_call
 
 __all__ = ["verify", "VerifyReport", "masked_run"]
 
@@ -77,7 +78,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         self.special = {}
         for name, why in graph.ctx.stat_nodes.items():
             node = next(n for n in graph.gm.graph.nodes if n.name == name)
-            refs = [graph.ctx.tensor(node.args[0])] if node.args else []
+            refs = [graph.ctx.tensor(arg(node, 0, "input"))]
             if node.op == "call_module":  # removed channels inside a module (attention, recurrent units)
                 for pname, p in graph.ctx.modules[node.target].named_parameters(prefix=node.target):
                     refs.append(TRef(("param", graph.ctx.canonical.get(pname, pname)), tuple(p.shape)))
@@ -98,6 +99,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
         else:
             with self._set_current_node(n):
                 args, kwargs = self.fetch_args_kwargs_from_env(n)
+                args, kwargs = normalize_call(n.op, n.target, args, kwargs)  # positional, as rules read them
                 result = rule.masked_eval(n, args, kwargs, self.vctx)
         for path, d, idx in self.masks.get(n.name, ()):
             result = _set_path(result, path, lambda t: t.index_fill(d, idx.to(t.device), 0))
@@ -182,7 +184,7 @@ def verify(original: torch.nn.Module, small: torch.nn.Module, plan: Any, example
 
 def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, example_inputs: Any,
             atol: float, rtol: float) -> VerifyReport:
-    args = normalize_inputs(example_inputs)
+    args = example_inputs if isinstance(example_inputs, Inputs) else normalize_inputs(example_inputs)
     flags = {m: m.training for mod in (original, small) for m in mod.modules()}
     try:
         original.eval()
@@ -196,11 +198,21 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
                 return verify_partial(graph, small, plan, args, atol, rtol)
             exp = graph.expand(plan)
             interp = _MaskedInterpreter(graph, exp)
-            ref = _plain(interp.run(*args))
-            out = small(*args)
+            gargs = graph_args(graph.gm, args)
+            ref = _plain(interp.run(*gargs))
+            # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
+            exported = "fxprune_inputs" in graph.gm.meta
+            flat_small = isinstance(small, torch.fx.GraphModule) and "fxprune_inputs" in small.meta
+            out = small(*gargs) if flat_small else call_model(small, args)
             ref_leaves, ref_spec = tree_flatten(ref)
             out_leaves, out_spec = tree_flatten(out)
-            if ref_spec != out_spec:
+            if exported:
+                ref_leaves = [t for t in ref_leaves if isinstance(t, torch.Tensor)]
+                out_leaves = [t for t in out_leaves if isinstance(t, torch.Tensor)]
+                if len(ref_leaves) != len(out_leaves):
+                    raise VerificationError(f"the pruned model returns {len(out_leaves)} tensors, "
+                                            f"the original {len(ref_leaves)}")
+            elif ref_spec != out_spec:
                 raise VerificationError(f"output structure differs: {ref_spec} vs {out_spec}")
             diffs, bad = [], []
             for i, (r, o) in enumerate(zip(ref_leaves, out_leaves)):
@@ -210,7 +222,7 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
                     if not _ok(d, r, atol, rtol):
                         bad.append((i, d))
             if bad:
-                node, nd = _first_bad_node(graph, exp, small, args, atol, rtol)
+                node, nd = _first_bad_node(graph, exp, small, gargs, atol, rtol)
                 raise VerificationError(
                     f"pruned model differs from the masked original: output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}"
                     + (f"; first differing node {node.name} (max |Δ| = {nd:.3g})" if node is not None else ""),

@@ -1,0 +1,198 @@
+"""The module target: a copy of the user's own class with parameters sliced and attributes updated.
+
+The graph target returns a GraphModule; for a model captured by ``torch.export`` that graph takes flat
+tensor inputs and returns flat outputs, which is not what the user's code calls. The module target keeps
+the user's class (its methods, ``generate``, extra attributes such as timm's ``pretrained_cfg``): every
+parameter and buffer is sliced by qualified name, and the size attributes of the standard layers are set
+from the new shapes (``in_features``, ``out_channels``, ``normalized_shape``, ``num_features``,
+``embedding_dim``; ``groups`` of a conv and ``num_groups`` of a GroupNorm from the rewritten graph).
+
+That is the whole model only when every constant the graph target rewrote is one of those attributes. A
+constant written in ``forward`` (a ``view(b, n, 4, 16)``, a head count kept in a plain attribute) is not,
+so whenever the graph target changed a constant, the module is run once on the example inputs and must
+give the graph target's outputs; otherwise :class:`~fxprune.errors.RewriteError` names the constants.
+
+Example:
+    >>> import torch, fxprune
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> small = fxprune.prune(m, {"0.weight:0": [1, 2]}, torch.randn(1, 4), output="module")
+    >>> type(small).__name__, small[0].out_features, small[2].in_features
+    ('Sequential', 6, 6)
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Tuple
+
+import torch
+import torch.fx
+from torch.utils._pytree import tree_flatten
+
+from ..errors import RewriteError
+
+__all__ = ["prune_to_module", "build_module", "sync_attributes", "changed_constants"]
+
+log = logging.getLogger(__name__)
+
+
+def _shape_attrs(m: torch.nn.Module) -> None:
+    """Size attributes of a standard layer, read back from its (sliced) parameters."""
+    w = getattr(m, "weight", None)
+    if isinstance(m, torch.nn.Linear) and isinstance(w, torch.Tensor):
+        m.out_features, m.in_features = int(w.shape[0]), int(w.shape[1])
+    elif isinstance(m, torch.nn.modules.conv._ConvNd) and isinstance(w, torch.Tensor):
+        if m.transposed:
+            m.in_channels, m.out_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+        else:
+            m.out_channels, m.in_channels = int(w.shape[0]), int(w.shape[1]) * m.groups
+    elif isinstance(m, torch.nn.modules.batchnorm._NormBase):
+        ref = w if isinstance(w, torch.Tensor) else getattr(m, "running_mean", None)
+        if isinstance(ref, torch.Tensor):
+            m.num_features = int(ref.shape[0])
+    elif isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm)) and isinstance(w, torch.Tensor):
+        m.normalized_shape = tuple(int(s) for s in w.shape)
+    elif isinstance(m, torch.nn.GroupNorm) and isinstance(w, torch.Tensor):
+        m.num_channels = int(w.shape[0])
+    elif isinstance(m, torch.nn.Embedding) and isinstance(w, torch.Tensor):
+        m.num_embeddings, m.embedding_dim = int(w.shape[0]), int(w.shape[1])
+    elif type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor) and hasattr(m, "nf"):
+        m.nf = int(w.shape[1])  # Hugging Face GPT-2's transposed linear: forward views to (..., nf)
+        if hasattr(m, "nx"):
+            m.nx = int(w.shape[0])
+
+
+# Graph arguments that are module attributes: (function, argument position, module attribute).
+_GRAPH_ATTRS = {
+    "conv": (6, "groups"),
+    "group_norm": (1, "num_groups"),
+}
+
+
+def _owner(gm: torch.fx.GraphModule, node: torch.fx.Node, pos: int) -> str | None:
+    """The qualified name of the module whose parameter is argument ``pos`` of ``node``."""
+    a = node.args[pos] if len(node.args) > pos else None
+    if isinstance(a, torch.fx.Node) and a.op == "get_attr":
+        return a.target.rpartition(".")[0]
+    return None
+
+
+def sync_attributes(model: torch.nn.Module, small_gm: torch.fx.GraphModule) -> None:
+    """Set the size attributes of ``model``'s layers from their parameters and from ``small_gm``'s
+    rewritten ``groups``/``num_groups`` constants."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    for node in small_gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", "")
+        family = "conv" if name.startswith("conv") else name
+        if family not in _GRAPH_ATTRS:
+            continue
+        pos, attr = _GRAPH_ATTRS[family]
+        owner = _owner(small_gm, node, 1 if family == "conv" else 2)
+        value = node.args[pos] if len(node.args) > pos else node.kwargs.get(attr)
+        if owner in modules and isinstance(value, int) and hasattr(modules[owner], attr):
+            setattr(modules[owner], attr, value)
+    for m in model.modules():
+        _shape_attrs(m)
+
+
+def changed_constants(before: torch.fx.Graph, after: torch.fx.Graph) -> List[str]:
+    """Nodes whose non-tensor arguments the graph target rewrote, as ``name: old -> new``."""
+    out = []
+    for a, b in zip(before.nodes, after.nodes):
+        if a.op not in ("call_function", "call_method"):
+            continue
+        if _consts(a) != _consts(b):
+            out.append(f"{a.format_node()} -> args {b.args}")
+    return out
+
+
+def _consts(node: torch.fx.Node) -> Tuple[Any, ...]:
+    leaves, _ = tree_flatten((node.args, node.kwargs))
+    return tuple(x for x in leaves if not isinstance(x, torch.fx.Node))
+
+
+def build_module(new_root: torch.nn.Module, small_gm: torch.fx.GraphModule, before: torch.fx.Graph,
+                 run_module: Any, run_graph: Any) -> torch.nn.Module:
+    """Finish the module target ``new_root`` (a sliced copy of the user's model).
+
+    ``run_module()``/``run_graph()`` run the module and the graph target on the example inputs; they are
+    called only when the graph target changed a constant, to check the module carries the change.
+    """
+    sync_attributes(new_root, small_gm)
+    changed = changed_constants(before, small_gm.graph)
+    if not changed:
+        return new_root
+    log.info("graph target rewrote %d constant(s); checking the module target carries them", len(changed))
+    problem = ""
+    flags = {m: m.training for mod in (new_root, small_gm) for m in mod.modules()}
+    try:
+        new_root.eval()
+        small_gm.eval()
+        with torch.no_grad():
+            got, _ = tree_flatten(run_module())
+            want, _ = tree_flatten(run_graph())
+        got = [t for t in got if isinstance(t, torch.Tensor)]
+        want = [t for t in want if isinstance(t, torch.Tensor)]
+        if len(got) != len(want):
+            problem = f"{len(got)} output tensors instead of {len(want)}"
+        else:
+            for i, (g, w) in enumerate(zip(got, want)):
+                if g.shape != w.shape or not torch.allclose(g.double(), w.double(), atol=1e-4, rtol=1e-4):
+                    problem = f"output {i} differs from the graph target's"
+                    break
+    except Exception as e:  # the module's own forward still uses the old sizes
+        problem = f"its forward fails: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    if problem:
+        shown = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise RewriteError(
+            f"the pruned {type(new_root).__name__} cannot be returned as its own class ({problem}): the graph "
+            f"target rewrote constants that are not attributes fxprune knows: {shown}. Use output='graph' for "
+            f"a GraphModule that carries them.")
+    return new_root
+
+
+def _shallow_copy(model: torch.nn.Module, small: torch.fx.GraphModule) -> torch.nn.Module:
+    """The user's class around the pruned GraphModule's (already sliced and updated) children."""
+    new = object.__new__(type(model))
+    new.__dict__ = dict(model.__dict__)
+    new._modules = {k: small._modules.get(k, c) for k, c in model._modules.items()}
+    new._parameters = {k: small._parameters.get(k, p) for k, p in model._parameters.items()}
+    new._buffers = {k: small._buffers.get(k, b) for k, b in model._buffers.items()}
+    return new
+
+
+def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_inputs: Any, output: str,
+                    inplace: bool) -> torch.nn.Module:
+    """:func:`fxprune.prune` for ``output="module"`` and for graphs from the export frontend."""
+    from ..errors import PlanError
+    from ..frontend import call_model, graph_args
+    from ..rewrite import _clone_tree, _commit, apply_plan
+
+    exported = getattr(graph, "frontend", "fx") == "export"
+    if exported and inplace and output == "graph":
+        raise PlanError("inplace=True prunes the user's model, which output='graph' does not return; "
+                        "use output='module'")
+    small = apply_plan(graph, plan, graph.gm if exported else model, inplace=inplace and not exported)
+    if exported:
+        for k in ("fxprune_inputs", "fxprune_frontend"):
+            small.meta[k] = graph.gm.meta[k]
+    if output == "graph":
+        return small
+    pairs = None
+    if exported:
+        new_root, pairs = _clone_tree(model, graph, graph.expand(plan))
+        new_root.training = model.training
+    else:
+        new_root = model if inplace else _shallow_copy(model, small)
+    gargs = graph_args(graph.gm, example_inputs)
+    out = build_module(new_root, small, graph.gm.graph, lambda: call_model(new_root, example_inputs),
+                       lambda: small(*gargs))
+    if pairs is not None and inplace:
+        _commit(pairs)
+        sync_attributes(model, small)
+        return model
+    return out
