@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -26,11 +27,11 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from . import index_map
-from .errors import InternalError, UnsupportedOpError
+from .errors import FxpruneError, InternalError, UnsupportedOpError
 from .ir import ChannelIR, DimNode, Solution, ValueKey
 from .registry import lookup
 
-__all__ = ["TRef", "LowerCtx", "lower_graph", "node_label"]
+__all__ = ["TRef", "LowerCtx", "lower_graph", "node_label", "target_name", "share_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,55 @@ class TRef:
         return len(self.shape)
 
 
+def target_name(t: Any) -> str:
+    """A readable dotted name for a call target (``torch.nn.functional.relu``, ``aten.add.Tensor``).
+
+    pybind11 functions carry a mangled ``__qualname__`` (``pybind11_detail_function_record_...``) and
+    torch's own builtins a class-qualified one (``_VariableFunctionsClass.relu``): their ``__name__`` is
+    what the user wrote.
+
+    Example:
+        >>> import torch
+        >>> target_name(torch.relu), target_name(torch.nn.functional.gelu), target_name(torch.ops.aten.add.Tensor)
+        ('torch.relu', 'torch._C._nn.gelu', 'aten.add.Tensor')
+    """
+    if isinstance(t, str):
+        return t
+    if isinstance(t, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(t)
+    name = getattr(t, "__name__", None) or str(t)
+    qual = getattr(t, "__qualname__", None) or name
+    if "pybind11" in qual or "<" in qual or qual.startswith("_VariableFunctions"):
+        qual = name
+    module = getattr(t, "__module__", None) or ""
+    return f"{module}.{qual}" if module else qual
+
+
 def node_label(node: torch.fx.Node) -> str:
     """``call_function torch.nn.functional.relu`` style description of an op."""
     t = node.target
     if node.op == "call_module":
         t = type(node.graph.owning_module.get_submodule(node.target)).__qualname__
     elif callable(t):
-        t = f"{getattr(t, '__module__', '') or ''}.{getattr(t, '__qualname__', getattr(t, '__name__', t))}"
+        t = target_name(t)
     return f"{node.op} {t}"
+
+
+# A rule-less op is named once per user model, however often that model is analysed again (prune,
+# verify, the whole-head re-analysis, every Pruner step and budget probe): graphs traced from a model, and
+# models pruned from those, share the model's record.
+_ROOT: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+_WARNED: "weakref.WeakKeyDictionary[Any, set]" = weakref.WeakKeyDictionary()
+
+
+def share_warnings(new: torch.nn.Module, old: torch.nn.Module) -> None:
+    """``new`` (traced or pruned from ``old``) shares ``old``'s record of ops already warned about."""
+    if new is not old:
+        _ROOT[new] = _ROOT.get(old, old)
+
+
+def _warned(gm: torch.nn.Module) -> set:
+    return _WARNED.setdefault(_ROOT.get(gm, gm), set())
 
 
 class LowerCtx:
@@ -239,7 +281,13 @@ class LowerCtx:
                 raise UnsupportedOpError(f"no fxprune rule for {label}; its dims would be pinned", node)
             self.unknown.setdefault(label, []).append(node.name)
         else:
-            rule.lower(self, node)
+            try:
+                rule.lower(self, node)
+            except FxpruneError:
+                raise
+            except Exception as e:  # a rule that cannot read this call's arguments is our bug, named
+                raise InternalError(f"rule {rule.name!r} failed on {node_label(node)}: "
+                                    f"{type(e).__name__}: {e}", node) from e
         self._autopin(node, rule.name if rule else None)
 
     def _autopin(self, node: torch.fx.Node, rule_name: Optional[str]) -> None:
@@ -327,10 +375,12 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int 
             choices[name] = nxt[name]
         if not retry:
             break
-    if ctx.unknown:
-        lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"
-                          for k, v in ctx.unknown.items())
-        warnings.warn(f"fxprune: no rule for {len(ctx.unknown)} op(s); every dim they touch is pinned: {lines}",
+    warned = _warned(gm)
+    new = {k: v for k, v in ctx.unknown.items() if k not in warned}
+    if new:
+        warned.update(new)
+        lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})" for k, v in new.items())
+        warnings.warn(f"fxprune: no rule for {len(new)} op(s); every dim they touch is pinned: {lines}",
                       stacklevel=3)
     return ctx, sol
 

@@ -33,6 +33,7 @@ from .budget import fit_budget, resolve_target
 from .errors import PlanError
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import prune
+from .select import class_dim_counts
 
 __all__ = ["Pruner", "Proposal", "linear_scheduler"]
 
@@ -467,13 +468,8 @@ class _Guard:
     empty a dim or exceed ``max_pruning_ratio`` of the group's initial classes."""
 
     def __init__(self, c: _Cand, max_ratio: float):
-        self.counts: List[List[Tuple[int, int]]] = [[] for _ in c.scores]
-        self.remaining: Dict[int, int] = {}
-        for j, (_, _, pos) in enumerate(c.group.index_classes()):
-            self.remaining[j] = len(pos)
-            u, n = np.unique(pos[pos >= 0], return_counts=True)
-            for cls, cnt in zip(u.tolist(), n.tolist()):
-                self.counts[cls].append((j, cnt))
+        # every dim of the group, not only parameters: a split part or one head's slice may not empty
+        self.counts, self.remaining = class_dim_counts(c.group)
         already = c.n_init - len(c.scores)
         self.cap = max(0, math.floor(c.n_init * max_ratio + 1e-9) - already)
         if max_ratio >= 1.0:

@@ -9,7 +9,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ import torch
 from .analyze import ChannelGraph, Group
 from .plan import PrunePlan
 
-__all__ = ["plan_by_ratio", "class_scores"]
+__all__ = ["plan_by_ratio", "class_scores", "class_dim_counts"]
 
 
 def _tensors(graph: ChannelGraph) -> Dict[str, torch.Tensor]:
@@ -46,6 +46,38 @@ def class_scores(graph: ChannelGraph, group: Group, params: Dict[str, torch.Tens
     return np.sqrt(sq)
 
 
+def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[int, int]]:
+    """For every removable class of ``group`` (in :attr:`Group.all_classes` order): the dims of the group
+    it takes indices from, as ``(dim id, count)``; and every dim's size. A selection that never takes a
+    dim's last index keeps every value of the group non-empty: parameters, but also a split part, one
+    chunk or one head's slice of an activation.
+
+    Example:
+        >>> import torch, fxprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        >>> g = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
+        >>> counts, sizes = class_dim_counts(g)
+        >>> len(counts), all(n == 1 for c in counts for _, n in c), set(sizes.values())
+        (3, True, {3})
+    """
+    counts: List[List[Tuple[int, int]]] = [[] for _ in range(len(group.labels))]
+    sizes: Dict[int, int] = {}
+    if not len(group.labels):
+        return counts, sizes
+    order = np.argsort(group.labels)
+    sorted_labs = group.labels[order]
+    for d in group.dims:
+        if d.size == 0:
+            continue
+        sizes[d.id] = d.size
+        u, c = np.unique(group.sol_labels[d.base:d.base + d.size], return_counts=True)
+        at = np.clip(np.searchsorted(sorted_labs, u), 0, len(sorted_labs) - 1)
+        hit = sorted_labs[at] == u
+        for i, cnt in zip(order[at[hit]].tolist(), c[hit].tolist()):
+            counts[i].append((d.id, cnt))
+    return counts, sizes
+
+
 def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
@@ -54,7 +86,6 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     entries: Dict[str, List[int]] = {}
-    labels = graph.sol.labels
     params = _tensors(graph)
     for g in graph.groups:
         if g.pinned or not g.all_classes:
@@ -63,16 +94,7 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
         if n_remove == 0:
             continue
         scores = class_scores(graph, g, params)
-        pos = {lab: i for i, lab in enumerate(g.labels.tolist())}
-        # counts[i] = [(dim id, how many of its indices class i holds)]; a class may not take a dim's last ones.
-        counts: List[List] = [[] for _ in pos]
-        for d in g.dims:
-            u, c = np.unique(labels[d.base:d.base + d.size], return_counts=True)
-            for lab, cnt in zip(u.tolist(), c.tolist()):
-                i = pos.get(lab)
-                if i is not None:
-                    counts[i].append((d.id, cnt))
-        remaining = {d.id: d.size for d in g.dims}
+        counts, remaining = class_dim_counts(g)
         taken = 0
         for i in np.argsort(scores, kind="stable").tolist():
             if taken >= n_remove:
@@ -85,4 +107,3 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
             entries.setdefault(key, []).extend(idx)
             taken += 1
     return PrunePlan(entries)
-

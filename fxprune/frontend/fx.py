@@ -204,6 +204,8 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     args = normalize_inputs(example_inputs)
     gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
+    from ..lower import share_warnings  # rule-less ops are named once per user model
+    share_warnings(gm, model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     required = [n for n in placeholders if not n.args]  # placeholders without default values
     if len(args) < len(required) or len(args) > len(placeholders):

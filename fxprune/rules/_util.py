@@ -1,20 +1,93 @@
 """Small helpers shared by rule families: reading FX arguments and normalising dims."""
 from __future__ import annotations
 
+import functools
+import inspect
 import operator
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.fx
 
-__all__ = ["arg", "set_arg", "norm_dims", "spatial_rank", "size_reads", "fixed_size", "reads_pruned"]
+__all__ = ["arg", "set_arg", "call_args", "normalize_call", "norm_dims", "spatial_rank", "size_reads",
+           "fixed_size", "reads_pruned"]
+
+
+@functools.lru_cache(maxsize=4096)
+def _positional_names(op: str, target: Any, given: Tuple[str, ...]) -> Optional[Tuple[str, ...]]:
+    """Names of the positional parameters of a call target, in order (``self`` first for methods), from
+    the first signature that accepts every keyword in ``given``; None when no signature is known."""
+    sigs: List[List[Tuple[str, bool]]] = []  # [(name, keyword-only)]
+    if op == "call_method" and isinstance(target, str):
+        for s in torch._C._jit_get_schemas_for_operator(f"aten::{target}"):
+            sigs.append([(a.name, a.kwarg_only) for a in s.arguments])
+    elif isinstance(target, torch._ops.OpOverload):
+        sigs.append([(a.name, a.kwarg_only) for a in target._schema.arguments])
+    elif callable(target):
+        try:
+            params = inspect.signature(target).parameters.values()
+            sigs.append([(p.name, p.kind is p.KEYWORD_ONLY) for p in params
+                         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)])
+        except (TypeError, ValueError):  # a builtin: the TorchScript schemas of the torch op
+            from torch.fx.operator_schemas import get_signature_for_torch_op
+            for s in get_signature_for_torch_op(target) or ():
+                sigs.append([(p.name, p.kind is p.KEYWORD_ONLY) for p in s.parameters.values()])
+    for sig in sigs:
+        names = {n for n, _ in sig}
+        if all(k in names for k in given):
+            return tuple(n for n, kw_only in sig if not kw_only)
+    return None
+
+
+def normalize_call(op: str, target: Any, args: Sequence[Any], kwargs: Dict[str, Any]
+                   ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """``(args, kwargs)`` of a call with every keyword argument that has a positional slot right after
+    the given positional ones moved into it, so ``torch.flatten(input=x, start_dim=1)`` reads as
+    ``torch.flatten(x, 1)``. Works for torch functions, Tensor methods, Python functions and aten
+    overloads; a call whose signature is unknown is returned as it is.
+
+    Example:
+        >>> import torch
+        >>> normalize_call("call_function", torch.flatten, (), {"input": "x", "start_dim": 1})
+        (('x', 1), {})
+        >>> normalize_call("call_method", "sum", ("x",), {"keepdim": True})
+        (('x',), {'keepdim': True})
+    """
+    args = tuple(args)
+    if not kwargs:
+        return args, {}
+    try:
+        names = _positional_names(op, target, tuple(sorted(kwargs)))
+    except Exception:  # an exotic target: read it as given
+        names = None
+    if names is None:
+        return args, dict(kwargs)
+    out, rest = list(args), dict(kwargs)
+    for name in names[len(out):]:
+        if name not in rest:
+            break
+        out.append(rest.pop(name))
+    return tuple(out), rest
+
+
+def call_args(node: torch.fx.Node) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """The normalised ``(args, kwargs)`` of a call node (see :func:`normalize_call`)."""
+    if node.op not in ("call_function", "call_method"):
+        return tuple(node.args), dict(node.kwargs)
+    return normalize_call(node.op, node.target, node.args, node.kwargs)
 
 
 def arg(node: torch.fx.Node, pos: int, name: str, default: Any = None) -> Any:
-    """Argument ``name`` of a call, positional at ``pos`` (counting the tensor for methods) or keyword."""
+    """Argument ``name`` of a call, positional at ``pos`` (counting the tensor for methods) or keyword;
+    a keyword argument that has a positional slot is found at its position."""
     if len(node.args) > pos:
         return node.args[pos]
-    return node.kwargs.get(name, default)
+    if not node.kwargs:
+        return default
+    args, kwargs = call_args(node)
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
 
 
 def set_arg(node: torch.fx.Node, pos: int, name: str, value: Any) -> None:
@@ -23,10 +96,17 @@ def set_arg(node: torch.fx.Node, pos: int, name: str, value: Any) -> None:
         args = list(node.args)
         args[pos] = value
         node.args = tuple(args)
-    else:
-        kwargs = dict(node.kwargs)
-        kwargs[name] = value
-        node.kwargs = kwargs
+        return
+    kwargs = dict(node.kwargs)
+    if name not in kwargs and kwargs:  # given by keyword under its real name (``input=`` vs ``self``)
+        try:
+            names = _positional_names(node.op, node.target, tuple(sorted(kwargs)))
+        except Exception:
+            names = None
+        if names is not None and pos < len(names) and names[pos] in kwargs:
+            name = names[pos]
+    kwargs[name] = value
+    node.kwargs = kwargs
 
 
 def norm_dims(dims: Any, ndim: int) -> Optional[List[int]]:

@@ -53,7 +53,7 @@ def lower_stack(ctx, node) -> None:
 
 
 def lower_split(ctx, node) -> None:
-    x = ctx.tensor(node.args[0])
+    x = ctx.tensor(arg(node, 0, "input"))
     name = node.target if isinstance(node.target, str) else node.target.__name__
     dim = arg(node, 2, "dim", 0) if name != "unbind" else arg(node, 1, "dim", 0)
     if not isinstance(dim, int):
@@ -73,7 +73,7 @@ def rewrite_split(node, rctx) -> None:
     name = node.target if isinstance(node.target, str) else node.target.__name__
     if name == "unbind":
         return
-    x = rctx.tensor(node.args[0])
+    x = rctx.tensor(arg(node, 0, "input"))
     dim = arg(node, 2, "dim", 0) % x.ndim
     elems = rctx.out_elems(node)
     old = [r.shape[dim] for r in elems]

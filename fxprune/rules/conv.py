@@ -68,13 +68,13 @@ def _new_groups(rctx, node, x, w, transposed: bool, old_groups: int) -> int:
 
 def lower_conv_module(ctx, node) -> None:
     m = ctx.module()
-    _lower_conv(ctx, ctx.tensor(node.args[0]), ctx.param("weight"), ctx.param("bias"), ctx.out(),
+    _lower_conv(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.param("bias"), ctx.out(),
                 m.groups, isinstance(m, _CONVT))
 
 
 def rewrite_conv_module(node, rctx) -> None:
     m = rctx.module(node)
-    x, w = rctx.tensor(node.args[0]), rctx.param(node, "weight")
+    x, w = rctx.tensor(arg(node, 0, "input")), rctx.param(node, "weight")
     transposed = isinstance(m, _CONVT)
     m.groups = _new_groups(rctx, node, x, w, transposed, m.groups)
     cd = x.ndim - (w.ndim - 2) - 1
@@ -84,7 +84,7 @@ def rewrite_conv_module(node, rctx) -> None:
 
 def lower_conv_fn(ctx, node) -> None:
     transposed = node.target in _FCONVT
-    x, w = ctx.tensor(node.args[0]), ctx.tensor(arg(node, 1, "weight"))
+    x, w = ctx.tensor(arg(node, 0, "input")), ctx.tensor(arg(node, 1, "weight"))
     b = ctx.tensor(arg(node, 2, "bias"))
     groups = arg(node, 6, "groups", 1)
     if not isinstance(groups, int) or w is None:
@@ -95,7 +95,7 @@ def lower_conv_fn(ctx, node) -> None:
 def rewrite_conv_fn(node, rctx) -> None:
     groups = arg(node, 6, "groups", 1)
     if isinstance(groups, int) and groups > 1:
-        x, w = rctx.tensor(node.args[0]), rctx.tensor(arg(node, 1, "weight"))
+        x, w = rctx.tensor(arg(node, 0, "input")), rctx.tensor(arg(node, 1, "weight"))
         set_arg(node, 6, "groups", _new_groups(rctx, node, x, w, node.target in _FCONVT, groups))
 
 

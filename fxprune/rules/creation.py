@@ -12,7 +12,7 @@ import torch.fx
 from torch.fx.node import map_arg
 
 from ..registry import register
-from ._util import reads_pruned
+from ._util import arg, reads_pruned
 
 _FRESH = ("zeros", "ones", "full", "empty", "arange", "linspace", "logspace", "eye", "rand", "randn",
           "randint", "randperm", "tensor", "as_tensor", "scalar_tensor")
@@ -21,11 +21,11 @@ _NEW = ("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
 
 
 def lower_like(ctx, node) -> None:
-    ctx.couple_all(ctx.tensor(node.args[0]), ctx.out())
+    ctx.couple_all(ctx.tensor(arg(node, 0, "input")), ctx.out())
 
 
 def lower_new(ctx, node) -> None:
-    ctx.touch(ctx.tensor(node.args[0]))  # dtype and device only; the output's dims stay pinned
+    ctx.touch(ctx.tensor(arg(node, 0, "input")))  # dtype and device only; the output's dims stay pinned
 
 
 def lower_fresh(ctx, node) -> None:

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
+from ._util import arg
 
 _UNARY_NAMES = (
     "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "mish", "elu", "selu",
@@ -45,14 +46,14 @@ def lower_elementwise(ctx, node) -> None:
         ref = ctx.tensor(a)
         if ref is None:
             continue
-        if node.target in ("type_as", "to") and a is not node.args[0]:
+        if node.target in ("type_as", "to") and a is not arg(node, 0, "self"):
             ctx.touch(ref)  # only its dtype/device is read
             continue
         ctx.broadcast(out, ref)
 
 
 def lower_shape_query(ctx, node) -> None:
-    ref = ctx.tensor(node.args[0]) if node.args else None
+    ref = ctx.tensor(arg(node, 0, "input")) if node.args else None
     if ref is not None:
         ctx.touch(ref)
 

@@ -15,7 +15,7 @@ def _lower(ctx, ids, w, out) -> None:
 
 
 def lower_embedding_module(ctx, node) -> None:
-    _lower(ctx, ctx.tensor(node.args[0]), ctx.param("weight"), ctx.out())
+    _lower(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.out())
 
 
 def rewrite_embedding_module(node, rctx) -> None:
@@ -26,7 +26,7 @@ def rewrite_embedding_module(node, rctx) -> None:
 def lower_embedding_fn(ctx, node) -> None:
     w = ctx.tensor(arg(node, 1, "weight"))
     if w is not None:
-        _lower(ctx, ctx.tensor(node.args[0]), w, ctx.out())
+        _lower(ctx, ctx.tensor(arg(node, 0, "input")), w, ctx.out())
 
 
 register("call_module", (nn.Embedding,), "embedding", lower_embedding_module, rewrite_embedding_module)

@@ -21,7 +21,7 @@ def _lower_linear(ctx, x, w, b, out) -> None:
 
 
 def lower_linear_module(ctx, node) -> None:
-    _lower_linear(ctx, ctx.tensor(node.args[0]), ctx.param("weight"), ctx.param("bias"), ctx.out())
+    _lower_linear(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.param("bias"), ctx.out())
 
 
 def rewrite_linear_module(node, rctx) -> None:
@@ -32,7 +32,7 @@ def rewrite_linear_module(node, rctx) -> None:
 def lower_linear_fn(ctx, node) -> None:
     w = ctx.tensor(arg(node, 1, "weight"))
     if w is not None:
-        _lower_linear(ctx, ctx.tensor(node.args[0]), w, ctx.tensor(arg(node, 2, "bias")), ctx.out())
+        _lower_linear(ctx, ctx.tensor(arg(node, 0, "input")), w, ctx.tensor(arg(node, 2, "bias")), ctx.out())
 
 
 register("call_module", (nn.Linear,), "linear", lower_linear_module, rewrite_linear_module)

@@ -11,6 +11,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..registry import register
+from ._util import arg
 
 
 def _batch(ctx, out, ref, nb_ref: int) -> None:
@@ -22,7 +23,7 @@ def _batch(ctx, out, ref, nb_ref: int) -> None:
 
 
 def lower_matmul(ctx, node) -> None:
-    a, b = ctx.tensor(node.args[0]), ctx.tensor(node.args[1])
+    a, b = ctx.tensor(arg(node, 0, "input")), ctx.tensor(arg(node, 1, "other"))
     out = ctx.out()
     if a is None or b is None or out is None:
         return

@@ -30,7 +30,7 @@ def _channel_dim(m: nn.Module, x) -> int:
 
 
 def lower_bn_module(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     ctx.couple_all(x, out)
     cd = _channel_dim(ctx.module(), x)
     for p in _BN_PARAMS:
@@ -41,7 +41,7 @@ def lower_bn_module(ctx, node) -> None:
 
 def rewrite_bn_module(node, rctx) -> None:
     m = rctx.module(node)
-    x = rctx.tensor(node.args[0])
+    x = rctx.tensor(arg(node, 0, "input"))
     m.num_features = rctx.new_shape(x)[_channel_dim(m, x)]
 
 
@@ -56,7 +56,7 @@ def _input_stats(node) -> bool:
 
 
 def lower_bn_fn(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     ctx.couple_all(x, out)
     cd = 1 if x.ndim >= 2 else 0
     for pos, name in enumerate(_BN_FN_ARGS[1:], start=1):
@@ -72,7 +72,7 @@ def lower_bn_fn(ctx, node) -> None:
 def masked_bn_fn(node, args, kwargs, vctx) -> torch.Tensor:
     """Batch/instance norm with input statistics over the kept entries only, scattered back."""
     x = args[0]
-    kept = [vctx.kept(vctx.tensor(node.args[0]), d) for d in range(x.ndim)]
+    kept = [vctx.kept(vctx.tensor(arg(node, 0, "input")), d) for d in range(x.ndim)]
     cd = 1 if x.ndim >= 2 else 0
     args = list(args)
     kwargs = dict(kwargs)
@@ -101,26 +101,26 @@ def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
 
 def lower_gn_module(ctx, node) -> None:
     m = ctx.module()
-    _lower_gn(ctx, ctx.tensor(node.args[0]), ctx.out(), m.num_groups, ctx.param("weight"), ctx.param("bias"))
+    _lower_gn(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), m.num_groups, ctx.param("weight"), ctx.param("bias"))
 
 
 def rewrite_gn_module(node, rctx) -> None:
     m = rctx.module(node)
     k = m.num_channels // m.num_groups
-    m.num_channels = rctx.new_shape(rctx.tensor(node.args[0]))[1]
+    m.num_channels = rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[1]
     m.num_groups = 1 if m.num_groups == 1 else m.num_channels // k
 
 
 def lower_gn_fn(ctx, node) -> None:
     groups = arg(node, 1, "num_groups")
     if isinstance(groups, int):
-        _lower_gn(ctx, ctx.tensor(node.args[0]), ctx.out(), groups,
+        _lower_gn(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), groups,
                   ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias")))
 
 
 def rewrite_gn_fn(node, rctx) -> None:
     groups = arg(node, 1, "num_groups")
-    x = rctx.tensor(node.args[0])
+    x = rctx.tensor(arg(node, 0, "input"))
     k = x.shape[1] // groups
     set_arg(node, 1, "num_groups", 1 if groups == 1 else rctx.new_shape(x)[1] // k)
 
@@ -141,25 +141,25 @@ def _ln_k(shape: Any) -> int:
 def lower_ln_module(ctx, node) -> None:
     m = ctx.module()
     shape = m.normalized_shape
-    _lower_ln(ctx, ctx.tensor(node.args[0]), ctx.out(), _ln_k(shape), [ctx.param("weight"), ctx.param("bias")])
+    _lower_ln(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), _ln_k(shape), [ctx.param("weight"), ctx.param("bias")])
 
 
 def rewrite_ln_module(node, rctx) -> None:
     m = rctx.module(node)
     k = _ln_k(m.normalized_shape)
-    m.normalized_shape = tuple(rctx.new_shape(rctx.tensor(node.args[0]))[-k:])
+    m.normalized_shape = tuple(rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[-k:])
 
 
 def lower_ln_fn(ctx, node) -> None:
     shape = arg(node, 1, "normalized_shape")
     if isinstance(shape, (int, list, tuple)) and all(isinstance(s, int) for s in np.atleast_1d(shape).tolist()):
-        _lower_ln(ctx, ctx.tensor(node.args[0]), ctx.out(), _ln_k(shape),
+        _lower_ln(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), _ln_k(shape),
                   [ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias"))])
 
 
 def rewrite_ln_fn(node, rctx) -> None:
     k = _ln_k(arg(node, 1, "normalized_shape"))
-    new = tuple(rctx.new_shape(rctx.tensor(node.args[0]))[-k:])
+    new = tuple(rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[-k:])
     set_arg(node, 1, "normalized_shape", list(new) if isinstance(arg(node, 1, "normalized_shape"), list) else new)
 
 
@@ -183,7 +183,7 @@ def _scatter(full_shape, t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
 def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
     """LayerNorm/RMSNorm over the kept channels only, scattered back to the full shape."""
     x = args[0]
-    ref = vctx.tensor(node.args[0])
+    ref = vctx.tensor(arg(node, 0, "input"))
     kept = [vctx.kept(ref, d) for d in range(x.ndim)]
     if node.op == "call_module":
         m = vctx.module(node)
@@ -207,7 +207,7 @@ def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
 def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
     """GroupNorm(1, C) over the kept channels only, scattered back to the full shape."""
     x = args[0]
-    kept = [None, vctx.kept(vctx.tensor(node.args[0]), 1)] + [None] * (x.ndim - 2)
+    kept = [None, vctx.kept(vctx.tensor(arg(node, 0, "input")), 1)] + [None] * (x.ndim - 2)
     if node.op == "call_module":
         m = vctx.module(node)
         w, b, eps = m.weight, m.bias, m.eps
@@ -221,7 +221,7 @@ def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
 
 
 def lower_prelu(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     ctx.couple_all(x, out)
     w = ctx.param("weight")
     if w is not None and w.shape[0] > 1:

@@ -26,7 +26,7 @@ _POOL_FNS = (
 
 
 def _lower_spatial(ctx, node, nsp: int) -> None:
-    x = ctx.tensor(node.args[0])
+    x = ctx.tensor(arg(node, 0, "input"))
     for p, out in ctx.out_elems():
         lead = x.ndim - nsp
         for d in range(lead):
@@ -38,7 +38,7 @@ def lower_pool_module(ctx, node) -> None:
     m = ctx.module()
     name = type(m).__name__
     if isinstance(m, (nn.Upsample,)):
-        nsp = ctx.tensor(node.args[0]).ndim - 2
+        nsp = ctx.tensor(arg(node, 0, "input")).ndim - 2
     else:
         nsp = spatial_rank(name)
     _lower_spatial(ctx, node, nsp)
@@ -50,11 +50,11 @@ def lower_pool_fn(ctx, node) -> None:
 
 
 def lower_interpolate(ctx, node) -> None:
-    _lower_spatial(ctx, node, ctx.tensor(node.args[0]).ndim - 2)
+    _lower_spatial(ctx, node, ctx.tensor(arg(node, 0, "input")).ndim - 2)
 
 
 def lower_pad(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     pad = arg(node, 1, "pad")
     if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
         return
@@ -65,7 +65,7 @@ def lower_pad(ctx, node) -> None:
 
 
 def lower_roll(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     name = node.target if isinstance(node.target, str) else node.target.__name__
     dims = arg(node, 2 if name == "roll" else 1, "dims")
     moved = norm_dims(dims, x.ndim)

@@ -18,7 +18,7 @@ _KEEP = ("softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "sor
 
 
 def lower_reduce(ctx, node) -> None:
-    x = ctx.tensor(node.args[0])
+    x = ctx.tensor(arg(node, 0, "input"))
     if x is None:
         return
     dims = arg(node, 1, "dim")
@@ -39,7 +39,7 @@ def lower_reduce(ctx, node) -> None:
 
 
 def lower_keep(ctx, node) -> None:
-    x = ctx.tensor(node.args[0])
+    x = ctx.tensor(arg(node, 0, "input"))
     if node.op == "call_module":
         dim = getattr(ctx.module(), "dim", None)
     elif node.target is F.normalize:

@@ -41,7 +41,7 @@ def _runs(a: Tuple[int, ...], b: Tuple[int, ...]) -> List[Tuple[List[int], List[
 
 
 def lower_reshape(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     if x is None or out is None:
         return
     for ra, rb in _runs(x.shape, out.shape):
@@ -84,7 +84,7 @@ def rewrite_view(node, rctx) -> None:
 
 
 def rewrite_unflatten(node, rctx) -> None:
-    x, out = rctx.tensor(node.args[0]), rctx.tensor(node)
+    x, out = rctx.tensor(arg(node, 0, "input")), rctx.tensor(node)
     old, new = out.shape, rctx.new_shape(out)
     if old == new:
         return
@@ -99,7 +99,7 @@ def rewrite_unflatten(node, rctx) -> None:
 
 
 def lower_permute(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     n = x.ndim
     name = node.target if isinstance(node.target, str) else node.target.__name__
     perm = list(range(n))
@@ -126,19 +126,19 @@ def lower_permute(ctx, node) -> None:
 
 
 def lower_expand(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     off = out.ndim - x.ndim
     for d in range(x.ndim):
         if x.shape[d] == out.shape[d + off] and x.shape[d] != 1:
             ctx.couple(x, d, out, d + off)
-    other = ctx.tensor(node.args[1]) if len(node.args) > 1 else None
+    other = ctx.tensor(arg(node, 1, "other"))
     if other is not None:  # expand_as reads only the other tensor's size
         ctx.touch(other)
 
 
 def lower_reshape_as(ctx, node) -> None:
     """``x.reshape_as(other)`` / ``x.expand_as(other)``: the output takes ``other``'s (pruned) shape."""
-    other = ctx.tensor(node.args[1])
+    other = ctx.tensor(arg(node, 1, "other"))
     (lower_expand if node.target == "expand_as" else lower_reshape)(ctx, node)
     if other is not None:
         ctx.couple_all(other, ctx.out())
@@ -146,7 +146,7 @@ def lower_reshape_as(ctx, node) -> None:
 
 def lower_repeat_interleave(ctx, node) -> None:
     """``x.repeat_interleave(r, dim)``: index ``i * r + k`` of the output comes from index ``i``."""
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     r, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
     if x is None or out is None or not isinstance(dim, int) or not isinstance(r, int):
         return  # flattened, or repeats given per index: every dim pinned
@@ -159,7 +159,7 @@ def lower_repeat_interleave(ctx, node) -> None:
 
 
 def lower_repeat(ctx, node) -> None:
-    x, out = ctx.tensor(node.args[0]), ctx.out()
+    x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     off = out.ndim - x.ndim
     for d in range(x.ndim):
         if x.shape[d] == out.shape[d + off]:
