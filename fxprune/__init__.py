@@ -39,8 +39,9 @@ __all__ = [
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)
 from .sparse import BNScalePruner, GroupNormPruner, GrowingRegPruner  # noqa: E402
 from .count import count  # noqa: E402
+from .recalibrate import recalibrate_bn  # noqa: E402
 
-__all__ += ["count", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner"]
+__all__ += ["count", "recalibrate_bn", "BNScalePruner", "GroupNormPruner", "GrowingRegPruner"]
 
 from .errors import SerializationError  # noqa: E402
 from .saving import load, save  # noqa: E402  (portable saved models: torch.export .pt2 + plan + weights)
