@@ -23,9 +23,47 @@ from torch import nn
 
 from .errors import ShapeInfoError
 
-__all__ = ["recalibrate_bn"]
+__all__ = ["image_batches", "recalibrate_bn"]
 
 log = logging.getLogger(__name__)
+
+
+_IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def image_batches(directory: str, size: int, batch_size: int = 32, mean: tuple = _IMAGENET_MEAN,
+                  std: tuple = _IMAGENET_STD, limit: int | None = None) -> list[torch.Tensor]:
+    """The images of ``directory`` (sorted by name; jpg/png/webp/gif) as normalised ``[B, 3, size, size]``
+    batches: shorter side resized to ``size``, centre crop, ImageNet mean/std by default.
+
+    Example:
+        >>> import tempfile, PIL.Image
+        >>> d = tempfile.mkdtemp()
+        >>> PIL.Image.new("RGB", (60, 40)).save(f"{d}/a.png")
+        >>> [tuple(b.shape) for b in image_batches(d, 32)]
+        [(1, 3, 32, 32)]
+    """
+    import os
+
+    import PIL.Image
+    from torchvision.transforms.v2 import functional as TF
+
+    if not os.path.isdir(directory):
+        raise ShapeInfoError(f"calibration images: {directory!r} is not a directory")
+    names = sorted(n for n in os.listdir(directory) if n.lower().endswith(_IMAGE_EXT))[:limit]
+    if not names:
+        raise ShapeInfoError(f"calibration images: no {'/'.join(_IMAGE_EXT)} files in {directory!r}")
+    images = []
+    for n in names:
+        try:
+            with PIL.Image.open(os.path.join(directory, n)) as f:
+                img = TF.pil_to_tensor(f.convert("RGB"))
+        except Exception as e:  # a corrupt or unsupported file names itself
+            raise ShapeInfoError(f"calibration images: cannot read {n!r}: {e}") from e
+        img = TF.center_crop(TF.resize(img, [size], antialias=True), [size, size])
+        images.append(TF.normalize(img.float() / 255.0, list(mean), list(std)))
+    return [torch.stack(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
 def _call(model: nn.Module, batch: Any) -> Any:

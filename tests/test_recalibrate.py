@@ -84,3 +84,19 @@ def test_no_batchnorm_is_told(caplog):
     with caplog.at_level(logging.WARNING, logger="fxprune.recalibrate"):
         assert fxprune.recalibrate_bn(m, [torch.randn(1, 2)]) is m
     assert any("no BatchNorm" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_calibrate_images(tmp_path, capsys):
+    PIL = pytest.importorskip("PIL.Image")
+    from fxprune.cli import main
+    for i in range(3):
+        PIL.new("RGB", (40, 36), (40 * i, 90, 200 - 50 * i)).save(tmp_path / f"{i}.png")
+    rc = main(["prune", "resnet18", "--input-size", "32", "--ratio", "0.3", "--calibrate-images", str(tmp_path),
+               "-q", "--repeat", "1", "--warmup", "0"])
+    assert rc == 0
+    assert "recalibrated BatchNorm statistics" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["prune", "resnet18", "--input-size", "32", "--calibrate-images", str(empty), "-q",
+                 "--repeat", "1", "--warmup", "0"]) == 2
+    assert "no .jpg" in capsys.readouterr().err
