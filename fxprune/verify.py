@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten
 
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FallbackWarning, PlanError, VerificationError
-from .frontend import Inputs, call_model, graph_args, normalize_inputs
+from .frontend import Inputs, call_graph, call_model, graph_args, normalize_inputs
 from .lower import TRef
 from .plan import PrunePlan
 from .registry import lookup
@@ -202,8 +202,8 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
             ref = _plain(interp.run(*gargs))
             # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
             exported = "fxprune_inputs" in graph.gm.meta
-            flat_small = isinstance(small, torch.fx.GraphModule) and "fxprune_inputs" in small.meta
-            out = small(*gargs) if flat_small else call_model(small, args)
+            graph_target = isinstance(small, torch.fx.GraphModule) and "fxprune_inputs" in small.meta
+            out = call_graph(small, args) if graph_target else call_model(small, args)
             ref_leaves, ref_spec = tree_flatten(ref)
             out_leaves, out_spec = tree_flatten(out)
             if exported:

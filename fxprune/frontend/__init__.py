@@ -13,10 +13,10 @@ import torch
 
 from ..errors import TraceError
 from . import fx as _fx
-from .export import Inputs, call_model, export_trace, graph_args, split_inputs
+from .export import Inputs, call_graph, call_model, export_trace, graph_args, split_inputs
 from .fx import normalize_inputs, propagate_shapes
 
-__all__ = ["trace", "propagate_shapes", "normalize_inputs", "Inputs", "graph_args", "call_model",
+__all__ = ["trace", "propagate_shapes", "normalize_inputs", "Inputs", "graph_args", "call_model", "call_graph",
            "split_inputs", "FRONTENDS"]
 
 log = logging.getLogger(__name__)

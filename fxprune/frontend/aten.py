@@ -141,6 +141,39 @@ def _batch_norm(node: torch.fx.Node) -> Converted:
     return "call_function", F.batch_norm, (x, rm, rv, w, b, bool(training), momentum, eps), {}
 
 
+def _instance_norm(node: torch.fx.Node) -> Converted:
+    # aten: (input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn_enabled)
+    x, w, b, rm, rv, use_stats, momentum, eps = (list(node.args) + [None] * 8)[:8]
+    return "call_function", F.instance_norm, (x, rm, rv, w, b, bool(use_stats), momentum, eps), {}
+
+
+_MODES = {0: "bilinear", 1: "nearest", 2: "bicubic"}
+_PADDING = {0: "zeros", 1: "border", 2: "reflection"}
+
+
+def _grid_sampler(node: torch.fx.Node) -> Converted:
+    x, grid, mode, padding, align = node.args[:5]
+    return "call_function", F.grid_sample, (x, grid), {
+        "mode": _MODES[mode], "padding_mode": _PADDING[padding], "align_corners": bool(align)}
+
+
+def _upsample(mode: str) -> Callable[[torch.fx.Node], Converted]:
+    def conv(node: torch.fx.Node) -> Converted:
+        a = list(node.args) + [None] * 4
+        if mode == "nearest":  # (input, output_size, scale_factors)
+            x, size, scale, align = a[0], a[1], a[2], None
+        else:  # (input, output_size, align_corners, scale_factors)
+            x, size, align, scale = a[0], a[1], a[2], a[3]
+        kw = {"size": list(size) if size is not None else None, "mode": mode}
+        if size is None:
+            kw["scale_factor"] = list(scale) if scale is not None else None
+        if align is not None:
+            kw["align_corners"] = bool(align)
+        return "call_function", F.interpolate, (x,), kw
+    conv.__name__ = f"upsample_{mode}"
+    return conv
+
+
 def _slice(node: torch.fx.Node) -> Converted:
     x = node.args[0]
     given = list(node.args[1:])
@@ -168,6 +201,29 @@ def _to(node: torch.fx.Node) -> Converted:
 
 
 _reg(_dropout, *_ov("dropout", "default"))
+_reg(_instance_norm, *_ov("instance_norm", "default"))
+_reg(_grid_sampler, *_ov("grid_sampler", "default"))
+_reg(_upsample("bilinear"), *_ov("upsample_bilinear2d", "vec"))
+_reg(_upsample("nearest"), *_ov("upsample_nearest2d", "vec"))
+_reg(_upsample("bicubic"), *_ov("upsample_bicubic2d", "vec"))
+_reg(_same(operator.and_), *_ov("__and__", "Tensor", "Scalar"))
+_reg(_same(operator.or_), *_ov("__or__", "Tensor", "Scalar"))
+for _name in ("new_ones", "new_zeros", "new_full", "new_empty"):
+    _reg(_method(_name), *_ov(_name, "default"))
+
+# Families whose torch-level namesake (``torch.<op>``) takes the aten positional arguments unchanged.
+_NAMESAKE_RULES = ("elementwise", "reduction", "softmax-like")
+
+
+def _namesake(node: torch.fx.Node) -> Converted:
+    """``aten.<op>.<overload>`` -> ``torch.<op>`` when that is an element-wise op or a reduction with a
+    rule (``relu_``, ``eq``, ``rsub``, ``amax``...); anything else stays an aten node."""
+    from ..registry import lookup
+    fn = getattr(torch, getattr(node.target, "_opname", ""), None)
+    rule = lookup("call_function", fn) if callable(fn) else None
+    if rule is None or rule.name not in _NAMESAKE_RULES:
+        return None
+    return "call_function", fn, tuple(node.args), dict(node.kwargs)
 _reg(_embedding, *_ov("embedding", "default"))
 _reg(_batch_norm, *_ov("batch_norm", "default"))
 _reg(_slice, *_ov("slice", "Tensor"))
@@ -194,6 +250,8 @@ def raise_graph(gm: torch.fx.GraphModule) -> int:
             changed += 1
             continue
         conv = RAISE.get(node.target)
+        if conv is None and isinstance(node.target, torch._ops.OpOverload):
+            conv = _namesake
         new = conv(node) if conv is not None else None
         if new is None:
             continue

@@ -7,8 +7,8 @@ guard call and metadata asserts are dropped, aten nodes are raised to their torc
 (:mod:`fxprune.frontend.aten`), non-tensor inputs (``use_cache=False``) are specialised to constants, and
 shapes come from the exporter's own ``meta["val"]`` (turned into meta tensors; no forward is run).
 
-The GraphModule takes the tensor leaves of ``(args, kwargs)`` as positional inputs and returns the
-leaves of the model's output as a tuple; :func:`graph_args` turns example inputs into that form.
+The GraphModule is called like the model, without the specialised inputs, and returns the model's output
+structure; analysis and verification run it on the tensor leaves of ``(args, kwargs)`` (:func:`graph_args`).
 
 Example:
     >>> import torch, fxprune
@@ -31,12 +31,13 @@ from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.fx
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
+from torch.utils._pytree import tree_flatten, tree_map, tree_structure
 
 from ..errors import TraceError
 from .aten import raise_graph
 
-__all__ = ["Inputs", "export_trace", "graph_args", "call_model", "split_inputs"]
+__all__ = ["Inputs", "export_trace", "graph_args", "call_model", "call_graph", "split_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,22 @@ def graph_args(gm: torch.fx.GraphModule, example_inputs: Any) -> Tuple[Any, ...]
     return tuple(leaves[i] for i in spec["kept"])
 
 
+def _in_kwargs(kwargs: Dict[str, Any], in_spec: Any) -> List[Tuple[str, Any]]:
+    """The keyword inputs in the order the exporter flattened them."""
+    keys = in_spec.child(1).context if in_spec.num_children == 2 else list(kwargs)
+    return [(k, kwargs[k]) for k in keys]
+
+
+def call_graph(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+    """Call an exported graph (or its graph target) on the user's example inputs."""
+    info = gm.meta["fxprune_inputs"]
+    if info["flat_call"]:
+        return gm(*graph_args(gm, example_inputs))
+    args, kwargs = split_inputs(example_inputs)
+    return gm(*(a for a in args if isinstance(a, torch.Tensor)),
+              **{k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+
+
 def _flat_inputs(args: Tuple[Any, ...], kwargs: Dict[str, Any], in_spec: Any) -> List[Any]:
     from torch.fx._pytree import tree_flatten_spec
     return list(tree_flatten_spec((args, kwargs), in_spec))
@@ -132,18 +149,27 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
             continue
         ph.replace_all_uses_with(leaf)  # a flag such as use_cache=False: specialised, not an input
         graph.erase_node(ph)
-    graph._codegen = torch.fx.graph.CodeGen()  # positional tensor inputs, a flat tuple out
-    out = next(iter(reversed(graph.nodes)))
-    out.args = (tuple(out.args[0]) if isinstance(out.args[0], (list, tuple)) else out.args[0],)
+    # The graph target is called like the model, minus the specialised inputs, and returns the model's
+    # output structure (a ModelOutput, a list of flows); nested inputs are taken as flat leaves.
+    simple = all(not isinstance(a, (list, tuple, dict)) for a in list(args) + list(kwargs.values()))
+    if simple:
+        spec_in = tree_structure((tuple(a for a in args if isinstance(a, torch.Tensor)),
+                                  {k: v for k, v in _in_kwargs(kwargs, in_spec) if isinstance(v, torch.Tensor)}))
+    else:
+        spec_in = tree_structure((tuple(leaves[i] for i in kept), {}))
+    names = [n.name for n in graph.nodes if n.op == "placeholder"]
+    graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, spec_in, ep.call_spec.out_spec))
+    gm._in_spec = spec_in
     raise_graph(gm)
     for node in graph.nodes:
         if "val" in node.meta:
             node.meta["val"] = tree_map(_to_meta, node.meta["val"])
+    out = next(iter(reversed(graph.nodes)))
     out.meta["val"] = tuple(a.meta.get("val") if isinstance(a, torch.fx.Node) else a
                             for a in tree_flatten(out.args[0])[0])
     graph.eliminate_dead_code()
     gm.recompile()
-    gm.meta["fxprune_inputs"] = {"in_spec": in_spec, "kept": kept, "out_spec": ep.call_spec.out_spec}
+    gm.meta["fxprune_inputs"] = {"in_spec": in_spec, "kept": kept, "flat_call": not simple}
     gm.meta["fxprune_frontend"] = "export"
     gm.meta["fxprune_constants"] = set(ep.constants) - {n for n, _ in model.named_buffers()}
     return gm

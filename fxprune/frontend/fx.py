@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import operator
+import warnings
 from typing import Any, Dict, Tuple
 
 import torch
@@ -94,9 +96,61 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
             "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
     finally:
         _drop_proxies(snapshot)
+    _bind_training(model, graph)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     gm.meta["fxprune_constants"] = set(tracer.tensor_attrs.values())
     return gm
+
+
+def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
+    """Arguments that read ``self.training`` read it at run time again (``F.dropout(x, p, self.training)``).
+
+    Tracing turns ``self.training`` into the bool of the moment, so a model pruned in train mode would
+    drop out forever. The model is traced once more with every ``training`` flag flipped (flags set
+    directly, no ``train()`` override runs): bool arguments that flip with it become ``self.training``
+    (or ``not self.training``). A forward whose graph changes with the mode is reported once.
+    """
+    flags = {m: m.training for m in model.modules()}
+    try:
+        for m in flags:
+            m.training = not flags[m]
+        other = _Tracer().trace(model)
+    except Exception:  # the other mode does not trace: keep the graph as it is, but say so
+        other = None
+    finally:
+        for m, t in flags.items():
+            m.training = t
+    mode = "train" if model.training else "eval"
+    nodes, others = list(graph.nodes), list(other.nodes) if other is not None else []
+    if len(nodes) != len(others) or any((a.op, a.target) != (b.op, b.target) for a, b in zip(nodes, others)):
+        warnings.warn(f"fxprune: {type(model).__name__}.forward takes another path in train and eval mode; "
+                      f"the traced graph, and a model pruned from it, follow {mode} mode", stacklevel=4)
+        return
+    reads: Dict[bool, torch.fx.Node] = {}
+
+    def flag(value: bool) -> torch.fx.Node:  # the node reading self.training (negated when value differs)
+        if model.training not in reads:
+            with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")):
+                reads[model.training] = graph.get_attr("training")
+        if value not in reads:
+            with graph.inserting_after(reads[model.training]):
+                # ``training == False``: TorchScript has no ``operator.not_``
+                reads[value] = graph.call_function(operator.eq, (reads[model.training], False))
+        return reads[value]
+
+    def merge(a: Any, b: Any) -> Any:
+        if isinstance(a, bool) and isinstance(b, bool) and a != b:
+            return flag(a)
+        if isinstance(a, (tuple, list)) and type(a) is type(b) and len(a) == len(b):
+            return type(a)(merge(x, y) for x, y in zip(a, b))
+        if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+            return {k: merge(a[k], b[k]) for k in a}
+        return a
+
+    for a, b in zip(nodes, others):
+        args, kwargs = merge(a.args, b.args), merge(a.kwargs, b.kwargs)
+        if args != a.args or kwargs != a.kwargs:
+            a.args, a.kwargs = args, kwargs
 
 
 # Modules whose output has the input's shape: on meta tensors their kernels (decompositions) are the

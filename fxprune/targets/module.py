@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -169,7 +170,8 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
                     inplace: bool) -> torch.nn.Module:
     """:func:`fxprune.prune` for ``output="module"`` and for graphs from the export frontend."""
     from ..errors import PlanError
-    from ..frontend import call_model, graph_args
+    from ..frontend import normalize_inputs
+    from ..frontend import call_graph, call_model
     from ..rewrite import _clone_tree, _commit, apply_plan
 
     exported = getattr(graph, "frontend", "fx") == "export"
@@ -188,9 +190,17 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
         new_root.training = model.training
     else:
         new_root = model if inplace else _shallow_copy(model, small)
-    gargs = graph_args(graph.gm, example_inputs)
-    out = build_module(new_root, small, graph.gm.graph, lambda: call_model(new_root, example_inputs),
-                       lambda: small(*gargs))
+    run_graph = (lambda: call_graph(small, example_inputs)) if exported else (lambda: small(*normalize_inputs(
+        example_inputs)))
+    try:
+        out = build_module(new_root, small, graph.gm.graph, lambda: call_model(new_root, example_inputs),
+                           run_graph)
+    except RewriteError as e:
+        if output != "auto":
+            raise
+        # the graph target is still right and is called like the model: return it, saying why
+        warnings.warn(f"fxprune: returning a GraphModule, not {type(model).__name__}: {e}", stacklevel=3)
+        return small
     if pairs is not None and inplace:
         _commit(pairs)
         sync_attributes(model, small)
