@@ -1,6 +1,7 @@
-# fxprune: `make demo`, `make test`, `make bench`.
+# fxprune: `make demo`, `make test`, `make bench`, `make dist`.
 # The virtual environment is .venv; installing into it happens once (a stamp file records it) and
-# again only when pyproject.toml changes.
+# again only when pyproject.toml or constraints.txt changes. pyproject.toml declares version ranges;
+# constraints.txt pins the exact versions installed here and in CI.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -9,19 +10,21 @@ STAMP  := $(VENV)/.fxprune-test-installed
 BSTAMP := $(VENV)/.fxprune-bench-installed
 BENCH_ARGS ?=
 
-.PHONY: demo test bench venv clean
+CONSTRAINTS := -c constraints.txt
+
+.PHONY: demo test bench venv dist clean
 
 venv: $(STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[test]'
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
-$(BSTAMP): pyproject.toml | $(STAMP)
-	$(PY) -m pip install -e '.[test,bench]'
+$(BSTAMP): pyproject.toml constraints.txt | $(STAMP)
+	$(PY) -m pip install $(CONSTRAINTS) -e '.[test,bench]'
 	touch $@
 
 demo: $(STAMP)
@@ -32,6 +35,11 @@ test: $(STAMP)
 
 bench: $(BSTAMP)
 	$(PY) benchmarks/zoo.py $(BENCH_ARGS)
+
+# Wheel and sdist in dist/ (the `build` front end is installed into .venv on first use).
+dist: $(STAMP)
+	$(PY) -m pip install -q build
+	$(PY) -m build --outdir dist .
 
 clean:
 	rm -f $(STAMP) $(BSTAMP)
