@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -32,7 +33,7 @@ from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
 from .errors import PlanError
 from .plan import PrunePlan, make_key, parse_key
-from .rewrite import prune
+from .rewrite import _prune
 from .select import class_dim_counts
 
 __all__ = ["Pruner", "Proposal", "linear_scheduler"]
@@ -160,6 +161,7 @@ class Pruner:
         self._plan: Dict[str, List[int]] = {}
         self.num_heads: Dict[str, int] = {}
         self._baseline: Optional[Tuple[int, int]] = None
+        self._why: Dict[str, List[str]] = {}  # reason -> groups that lose nothing this step
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -176,8 +178,26 @@ class Pruner:
         self.current_step += 1
         if interactive:
             return self._interactive()
+        self._why = {}
+        removed_before = sum(len(v) for v in self._plan.values())  # a head step applies its own plan
         plan = self._select_step()
+        if not len(plan) and sum(len(v) for v in self._plan.values()) == removed_before:
+            self._warn_nothing()
         return self._apply(plan)
+
+    def _note(self, g: Group, why: str) -> None:
+        """Why ``g`` loses nothing in this step (reported when the whole step removes nothing)."""
+        self._why.setdefault(why, []).append(g.key)
+
+    def _warn_nothing(self) -> None:
+        """One warning saying why a step removes nothing: which groups, for which reason."""
+        why = getattr(self, "_why", {}) or {"the model has no prunable group": []}
+        parts = []
+        for reason, keys in sorted(why.items(), key=lambda kv: -len(kv[1])):
+            shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+            parts.append(f"{len(keys)} group(s) {reason}" + (f" ({shown})" if keys else "") if keys else reason)
+        warnings.warn(f"fxprune: Pruner step {self.current_step}/{self.iterative_steps} removes nothing: "
+                      + "; ".join(parts), stacklevel=3)
 
     def manual_prune_width(self, layer: nn.Module, amount: Union[float, Sequence[int]]) -> nn.Module:
         """Prune the output channels of one ``layer`` (a module of the current model, or of the original
@@ -269,9 +289,13 @@ class Pruner:
         head_dim_groups = set() if self.prune_head_dims else set(_head_groups(graph))
         for g in graph.groups:
             if g.pinned or not g.all_classes or g.key in head_dim_groups or self._ignored(g):
+                self._note(g, "pinned: " + g.pinned if g.pinned else "have no removable class"
+                           if not g.all_classes else "are head dims (prune_head_dims=False)"
+                           if g.key in head_dim_groups else "are in ignored_layers")
                 continue
             scores = self.importance(g, graph.gm)
             if scores is None:
+                self._note(g, f"get no scores from {type(self.importance).__name__}")
                 continue
             s = torch.as_tensor(scores, dtype=torch.float64)
             if s.ndim != 1 or len(s) != len(g.all_classes):
@@ -335,6 +359,8 @@ class Pruner:
         else:
             n_remove = max(0, n_now - int(n_init * (1 - ratio)))
         if n_remove == 0:
+            for c in scope:
+                self._note(c.group, f"already keep what the ratio {ratio:g} of this step asks")
             return []
         order = sorted(((float(s), k, i) for k, c in enumerate(scope) for i, s in enumerate(c.scores)))
         guards = [_Guard(c, self.max_pruning_ratio) for c in scope]
@@ -346,6 +372,9 @@ class Pruner:
                 picked.append((scope[k], i))
         if self.round_to and len(scope) > 1:
             picked = self._round_global(scope, guards, picked, order)
+        if not picked:
+            for c in scope:
+                self._note(c.group, "would empty a value or pass max_pruning_ratio with any class removed")
         return picked
 
     def _keep(self, n_init: int, ratio: float) -> int:
@@ -380,7 +409,10 @@ class Pruner:
         target = base - (base - final) * self.current_step / self.iterative_steps
         graph = self._analyze()
         order = self._removal_order(self._candidates(graph))
-        return fit_budget(graph, self.model, self.example_inputs, order, metric, target)
+        plan = fit_budget(graph, self.model, self.example_inputs, order, metric, target)
+        if not len(plan) and order:
+            self._why = {f"the model already meets {metric} <= {target:,} at this step": []}
+        return plan
 
     def _removal_order(self, cands: List["_Cand"]) -> List[Tuple[str, List[int]]]:
         """All removable classes in the order a budget search takes them."""
@@ -418,7 +450,7 @@ class Pruner:
     def _apply(self, plan: PrunePlan) -> nn.Module:
         if not len(plan):
             return self.model
-        small = prune(self.model, plan, self.example_inputs)
+        small = _prune(self.model, plan, self.example_inputs)
         applied = small.meta["fxprune"]["plan"] if hasattr(small, "meta") and "fxprune" in small.meta else None
         if applied is None:  # a model pruned by a fallback frontend records the expansion on the module
             applied = getattr(small, "_fxprune_expanded", plan)

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.node import map_arg
 
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FxpruneError, PlanError, RewriteError
@@ -125,6 +127,61 @@ def _clone_tree(root: torch.nn.Module, graph: ChannelGraph, exp: Expansion) -> T
     return visit(root, ""), pairs
 
 
+def _size_read(node: torch.fx.Node) -> Optional[Tuple[torch.fx.Node, Optional[List[int]]]]:
+    """``(x, dims)`` when ``node`` reads sizes of tensor ``x``: ``x.size(d)``, ``x.size()``, ``x.shape``,
+    ``x.shape[i]``, ``x.shape[a:b]``, ``x.numel()``; ``dims`` None means every dim."""
+    if node.op == "call_method" and node.target in ("size", "numel") and node.args:
+        d = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return node.args[0], [d] if isinstance(d, int) else None
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return node.args[0], None
+    if node.op == "call_function" and node.target is operator.getitem:
+        src, i = node.args
+        whole = _size_read(src) if isinstance(src, torch.fx.Node) else None
+        val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        if whole is not None and whole[1] is None and isinstance(val, (tuple, list)):
+            if isinstance(i, int):
+                return whole[0], [i]
+            bounds = (i.start, i.stop, i.step) if isinstance(i, slice) else (0.5,)
+            if all(v is None or isinstance(v, int) for v in bounds):
+                return whole[0], list(range(len(val)))[i]
+    return None
+
+
+def _freeze_size_reads(graph: torch.fx.Graph, rctx: RewriteCtx) -> None:
+    """A size read of a dim that lost channels keeps its original value where it is used as a number.
+
+    The pruned model must compute what the original computes with the channels zeroed, so
+    ``scores * q.size(-1) ** -0.5`` keeps the original scale. The rules have already replaced such reads
+    where they size a tensor (``view``/``reshape``/``expand``/``split`` sizes, creation ops); any use left
+    is arithmetic on the value.
+    """
+    for node in list(graph.nodes):
+        read = _size_read(node)
+        if read is None or not node.users:
+            continue
+        x, dims = read
+        ref = rctx.tensor(x)
+        if ref is None:
+            continue
+        dims = range(ref.ndim) if dims is None else [d % ref.ndim for d in dims]
+        if not any(len(rctx.removed(ref, d)) for d in dims):
+            continue
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)) and all(isinstance(v, int) for v in val):  # torch.Size
+            const: Any = tuple(int(v) for v in val)
+        elif isinstance(val, int) and not isinstance(val, bool):
+            const = int(val)
+        else:
+            continue
+        for user in list(node.users):
+            if _size_read(user) is not None and user.target is operator.getitem:
+                continue  # ``x.shape[i]`` is a read of its own
+            user.args = map_arg(user.args, lambda a: const if a is node else a)
+            user.kwargs = map_arg(user.kwargs, lambda a: const if a is node else a)
+            log.debug("size read %s used by %s frozen to its original value %s", node.name, user.name, const)
+
+
 def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
                inplace: bool = False) -> torch.fx.GraphModule:
     """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`."""
@@ -153,6 +210,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
                 raise
             except Exception as e:
                 raise RewriteError(f"rewriting {rule.name} failed: {type(e).__name__}: {e}", node) from e
+    _freeze_size_reads(new_graph, rctx)
     for node in new_graph.nodes:  # shapes in meta follow the pruned sizes
         ref = rctx.tensor(node)
         if ref is not None and ref.key[0] == "value":
@@ -174,6 +232,10 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
     small.training = root.training
     prev = getattr(root, "meta", {}).get("fxprune", {}) if isinstance(root, torch.fx.GraphModule) else {}
     small.meta["fxprune"] = {"plan": exp.plan, "applied": list(prev.get("applied", [])) + [plan.to_json()]}
+    if "fxprune_constants" in graph.gm.meta:  # tensors the tracer stowed away stay constants, never plan keys
+        small.meta["fxprune_constants"] = set(graph.gm.meta["fxprune_constants"])
+    from .lower import share_warnings
+    share_warnings(small, graph.gm)
     if inplace:
         _commit(pairs)
         small._modules.update(root._modules)
@@ -229,6 +291,13 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
             warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
                           stacklevel=2)
             return model
+    return _prune(model, plan, example_inputs, inplace, strict, output, frontend)
+
+
+def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace: bool = False,
+           strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
+    """:func:`prune` without its "already applied" check: the Pruner's next step may read like the last
+    one (the same indices, now in the pruned model's coordinates) and must still be applied."""
     if output not in ("auto", "graph", "module"):
         raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
     graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
@@ -247,5 +316,5 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
         if parts is None:
             raise
         _, mid, rest = parts
-        return prune(mid, rest, example_inputs, strict=strict) if len(rest) else mid
+        return _prune(mid, rest, example_inputs, strict=strict) if len(rest) else mid
 

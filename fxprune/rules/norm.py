@@ -85,11 +85,11 @@ def masked_bn_fn(node, args, kwargs, vctx) -> torch.Tensor:
     return _scatter(x.shape, node.target(*args, **kwargs), kept)
 
 
-def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
+def _lower_gn(ctx, x, out, groups: int, w, b, grouped: bool = False) -> None:
     ctx.couple_all(x, out)
     c = x.shape[1]
     k = c // groups
-    if groups > 1:
+    if groups > 1 or grouped:
         i = np.arange(c, dtype=np.int64)
         ctx.couple(x, 1, x, 1, (i, (i // k) * k))  # whole groups: the other groups' statistics stay exact
     else:
@@ -101,13 +101,18 @@ def _lower_gn(ctx, x, out, groups: int, w, b) -> None:
 
 def lower_gn_module(ctx, node) -> None:
     m = ctx.module()
-    _lower_gn(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), m.num_groups, ctx.param("weight"), ctx.param("bias"))
+    # a GroupNorm left with one of its groups still goes by whole groups, as the original does: a later
+    # step may not prune inside it (the one-shot replay of the cumulative plan could not)
+    _lower_gn(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), m.num_groups, ctx.param("weight"),
+              ctx.param("bias"), grouped=getattr(m, "_fxprune_grouped", False))
 
 
 def rewrite_gn_module(node, rctx) -> None:
     m = rctx.module(node)
     k = m.num_channels // m.num_groups
     m.num_channels = rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[1]
+    if m.num_groups > 1 and m.num_channels == k:
+        m._fxprune_grouped = True
     m.num_groups = 1 if m.num_groups == 1 else m.num_channels // k
 
 

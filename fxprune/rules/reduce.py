@@ -1,6 +1,8 @@
 """Reductions and normalising ops over a dim: the reduced dim is pinned, the others go through.
 
-``x.mean((2, 3))`` couples batch and channels and pins the spatial dims; ``x.mean(1)`` pins the channels.
+``x.mean((2, 3))`` couples batch and channels and pins the spatial dims; ``x.amax(1)`` pins the channels.
+Sums are the exception: removed channels are zero in the masked original, so ``x.pow(2).sum(1)`` may lose
+channels exactly; a mean divides by the count, so it may too, with its statistics recomputed by verify.
 Softmax-like ops keep the dim but pin it (removing entries changes the normaliser).
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from ._util import arg, norm_dims
 
 _REDUCE = ("sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod", "logsumexp", "all",
            "any", "argmax", "argmin", "median", "nansum", "nanmean", "count_nonzero")
+_SUMS = ("sum", "nansum")
+_MEANS = ("mean", "nanmean")
 _KEEP = ("softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "sort", "argsort", "normalize")
 
 
@@ -36,6 +40,29 @@ def lower_reduce(ctx, node) -> None:
             if od < out.ndim and out.shape[od] == x.shape[d]:
                 ctx.couple(x, d, out, od)
             od += 1
+    if _name(node) in _SUMS + _MEANS:
+        # removed channels are zero in the masked original, so they add nothing to a sum: the summed
+        # dims may lose channels; a mean also divides by their count (statistics change, like LayerNorm)
+        for d in reduced:
+            ctx.touch(x, d)
+        if _name(node) in _MEANS:
+            ctx.mark_stat("mean over a dim that loses channels")
+
+
+def _name(node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def masked_mean(node, args, kwargs, vctx) -> torch.Tensor:
+    """The mean over the kept entries of every reduced dim (what the pruned model computes)."""
+    x, ref = args[0], vctx.tensor(arg(node, 0, "input"))
+    dims = norm_dims(args[1] if len(args) > 1 else kwargs.get("dim"), x.ndim)
+    for d in range(x.ndim) if dims is None else dims:
+        kept = vctx.kept(ref, d)
+        if kept is not None:
+            x = x.index_select(d, kept.to(x.device))
+    fn = getattr(torch, node.target) if isinstance(node.target, str) else node.target
+    return fn(x, *args[1:], **kwargs)
 
 
 def lower_keep(ctx, node) -> None:
@@ -60,6 +87,8 @@ def _fns(names):
 
 register("call_function", _fns(_REDUCE), "reduction", lower_reduce)
 register("call_method", _REDUCE, "reduction", lower_reduce)
+register("call_function", _fns(_MEANS), "mean", lower_reduce, masked_eval=masked_mean)
+register("call_method", _MEANS, "mean", lower_reduce, masked_eval=masked_mean)
 register("call_function", _fns(_KEEP), "softmax-like", lower_keep)
 register("call_method", _KEEP, "softmax-like", lower_keep)
 register("call_module", (nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax-like", lower_keep)

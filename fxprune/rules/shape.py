@@ -98,6 +98,18 @@ def rewrite_unflatten(node, rctx) -> None:
     set_arg(node, 2, "sizes", _rewrite_sizes(sizes, old[d:d + len(sizes)], new[d:d + len(sizes)], rctx))
 
 
+def rewrite_squeeze(node, rctx) -> None:
+    """A bare ``squeeze()`` names the dims it squeezed in the original, so a dim that pruning brings to
+    size 1 is not squeezed too (the pruned model would change its output's shape)."""
+    if arg(node, 1, "dim") is not None or node.target in (torch.unsqueeze, "unsqueeze", "unsqueeze_"):
+        return
+    x = rctx.tensor(arg(node, 0, "input"))
+    if x is None or not any(n == 1 and o != 1 for o, n in zip(x.shape, rctx.new_shape(x))):
+        return
+    dims = tuple(d for d, o in enumerate(x.shape) if o == 1)
+    set_arg(node, 1, "dim", dims[0] if len(dims) == 1 else dims)
+
+
 def lower_permute(ctx, node) -> None:
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     n = x.ndim
@@ -168,9 +180,10 @@ def lower_repeat(ctx, node) -> None:
 
 register("call_function", (torch.reshape,), "reshape", lower_reshape, rewrite_view)
 register("call_method", ("view", "reshape"), "reshape", lower_reshape, rewrite_view)
-register("call_function", (torch.flatten, torch.squeeze, torch.unsqueeze, torch.ravel), "reshape", lower_reshape)
-register("call_method", ("flatten", "squeeze", "unsqueeze", "ravel", "squeeze_", "unsqueeze_"), "reshape",
-         lower_reshape)
+register("call_function", (torch.flatten, torch.unsqueeze, torch.ravel), "reshape", lower_reshape)
+register("call_method", ("flatten", "unsqueeze", "ravel", "unsqueeze_"), "reshape", lower_reshape)
+register("call_function", (torch.squeeze,), "reshape", lower_reshape, rewrite_squeeze)
+register("call_method", ("squeeze", "squeeze_"), "reshape", lower_reshape, rewrite_squeeze)
 register("call_module", (nn.Flatten,), "reshape", lower_reshape)
 register("call_function", (torch.unflatten,), "unflatten", lower_reshape, rewrite_unflatten)
 register("call_method", ("unflatten",), "unflatten", lower_reshape, rewrite_unflatten)
