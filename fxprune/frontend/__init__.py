@@ -57,4 +57,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
             if frontend == "fx" or e.__cause__ is None:
                 raise
             log.info("symbolic_trace failed on %s (%s); trying torch.export", type(model).__name__, e)
+            try:
+                return export_trace(model, example_inputs)
+            except TraceError as e2:  # both failed: the fx reason first, it names the Python construct
+                raise TraceError(f"{e} torch.export also failed: {e2}") from e.__cause__
     return export_trace(model, example_inputs)

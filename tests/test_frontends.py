@@ -1,0 +1,219 @@
+"""Frontends and targets: fx / export / parts, and the module target (the user's own class).
+
+Oracles do not come from the analysis: the original model with the removed rows (and biases) of the
+producing layer zeroed by hand, hand-written widths, and greedy generation of that zeroed original.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxprune
+from fxprune.errors import FallbackWarning
+from helpers import assert_state_unchanged, state_snapshot
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x, **kwargs):
+        return x + self.down(torch.relu(self.up(x))) * kwargs.get("scale", 1.0)
+
+
+class Stack(nn.Module):
+    """A ModuleList of blocks, forward(**kwargs), a Python branch on a flag: symbolic_trace fails."""
+
+    def __init__(self, d: int = 8, h: int = 16, n: int = 3):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d, h) for _ in range(n))
+        self.head = nn.Linear(d, 4)
+
+    def forward(self, x, **kwargs):
+        for blk in self.blocks:
+            x = blk(x, **kwargs)
+        if kwargs.get("return_hidden", False):
+            return x
+        return self.head(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, d: int, h: int):
+        super().__init__()
+        self.up, self.down = nn.Linear(d, h), nn.Linear(h, d)
+
+    def forward(self, x):
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class ValueGate(nn.Module):
+    """Branches on a tensor value between blocks: neither tracer takes the whole model."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = Mlp(8, 16), Mlp(8, 16), nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        if x.abs().mean() > 0:  # always true here, but only a real forward knows
+            x = self.b(x)
+        return self.head(x)
+
+
+def _zero_rows(model: nn.Module, plan: dict) -> nn.Module:
+    """The oracle: a copy of the original with the removed output rows (and biases) zeroed."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for key, idx in plan.items():
+            name, dim = key.rsplit(":", 1)
+            assert dim == "0"
+            ref.get_parameter(name)[idx] = 0
+            bias = name.rsplit(".", 1)[0] + ".bias"
+            if bias in dict(ref.named_parameters()):
+                ref.get_parameter(bias)[idx] = 0
+    return ref
+
+
+def test_fx_frontend_is_reported():
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    assert fxprune.analyze(m, torch.randn(1, 4)).frontend == "fx"
+    with pytest.raises(fxprune.TraceError, match="frontend"):
+        fxprune.analyze(m, torch.randn(1, 4), frontend="jit")
+
+
+def test_modulelist_kwargs_forward_is_exported_and_pruned_as_its_own_class():
+    torch.manual_seed(0)
+    model, x = Stack().eval(), torch.randn(2, 5, 8)
+    inputs = fxprune.Inputs(x, scale=0.5)
+    snap = state_snapshot(model)
+    with pytest.raises(fxprune.TraceError):
+        fxprune.trace(model, inputs, frontend="fx")
+    graph = fxprune.analyze(model, inputs)
+    assert graph.frontend == "export"
+    free = {g.key: g.size for g in graph.groups if not g.pinned}
+    # every block's hidden width is prunable (the residual stream is the model input: pinned)
+    assert free == {f"blocks.{i}.up.weight:0": 16 for i in range(3)}
+    plan = fxprune.PrunePlan({"blocks.0.up.weight:0": [0, 3, 7], "blocks.2.up.weight:0": list(range(0, 16, 2))})
+    small = fxprune.prune(model, plan, inputs)
+    assert type(small) is Stack and small is not model
+    assert [b.up.out_features for b in small.blocks] == [13, 16, 8]
+    assert [b.down.in_features for b in small.blocks] == [13, 16, 8]
+    with torch.no_grad():
+        want = _zero_rows(model, plan)(x, scale=0.5)
+        got = small(x, scale=0.5)
+        assert not torch.allclose(model(x, scale=0.5), got, atol=1e-4)  # something was removed
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert fxprune.verify(model, small, plan, inputs).max_abs_diff < 1e-5
+    assert_state_unchanged(model, snap)
+
+
+def test_export_graph_target_keeps_the_call_signature_and_output_structure():
+    torch.manual_seed(0)
+    model, x = Stack().eval(), torch.randn(2, 5, 8)
+    inputs = fxprune.Inputs(x, scale=0.5)  # a float keyword: specialised into the graph
+    plan = fxprune.PrunePlan({"blocks.1.up.weight:0": [1, 2]})
+    gm = fxprune.prune(model, plan, inputs, output="graph")
+    assert isinstance(gm, torch.fx.GraphModule)
+    assert not any(n.op == "call_module" for n in gm.graph.nodes)  # the exporter's guard is gone
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), _zero_rows(model, plan)(x, scale=0.5), atol=1e-5, rtol=1e-5)
+    assert fxprune.verify(model, gm, plan, inputs).max_abs_diff < 1e-5
+
+
+def test_module_target_refuses_a_constant_it_cannot_carry():
+    class Heads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.out = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            h = self.qkv(x).view(b, t, 2, 4)  # the head size 4 is written in forward
+            return self.out(h.relu().reshape(b, t, 8))
+
+    torch.manual_seed(0)
+    model, x = Heads().eval(), torch.randn(1, 3, 8)
+    graph = fxprune.analyze(model, x)
+    plan = fxprune.PrunePlan({"qkv.weight:0": graph.group_of("qkv.weight", 0).classes[0]})
+    with pytest.raises(fxprune.RewriteError, match="view"):
+        fxprune.prune(model, plan, x, output="module")
+    gm = fxprune.prune(model, plan, x, output="graph")
+    assert fxprune.verify(model, gm, plan, x).max_abs_diff < 1e-5
+
+
+def test_value_branch_between_blocks_falls_back_to_parts():
+    torch.manual_seed(0)
+    model, x = ValueGate().eval(), torch.randn(2, 8)
+    with warnings.catch_warnings(record=True) as ws:
+        warnings.simplefilter("always")
+        graph = fxprune.analyze(model, x)
+    assert graph.frontend == "parts"
+    assert sum(issubclass(w.category, FallbackWarning) for w in ws) == 1
+    free = {g.key for g in graph.groups if not g.pinned}
+    assert free == {"a.up.weight:0", "b.up.weight:0"}
+    plan = fxprune.PrunePlan({"a.up.weight:0": [0, 1, 2, 3], "b.up.weight:0": [15]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        small = fxprune.prune(model, plan, x)
+    assert (small.a.up.out_features, small.b.up.out_features) == (12, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _zero_rows(model, plan)(x), atol=1e-5, rtol=1e-5)
+
+
+# -- Hugging Face ------------------------------------------------------------------------------------------
+transformers = pytest.importorskip("transformers", reason="transformers is in the test extra; not installed")
+
+
+def _llama():
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 8))
+
+
+def test_llama_mlp_pruned_into_its_own_class_and_generates_like_the_zeroed_original():
+    model, ids = _llama()
+    inputs = fxprune.Inputs(ids, use_cache=False)
+    snap = state_snapshot(model)
+    graph = fxprune.analyze(model, inputs)
+    assert graph.frontend == "export"
+    free = {g.key: g.size for g in graph.groups if not g.pinned}
+    for i in range(2):  # every MLP's intermediate width is one prunable group
+        assert free[f"model.layers.{i}.mlp.gate_proj.weight:0"] == 128
+    plan = fxprune.PrunePlan({f"model.layers.{i}.mlp.gate_proj.weight:0": list(range(i, 128, 4))
+                              for i in range(2)})
+    small = fxprune.prune(model, plan, inputs)
+    assert type(small) is transformers.LlamaForCausalLM
+    for layer in small.model.layers:
+        assert (layer.mlp.gate_proj.out_features, layer.mlp.up_proj.out_features,
+                layer.mlp.down_proj.in_features) == (96, 96, 96)
+    oracle = _zero_rows(model, plan)
+    with torch.no_grad():
+        oracle_up = copy.deepcopy(oracle)  # gate rows zeroed => silu(0) * up = 0: the up rows do not matter
+        torch.testing.assert_close(small(ids, use_cache=False).logits, oracle_up(ids, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.equal(small.generate(ids, max_new_tokens=6, do_sample=False),
+                       oracle.generate(ids, max_new_tokens=6, do_sample=False))
+    assert fxprune.verify(model, small, plan, inputs).max_abs_diff < 1e-5
+    assert_state_unchanged(model, snap)
+
+
+def test_llama_head_dims_need_the_graph_target():
+    model, ids = _llama()
+    inputs = fxprune.Inputs(ids, use_cache=False)
+    graph = fxprune.analyze(model, inputs)
+    g = graph.group_of("model.layers.0.self_attn.v_proj.weight", 0)
+    assert g.pinned is None
+    plan = fxprune.PrunePlan({g.key: g.classes[0]})
+    with pytest.raises(fxprune.RewriteError, match="view"):
+        fxprune.prune(model, plan, inputs, output="module")
+    gm = fxprune.prune(model, plan, inputs, output="graph")
+    out = gm(ids)
+    assert type(out).__name__ == "CausalLMOutputWithPast"  # called and answering like the model
+    assert fxprune.verify(model, gm, plan, inputs).max_abs_diff < 1e-4
