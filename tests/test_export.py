@@ -203,3 +203,31 @@ def test_plan_json_replay_on_fresh_model():
     assert sd.keys() == sd2.keys()
     for k in sd:
         assert torch.equal(sd[k], sd2[k]), k
+
+
+def test_timm_vit_pruned_exports_with_torchscript_onnx(tmp_path):
+    """timm's ViT forward has ``attn_mask=None, is_causal=False``: traced, they are constants, not graph
+    inputs, so the TorchScript-based exporter (``dynamo=False``) sees one tensor input (issue 15)."""
+    timm = pytest.importorskip("timm")
+    ort = pytest.importorskip("onnxruntime")
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plan = fxprune.plan_by_ratio(fxprune.analyze(model, x), 0.5)
+    small = fxprune.prune(model, plan, x)
+    assert [n.target for n in small.graph.find_nodes(op="placeholder")] == ["x"]
+    # hand widths: the MLP hidden size 768 -> 384 in both blocks
+    assert [small.get_submodule(f"blocks.{i}.mlp.fc1").out_features for i in range(2)] == [384, 384]
+    path = str(tmp_path / "vit.onnx")
+    torch.onnx.export(small, (x,), path, dynamo=False, input_names=["x"])
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["x"]  # one input: no is_causal/attn_mask
+    got = torch.as_tensor(sess.run(None, {"x": x.numpy()})[0])
+    with torch.no_grad():
+        want = small(x)
+        ref = model(x)
+    assert got.shape == ref.shape == (2, 1000)
+    assert torch.allclose(got, want, atol=1e-4)
+    fxprune.verify(model, small, plan, x)  # and the pruned model is the masked original
+    traced = torch.jit.trace(small, (x,))  # TorchScript sees only the tensor input too
+    with torch.no_grad():
+        assert torch.allclose(traced(x), want, atol=1e-5)

@@ -243,6 +243,26 @@ def _materialize_meta(gm: torch.fx.GraphModule) -> None:
             n.meta["val"] = tree_map(_to_meta, n.meta["val"])
 
 
+def _specialise_defaults(gm: torch.fx.GraphModule, given: int) -> None:
+    """Forward arguments past the ``given`` example inputs whose default is not a tensor (``attn_mask=None``,
+    ``is_causal=False``) become that constant: a bool left as a graph input reaches TorchScript and the
+    ONNX exporters as a tensor input (timm's ViT: ``sdpa(): argument 'is_causal' must be bool``)."""
+    done = []
+    for i, ph in enumerate(gm.graph.find_nodes(op="placeholder")):
+        if i < given or not ph.args or isinstance(ph.args[0], torch.Tensor) or ph.target.startswith("*"):
+            continue
+        value = ph.args[0]
+        for user in list(ph.users):
+            user.args = torch.fx.node.map_arg(user.args, lambda a: value if a is ph else a)
+            user.kwargs = torch.fx.node.map_arg(user.kwargs, lambda a: value if a is ph else a)
+        gm.graph.erase_node(ph)
+        done.append(f"{ph.target}={value!r}")
+    if done:
+        gm.recompile()
+        log.info("fxprune: %s.forward traced with %s (defaults specialised to constants)",
+                 gm.__class__.__name__, ", ".join(done))
+
+
 def trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
     """Trace ``model`` into a GraphModule with shapes in ``node.meta["val"]`` / ``["tensor_meta"]``.
 
@@ -258,6 +278,8 @@ def trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     args = normalize_inputs(example_inputs)
     gm = model if isinstance(model, torch.fx.GraphModule) else _symbolic_trace(model)
+    if gm is not model:
+        _specialise_defaults(gm, len(args))
     from ..lower import share_warnings  # rule-less ops are named once per user model
     share_warnings(gm, model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
