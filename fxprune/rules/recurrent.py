@@ -14,10 +14,15 @@ other unit, which is what the pruned module computes without it.
 
 Example:
     >>> import torch, fxprune
-    >>> m = torch.nn.Sequential(torch.nn.GRU(4, 6))
-    >>> g = fxprune.analyze(m, torch.randn(3, 2, 4)).group_of("0.weight_hh_l0", 1)
+    >>> class Tagger(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.rnn, self.fc = torch.nn.GRU(4, 6), torch.nn.Linear(6, 2)
+    ...     def forward(self, x):
+    ...         return self.fc(self.rnn(x)[0])  # the hidden units feed a layer, not the model output
+    >>> g = fxprune.analyze(Tagger(), torch.randn(3, 2, 4)).group_of("rnn.weight_hh_l0", 1)
     >>> g.all_classes[0]                          # unit 0: rows of the 3 gates
-    ('0.weight_ih_l0:0', [0, 6, 12])
+    ('rnn.weight_ih_l0:0', [0, 6, 12])
 """
 from __future__ import annotations
 
