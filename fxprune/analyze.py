@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -279,6 +280,23 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"
 
 
+def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> None:
+    """One warning when no group can lose a channel: which frontend ran and what pins the most weights."""
+    groups = graph.groups
+    if not groups or any(g.pinned is None for g in groups):
+        return
+    params = dict(graph.gm.named_parameters(remove_duplicate=False))
+    weight: Dict[str, int] = {}
+    for g in groups:
+        n = sum(params[name].numel() for name, _ in g.members if name in params)
+        weight[g.pinned] = weight.get(g.pinned, 0) + n
+    total = sum(weight.values()) or 1
+    top = sorted(weight.items(), key=lambda kv: -kv[1])[:3]
+    pins = "; ".join(f"{why} ({100 * n / total:.0f} % of the grouped weights)" for why, n in top)
+    warnings.warn(f"fxprune: nothing in {type(model).__name__} can be pruned (frontend {graph.frontend!r}, "
+                  f"{len(groups)} groups, all pinned). Largest pins: {pins}", stacklevel=3)
+
+
 def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
             prefer_heads: bool = False, frontend: str = "auto") -> ChannelGraph:
     """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.
@@ -315,6 +333,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
             ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
             graph = ChannelGraph(gm, ctx, sol)
             graph.frontend = gm.meta.get("fxprune_frontend", "fx")
+            _warn_if_nothing_prunable(graph, model)
             return graph
     from .frontend.partial import analyze_partial
     part = analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads,
