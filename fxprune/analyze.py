@@ -275,6 +275,28 @@ class ChannelGraph:
         d = self.ir.dims[i]
         return np.nonzero(mask[d.base:d.base + d.size])[0]
 
+    def to_networkx(self, group: Optional[Any] = None):
+        """The coupling graph over dim nodes (``networkx.MultiGraph``), whole or for one group (a
+        :class:`Group` or its key): nodes are dims (``name``, ``dim``, ``size``, ``param``; ``pinned`` holds
+        the reason when the group is pinned), edges carry the index maps (``src``/``dst`` local indices).
+
+        Example:
+            >>> import torch, fxprune
+            >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+            >>> graph = fxprune.analyze(m, torch.randn(1, 3, 8, 8))
+            >>> g = graph.to_networkx("0.weight:0")
+            >>> sorted(d["name"] for _, d in g.nodes(data=True) if d["param"])
+            ['0.bias', '0.weight', '1.bias', '1.running_mean', '1.running_var', '1.weight', '2.weight']
+        """
+        if isinstance(group, str):
+            group = next((g for g in self.groups if g.key == group), None) or self.group_of(*parse_key(group))
+        dims = None if group is None else [d.id for d in group.dims]
+        g = self.ir.to_networkx(dims)
+        pinned = {d.id: grp.pinned for grp in self.groups for d in grp.dims if grp.pinned}
+        for n in g.nodes:
+            g.nodes[n]["pinned"] = pinned.get(n)
+        return g
+
     def __repr__(self) -> str:
         free = sum(1 for g in self.groups if g.pinned is None)
         return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"

@@ -85,6 +85,23 @@ class ChannelIR:
         """No index of ``d`` (or only ``idx``) may be removed."""
         self.pins.append((d.id, idx, reason))
 
+    def to_networkx(self, dims: Optional[Sequence[int]] = None):
+        """The dim graph as a ``networkx.MultiGraph``: nodes are dim ids (attributes ``name``, ``dim``,
+        ``size``, ``param``), one edge per coupling with its index map as ``src``/``dst`` arrays (local
+        indices of the edge's first and second node). ``dims`` restricts it to those dim ids.
+        """
+        import networkx as nx
+
+        keep = None if dims is None else set(int(d) for d in dims)
+        g = nx.MultiGraph()
+        for d in self.dims:
+            if keep is None or d.id in keep:
+                g.add_node(d.id, name=d.name, dim=d.dim, size=d.size, param=d.is_param)
+        for (i, j), a, b in zip(self._pairs, self._a, self._b):
+            if keep is None or (i in keep and j in keep):
+                g.add_edge(i, j, src=a - self.dims[i].base, dst=b - self.dims[j].base)
+        return g
+
     def solve(self) -> "Solution":
         """Classes (index components) and groups (dim components).
 
