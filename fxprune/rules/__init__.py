@@ -17,6 +17,7 @@ from . import (  # noqa: F401
     pooling,
     recurrent,
     reduce,
+    sampling,
     shape,
     swin,
 )
