@@ -1,4 +1,6 @@
-"""count() / count_by_module() / cpu_latency_ms() against MACs and params computed by hand."""
+"""count() / count_by_module() / cpu_latency_ms() against MACs and params computed by hand, and every
+torchvision classifier against the MACs/params published in its weights' metadata."""
+import pytest
 import torch
 from torch import nn
 
@@ -106,3 +108,75 @@ def test_layer_wise_breakdown_matches_direct_formulas():
     assert macs == conv_macs + lin_macs
     assert p_by_mod == {"": params, "0": 8 * 3 * 9 + 8, "3": 5 * 288 + 5}
     assert params == 8 * 3 * 9 + 8 + 5 * 288 + 5
+
+
+# ------------------------------------------------------------------ issue 13: attention and torchvision metadata
+
+def test_attention_fast_path_counted_by_hand():
+    """A TransformerEncoderLayer in eval + no_grad takes a fused fast path on CPU; every matmul is counted."""
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0).eval()
+    L, D, F_ = 5, 16, 32
+    expect = L * D * 3 * D + 2 * (L * L * D) + L * D * D + 2 * L * D * F_  # in_proj, QK^T + AV, out_proj, FFN
+    assert count(layer, torch.randn(1, L, D))[0] == expect
+    assert torch.backends.mha.get_fastpath_enabled()  # restored
+    mha = nn.MultiheadAttention(D, 2, batch_first=True).eval()
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+    assert count(M(), torch.randn(1, L, D))[0] == L * D * 3 * D + 2 * (L * L * D) + L * D * D
+
+
+def test_sdpa_on_cpu_counted():
+    class A(nn.Module):
+        def forward(self, q, k, v):
+            return nn.functional.scaled_dot_product_attention(q, k, v)
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 4)
+    assert count(A(), (q, k, v))[0] == 2 * 3 * (5 * 7 * 8 + 5 * 7 * 4)
+
+
+def _torchvision_check(name: str) -> None:
+    """MACs and params of a torchvision classifier (built on the meta device) against its weights' metadata."""
+    from torchvision.models import get_model, get_model_weights
+    w = list(get_model_weights(name))[0]
+    crop = w.transforms().crop_size
+    size = max(crop[0] if isinstance(crop, (list, tuple)) else crop, w.meta.get("min_size", (0, 0))[0])
+    kw = {"aux_logits": name == "inception_v3", "init_weights": False} if name in ("googlenet", "inception_v3") \
+        else {}
+    if name.startswith("vit_h"):
+        kw["image_size"] = size
+    try:
+        with torch.device("meta"):
+            model = get_model(name, weights=None, **kw)
+    except NotImplementedError:  # regnet computes its widths with tensor ops: build on CPU, then move
+        model = get_model(name, weights=None, **kw).to("meta")
+    macs, params = count(model, torch.empty(1, 3, size, size, device="meta"))
+    ops = w.meta["_ops"] * 1e9
+    # the metadata gives GMACs to 3 decimals: allow that rounding on the smallest models
+    assert abs(macs - ops) <= max(0.01 * ops, 0.5e6), (name, macs, ops)
+    assert abs(params - w.meta["num_params"]) <= 0.01 * w.meta["num_params"], (name, params)
+
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "vit_b_16", "swin_t", "efficientnet_b0"])
+def test_torchvision_metadata_sample(name):
+    _torchvision_check(name)
+
+
+def _classification_models():
+    try:
+        import torchvision
+        from torchvision.models import list_models
+    except ImportError:
+        return []
+    return list_models(module=torchvision.models)
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", _classification_models())
+def test_torchvision_metadata_all(name):
+    _torchvision_check(name)
