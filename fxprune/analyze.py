@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.fx
 
+from . import cache
 from .errors import PlanError, TraceError
 from .frontend import trace
 from .ir import DimNode, Solution
@@ -342,6 +343,10 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     """
     if frontend not in ("auto", "fx", "export", "parts"):
         raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', got {frontend!r}")
+    key = cache.fingerprint(model, example_inputs, strict, prefer_heads, frontend)
+    hit = cache.lookup(model, key)
+    if hit is not None and hit.ctx.prefer_heads == prefer_heads:  # expand() may have switched it to heads
+        return hit
     cause: Optional[TraceError] = None
     if frontend != "parts":
         try:
@@ -356,6 +361,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
             graph = ChannelGraph(gm, ctx, sol)
             graph.frontend = gm.meta.get("fxprune_frontend", "fx")
             _warn_if_nothing_prunable(graph, model)
+            cache.store(model, key, graph)
             return graph
     from .frontend.partial import analyze_partial
     part = analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads,

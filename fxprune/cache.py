@@ -1,0 +1,93 @@
+"""One analysis per model: ``prune``, ``plan_by_ratio``, the Pruner and the budget search reuse it.
+
+:func:`fxprune.analyze` keeps its last result per model (a weak reference: the cache never keeps a model
+alive) under a fingerprint of everything the analysis reads besides weight values: the module tree
+(identity, class, training flag, plain size-like attributes such as ``num_heads``), every parameter's and
+buffer's identity and shape, and the example inputs' shapes, dtypes and non-tensor values. Any change —
+a pruned-in-place model, a swapped submodule, ``model.eval()``, other input shapes — misses the cache and
+analyses again, so a cached graph is always the graph a new trace would give.
+
+Example:
+    >>> import torch, fxprune
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> fxprune.analyze(m, torch.randn(1, 4)) is fxprune.analyze(m, torch.randn(1, 4))
+    True
+    >>> fxprune.analyze(m, torch.randn(3, 4)) is fxprune.analyze(m, torch.randn(1, 4))  # other shapes
+    False
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Hashable, Optional, Tuple
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["fingerprint", "lookup", "store", "clear"]
+
+_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[Hashable, Any]]" = weakref.WeakKeyDictionary()
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _attrs(m: torch.nn.Module) -> Tuple[Any, ...]:
+    out = []
+    for k, v in m.__dict__.items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+            out.append((k, v))
+    return tuple(out)
+
+
+def _inputs_key(example_inputs: Any) -> Tuple[Any, ...]:
+    from .frontend import split_inputs
+    args, kwargs = split_inputs(example_inputs)
+    leaves, spec = tree_flatten((args, kwargs))
+    key = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            key.append(("T", tuple(x.shape), x.dtype, x.device.type))
+        else:
+            try:
+                hash(x)
+                key.append(("V", type(x).__name__, x))
+            except TypeError:
+                key.append(("O", id(x)))
+    return (str(spec), tuple(key))
+
+
+def fingerprint(model: torch.nn.Module, example_inputs: Any, *options: Hashable) -> Optional[Hashable]:
+    """What the analysis of ``model`` depends on, besides weight values (None: do not cache)."""
+    if isinstance(model, torch.fx.GraphModule):
+        return None  # a GraphModule's graph can be edited in place; analysing it is cheap anyway
+    mods = tuple((name, id(m), type(m), m.training, _attrs(m)) for name, m in model.named_modules())
+    tensors = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in
+                    list(model.named_parameters(remove_duplicate=False))
+                    + list(model.named_buffers(remove_duplicate=False)))
+    return (mods, tensors, _inputs_key(example_inputs), options)
+
+
+def lookup(model: torch.nn.Module, key: Optional[Hashable]) -> Any:
+    """The cached analysis of ``model`` under ``key``, or None."""
+    if key is None:
+        return None
+    try:
+        hit = _CACHE.get(model)
+    except TypeError:  # a module that cannot be weakly referenced
+        return None
+    return hit[1] if hit is not None and hit[0] == key else None
+
+
+def store(model: torch.nn.Module, key: Optional[Hashable], graph: Any) -> None:
+    """Remember ``graph`` as the analysis of ``model`` (only the latest one per model)."""
+    if key is None:
+        return
+    try:
+        _CACHE[model] = (key, graph)
+    except TypeError:
+        pass
+
+
+def clear() -> None:
+    """Forget every cached analysis."""
+    _CACHE.clear()
