@@ -998,7 +998,8 @@ class SpatialReduce(nn.Module):
 
 
 class ChannelReduce(nn.Module):
-    """``y2.mean(1)`` reduces over conv2's outputs: that group is pinned, conv1's is not."""
+    """``y2.amax(1)`` reduces over conv2's outputs: that group is pinned, conv1's is not (a sum or a mean
+    over channels would not pin: see tests/test_forms.py)."""
 
     def __init__(self):
         super().__init__()
@@ -1008,7 +1009,7 @@ class ChannelReduce(nn.Module):
 
     def forward(self, x):
         y2 = self.conv2(F.relu(self.conv1(x)))
-        return self.conv3(y2.mean(1, keepdim=True))
+        return self.conv3(y2.amax(1, keepdim=True))
 
 
 _add(

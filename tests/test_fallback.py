@@ -371,3 +371,101 @@ def test_pruner_iterative_on_a_fallback_model():
     assert type(small) is Gated
     assert (small.a.conv1.out_channels, small.b.conv1.out_channels) == (4, 6)
     assert fxprune.verify(model, small, pruner.plan, x).max_abs_diff < 1e-5
+
+
+# ------------------------------------------------------------------------------ robustness (issue 14 item 8)
+
+def _zero_out_channels(model: nn.Module, conv: str, removed) -> nn.Module:
+    """A copy whose ``conv`` output channels ``removed`` are zero (weight rows and bias)."""
+    ref = copy.deepcopy(model)
+    c = ref.get_submodule(conv)
+    with torch.no_grad():
+        c.weight[list(removed)] = 0
+        c.bias[list(removed)] = 0
+    return ref
+
+
+class HoldsScripted(nn.Module):
+    """Holds a ``torch.jit.script`` submodule it never calls; the branch on values needs the fallback."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+        self.spare = torch.jit.script(nn.Sequential(nn.Conv2d(4, 4, 1)))
+
+    def forward(self, x):
+        y = self.body(x)
+        return y if y.sum() > 0 else -y
+
+
+class LoopBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 1)
+
+    def forward(self, x):
+        return x + self.b(torch.relu(self.a(x)))
+
+
+class LoopOverBlocks(nn.Module):
+    """A ModuleList is never called itself: its blocks are, one by one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.blocks = nn.ModuleList([LoopBlock(), LoopBlock()])
+
+    def forward(self, x):
+        x = self.stem(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x if x.sum() > 0 else -x
+
+
+class StarredSize(nn.Module):
+    """Its only untraceable line for symbolic_trace is ``b, *_ = x.size()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.fc = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        b, *_ = x.size()
+        y = self.conv2(F.relu(self.conv1(x)))
+        return self.fc(y.mean((2, 3)).reshape(b, -1))
+
+
+def test_unused_scripted_submodule_does_not_break_the_recording():
+    m, x = HoldsScripted().eval(), torch.randn(2, 3, 8, 8)
+    graph, _ = _fallback_warnings(lambda: fxprune.analyze(m, x))
+    assert isinstance(graph, PartialGraph)
+    assert graph.group_of("body.0.weight", 0).pinned is None
+    small, _ = _fallback_warnings(lambda: fxprune.prune(m, {"body.0.weight:0": [1, 6]}, x))
+    assert small.body[0].out_channels == 6 and small.body[2].in_channels == 6
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _zero_out_channels(m, "body.0", [1, 6])(x), atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_of_a_module_list_called_in_a_loop_are_analysed():
+    m, x = LoopOverBlocks().eval(), torch.randn(2, 3, 4, 4)
+    graph, _ = _fallback_warnings(lambda: fxprune.analyze(m, x))
+    assert isinstance(graph, PartialGraph)
+    for i in range(2):
+        assert graph.group_of(f"blocks.{i}.a.weight", 0).pinned is None
+    small, _ = _fallback_warnings(lambda: fxprune.prune(m, {"blocks.1.a.weight:0": [0, 3, 15]}, x))
+    assert small.blocks[1].a.out_channels == 13 and small.blocks[1].b.in_channels == 13
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _zero_out_channels(m, "blocks.1.a", [0, 3, 15])(x),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_starred_size_unpacking_keeps_the_children_prunable():
+    m, x = StarredSize().eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = fxprune.analyze(m, x)
+        assert graph.group_of("conv1.weight", 0).pinned is None    # conv1 -> conv2 is not a pinned boundary
+        small = fxprune.prune(m, {"conv1.weight:0": [2, 5]}, x)
+    assert small.conv1.out_channels == 6 and small.conv2.in_channels == 6
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _zero_out_channels(m, "conv1", [2, 5])(x), atol=1e-5, rtol=1e-5)

@@ -145,6 +145,8 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
     flags = {m: m.training for m in model.modules()}
     try:
         for m in model.modules():
+            if isinstance(m, torch.jit.ScriptModule):
+                continue  # scripted code takes no hooks; it is never traced either (see _trace_part)
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post, always_call=True))
         model.eval()
@@ -430,8 +432,10 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
             return  # nothing to prune
         call = rec.calls.get(id(m))
-        if call is None:
-            return  # never called: its tensors are not prunable
+        if call is None:  # never called itself, but its children may be (``for blk in self.blocks``)
+            for name, c in m.named_children():
+                visit(f"{path}.{name}" if path else name, c)
+            return
         if path and not m._modules and type(m).__module__.startswith("torch.nn."):
             return  # a lone torch.nn layer: every dim is on its pinned interface, nothing to prune
         if path:
