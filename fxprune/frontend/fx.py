@@ -102,6 +102,24 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     return gm
 
 
+def _reads_training(model: torch.nn.Module) -> bool:
+    """Whether a method of a module that tracing goes through (not a torch.nn leaf) names ``training``."""
+    leaf = _Tracer().is_leaf_module
+    seen: set = set()
+    classes = {type(m) for m in model.modules() if m is model or not leaf(m, "")}
+    stack = [getattr(f, "__code__", None) for c in classes for k in c.__mro__
+             if k.__module__ != "torch.nn.modules.module" for f in vars(k).values()]
+    while stack:
+        code = stack.pop()
+        if code is None or code in seen:
+            continue
+        seen.add(code)
+        if "training" in code.co_names:
+            return True
+        stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))  # nested functions, lambdas
+    return False
+
+
 def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
     """Arguments that read ``self.training`` read it at run time again (``F.dropout(x, p, self.training)``).
 
@@ -110,6 +128,8 @@ def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
     directly, no ``train()`` override runs): bool arguments that flip with it become ``self.training``
     (or ``not self.training``). A forward whose graph changes with the mode is reported once.
     """
+    if not _reads_training(model):
+        return  # no traced forward mentions ``training``: nothing to bind (and no second trace to pay)
     flags = {m: m.training for m in model.modules()}
     try:
         for m in flags:
