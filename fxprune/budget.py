@@ -1,7 +1,9 @@
 """Budget targets: remove ranked classes until a MAC or parameter budget is met.
 
-The search is a bisection over the length of a prefix of the removal order; each probe prunes a copy
-and counts it, so the result is exact: removing one class fewer would exceed the budget.
+The search is a bisection over the length of a prefix of the removal order. Each probe reads the pruned
+size off the analysis (:mod:`fxprune.ircount`, exact for the ops it models) or, when the graph holds an op
+it does not model, prunes a copy and counts it; either way the result is exact: removing one class fewer
+would exceed the budget.
 
 Example:
     >>> resolve_target(0.5, 1000, "macs"), resolve_target(300, 1000, "params")
@@ -47,6 +49,13 @@ def measure(model: nn.Module, inputs: Any, what: str) -> int:
     return count(model, inputs)[0] if what == "macs" else count_params(model)
 
 
+def _estimate(graph: Any, model: nn.Module, plan: PrunePlan, what: str) -> Any:
+    from .ircount import macs_after, params_after
+
+    mask = graph.expand(plan).mask
+    return macs_after(graph, mask) if what == "macs" else params_after(graph, mask, model)
+
+
 def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[str, List[int]]], what: str,
                target: int) -> PrunePlan:
     """The shortest prefix of ``order`` whose removal brings ``what`` (``"macs"``/``"params"``) of
@@ -61,10 +70,14 @@ def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[
         return prune(model, plan, inputs)
 
     cache: Dict[int, int] = {0: measure(model, inputs, what)}
+    # Probes read sizes off the analysis (fxprune.ircount) when it models every op of this graph and agrees
+    # with the counter on the unpruned model; otherwise each probe builds and counts a pruned copy.
+    use_ir = isinstance(graph, ChannelGraph) and _estimate(graph, model, PrunePlan({}), what) == cache[0]
 
     def value(k: int) -> int:
         if k not in cache:
-            cache[k] = measure(pruned(_plan_of(order, k)), inputs, what)
+            plan = _plan_of(order, k)
+            cache[k] = _estimate(graph, model, plan, what) if use_ir else measure(pruned(plan), inputs, what)
             log.info("budget: %d classes removed -> %s %d (target %d)", k, what, cache[k], target)
         return cache[k]
 
