@@ -217,3 +217,40 @@ def test_llama_head_dims_need_the_graph_target():
     out = gm(ids)
     assert type(out).__name__ == "CausalLMOutputWithPast"  # called and answering like the model
     assert fxprune.verify(model, gm, plan, inputs).max_abs_diff < 1e-4
+
+
+def test_llama_uniform_head_dims_are_written_back_into_the_class_and_config():
+    model, ids = _llama()
+    inputs = fxprune.Inputs(ids, use_cache=False)
+    graph = fxprune.analyze(model, inputs)
+    qk = graph.group_of("model.layers.0.self_attn.q_proj.weight", 0)  # q/k of every layer (shared RoPE)
+    vs = [graph.group_of(f"model.layers.{i}.self_attn.v_proj.weight", 0) for i in range(2)]
+    # RoPE pair (0, 8) of q/k, and head dims 0 and 8 of v in every head: head_dim 16 -> 14 everywhere
+    plan = fxprune.PrunePlan({qk.key: qk.classes[0], **{v.key: v.classes[0] + v.classes[8] for v in vs}})
+    small = fxprune.prune(model, plan, inputs)
+    assert type(small) is transformers.LlamaForCausalLM
+    attn = small.model.layers[1].self_attn
+    assert (attn.head_dim, attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == \
+        (14, 56, 28, 56)
+    assert (small.config.head_dim, model.config.head_dim) == (14, 16)  # the original's config untouched
+    ref = copy.deepcopy(model)  # oracle: q/k rows of dims 0 and 8 of every head zeroed (scores lose them)
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            for proj, heads in ((layer.self_attn.q_proj, 4), (layer.self_attn.k_proj, 2),
+                                (layer.self_attn.v_proj, 2)):
+                rows = [h * 16 + d for h in range(heads) for d in (0, 8)]
+                proj.weight[rows] = 0
+        torch.testing.assert_close(small(ids, use_cache=False).logits, ref(ids, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_llama_mlp_config_round_trips_through_save_pretrained(tmp_path):
+    model, ids = _llama()
+    plan = fxprune.PrunePlan({f"model.layers.{i}.mlp.gate_proj.weight:0": list(range(0, 128, 2)) for i in range(2)})
+    small = fxprune.prune(model, plan, fxprune.Inputs(ids, use_cache=False))
+    assert (small.config.intermediate_size, model.config.intermediate_size) == (64, 128)
+    small.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(again) is transformers.LlamaForCausalLM
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, small(ids).logits)

@@ -30,8 +30,9 @@ import torch.fx
 from torch.utils._pytree import tree_flatten
 
 from ..errors import RewriteError
+from ..hf.config import sync_config
 
-__all__ = ["prune_to_module", "build_module", "sync_attributes", "changed_constants"]
+__all__ = ["prune_to_module", "build_module", "sync_attributes", "carry_constants", "changed_constants"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,50 @@ def sync_attributes(model: torch.nn.Module, small_gm: torch.fx.GraphModule) -> N
         _shape_attrs(m)
 
 
+def _module_path(node: torch.fx.Node) -> str | None:
+    """The qualified name of the innermost module whose forward made ``node`` (export records it)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    return list(stack.values())[-1][0]
+
+
+def carry_constants(model: torch.nn.Module, before: torch.fx.Graph, after: torch.fx.Graph) -> Dict[str, int]:
+    """Set the plain int attributes that the graph target's rewritten constants came from.
+
+    A size in an exported ``view`` is a literal (``hidden_shape = (*input_shape, -1, self.head_dim)``
+    becomes ``[1, 8, -1, 16]``). When such a literal changes (16 -> 12) and the module whose forward wrote it
+    has exactly one int attribute equal to the old value (``head_dim``), that attribute takes the new value;
+    every change of one attribute must agree. This is a reading by value, so :func:`build_module` checks
+    the result against the graph target afterwards. Returns ``{"module.attr": new}``.
+    """
+    modules = dict(model.named_modules(remove_duplicate=False))
+    proposals: Dict[Tuple[str, str], set] = {}
+    for a, b in zip(before.nodes, after.nodes):
+        if a.op not in ("call_function", "call_method"):
+            continue
+        old, new = _consts(a), _consts(b)
+        path = _module_path(a)
+        if old == new or len(old) != len(new) or path not in modules:
+            continue
+        mod = modules[path]
+        for o, n in zip(old, new):
+            if type(o) is not int or type(n) is not int or o == n or o <= 1:
+                continue
+            attrs = [k for k, v in vars(mod).items() if type(v) is int and v == o and not k.startswith("_")]
+            if len(attrs) == 1:
+                proposals.setdefault((path, attrs[0]), set()).add(n)
+    done: Dict[str, int] = {}
+    for (path, attr), values in proposals.items():
+        if len(values) == 1:  # two different new values for one attribute: it cannot carry both
+            value = values.pop()
+            setattr(modules[path], attr, value)
+            done[f"{path}.{attr}" if path else attr] = value
+    if done:
+        log.info("module target: attributes set from rewritten graph constants: %s", done)
+    return done
+
+
 def changed_constants(before: torch.fx.Graph, after: torch.fx.Graph) -> List[str]:
     """Nodes whose non-tensor arguments the graph target rewrote, as ``name: old -> new``."""
     out = []
@@ -122,6 +167,9 @@ def build_module(new_root: torch.nn.Module, small_gm: torch.fx.GraphModule, befo
     """
     sync_attributes(new_root, small_gm)
     changed = changed_constants(before, small_gm.graph)
+    if changed:
+        carry_constants(new_root, before, small_gm.graph)
+    sync_config(new_root)
     if not changed:
         return new_root
     log.info("graph target rewrote %d constant(s); checking the module target carries them", len(changed))
@@ -196,7 +244,7 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
         out = build_module(new_root, small, graph.gm.graph, lambda: call_model(new_root, example_inputs),
                            run_graph)
     except RewriteError as e:
-        if output != "auto":
+        if output != "auto" or inplace:
             raise
         # the graph target is still right and is called like the model: return it, saying why
         warnings.warn(f"fxprune: returning a GraphModule, not {type(model).__name__}: {e}", stacklevel=3)
