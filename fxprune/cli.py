@@ -532,9 +532,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse usage errors (2), --help and --version (0)
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
     handler = _Collect()
-    lib_log = logging.getLogger("fxprune")
+    lib_log, torch_log = logging.getLogger("fxprune"), logging.getLogger("torch")
     lib_log.addHandler(handler)
     propagate, lib_log.propagate = lib_log.propagate, False  # printed by us, once each
+    # torch.export logs its failed attempts (graph dumps) while fxprune falls back; fxprune's own warning
+    # says what that means for pruning. --debug keeps torch's logging as it is.
+    torch_level = torch_log.level
+    if not args.debug:
+        torch_log.setLevel(logging.ERROR)
     status, error = EXIT_BUG, ""
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -564,6 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         lib_log.removeHandler(handler)
         lib_log.propagate = propagate
+        torch_log.setLevel(torch_level)
     _print_warnings(caught, handler.messages)
     if error:
         print(f"fxprune: error: {_one_line(error)}", file=sys.stderr)

@@ -291,3 +291,28 @@ def test_inspect_table_and_drawings(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "conv.weight:0: dim 1 of an input to" in out
     assert f'File "{src}", line 8, in forward: return torch.fft.fft2(self.conv(x)).real' in out
+
+
+def test_fallback_model_warns_once_without_torch_log_noise(tmp_path):
+    """A forward that branches on a value: torch.export's failed attempt logs warnings (symbolic_shapes); the
+    CLI keeps torch's logging quiet and shows its own one-line warning about the fallback, once, and exits 0
+    (the submodules are pruned and verified)."""
+    (tmp_path / "branch.py").write_text(
+        "import torch\n"
+        "from torch import nn\n"
+        "class VB(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))\n"
+        "    def forward(self, x):\n"
+        "        y = self.body(x)\n"
+        "        return y if bool(y.sum() > 0) else -y\n"
+        "def build():\n"
+        "    return VB(), torch.randn(1, 3, 10, 10)\n")
+    rc, out, err = _cli("prune", "branch.py:build", *FAST, cwd=tmp_path)
+    assert rc == 0, err
+    assert sum("falling back to tracing its submodules" in ln for ln in err) == 1
+    assert [ln for ln in err if ln.startswith("fxprune:")] == [ln for ln in err if "falling back" in ln]
+    assert not any("symbolic_shapes" in ln or "Traceback" in ln for ln in err), err
+    # conv 8 -> 4 filters: (3*9*8+8) + (8*9*4+4) = 516 before, (3*9*4+4) + (4*9*4+4) = 260 after, by hand
+    assert next(ln for ln in out.splitlines() if ln.startswith("params")).split()[1:3] == ["516", "260"]
