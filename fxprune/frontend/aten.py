@@ -75,7 +75,7 @@ _SAME_FN = {
     torch.conv_transpose1d: _ov("conv_transpose1d", "default"),
     torch.conv_transpose2d: _ov("conv_transpose2d", "input"),
     torch.conv_transpose3d: _ov("conv_transpose3d", "input"),
-    F.layer_norm: _ov("layer_norm", "default"), F.group_norm: _ov("group_norm", "default"),
+    F.group_norm: _ov("group_norm", "default"),
     F.scaled_dot_product_attention: _ov("scaled_dot_product_attention", "default"),
     torch.matmul: _ov("matmul", "default"), torch.bmm: _ov("bmm", "default"), torch.mm: _ov("mm", "default"),
     torch.addmm: _ov("addmm", "default"), torch.einsum: _ov("einsum", "default"),
@@ -121,6 +121,14 @@ for _name, _ovs in {"view": _ov("view", "default"), "expand": _ov("expand", "def
                     "contiguous": _ov("contiguous", "default"), "repeat": _ov("repeat", "default"),
                     "type_as": _ov("type_as", "default")}.items():
     _reg(_method(_name), *_ovs)
+
+
+def _first(fn: Callable, n: int) -> Callable[[torch.fx.Node], Converted]:
+    """``fn`` with the aten op's first ``n`` positional arguments (the rest are backend flags)."""
+    def conv(node: torch.fx.Node) -> Converted:
+        return "call_function", fn, tuple(node.args[:n]), dict(node.kwargs)
+    conv.__name__ = f"first_{n}_of_{fn.__name__}"
+    return conv
 
 
 def _dropout(node: torch.fx.Node) -> Converted:
@@ -201,6 +209,10 @@ def _to(node: torch.fx.Node) -> Converted:
 
 
 _reg(_dropout, *_ov("dropout", "default"))
+_reg(_first(F.layer_norm, 5), *_ov("layer_norm", "default"))  # drops aten's cudnn_enable flag
+_reg(_same(torch.full_like), *_ov("full_like", "default"))
+for _name in ("add_", "sub_", "mul_", "div_", "clamp_", "masked_fill_"):
+    _reg(_method(_name), *_ov(_name, "Tensor", "Scalar", "default"))
 _reg(_instance_norm, *_ov("instance_norm", "default"))
 _reg(_grid_sampler, *_ov("grid_sampler", "default"))
 _reg(_upsample("bilinear"), *_ov("upsample_bilinear2d", "vec"))

@@ -1,5 +1,6 @@
 """Op rules, one module per op family; importing this package registers them all."""
 from . import (  # noqa: F401
+    addmm,
     attention,
     concat,
     conv,
