@@ -416,6 +416,30 @@ def test_group_norm_left_with_one_group_keeps_whole_groups():
     _replays(m, pruner, small, x)
 
 
+class DepthwiseMultiplier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.dw = nn.Conv2d(3, 6, 3, padding=1, groups=3)   # input i feeds outputs 2i, 2i+1
+        self.head = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.dw(torch.relu(self.conv(x))))
+
+
+def test_depthwise_conv_left_with_one_group_keeps_its_blocks():
+    m = DepthwiseMultiplier().eval()
+    x = torch.randn(2, 3, 6, 6)
+    pruner = fxprune.Pruner(m, x, importance=FirstLowest(), pruning_ratio=0.8, iterative_steps=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(3):
+            small = pruner.step()
+    assert (small.dw.groups, small.dw.in_channels, small.dw.out_channels) == (1, 1, 2)
+    assert pruner.plan["dw.weight:0"] == [0, 1, 2, 3]       # whole blocks only, as in the original
+    _replays(m, pruner, small, x)
+
+
 # ---------------------------------------------------------------- warnings: once, readable
 
 class Fft(nn.Module):

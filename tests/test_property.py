@@ -4,12 +4,21 @@ A model is a list of ops over a growing list of values (value 0 is the input, 3 
 
     ("conv", src, out_channels, kernel, groups)   ("bn", src)        ("act", src, kind)
     ("add", a, b)  (same channels)                ("cat", a, b)      ("split", src, sizes)  (one value per chunk)
+    ("scale", src)   v * v.size(1) ** -0.5 / v.shape[-1]   (sizes read as numbers)
+    ("squeeze", src) v * sigmoid(avg_pool(v, 1).squeeze()).unsqueeze(-1).unsqueeze(-1)   (bare squeeze)
+    ("drop", src)    F.dropout(v, 0.3, self.training)
+    ("reduce", src, kind)  v + v.pow(2).sum(1, keepdim=True) / v * v.mean(1, keepdim=True).sigmoid()
+    ("gate", src, k) a, b = v.split([k, C - k], 1); cat([a * sigmoid(b[:, :k]), b], 1)   (split/cat with a gate)
 
-Every value no op consumes feeds a head ``Linear(flatten(avg_pool(v, 4)))`` (flatten -> Linear with a
-2x2 block map); the heads are summed into the single output.
+Every op draws whether its tensors are passed by keyword (``torch.cat(tensors=..., dim=1)``,
+``torch.flatten(input=..., start_dim=1)``). Every value no op consumes feeds a head
+``Linear(flatten(avg_pool(v, 4)))`` (flatten -> Linear with a 2x2 block map); the heads are summed into the
+single output. Models are traced in train or eval mode (dropout must follow the mode after pruning).
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import List, Sequence, Tuple
 
 import pytest
@@ -46,7 +55,8 @@ def dag_specs(draw) -> List[tuple]:
     for step in range(draw(st.integers(1, 6))):
         # The first op is a conv of the input, so most models have a prunable group; later ops read any value.
         kind = "conv" if step == 0 else draw(st.sampled_from(["conv", "conv", "conv", "bn", "act", "add",
-                                                              "cat", "split"]))
+                                                              "cat", "split", "scale", "squeeze", "drop",
+                                                              "reduce", "gate"]))
         src = draw(st.integers(0, len(chans) - 1))
         c = chans[src]
         if kind == "add":
@@ -55,16 +65,25 @@ def dag_specs(draw) -> List[tuple]:
             chans.append(c)
         elif kind == "cat" and any(c + cc <= MAX_C for cc in chans):
             other = draw(st.sampled_from([i for i, cc in enumerate(chans) if c + cc <= MAX_C]))
-            ops.append(("cat", src, other))
+            ops.append(("cat", src, other, draw(st.booleans())))
             chans.append(c + chans[other])
         elif kind == "split" and c >= 2:
             n = draw(st.integers(2, min(3, c)))
             cuts = sorted(draw(st.permutations(range(1, c)))[:n - 1])
             sizes = [b - a for a, b in zip([0] + cuts, cuts + [c])]
-            ops.append(("split", src, tuple(sizes)))
+            ops.append(("split", src, tuple(sizes), draw(st.booleans())))
             chans.extend(sizes)
         elif kind == "bn":
             ops.append(("bn", src))
+            chans.append(c)
+        elif kind in ("scale", "drop") or kind == "squeeze" and c >= 2:  # squeeze(): (B, 1) stays 2-D
+            ops.append((kind, src, draw(st.booleans())))
+            chans.append(c)
+        elif kind == "reduce":
+            ops.append(("reduce", src, draw(st.sampled_from(["sum", "mean"])), draw(st.booleans())))
+            chans.append(c)
+        elif kind == "gate" and c >= 2:
+            ops.append(("gate", src, draw(st.integers(1, c // 2)), draw(st.booleans())))
             chans.append(c)
         elif kind == "act":
             ops.append(("act", src, draw(st.sampled_from(ACTS))))
@@ -123,16 +142,41 @@ class DagNet(nn.Module):
             elif kind == "add":
                 vals.append(vals[op[1]] + vals[op[2]])
             elif kind == "cat":
-                vals.append(torch.cat([vals[op[1]], vals[op[2]]], 1))
-            else:
-                parts = torch.split(vals[op[1]], list(op[2]), 1)
+                a, b = vals[op[1]], vals[op[2]]
+                vals.append(torch.cat(tensors=[a, b], dim=1) if op[3] else torch.cat([a, b], 1))
+            elif kind == "split":
+                v = vals[op[1]]
+                parts = torch.split(tensor=v, split_size_or_sections=list(op[2]), dim=1) if op[3] \
+                    else torch.split(v, list(op[2]), 1)
                 for j in range(len(op[2])):
                     vals.append(parts[j])
+            else:
+                vals.append(self._extra(vals[op[1]], op))
         out = None
-        for v in self.leaves:
-            h = self.heads[f"v{v}"](torch.flatten(F.avg_pool2d(vals[v], 4), 1))
+        for i, v in enumerate(self.leaves):
+            pooled = F.avg_pool2d(input=vals[v], kernel_size=4) if i % 2 else F.avg_pool2d(vals[v], 4)
+            flat = torch.flatten(input=pooled, start_dim=1) if i % 2 else torch.flatten(pooled, 1)
+            h = self.heads[f"v{v}"](flat)
             out = h if out is None else out + h
         return out
+
+    def _extra(self, v, op):
+        kind, kw = op[0], op[-1]
+        if kind == "scale":  # sizes read as numbers (channels and width)
+            return v * v.size(1) ** -0.5 / v.shape[-1] if kw else v * (v.shape[1] ** -0.5) / v.size(-1)
+        if kind == "squeeze":
+            s = F.adaptive_avg_pool2d(input=v, output_size=1) if kw else F.adaptive_avg_pool2d(v, 1)
+            return v * torch.sigmoid(s.squeeze()).unsqueeze(-1).unsqueeze(-1)
+        if kind == "drop":
+            return F.dropout(input=v, p=0.3, training=self.training) if kw else F.dropout(v, 0.3, self.training)
+        if kind == "reduce":
+            if op[2] == "sum":
+                return v + (torch.sum(input=v.pow(2), dim=1, keepdim=True) if kw else v.pow(2).sum(1, keepdim=True))
+            return v * torch.sigmoid(torch.mean(input=v, dim=1, keepdim=True) if kw else v.mean(1, keepdim=True))
+        k = op[2]  # gate: the first k channels, gated by the next k, then the rest unchanged
+        a, b = v.split([k, v.shape[1] - k], 1)
+        g = torch.sigmoid(input=b[:, :k]) if kw else torch.sigmoid(b[:, :k])
+        return torch.cat(tensors=[a * g, b], dim=1) if kw else torch.cat([a * g, b], 1)
 
 
 def build(ops: Sequence[tuple]) -> Tuple[nn.Module, Tuple[torch.Tensor]]:
@@ -148,7 +192,12 @@ def _split_key(key: str):
     return name, int(dim)
 
 
-@settings(max_examples=200, deadline=None, database=None,
+# FXPRUNE_PROPERTY_EXAMPLES=3000 for the long run (see the closing note of issue 14).
+EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "300"))
+CRITERIA = ("l1", "l2", "random", "fpgm", "lamp")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=dag_specs(), data=st.data())
 def test_random_dag_prunes_and_verifies(ops, data):
@@ -156,6 +205,8 @@ def test_random_dag_prunes_and_verifies(ops, data):
     with torch.no_grad():
         ref = m(*inputs)
     before = {k: v.clone() for k, v in m.state_dict().items()}
+    if data.draw(st.booleans(), label="traced in train mode"):
+        m.train()  # dropout reads self.training: pruned in train mode, it must not drop out in eval mode
 
     graph = fxprune.analyze(m, inputs)
     tensors = zoo.named_tensors(m)
@@ -203,6 +254,8 @@ def test_random_dag_prunes_and_verifies(ops, data):
             return
     fxprune.verify(m, small, plan, inputs)
 
+    m.eval()
+    small.eval()  # pruned in train mode, it is in train mode: a forward would update its BN statistics
     with torch.no_grad():
         out = small(*inputs)
     assert out.shape == ref.shape
@@ -219,6 +272,37 @@ def test_random_dag_prunes_and_verifies(ops, data):
         keep = [i for i in range(size) if i not in set(removed)]
         assert recovered.get(name, {}).get(dim) == keep, f"{key}: kept {recovered.get(name)}, expected {keep}"
 
+    _pruner_replays(m, inputs, data)
+
     after = m.state_dict()
     for k, v in before.items():
         assert torch.equal(after[k], v), f"original {k} changed"
+
+
+def _pruner_replays(m: nn.Module, inputs, data) -> None:
+    """Three iterative Pruner steps with a random criterion: never an invalid plan, and ``pruner.plan``
+    replays on the original to the same state dict, each tensor an index_select of the original that
+    keeps exactly what the plan does not remove."""
+    crit = data.draw(st.sampled_from(CRITERIA), label="criterion")
+    ratio = data.draw(st.sampled_from([0.3, 0.5, 0.8]), label="ratio")
+    glob = data.draw(st.booleans(), label="global")
+    pruner = fxprune.Pruner(m, inputs, importance=crit, pruning_ratio=ratio, global_pruning=glob,
+                            iterative_steps=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "fxprune: Pruner step")
+        for _ in range(3):
+            small = pruner.step()
+    plan = pruner.plan
+    replay = fxprune.prune(m, plan, inputs)
+    s_sd, r_sd = small.state_dict(), replay.state_dict()
+    assert s_sd.keys() == r_sd.keys()
+    for k, v in s_sd.items():
+        assert torch.equal(r_sd[k], v), f"replay of {plan} differs at {k}"
+    fxprune.verify(m, small, plan, inputs)
+    recovered = zoo.recover_slices(m, small)
+    tensors = zoo.named_tensors(m)
+    for key, removed in plan.items():
+        name, dim = _split_key(key)
+        keep = [i for i in range(tensors[name].shape[dim]) if i not in set(removed)]
+        assert recovered.get(name, {}).get(dim) == keep, f"pruner {key}: kept {recovered.get(name)}, expected {keep}"
+    event(f"pruner removed {sum(len(v) for v in plan.values())} > 0" if len(plan) else "pruner removed nothing")

@@ -28,7 +28,7 @@ def _self_blocks(n: int, k: int):
     return i, (i // k) * k
 
 
-def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool) -> None:
+def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool, grouped: bool = False) -> None:
     cd = x.ndim - (w.ndim - 2) - 1  # channel dim: 1 when batched, 0 when not
     if cd == 1:
         ctx.couple(x, 0, out, 0)
@@ -37,7 +37,7 @@ def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool) -> None:
     w_in, w_out = (0, 1) if transposed else (1, 0)
     if b is not None:
         ctx.couple(b, 0, out, cd)
-    if g == 1:
+    if g == 1 and not grouped:
         ctx.couple(x, cd, w, w_in)
         ctx.couple(out, cd, w, w_out)
     elif ki == 1 or ko == 1:
@@ -68,15 +68,20 @@ def _new_groups(rctx, node, x, w, transposed: bool, old_groups: int) -> int:
 
 def lower_conv_module(ctx, node) -> None:
     m = ctx.module()
+    # a grouped conv pruned down to one group keeps its block structure (a depthwise conv's outputs go
+    # with their input), as in the original: a later step may not prune inside it (replay could not)
     _lower_conv(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.param("bias"), ctx.out(),
-                m.groups, isinstance(m, _CONVT))
+                m.groups, isinstance(m, _CONVT), getattr(m, "_fxprune_grouped", False))
 
 
 def rewrite_conv_module(node, rctx) -> None:
     m = rctx.module(node)
     x, w = rctx.tensor(arg(node, 0, "input")), rctx.param(node, "weight")
     transposed = isinstance(m, _CONVT)
-    m.groups = _new_groups(rctx, node, x, w, transposed, m.groups)
+    groups = _new_groups(rctx, node, x, w, transposed, m.groups)
+    if m.groups > 1 and groups == 1:
+        m._fxprune_grouped = True
+    m.groups = groups
     cd = x.ndim - (w.ndim - 2) - 1
     m.in_channels = rctx.new_shape(x)[cd]
     m.out_channels = rctx.new_shape(rctx.tensor(node))[cd]
