@@ -254,3 +254,25 @@ def test_llama_mlp_config_round_trips_through_save_pretrained(tmp_path):
     assert type(again) is transformers.LlamaForCausalLM
     with torch.no_grad():
         assert torch.equal(again(ids).logits, small(ids).logits)
+
+
+def test_llama_whole_kv_groups_removed_into_the_class_config_and_back():
+    model, ids = _llama()
+    inputs = fxprune.Inputs(ids, use_cache=False)
+    heads = fxprune.analyze(model, inputs, prefer_heads=True)
+    g = heads.group_of("model.layers.0.self_attn.q_proj.weight", 0)
+    assert g.classes == [list(range(32)), list(range(32, 64))]  # one class per KV group (2 query heads)
+    plan = fxprune.PrunePlan({f"model.layers.{i}.self_attn.q_proj.weight:0": list(range(32, 64)) for i in range(2)})
+    small = fxprune.prune(model, plan, inputs)
+    assert type(small) is transformers.LlamaForCausalLM
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (2, 1)
+    attn = small.model.layers[0].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (32, 16, 32)
+    ref = copy.deepcopy(model)  # oracle: KV head 1's values zeroed, so query heads 2 and 3 output zero
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            layer.self_attn.v_proj.weight[16:] = 0
+        torch.testing.assert_close(small(ids, use_cache=False).logits, ref(ids, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-5)
+    assert torch.equal(small.generate(ids, max_new_tokens=5, do_sample=False),
+                       ref.generate(ids, max_new_tokens=5, do_sample=False))
