@@ -57,7 +57,8 @@ def target_name(t: Any) -> str:
 
     Example:
         >>> import torch
-        >>> target_name(torch.relu), target_name(torch.nn.functional.gelu), target_name(torch.ops.aten.add.Tensor)
+        >>> F = torch.nn.functional
+        >>> target_name(torch.relu), target_name(F.gelu), target_name(torch.ops.aten.add.Tensor)
         ('torch.relu', 'torch._C._nn.gelu', 'aten.add.Tensor')
     """
     if isinstance(t, str):
@@ -379,7 +380,8 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int 
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:
         warned.update(new)
-        lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})" for k, v in new.items())
+        lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"
+                          for k, v in new.items())
         warnings.warn(f"fxprune: no rule for {len(new)} op(s); every dim they touch is pinned: {lines}",
                       stacklevel=3)
     return ctx, sol
