@@ -264,6 +264,8 @@ def markdown(doc: dict) -> str:
 
             def f(r, k, fmt):
                 return fmt.format(r[k]) if r is not None and k in r else "—"
+            if fx is None and tp is None:
+                continue  # not measured (an interrupted or partial run)
             ok = "—"
             if fx is not None and tp is not None:
                 ok = "yes" if fx["agreement"] >= tp["agreement"] and fx["kl"] <= tp["kl"] else "**no**"
@@ -349,14 +351,22 @@ def main(argv=None) -> int:
         for path in args.merge:
             with open(path) as f:
                 docs.append(json.load(f))
+        metas = [copy.deepcopy(d["meta"]) for d in docs]
         doc = docs[0]
         for d in docs[1:]:
             doc["rows"] += d["rows"]
             doc["tp_ratios"].update(d["tp_ratios"])
             doc["config"]["budgets"] += [b for b in d["config"]["budgets"] if b not in doc["config"]["budgets"]]
         doc["config"]["budgets"].sort(reverse=True)
+        seen, rows = set(), []
+        for r in doc["rows"]:  # a (library, criterion, budget) measured by two runs: keep the first
+            key = (r["library"], r["criterion"], r["budget"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+        doc["rows"] = rows
         doc["meta"]["merged_from"] = [os.path.basename(p) for p in args.merge]
-        doc["meta"]["runs"] = [d["meta"] for d in docs]
+        doc["meta"]["runs"] = metas
         write_outputs(doc, args.out)
         return 0
     if args.replot:
