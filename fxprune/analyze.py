@@ -21,6 +21,7 @@ import torch.fx
 from . import cache
 from .errors import PlanError, TraceError
 from .frontend import trace
+from .gcpause import no_gc, paused_gc
 from .ir import DimNode, Solution
 from .lower import LowerCtx, lower_graph
 from .plan import PrunePlan, make_key, parse_key
@@ -99,7 +100,8 @@ class ChannelGraph:
     def groups(self) -> List[Group]:
         """Every group holding at least one parameter dim of size > 1, in key order (built on first use)."""
         if self._groups is None:
-            self._groups = self._build_groups()
+            with paused_gc():  # tens of thousands of small lists (see fxprune.gcpause)
+                self._groups = self._build_groups()
             self._by_dim = {d.id: g for g in self._groups for d in g.dims}
         return self._groups
 
@@ -158,8 +160,10 @@ class ChannelGraph:
             ordered = gparams + [d for d in gdims if d.id not in rank]
             all_classes, glabels = [], []
             for d in gparams:
-                for lab, idx in per_dim.get(d.id, {}).items():
-                    all_classes.append((make_key(d.value[1], d.dim), idx))
+                dim_classes = per_dim.get(d.id, {})
+                key = make_key(d.value[1], d.dim) if dim_classes else None  # once per dim: it validates
+                for lab, idx in dim_classes.items():
+                    all_classes.append((key, idx))
                     glabels.append(lab)
             key_dim = gparams[0]
             classes = list(per_dim.get(key_dim.id, {}).values())
@@ -320,6 +324,7 @@ def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> No
                   f"{len(groups)} groups, all pinned). Largest pins: {pins}", stacklevel=3)
 
 
+@no_gc
 def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
             prefer_heads: bool = False, frontend: str = "auto") -> ChannelGraph:
     """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.

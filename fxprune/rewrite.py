@@ -26,6 +26,7 @@ from torch.fx.node import map_arg
 
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FxpruneError, PlanError, RewriteError
+from .gcpause import no_gc
 from .lower import TRef
 from .plan import PrunePlan
 from .registry import lookup
@@ -256,6 +257,7 @@ def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
         old._modules = children
 
 
+@no_gc
 def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool = False,
           strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
     """Remove the channels of ``plan`` and return a smaller GraphModule.

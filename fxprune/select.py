@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .analyze import ChannelGraph, Group
+from .gcpause import no_gc
 from .plan import PrunePlan
 
 __all__ = ["plan_by_ratio", "class_scores", "class_dim_counts"]
@@ -78,6 +79,7 @@ def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[in
     return counts, sizes
 
 
+@no_gc
 def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
