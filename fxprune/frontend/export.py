@@ -26,6 +26,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from typing import Any, Dict, List, Tuple
 
@@ -127,7 +129,9 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
     """
     args, kwargs = split_inputs(example_inputs)
     try:
-        ep = torch.export.export(model, args, kwargs, strict=False)
+        # a failing export prints its partial graph to stderr; the TraceError below says what failed
+        with contextlib.redirect_stderr(io.StringIO()):
+            ep = torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:  # anything the exporter raises: data-dependent branches, unsupported Python
         raise TraceError(f"torch.export.export failed on {type(model).__name__}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from e
