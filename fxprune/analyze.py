@@ -23,7 +23,7 @@ from .errors import PlanError, TraceError
 from .frontend import trace
 from .gcpause import no_gc, paused_gc
 from .ir import DimNode, Solution
-from .lower import LowerCtx, lower_graph
+from .lower import LowerCtx, _warned, lower_graph
 from .plan import PrunePlan, make_key, parse_key
 
 __all__ = ["analyze", "ChannelGraph", "Group", "Expansion"]
@@ -312,6 +312,10 @@ def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> No
     groups = graph.groups
     if not groups or any(g.pinned is None for g in groups):
         return
+    warned = _warned(model)  # once per model (and the copies traced or pruned from it)
+    if "nothing prunable" in warned:
+        return
+    warned.add("nothing prunable")
     params = dict(graph.gm.named_parameters(remove_duplicate=False))
     weight: Dict[str, int] = {}
     for g in groups:

@@ -57,10 +57,10 @@ def _estimate(graph: Any, model: nn.Module, plan: PrunePlan, what: str) -> Any:
 
 
 def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[str, List[int]]], what: str,
-               target: int) -> PrunePlan:
+               target: int, baseline: Any = None) -> PrunePlan:
     """The shortest prefix of ``order`` whose removal brings ``what`` (``"macs"``/``"params"``) of
     ``model`` (analysed as ``graph``) to ``target`` or below. Warns and returns the whole order when
-    even that misses."""
+    even that misses. ``baseline``: ``what`` of ``model`` when the caller has counted it already."""
     from .analyze import ChannelGraph
     from .rewrite import apply_plan, prune
 
@@ -69,7 +69,7 @@ def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[
             return apply_plan(graph, plan, model)
         return prune(model, plan, inputs)
 
-    cache: Dict[int, int] = {0: measure(model, inputs, what)}
+    cache: Dict[int, int] = {0: measure(model, inputs, what) if baseline is None else int(baseline)}
     # Probes read sizes off the analysis (fxprune.ircount) when it models every op of this graph and agrees
     # with the counter on the unpruned model; otherwise each probe builds and counts a pruned copy.
     use_ir = isinstance(graph, ChannelGraph) and _estimate(graph, model, PrunePlan({}), what) == cache[0]

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
+from .gcpause import no_gc
 from .errors import PlanError
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import _prune
@@ -169,6 +170,7 @@ class Pruner:
         """The cumulative plan of every step so far, in the original model's coordinates."""
         return PrunePlan(self._plan)
 
+    @no_gc
     def step(self, interactive: bool = False) -> Any:
         """Run the next pruning step; return the pruned model (a generator of :class:`Proposal` s
         when ``interactive``; the pruned model is then :attr:`model` once the generator is exhausted)."""
@@ -409,7 +411,8 @@ class Pruner:
         target = base - (base - final) * self.current_step / self.iterative_steps
         graph = self._analyze()
         order = self._removal_order(self._candidates(graph))
-        plan = fit_budget(graph, self.model, self.example_inputs, order, metric, target)
+        plan = fit_budget(graph, self.model, self.example_inputs, order, metric, target,
+                          baseline=base if self.model is self.original else None)
         if not len(plan) and order:
             self._why = {f"the model already meets {metric} <= {target:,} at this step": []}
         return plan
