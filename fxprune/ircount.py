@@ -46,7 +46,7 @@ _NO_MACS = frozenset({
     "creation new", "elementwise", "embedding", "embedding bag", "expand", "fold", "functional batchnorm",
     "functional embedding", "functional groupnorm", "functional layernorm", "getitem", "glu", "grid_sample",
     "groupnorm", "index_select", "interpolate", "layernorm", "local response norm", "max unpool", "mean",
-    "narrow", "pad", "pad module", "permute", "pixel shuffle", "pooling", "prelu", "reduction", "repeat",
+    "meshgrid", "narrow", "pad", "pad module", "permute", "pixel shuffle", "pooling", "prelu", "reduction", "repeat",
     "repeat_interleave", "reshape", "reshape_as", "roll", "shape query", "softmax-like", "softmax2d", "split",
     "stack", "unflatten", "unfold",
 })

@@ -97,7 +97,7 @@ def case(request) -> Case:
 
 @pytest.mark.parametrize("case", PARAMS, indirect=True)
 def test_prune_verify(case: Case):
-    assert case.analyze_cpu_s <= MAX_ANALYZE_CPU_S, f"analysis took {case.analyze_cpu_s:.1f} s of CPU time"
+    # analysis time is measured by benchmarks/zoo.py and benchmarks/speed.py, not asserted here
     assert not case.no_rule, case.no_rule[0]  # every op of the zoo has a rule
     with torch.no_grad():
         out = case.small(*case.inputs)

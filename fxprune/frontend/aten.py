@@ -106,6 +106,7 @@ _SAME_FN = {
     F.avg_pool2d: _ov("avg_pool2d", "default"), F.max_pool2d: _ov("max_pool2d", "default"),
     F.pad: _ov("pad", "default"), torch.constant_pad_nd: _ov("constant_pad_nd", "default"),
     torch.arange: _ov("arange", "default", "start", "start_step"), torch.zeros: _ov("zeros", "default"),
+    torch.linspace: _ov("linspace", "default"),
     torch.ones: _ov("ones", "default"), torch.full: _ov("full", "default"),
     torch.zeros_like: _ov("zeros_like", "default"), torch.ones_like: _ov("ones_like", "default"),
     torch.tril: _ov("tril", "default"), torch.triu: _ov("triu", "default"),
@@ -209,7 +210,16 @@ def _to(node: torch.fx.Node) -> Converted:
 
 
 _reg(_dropout, *_ov("dropout", "default"))
-_reg(_first(F.layer_norm, 5), *_ov("layer_norm", "default"))  # drops aten's cudnn_enable flag
+_reg(_first(F.layer_norm, 5), *_ov("layer_norm", "default"))
+
+
+def _meshgrid(node: torch.fx.Node) -> Converted:
+    tensors = node.args[0]
+    indexing = node.args[1] if len(node.args) > 1 else node.kwargs.get("indexing", "ij")
+    return "call_function", torch.meshgrid, tuple(tensors), {"indexing": indexing}
+
+
+_reg(_meshgrid, *_ov("meshgrid", "indexing", "default"))  # drops aten's cudnn_enable flag
 _reg(_same(torch.full_like), *_ov("full_like", "default"))
 for _name in ("add_", "sub_", "mul_", "div_", "clamp_", "masked_fill_"):
     _reg(_method(_name), *_ov(_name, "Tensor", "Scalar", "default"))

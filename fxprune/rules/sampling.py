@@ -1,4 +1,4 @@
-"""Sampling at computed coordinates: ``F.grid_sample``.
+"""Sampling at computed coordinates: ``F.grid_sample`` (and the ``meshgrid`` that builds coordinates).
 
 ``grid_sample(x[N, C, *S], grid[N, *S', k])`` reads every channel of ``x`` at the same coordinates, so
 channel ``c`` of the output is channel ``c`` of the input and nothing else: the channel dims couple
@@ -20,6 +20,7 @@ Example:
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from ..registry import register
@@ -36,4 +37,12 @@ def lower_grid_sample(ctx, node) -> None:
         ctx.couple(grid, 0, out, 0)
 
 
+def lower_meshgrid(ctx, node) -> None:
+    """Coordinate grids built from 1-D ranges carry no channels: every dim stays pinned, by name."""
+    for _, ref in ctx.out_elems():
+        for d in range(ref.ndim):
+            ctx.pin(ref, d, "a coordinate grid (meshgrid)")
+
+
 register("call_function", (F.grid_sample,), "grid_sample", lower_grid_sample)
+register("call_function", (torch.meshgrid,), "meshgrid", lower_meshgrid)
