@@ -207,3 +207,10 @@ def reads_pruned(entry: Any, rctx) -> bool:
         if any(len(rctx.removed(ref, k)) for k in dims):
             return True
     return False
+
+
+def couple_others(ctx, x, out, skip: int) -> None:
+    """Couple every dim of ``x`` with the same dim of ``out`` except dim ``skip`` (the one the op changes)."""
+    for d in range(x.ndim):
+        if d != skip:
+            ctx.couple(x, d, out, d)

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
-from ._util import arg, set_arg
+from ._util import arg, set_arg, couple_others
 
 
 def lower_lrn(ctx, node) -> None:
@@ -56,9 +56,7 @@ def lower_glu(ctx, node) -> None:
     if x is None or out is None or not isinstance(dim, int):
         return
     dim %= x.ndim
-    for d in range(x.ndim):
-        if d != dim:
-            ctx.couple(x, d, out, d)
+    couple_others(ctx, x, out, dim)
     half = out.shape[dim]
     ctx.couple(x, dim, out, dim, (np.arange(2 * half, dtype=np.int64), np.arange(2 * half, dtype=np.int64) % half))
 
@@ -69,9 +67,7 @@ def lower_narrow(ctx, node) -> None:
     if x is None or out is None or not isinstance(dim, int):
         return
     dim %= x.ndim
-    for d in range(x.ndim):
-        if d != dim:
-            ctx.couple(x, d, out, d)
+    couple_others(ctx, x, out, dim)
     if isinstance(start, int) and isinstance(arg(node, 3, "length"), int):
         start %= max(x.shape[dim], 1)
         sel = np.arange(start, start + out.shape[dim], dtype=np.int64)
@@ -96,9 +92,7 @@ def lower_index_select(ctx, node) -> None:
     if x is None or out is None or not isinstance(dim, int):
         return
     dim %= x.ndim
-    for d in range(x.ndim):
-        if d != dim:
-            ctx.couple(x, d, out, d)
+    couple_others(ctx, x, out, dim)
     ctx.pin(x, dim, f"index_select gathers dim {dim} by index values ({node.name})")
 
 

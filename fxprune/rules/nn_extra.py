@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..registry import register
-from ._util import arg
+from ._util import arg, couple_others
 
 
 def lower_spatial_module(ctx, node) -> None:
@@ -108,9 +108,7 @@ def lower_softmax2d(ctx, node) -> None:
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     if x is None or out is None:
         return
-    for d in range(x.ndim):
-        if d != x.ndim - 3:
-            ctx.couple(x, d, out, d)
+    couple_others(ctx, x, out, x.ndim - 3)
 
 
 register("call_module", (nn.FractionalMaxPool2d, nn.FractionalMaxPool3d, nn.LPPool3d), "pooling",

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import index_map
 from ..registry import register
-from ._util import arg
+from ._util import arg, couple_others
 
 
 def _lead(ctx, x, out, n: int) -> None:
@@ -61,9 +61,7 @@ def lower_channel_shuffle(ctx, node) -> None:
     g = _factor(node, ctx, 1, "groups", "groups")
     if x is None or out is None or x.ndim < 2 or not isinstance(g, int) or g <= 0 or x.shape[1] % g:
         return
-    for d in range(x.ndim):
-        if d != 1:
-            ctx.couple(x, d, out, d)
+    couple_others(ctx, x, out, 1)
     ctx.couple(x, 1, out, 1, _shuffle_pairs(x.shape[1], g))
 
 
