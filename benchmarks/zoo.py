@@ -713,8 +713,22 @@ def _fx_ok(fx_):
             and all(_status(fx_.get(k)) in ("ok", "skip", "–") for k in ("train", "jit", "onnx")))
 
 
+def _pins(fx_):
+    """``14% (model output 12%)``: the share of MACs in pinned groups and the op pinning the largest share;
+    ``no rule:`` before that op when it lacks a rule (a bug, not an inherent pin)."""
+    share = fx_.get("pinned_macs_share")
+    if not isinstance(share, (int, float)):
+        return "–"
+    top = fx_.get("top_pin")
+    if not top:
+        return f"{100 * share:.0f}%"
+    top = " ".join(top.replace("|", "/").split())[:60]
+    flag = "no rule: " if top in fx_.get("missing_rule", []) else ""
+    return f"{100 * share:.0f}% ({flag}{top} {100 * fx_.get('top_pin_share', 0):.0f}%)"
+
+
 def sweep_markdown(doc):
-    hdr = ["model", "groups (prunable/all)", "fxprune verified", "train", "TorchScript", "ONNX",
+    hdr = ["model", "frontend", "groups (prunable/all)", "MACs pinned (largest pin)", "fxprune verified", "train", "TorchScript", "ONNX",
            "fxprune params", "fxprune MACs", "fxprune analyze+prune s", "TP forward ok", "TP params",
            "TP MACs", "TP prune s"]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
@@ -735,7 +749,7 @@ def sweep_markdown(doc):
             tp_macs = _si(tp_.get("macs_after")) if "macs_after" in tp_ else "–"
             tp_t = _s(tp_.get("prune_s")) if "prune_s" in tp_ else "–"
         lines.append("| " + " | ".join([
-            r["model"], groups, ver, _status(fx_.get("train")), _status(fx_.get("jit")), _status(fx_.get("onnx")),
+            r["model"], fx_.get("frontend") or "–", groups, _pins(fx_), ver, _status(fx_.get("train")), _status(fx_.get("jit")), _status(fx_.get("onnx")),
             params, macs, fx_t, tp_ok, tp_params, tp_macs, tp_t]) + " |")
         for k in ("error", "train", "jit", "onnx"):
             v = fx_.get(k)
@@ -795,7 +809,8 @@ ZOO_DOC = os.path.join(ROOT, "docs", "zoo.md")
 
 def readme_table(doc):
     """The per-list totals and a compact per-model table (the body of docs/zoo.md)."""
-    hdr = ["model", "list", "fxprune verified", "TP forward ok", "params before → fxprune / TP",
+    hdr = ["model", "list", "frontend", "MACs pinned (largest pin)", "fxprune verified", "TP forward ok",
+           "params before → fxprune / TP",
            "MACs before → fxprune / TP", "analyze+prune s fxprune / TP"]
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for r in doc["models"]:
@@ -806,7 +821,7 @@ def readme_table(doc):
         fx_t = an + pr if isinstance(an, float) and isinstance(pr, float) else None
         tp_t = _s(tp_.get("prune_s")) if tp_fwd else "–"
         lines.append("| " + " | ".join([
-            r["model"], r["source"], ver, "ok" if tp_fwd else "FAIL",
+            r["model"], r["source"], fx_.get("frontend") or "–", _pins(fx_), ver, "ok" if tp_fwd else "FAIL",
             (f"{_si(fx_.get('params_before'))} → {_si(fx_.get('params_after'))} / "
              f"{_si(tp_.get('params_after')) if tp_fwd else '–'}"),
             (f"{_si(fx_.get('macs_before'))} → {_si(fx_.get('macs_after'))} / "
@@ -814,7 +829,9 @@ def readme_table(doc):
             f"{_s(fx_t)} / {tp_t}"]) + " |")
     return (sweep_totals(doc) + "\n\n<details><summary>Every model (fxprune verified = verify, output structure, "
             "train step, TorchScript and ONNX where the unpruned model has a route; TP = Torch-Pruning 1.6.1, "
-            "a raw forward)</summary>\n\n" + "\n".join(lines) + "\n\n</details>")
+            "a raw forward; MACs pinned = MACs of pinned groups / MACs of all groups, a conv counting in its "
+            "output and its input group, with the op pinning the largest share; `no rule:` marks an op "
+            "lacking a rule)</summary>\n\n" + "\n".join(lines) + "\n\n</details>")
 
 
 def zoo_doc(doc):

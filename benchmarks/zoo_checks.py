@@ -9,7 +9,8 @@ fxprune (``check_fx``)
     (detectors: two images with one target box each, backward of the sum of the losses); TorchScript and ONNX +
     onnxruntime (1e-4) of the pruned model by the route the unpruned model takes (``helpers.
     check_export_routes``: jit.trace, else jit.script; the default ONNX exporter, else ``dynamo=False``);
-    ``skip: <error>`` when the unpruned model has no route; params/MACs before and after.
+    ``skip: <error>`` when the unpruned model has no route; params/MACs before and after; the frontend that
+    captured the model and what pins it (:func:`pin_summary`).
 Torch-Pruning (``check_tp``)
     ``MetaPruner(model, x, MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=[final classifier])``
     (the output layers of every head for detectors, RAFT's flow and mask predictors; construction builds the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -95,6 +97,51 @@ def output_structure(out, per_detection: bool = False):
     return spec, [tuple(t.shape[cut:]) if isinstance(t, torch.Tensor) else None for t in leaves]
 
 
+_PIN_OP = re.compile(r"^dim \d+ (?:of an input to|produced by) (.+) \((\w+)\)$")
+
+
+def pin_op(reason: str) -> str:
+    """The op a pin reason names: the rule (or, for an op with no rule, the node's op label) in
+    ``dim d of an input to <op> (<node>)``; ``constant tensor`` for any constant; the reason itself otherwise
+    (``model input``, ``model output``, a rule's own words).
+
+        >>> pin_op("dim 1 of an input to call_function torch.roll (roll_1)")
+        'call_function torch.roll'
+        >>> pin_op("constant tensor pos_embed"), pin_op("model output")
+        ('constant tensor', 'model output')
+    """
+    m = _PIN_OP.match(reason)
+    if m:
+        return m.group(1)
+    return "constant tensor" if reason.startswith("constant tensor") else reason
+
+
+def pin_summary(graph, model, inputs) -> dict:
+    """The share of MACs in pinned groups and the op that pins the largest share.
+
+    A group's MACs are those of the modules owning a parameter with a member dim in it
+    (``fxprune.inspect.group_rows``; a conv counts in its output and its input group), so the pinned share is
+    ``sum(MACs of pinned groups) / sum(MACs of all groups)``: a conv whose input group is pinned and output
+    group free counts half. Pins are summed per op (:func:`pin_op`); ``missing_rule`` names the ops among
+    them that have no rule (the analysis' ``no rule`` list), which is a bug to fix rather than an inherent pin.
+    """
+    from fxprune.inspect import group_rows
+    rows = group_rows(graph, model, inputs)
+    total = sum(r.macs for r in rows)
+    by_op: dict = {}
+    for r in rows:
+        if r.pinned:
+            op = pin_op(r.pinned)
+            by_op[op] = by_op.get(op, 0) + r.macs
+    unknown = set(getattr(getattr(graph, "ctx", None), "unknown", {}) or {})
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])
+    share = (lambda n: round(n / total, 4) if total else 0.0)
+    return {"pinned_macs_share": share(sum(by_op.values())),
+            "pins": [[op, share(n)] for op, n in top[:5]],
+            "top_pin": top[0][0] if top else None, "top_pin_share": share(top[0][1]) if top else 0.0,
+            "missing_rule": sorted(op for op in by_op if op in unknown) + sorted(unknown - set(by_op))}
+
+
 def train_inputs(spec, inputs):
     """Inputs of a training forward: a detector also takes its targets (and then returns its losses)."""
     from zoo_models import detection_targets
@@ -132,6 +179,9 @@ def check_fx(spec, inputs_shape, checks, result_path: str) -> None:
             groups = graph.groups
             res["groups"] = len(groups)
             res["prunable_groups"] = sum(1 for g in groups if g.pinned is None)
+            res["frontend"] = getattr(graph, "frontend", None)
+            stage = "pins"
+            res.update(pin_summary(graph, model, inputs))
             stage = "plan_by_ratio"
             t0 = time.perf_counter()
             plan = fxprune.plan_by_ratio(graph, RATIO)
