@@ -184,9 +184,11 @@ def _freeze_size_reads(graph: torch.fx.Graph, rctx: RewriteCtx) -> None:
 
 
 def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
-               inplace: bool = False) -> torch.fx.GraphModule:
-    """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`."""
-    exp = graph.expand(plan)
+               inplace: bool = False, exp: Optional[Expansion] = None) -> torch.fx.GraphModule:
+    """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`. ``exp`` is the
+    plan already expanded (a part of a larger IR: the parts frontend expands over all parts at once)."""
+    if exp is None:
+        exp = graph.expand(plan)
     new_root, pairs = _clone_tree(root, graph, exp)
     new_modules = {p.rstrip("."): new for p, (_, new) in pairs.items()}
     for name in graph.ctx.modules:  # shared modules are reachable under several names

@@ -88,14 +88,15 @@ def test_gated_analyze_warns_once_and_names_the_untraced_module():
     msg = str(ws[0].message)
     assert "Gated" in msg and "control flow" in msg and "cannot be rewritten" in msg, msg
     assert ws[0].filename == __file__  # points at the user's call
-    assert [p.path for p in graph.parts] == ["a", "b"]  # a lone nn.Linear (head) has nothing to prune
+    assert [p.path for p in graph.parts] == ["a", "b", "head"]  # a lone nn.Linear is a part too
     free = {g.key: g.size for g in graph.groups if not g.pinned}
     assert free == {"a.conv1.weight:0": 8, "b.conv1.weight:0": 12}
     # the boundaries of every traced submodule stay fixed
     for key in ("a.conv2.weight:0", "b.conv1.weight:1"):
         assert graph.group_of(*fxprune.plan.parse_key(key)).pinned, key
-    with pytest.raises(fxprune.PlanError, match="not in a traced submodule"):
-        graph.group_of("head.weight", 1)
+    # head's input is made by untraced code (x.mean), and a's output is read by it (x.sum() > 0): pinned
+    assert graph.group_of("head.weight", 1).pinned == "model input"
+    assert graph.stitched == 0
     g = graph.group_of("a.bn.weight", 0)
     assert g.key == "a.conv1.weight:0"
     assert ("a.conv2.weight", 1) in g.members
@@ -211,7 +212,8 @@ def test_graph_constants_replace_the_part_by_its_graphmodule(tmp_path):
     model = Caller().eval()
     x = torch.randn(1, 3, 5, 5)
     graph, ws = _fallback_warnings(lambda: fxprune.analyze(model, x))
-    assert len(ws) == 1 and [p.path for p in graph.parts] == ["shuffle", "tail"]
+    assert len(ws) == 1 and [p.path for p in graph.parts] == ["stem", "shuffle", "tail"]
+    assert graph.group_of("stem.weight", 0).pinned  # x.sum() and x * 2 read its values outside any part
     assert graph.group_of("shuffle.conv.weight", 0).pinned is None
     assert "used outside" in graph.group_of("tail.0.weight", 0).pinned  # the parent's own code reads it
     plan = fxprune.PrunePlan({"shuffle.conv.weight:0": [0, 6]})

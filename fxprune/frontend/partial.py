@@ -70,6 +70,8 @@ class _Call:
     consts: list[Any]
     varies: bool = False
     out_spec: Any = None  # pytree spec of the first call's output
+    # (args, kwargs, output) of every call: stitching parts needs which tensor objects went in and out
+    every: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=list)
 
 
 def _split_leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
@@ -88,27 +90,49 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-class _UseTracker(TorchFunctionMode):
-    """Records, for every parameter/buffer, the modules that were running at each of its uses."""
+# Reading these says nothing about a tensor's values: a part boundary read only this way can be stitched.
+_SHAPE_QUERIES = frozenset({"size", "dim", "ndimension", "numel", "__len__", "is_floating_point", "is_complex",
+                            "element_size", "get_device", "is_contiguous", "data_ptr", "nelement"})
+_SHAPE_ATTRS = frozenset({"shape", "ndim", "device", "dtype", "layout", "is_cuda", "requires_grad", "is_meta",
+                          "is_sparse", "is_quantized", "names"})
 
-    def __init__(self, ids: set[int], stack: list[int], inside: dict[int, set[int]]):
+
+def _shape_query(func: Any) -> bool:
+    name = getattr(func, "__name__", "")
+    if name == "__get__":
+        return getattr(getattr(func, "__self__", None), "__name__", "") in _SHAPE_ATTRS
+    return name in _SHAPE_QUERIES
+
+
+class _UseTracker(TorchFunctionMode):
+    """Records, for every parameter/buffer, the modules that were running at each of its uses; and for
+    every watched tensor (a module call's input or output), the module stacks of its value uses."""
+
+    def __init__(self, ids: set[int], stack: list[int], inside: dict[int, set[int]],
+                 watch: dict[int, torch.Tensor], uses: dict[int, set[tuple[int, ...]]]):
         super().__init__()
         self.ids, self.stack, self.inside = ids, stack, inside
+        self.watch, self.uses = watch, uses
 
-    def _note(self, t: Any) -> None:
-        if isinstance(t, torch.Tensor) and id(t) in self.ids:
+    def _note(self, t: Any, value_use: bool) -> None:
+        if not isinstance(t, torch.Tensor):
+            return
+        if id(t) in self.ids:
             cur = set(self.stack)
             prev = self.inside.get(id(t))
             self.inside[id(t)] = cur if prev is None else prev & cur
+        elif value_use and id(t) in self.watch:
+            self.uses.setdefault(id(t), set()).add(tuple(self.stack))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        value_use = not _shape_query(func)
         for a in list(args) + list(kwargs.values()):
             if isinstance(a, (list, tuple)):
                 for b in a:
-                    self._note(b)
+                    self._note(b, value_use)
             else:
-                self._note(a)
+                self._note(a, value_use)
         return func(*args, **kwargs)
 
 
@@ -116,6 +140,11 @@ class _UseTracker(TorchFunctionMode):
 class _Recording:
     calls: dict[int, _Call]
     inside: dict[int, set[int]]  # tensor id -> ids of modules running at every use of it
+    # watched tensors (module call inputs and outputs, kept alive so ids stay unique) -> module stacks of
+    # their value uses; ids of the model's own input and output tensors
+    watch: dict[int, torch.Tensor] = field(default_factory=dict)
+    uses: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
+    model_io: set[int] = field(default_factory=set)
 
 
 def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
@@ -123,7 +152,14 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
     calls: dict[int, _Call] = {}
     stack: list[int] = []
     inside: dict[int, set[int]] = {}
+    watch: dict[int, torch.Tensor] = {}
+    uses: dict[int, set[tuple[int, ...]]] = {}
     ids = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
+
+    def keep(tree: Any) -> None:
+        for t in pytree.tree_leaves(tree):
+            if isinstance(t, torch.Tensor) and id(t) not in ids:
+                watch[id(t)] = t
 
     def pre(m, a, kw):
         stack.append(id(m))
@@ -133,11 +169,15 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
             calls[id(m)] = _Call(a, dict(kw), spec, consts)
         elif not c.varies and (spec != c.spec or not all(_same(x, y) for x, y in zip(consts, c.consts))):
             c.varies = True
+        keep((a, kw))
 
-    def post(m, a, out):
+    def post(m, a, kw, out):
         c = calls.get(id(m))
-        if c is not None and c.out_spec is None:
-            c.out_spec = pytree.tree_flatten(out)[1]
+        if c is not None:
+            if c.out_spec is None:
+                c.out_spec = pytree.tree_flatten(out)[1]
+            c.every.append((a, dict(kw), out))
+            keep(out)
         if stack and stack[-1] == id(m):
             stack.pop()
 
@@ -148,10 +188,10 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
             if isinstance(m, torch.jit.ScriptModule):
                 continue  # scripted code takes no hooks; it is never traced either (see _trace_part)
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post, always_call=True))
+            handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
         model.eval()
-        with torch.no_grad(), _UseTracker(ids, stack, inside):
-            model(*args)
+        with torch.no_grad(), _UseTracker(ids, stack, inside, watch, uses):
+            out = model(*args)
     except FxpruneError:
         raise
     except Exception as e:
@@ -162,7 +202,8 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
             h.remove()
         for m, t in flags.items():
             m.training = t
-    return _Recording(calls, inside)
+    model_io = {id(t) for t in pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)}
+    return _Recording(calls, inside, watch, uses, model_io)
 
 
 # ------------------------------------------------------------------------------------------- tracing
@@ -323,16 +364,57 @@ class Part:
 
     path: str
     module: torch.nn.Module
-    graph: Any  # ChannelGraph
+    graph: Any  # ChannelGraph of this part alone (its IR, with the interface pins in ``boundary``)
     values: list[Any] = field(repr=False)
     out_spec: Any = field(repr=False, default=None)
+    in_leaves: list[tuple[int, Any]] = field(repr=False, default_factory=list)  # placeholder -> argument path
+    boundary: list[tuple[int, str]] = field(repr=False, default_factory=list)  # (dim id, reason) pins
+    rel: str = ""  # a lone torch.nn layer is traced as the child ``rel`` of a holder: names start with it
     dim_offset: int = 0
     index_offset: int = 0
-    label_offset: int = 0
 
     @property
     def prefix(self) -> str:
+        """What turns a name in the part's graph into the full model name."""
+        return self.path[:len(self.path) - len(self.rel) + 1] if self.rel else self.path + "."
+
+    @property
+    def scope(self) -> str:
+        """What makes a node name of the part's graph unique in the model (two lone layers of one parent
+        share a prefix, not a scope)."""
         return self.path + "."
+
+
+class _Holder(torch.nn.Module):
+    """Holds one torch.nn layer as its only child, so tracing records it as one ``call_module`` (whose rule
+    updates the layer's own size attributes) instead of tracing into its forward (BatchNorm's input checks)."""
+
+    def __init__(self, name: str, layer: torch.nn.Module):
+        super().__init__()
+        self.add_module(name, layer)
+        self._child = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, self._child)(*args, **kwargs)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs")
+
+
+def _shadow(layer: torch.nn.Module) -> torch.nn.Module:
+    """The layer's parameters and attributes under a second object without hooks: verification replaces
+    the layer's forward by the masked graph, which calls this one."""
+    twin = copy.copy(layer)
+    for name in _HOOK_DICTS:
+        if hasattr(twin, name):
+            setattr(twin, name, type(getattr(layer, name))())
+    twin.__dict__.pop("forward", None)
+    return twin
+
+
+def _is_lone(path: str, module: torch.nn.Module) -> bool:
+    return bool(path) and not module._modules and type(module).__module__.startswith("torch.nn.")
 
 
 def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool,
@@ -346,8 +428,12 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
         raise TraceError("it is a ScriptModule")
     values, params = _bind(module, call)
     tracer = _PartTracer(values, [p[0] for p in params])
+    rel, root = "", module
+    if _is_lone(path, module):
+        child = path.rpartition(".")[2]
+        rel, root = child + ".", _Holder(child, _shadow(module))
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(root)
     except Exception as e:
         raise TraceError(f"{type(e).__name__}: {e}") from e
     graph.set_codegen(_CallCodeGen(params, tracer.leaves, call.out_spec))
@@ -355,21 +441,24 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
     gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
     propagate_shapes(gm, tuple(values))
     ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
-    _pin_boundary(gm, ctx, sol, module, rec)
-    return Part(path, module, ChannelGraph(gm, ctx, sol), values, call.out_spec)
+    return Part(path, module, ChannelGraph(gm, ctx, sol), values, call.out_spec, list(tracer.leaves),
+                _boundary_pins(gm, ctx, module, rec, rel), rel)
 
 
-def _pin_boundary(gm, ctx, sol: Solution, module: torch.nn.Module, rec: _Recording) -> None:
-    """Pin every dim of the part's interface (inputs, outputs, also tuples returned whole: the lowering
-    pins most of them already, this makes it hold by construction) and the parameters that are used
-    outside this module's calls (tied weights, a parent reading ``self.child.weight``)."""
-    dims: list[tuple[DimNode, str]] = []
+def _boundary_pins(gm, ctx, module: torch.nn.Module, rec: _Recording, rel: str = "") -> list[tuple[int, str]]:
+    """Pins of every dim of the part's interface (inputs, outputs, also tuples returned whole: the lowering
+    pins most of them already, this makes it hold by construction; stitching may drop them) and of the
+    parameters that are used outside this module's calls (tied weights, a parent reading
+    ``self.child.weight``; these stay)."""
+    from .stitch import IN_REASON, OUT_REASON
+
+    dims: list[tuple[int, str]] = []
 
     def add(key: Any, ndim: int, why: str) -> None:
         for d in range(ndim):
             i = ctx.ir.index.get((key, d))
             if i is not None:
-                dims.append((ctx.ir.dims[i], why))
+                dims.append((i, why))
 
     def visit(a, why):
         if isinstance(a, torch.fx.Node):
@@ -381,22 +470,16 @@ def _pin_boundary(gm, ctx, sol: Solution, module: torch.nn.Module, rec: _Recordi
         return a
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            visit(n, "input of a traced submodule (the code around it is not rewritten)")
+            visit(n, IN_REASON)
         elif n.op == "output":
-            torch.fx.node.map_aggregate(
-                n.args, lambda a: visit(a, "output of a traced submodule (the code around it is not rewritten)"))
+            torch.fx.node.map_aggregate(n.args, lambda a: visit(a, OUT_REASON))
     used_outside = {i for i, mods in rec.inside.items() if id(module) not in mods}
     for name, t in list(module.named_parameters(remove_duplicate=False)) + list(
             module.named_buffers(remove_duplicate=False)):
         if id(t) in used_outside:
-            canon = ctx.canonical.get(name, name)
-            for d in range(t.ndim):
-                i = ctx.ir.index.get((("param", canon), d))
-                if i is not None:
-                    dims.append((ctx.ir.dims[i], f"{name} is also used outside this submodule's forward"))
-    for d, why in dims:
-        for lab in np.unique(sol.labels[d.base:d.base + d.size]).tolist():
-            sol.pinned_reason.setdefault(lab, why)
+            add(("param", ctx.canonical.get(rel + name, rel + name)), t.ndim,
+                f"{name} is also used outside this submodule's forward")
+    return dims
 
 
 def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -429,15 +512,22 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         if id(m) in seen:
             return
         seen.add(id(m))
-        if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
-            return  # nothing to prune
         call = rec.calls.get(id(m))
+        if next(m.parameters(), None) is None and next(m.buffers(), None) is None:
+            # nothing to prune in it, but a traced activation or reshape between two parts lets
+            # stitching carry their channels through it
+            if path and call is not None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        parts.append(_trace_part(path, m, call, rec, False, prefer_heads))
+                except Exception:  # noqa: BLE001 - it stays Python, which is no loss here
+                    pass
+            return
         if call is None:  # never called itself, but its children may be (``for blk in self.blocks``)
             for name, c in m.named_children():
                 visit(f"{path}.{name}" if path else name, c)
             return
-        if path and not m._modules and type(m).__module__.startswith("torch.nn."):
-            return  # a lone torch.nn layer: every dim is on its pinned interface, nothing to prune
         if path:
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -459,7 +549,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
             visit(f"{path}.{name}" if path else name, c)
 
     visit("", model)
-    graph = PartialGraph(model, parts, untraced, strict, prefer_heads)
+    graph = PartialGraph(model, parts, untraced, strict, prefer_heads, rec)
     _warn(model, graph, lower_warnings)
     return graph
 
@@ -479,7 +569,9 @@ def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]
         f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its submodules. "
         f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes in "
         "view/reshape, split sizes, channel counts) cannot be rewritten, so every input and output of a "
-        f"traced submodule keeps its size. Traced: {', '.join(p.path for p in graph.parts) or 'nothing'}.")]
+        "traced submodule keeps its size, unless the code between two traced submodules only hands the tensor "
+        f"on ({graph.stitched} such interfaces stitched). "
+        f"Traced: {', '.join(p.path for p in graph.parts if p.module._parameters or p.module._modules) or 'nothing'}.")]
     if lower_warnings:
         lines.append("Within the traced submodules: " + " | ".join(lower_warnings[:4]))
     warnings.warn(" ".join(lines), FallbackWarning, stacklevel=_user_level())
@@ -498,7 +590,8 @@ def _user_level() -> int:
 
 @dataclass
 class PartialExpansion:
-    """A plan expanded per part (``parts``: path -> Expansion), and over the combined index space."""
+    """A plan expanded over the combined IR (``removed_labels``, ``mask``, ``plan`` in full names) and per
+    part (``parts``: path -> that part's :class:`~fxprune.analyze.Expansion` in its own names)."""
 
     removed_labels: np.ndarray
     mask: np.ndarray
@@ -507,59 +600,54 @@ class PartialExpansion:
 
 
 class _Ctx:
-    """The bits of ``LowerCtx`` that plan builders read, over all parts."""
+    """What :class:`~fxprune.analyze.ChannelGraph` reads from a lowering context, over all parts."""
 
-    def __init__(self, strict: bool = False, prefer_heads: bool = False):
+    def __init__(self, parts: list[Part], strict: bool = False, prefer_heads: bool = False):
         self.strict, self.prefer_heads = strict, prefer_heads
         self.ambiguous: dict[str, tuple] = {}
         self.stat_nodes: dict[str, str] = {}
         self.unknown: dict[str, list[str]] = {}
+        self.canonical: dict[str, str] = {}
+        self.first_use: dict[str, int] = {}
+        self.param_rank: dict[str, int] = {}
+        for i, part in enumerate(parts):  # parts in module order: their parameters keep that order
+            ctx, pre, scope = part.graph.ctx, part.prefix, part.scope
+            for k, v in ctx.canonical.items():
+                self.canonical.setdefault(pre + k, pre + v)
+            self.first_use.update({pre + k: (i << 16) + v for k, v in ctx.first_use.items()})
+            self.param_rank.update({pre + k: (i << 16) + v for k, v in ctx.param_rank.items()})
+            self.stat_nodes.update({scope + k: v for k, v in ctx.stat_nodes.items()})
+            for k, v in ctx.unknown.items():
+                self.unknown.setdefault(k, []).extend(scope + n for n in v)
 
 
 class PartialGraph:
     """The analysis of a model that only traces in parts; the interface of :class:`ChannelGraph`.
 
     ``gm`` is the model itself (parameters by their full names); ``parts`` the traced submodules;
-    ``untraced`` the modules whose Python forward could not be traced, with the reason.
+    ``untraced`` the modules whose Python forward could not be traced, with the reason; ``stitched`` how
+    many part interfaces were coupled across the Python between them (:mod:`fxprune.frontend.stitch`).
+    Groups, classes and plan expansion are those of one IR over every part.
     """
 
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
-                 strict: bool = False, prefer_heads: bool = False):
+                 strict: bool = False, prefer_heads: bool = False, rec: _Recording | None = None):
+        from ..analyze import ChannelGraph
+        from .stitch import Stitching, combine, stitch
+
         self.gm, self.model = model, model
         self.parts, self.untraced = parts, untraced
-        self.ir = ChannelIR()
-        self.ctx = _Ctx(strict, prefer_heads)
-        labels, owner, dim_group, pinned = [], [], [], {}
-        n_dims = n_idx = n_lab = n_grp = 0
+        stitching = stitch(parts, rec) if rec is not None else Stitching()
+        self.stitched = len(stitching)
+        ir, sol = combine(parts, stitching, [p.boundary for p in parts])
+        self.ctx = _Ctx(parts, strict, prefer_heads)
         for part in parts:
-            g = part.graph
-            part.dim_offset, part.index_offset, part.label_offset = n_dims, n_idx, n_lab
-            for d in g.ir.dims:
-                value = (("param", part.prefix + d.value[1]) if d.is_param
-                         else ("value", part.prefix + d.value[1], d.value[2]))
-                nd = DimNode(d.id + n_dims, value, d.dim, d.size, d.base + n_idx)
-                self.ir.dims.append(nd)
-                self.ir.index[(value, d.dim)] = nd.id
-            labels.append(g.sol.labels + n_lab)
-            owner.append(g.sol.owner + n_dims)
-            dim_group.append(g.sol.dim_group + n_grp)
-            pinned.update({lab + n_lab: why for lab, why in g.sol.pinned_reason.items()})
-            for k, v in g.ctx.ambiguous.items():  # dim nodes in it move to the combined index space
-                self.ctx.ambiguous[part.prefix + k] = tuple(
-                    self.ir.dims[x.id + n_dims] if isinstance(x, DimNode) else x for x in v)
-            self.ctx.stat_nodes.update({part.prefix + k: v for k, v in g.ctx.stat_nodes.items()})
-            for k, v in g.ctx.unknown.items():
-                self.ctx.unknown.setdefault(k, []).extend(part.prefix + n for n in v)
-            n_dims += len(g.ir.dims)
-            n_idx += g.ir.total
-            n_lab += int(g.sol.labels.max()) + 1 if len(g.sol.labels) else 0
-            n_grp += int(g.sol.dim_group.max()) + 1 if len(g.sol.dim_group) else 0
-        self.ir.total = n_idx
-
-        def cat(xs):
-            return np.concatenate(xs) if xs else np.zeros(0, np.int64)
-        self.sol = Solution(self.ir, cat(labels), cat(owner), cat(dim_group), pinned)
-        self._groups = None
+            for k, v in part.graph.ctx.ambiguous.items():  # dim nodes move to the combined index space
+                self.ctx.ambiguous[part.scope + k] = tuple(
+                    ir.dims[x.id + part.dim_offset] if isinstance(x, DimNode) else x for x in v)
+        self.ctx.ir = ir
+        self._cg = ChannelGraph(model, self.ctx, sol)
+        self.ir, self.sol = ir, sol
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         self._tensors = tensors
@@ -567,33 +655,17 @@ class PartialGraph:
         for part in parts:
             for name, t in list(part.module.named_parameters(remove_duplicate=False)) + list(
                     part.module.named_buffers(remove_duplicate=False)):
-                self._owner.setdefault(id(t), (part, name))
+                self._owner.setdefault(id(t), (part, part.rel + name))
 
     # -- groups ---------------------------------------------------------------------------------
     @property
     def groups(self):
-        """Every group of every part, with full-model keys and members, in module order."""
-        if self._groups is None:
-            from ..analyze import Group
-            self._groups, self._map = [], {}
-            self._by_dim = {}
-            for part in self.parts:
-                pre = part.prefix
-                for g in part.graph.groups:
-                    dims = [self.ir.dims[d.id + part.dim_offset] for d in g.dims]
-                    members = [(pre + n, d) for n, d in g.members]
-                    new = Group(pre + g.key, g.size, g.pinned, members, [list(c) for c in g.classes],
-                                [(pre + k, idx) for k, idx in g.all_classes], dims,
-                                g.labels + part.label_offset, self.sol.labels)
-                    self._groups.append(new)
-                    self._map[id(g)] = new
-                    self._by_dim.update({d.id: new for d in dims})
-        return self._groups
+        """Every group over all parts, with full-model keys and members, in module order."""
+        return self._cg.groups
 
     @property
     def _group_by_dim(self):
-        _ = self.groups
-        return self._by_dim
+        return self._cg._group_by_dim
 
     def _part_of(self, name: str, dim: int) -> tuple[Part, str]:
         key = make_key(name, dim)
@@ -614,53 +686,48 @@ class PartialGraph:
                             + "; it cannot be pruned")
         return hit
 
+    def _full_name(self, name: str, dim: int) -> str:
+        part, rel = self._part_of(name, dim)
+        return part.prefix + rel
+
     def group_of(self, name: str, dim: int):
         """The group holding parameter/buffer ``name`` (full qualname) along ``dim``."""
-        part, rel = self._part_of(name, dim)
-        try:
-            g = part.graph.group_of(rel, dim)
-        except PlanError as e:
-            raise PlanError(f"in traced submodule {part.path!r}: {e}") from None
-        _ = self.groups
-        return self._map[id(g)]
+        return self._cg.group_of(self._full_name(name, dim), dim)
 
     # -- plans ----------------------------------------------------------------------------------
     def expand(self, plan: Any) -> PartialExpansion:
-        """Expand a plan part by part; raise PlanError if any entry is invalid."""
+        """Expand a plan over every part at once; raise PlanError if any entry is invalid."""
+        from ..analyze import Expansion
+
         plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
-        by_part: dict[str, dict[str, list[int]]] = {}
-        for key in plan:
+        named: dict[str, list[int]] = {}
+        for key in plan:  # a parameter reachable under several names is keyed by its owning part's
             name, dim = parse_key(key)
-            part, rel = self._part_of(name, dim)
-            by_part.setdefault(part.path, {})[make_key(rel, dim)] = plan[key]
+            named[make_key(self._full_name(name, dim), dim)] = plan[key]
+        exp = self._cg._expand(PrunePlan(named))
         exps: dict[str, Any] = {}
-        removed, mask, out = [], [], {}
         for part in self.parts:
-            sub = by_part.get(part.path)
-            if sub is None:
-                mask.append(np.zeros(part.graph.ir.total, bool))
+            lo, n = part.index_offset, part.graph.ir.total
+            mask = exp.mask[lo:lo + n]
+            if not mask.any():
                 continue
-            try:
-                e = part.graph.expand(PrunePlan(sub))
-            except PlanError as err:
-                raise PlanError(f"in traced submodule {part.path!r}: {err}") from None
-            exps[part.path] = e
-            removed.append(e.removed_labels + part.label_offset)
-            mask.append(e.mask)
-            out.update({part.prefix + k: v for k, v in e.plan.items()})
-        return PartialExpansion(np.concatenate(removed) if removed else np.zeros(0, np.int64),
-                                np.concatenate(mask) if mask else np.zeros(0, bool), out, exps)
+            pre = part.prefix
+            sub = {k[len(pre):]: v for k, v in exp.plan.items() if k.startswith(pre)}
+            exps[part.path] = Expansion(exp.removed_labels, mask, sub)
+        return PartialExpansion(exp.removed_labels, exp.mask, exp.plan, exps)
 
     def removed(self, mask: np.ndarray, value: Any, dim: int) -> np.ndarray:
         """Indices of ``value`` (a full-name value key) along ``dim`` that ``mask`` removes."""
-        from ..analyze import ChannelGraph  # the same lookup over this graph's combined IR
+        return self._cg.removed(mask, value, dim)
 
-        return ChannelGraph.removed(self, mask, value, dim)  # type: ignore[arg-type]
+    def to_networkx(self, group: Any = None):
+        """The coupling graph over dim nodes of every part (see :meth:`ChannelGraph.to_networkx`)."""
+        return self._cg.to_networkx(group)
 
     def __repr__(self) -> str:
         free = sum(1 for g in self.groups if g.pinned is None)
         return (f"PartialGraph({len(self.parts)} traced parts, {len(self.untraced)} untraced modules, "
-                f"{len(self.groups)} groups, {free} prunable)")
+                f"{self.stitched} stitched interfaces, {len(self.groups)} groups, {free} prunable)")
 
 
 # ------------------------------------------------------------------------------------------- rewrite
@@ -678,11 +745,18 @@ def apply_partial(graph: PartialGraph, plan: Any, inplace: bool = False) -> torc
     target = model if inplace else copy.deepcopy(model)
     for part in graph.parts:
         e = exp.parts.get(part.path)
-        if e is None or not e.plan:
+        if e is None:  # nothing of this part is removed
             continue
-        sub_plan = PrunePlan({k[len(part.prefix):]: v for k, v in exp.plan.items() if k.startswith(part.prefix)})
         root = target.get_submodule(part.path)
-        small = apply_plan(part.graph, sub_plan, root, inplace=True)
+        if part.rel:  # a lone torch.nn layer: its call_module rule edits it in place, in its own class
+            holder = _Holder(part.rel[:-1], root)
+            apply_plan(part.graph, PrunePlan(e.plan), holder, inplace=True, exp=e)
+            new = getattr(holder, part.rel[:-1])
+            if new is not root:  # a rule replaced the layer (PrunedMultiheadAttention)
+                parent, _, child = part.path.rpartition(".")
+                setattr(target.get_submodule(parent) if parent else target, child, new)
+            continue
+        small = apply_plan(part.graph, PrunePlan(e.plan), root, inplace=True, exp=e)
         if small.code != part.graph.gm.code:  # graph constants changed: the Python forward is stale
             for k, v in root.__dict__.items():
                 if not k.startswith("_") and k not in _KEEP_ATTRS and k not in small.__dict__ and not callable(v):
@@ -721,7 +795,7 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
             if e is None or not e.mask.any():
                 continue
             interp = _MaskedInterpreter(part.graph, e)
-            recomputed.update({part.prefix + k: v for k, v in interp.recomputed.items()})
+            recomputed.update({part.scope + k: v for k, v in interp.recomputed.items()})
             m = part.module
             saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
             m.forward = _masked_forward(m, interp, part.out_spec)

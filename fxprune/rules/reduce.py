@@ -3,7 +3,9 @@
 ``x.mean((2, 3))`` couples batch and channels and pins the spatial dims; ``x.amax(1)`` pins the channels.
 Sums are the exception: removed channels are zero in the masked original, so ``x.pow(2).sum(1)`` may lose
 channels exactly; a mean divides by the count, so it may too, with its statistics recomputed by verify.
-Softmax-like ops keep the dim but pin it (removing entries changes the normaliser).
+Vector norms are sums too (a zero entry adds nothing to any p-norm, and none exceeds a max of absolute
+values), and so is the normaliser of ``F.normalize``. Softmax-like ops keep the dim but pin it (removing
+entries changes the normaliser: exp(0) is not 0).
 """
 from __future__ import annotations
 
@@ -40,13 +42,18 @@ def lower_reduce(ctx, node) -> None:
             if od < out.ndim and out.shape[od] == x.shape[d]:
                 ctx.couple(x, d, out, od)
             od += 1
-    if _name(node) in _SUMS + _MEANS:
+    if _name(node) in _SUMS + _MEANS or _vector_norm(node):
         # removed channels are zero in the masked original, so they add nothing to a sum: the summed
         # dims may lose channels; a mean also divides by their count (statistics change, like LayerNorm)
         for d in reduced:
             ctx.touch(x, d)
         if _name(node) in _MEANS:
             ctx.mark_stat("mean over a dim that loses channels")
+
+
+def _vector_norm(node) -> bool:
+    """``torch.norm``/``Tensor.norm`` of a vector p-norm (the nuclear norm is not a sum of entries)."""
+    return _name(node) == "norm" and arg(node, 1, "p", "fro") != "nuc"
 
 
 def _name(node) -> str:
@@ -75,6 +82,8 @@ def lower_keep(ctx, node) -> None:
         dim = arg(node, 1, "dim")
     pinned = norm_dims(dim, x.ndim)
     pinned = list(range(x.ndim)) if pinned is None else pinned
+    if node.target is F.normalize or node.target == "normalize":
+        pinned = []  # x / ||x||_p: removed (zeroed) entries leave the norm as it is
     for _, out in ctx.out_elems():
         for d in range(x.ndim):
             if d not in pinned and out.ndim == x.ndim:
