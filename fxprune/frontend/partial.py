@@ -241,6 +241,13 @@ class _CallCodeGen(CodeGen):
     def gen_fn_def(self, free_vars: list[str], maybe_return_annotation: str, *, expanded_def: bool = False) -> str:
         parts, star, slash = ["self"], False, False
         for name, kind, default in self.params:
+            if kind == inspect.Parameter.VAR_POSITIONAL:
+                parts.append(f"*{name}")
+                star = True
+                continue
+            if kind == inspect.Parameter.VAR_KEYWORD:
+                parts.append(f"**{name}")
+                continue
             if kind != inspect.Parameter.POSITIONAL_ONLY and not slash and any(
                     k == inspect.Parameter.POSITIONAL_ONLY for _, k, _ in self.params):
                 parts.append("/")
@@ -275,10 +282,11 @@ class _CallCodeGen(CodeGen):
 class _PartTracer(torch.fx.Tracer):
     """Placeholders for the tensor leaves of the recorded arguments only; every other value is a constant."""
 
-    def __init__(self, values: list[Any], names: list[str]):
+    def __init__(self, values: list[Any], names: list[str], kinds: list[Any] | None = None):
         super().__init__()
         self.record_stack_traces = True
         self.values, self.names = values, names
+        self.kinds = kinds or [inspect.Parameter.POSITIONAL_OR_KEYWORD] * len(values)
         self.leaves: list[tuple[int, Any]] = []
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
@@ -300,9 +308,20 @@ class _PartTracer(torch.fx.Tracer):
             else:
                 new.append(leaf)
         values = pytree.tree_unflatten(new, spec)
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for name, kind, v in zip(self.names, self.kinds, values):  # called the way it was recorded
+            if kind == inspect.Parameter.VAR_POSITIONAL:
+                args.extend(v)
+            elif kind == inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(v)
+            elif kind == inspect.Parameter.KEYWORD_ONLY:
+                kwargs[name] = v
+            else:
+                args.append(v)
 
         def fn(root):
-            return root_fn(root, *values)
+            return root_fn(root, *args, **kwargs)
         return fn, [self.root]
 
 
@@ -342,7 +361,13 @@ def _bind(module: torch.nn.Module, call: _Call) -> tuple[list[Any], list[tuple[s
     values, params = [], []
     for name, p in sig.parameters.items():
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-            raise TraceError(f"forward takes *{name}")
+            # traced with the extra arguments it was called with (``varies`` refuses other structures)
+            v = bound.arguments[name]
+            if any(_holds_tensor(x) for x in pytree.tree_leaves(v) if not isinstance(x, torch.Tensor)):
+                raise TraceError(f"argument *{name} holds a {type(v).__name__} holding tensors")
+            values.append(v)
+            params.append((name, p.kind, None))
+            continue
         default = None
         if p.default is not inspect.Parameter.empty:
             if not _literal(p.default):
@@ -427,7 +452,7 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
     if isinstance(module, torch.jit.ScriptModule):
         raise TraceError("it is a ScriptModule")
     values, params = _bind(module, call)
-    tracer = _PartTracer(values, [p[0] for p in params])
+    tracer = _PartTracer(values, [p[0] for p in params], [p[1] for p in params])
     rel, root = "", module
     if _is_lone(path, module):
         child = path.rpartition(".")[2]
