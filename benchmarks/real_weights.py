@@ -15,8 +15,9 @@
                   global_pruning=False).step()``, ``r`` the smallest ratio whose result has MACs <= b x original
                   (bisection with L2; with local pruning TP's widths depend on ``r`` only).
    Both local (per-group) ranking; MACs/params of both by ``fxprune.count``. Data-dependent criteria get the same
-   data for both libraries: taylor - cross-entropy against the unpruned model's top-1 on the calibration crops,
-   grads summed over batches; hessian - ``--hessian-samples`` single-crop backward passes with
+   data for both libraries: taylor - cross-entropy against the unpruned model's top-1 on the calibration crops
+   (fxprune: one backward per crop into ``TaylorImportance.accumulate_grad``; Torch-Pruning, whose criterion
+   reads ``.grad``: gradients summed over batches of 32); hessian - ``--hessian-samples`` single-crop backward passes with
    ``accumulate_grad``; activation - one forward of the calibration crops inside ``compute_importance``;
    random - fxprune ``RandomImportance(seed)``, TP after ``torch.manual_seed(seed)``.
 4. Measures on the evaluation crops: top-1 agreement with the unpruned model and KL(unpruned || pruned) of the
@@ -128,10 +129,28 @@ def logits_of(model, xs: torch.Tensor, bs: int = 64) -> torch.Tensor:
     return torch.cat([model(xs[i:i + bs]) for i in range(0, len(xs), bs)])
 
 
-def compare(ref: torch.Tensor, got: torch.Tensor) -> dict:
-    agree = float((ref.argmax(1) == got.argmax(1)).float().mean())
-    kl = float(F.kl_div(F.log_softmax(got, 1), F.log_softmax(ref, 1), log_target=True, reduction="batchmean"))
-    return {"agreement": agree, "kl": kl}
+def compare(ref: torch.Tensor, got: torch.Tensor, per_crop: bool = False) -> dict:
+    """Top-1 agreement and KL(ref || got), means over crops with their standard errors (and, with ``per_crop``,
+    the per-crop values, for paired differences between two pruned models)."""
+    agree = (ref.argmax(1) == got.argmax(1)).double()
+    lr, lg = F.log_softmax(ref.double(), 1), F.log_softmax(got.double(), 1)
+    kl = (lr.exp() * (lr - lg)).sum(1)
+    n = len(agree)
+    out = {"agreement": float(agree.mean()), "kl": float(kl.mean()),
+           "agreement_se": float(agree.std() / n ** 0.5) if n > 1 else 0.0,
+           "kl_se": float(kl.std() / n ** 0.5) if n > 1 else 0.0}
+    if per_crop:
+        out["per_crop"] = {"agree": [int(a) for a in agree.tolist()], "kl": [round(k, 6) for k in kl.tolist()]}
+    return out
+
+
+def paired(fx: dict, tp: dict, key: str) -> tuple[float, float] | None:
+    """Mean and standard error of the per-crop difference fxprune - TP of ``key`` ('agree' or 'kl')."""
+    a, b = fx.get("per_crop", {}).get(key), tp.get("per_crop", {}).get(key)
+    if not a or not b or len(a) != len(b):
+        return None
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    return float(d.mean()), float(d.std() / len(d) ** 0.5) if len(d) > 1 else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ criteria
@@ -153,7 +172,13 @@ def make_importance(lib: str, crit: str, seed: int):
 def feed_importance(crit: str, imp, model, calib: torch.Tensor, labels: torch.Tensor, args) -> None:
     """Gradients / activations for the data-dependent criteria (model in eval mode)."""
     model.eval()
-    if crit == "taylor":
+    if crit == "taylor" and hasattr(imp, "accumulate_grad"):  # fxprune: one sample per backward, accumulated
+        imp.zero_grad()
+        for i in range(len(calib)):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(calib[i:i + 1]), labels[i:i + 1]).backward()
+            imp.accumulate_grad(model)
+    elif crit == "taylor":  # Torch-Pruning reads .grad: the same loss, gradients summed over the batches
         model.zero_grad(set_to_none=True)
         for i in range(0, len(calib), 32):
             F.cross_entropy(model(calib[i:i + 32]), labels[i:i + 32]).backward()
@@ -232,7 +257,7 @@ def run_row(lib, crit, budget, base, x1, data, ref, base_macs, tp_r, args) -> di
     small.zero_grad(set_to_none=True)
     macs, params = fxprune.count(small, x1)
     row.update(macs=macs, params=params, macs_kept=macs / base_macs)
-    row.update(compare(ref, logits_of(small, evalx)))
+    row.update(compare(ref, logits_of(small, evalx), per_crop=True))
     if (lib == "fxprune" and not args.no_recal) or args.recal_tp:
         fxprune.recalibrate_bn(small, [calib[i:i + 64] for i in range(0, len(calib), 64)])
         rec = compare(ref, logits_of(small, evalx))
@@ -251,10 +276,12 @@ def markdown(doc: dict) -> str:
              f"agreement = top-1 agreement with the unpruned model, KL = KL(unpruned || pruned), mean over crops; "
              f"'+recal' = after fxprune.recalibrate_bn on the calibration crops (the unpruned model recalibrated the "
              f"same way: agreement {doc['base'].get('recalibrated', {}).get('agreement', float('nan')):.1%}, KL "
-             f"{doc['base'].get('recalibrated', {}).get('kl', float('nan')):.3f}).", "",
-             "| budget | criterion | fxprune MACs kept | TP MACs kept | fxprune agree | TP agree | fxprune KL | TP KL "
-             "| fxprune ≥ TP | fxprune+recal agree / KL | TP+recal agree / KL |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+             f"{doc['base'].get('recalibrated', {}).get('kl', float('nan')):.3f}); agreement in %.",
+             f"Standard errors over crops (±); Δ = fxprune − TP, mean of the per-crop paired differences ± its standard "
+             f"error (agreement in points, KL). 'fxprune ≥ TP' compares the means.", "",
+             "| budget | criterion | fxprune MACs kept | TP MACs kept | fxprune agree | TP agree | Δ agree | fxprune KL "
+             "| TP KL | Δ KL | fxprune ≥ TP | fxprune+recal agree / KL | TP+recal agree / KL |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
     for b in c["budgets"]:
         for crit in c["criteria"]:
             fx = next((r for r in rows if r["library"] == "fxprune" and r["criterion"] == crit
@@ -264,16 +291,25 @@ def markdown(doc: dict) -> str:
 
             def f(r, k, fmt):
                 return fmt.format(r[k]) if r is not None and k in r else "—"
+
+            def pm(r, k, scale, digits):
+                if r is None or k not in r:
+                    return "—"
+                se = f" ± {scale * r[k + '_se']:.{digits}f}" if k + "_se" in r else ""
+                return f"{scale * r[k]:.{digits}f}{se}"
             if fx is None and tp is None:
                 continue  # not measured (an interrupted or partial run)
-            ok = "—"
+            ok, da, dk = "—", "—", "—"
             if fx is not None and tp is not None:
                 ok = "yes" if fx["agreement"] >= tp["agreement"] and fx["kl"] <= tp["kl"] else "**no**"
+                pa, pk = paired(fx, tp, "agree"), paired(fx, tp, "kl")
+                da = f"{100 * pa[0]:+.1f} ± {100 * pa[1]:.1f}" if pa else "—"
+                dk = f"{pk[0]:+.3f} ± {pk[1]:.3f}" if pk else "—"
             lines.append(f"| {b:g} | {crit} | {f(fx, 'macs_kept', '{:.1%}')} | {f(tp, 'macs_kept', '{:.1%}')} | "
-                         f"{f(fx, 'agreement', '{:.1%}')} | {f(tp, 'agreement', '{:.1%}')} | {f(fx, 'kl', '{:.3f}')} | "
-                         f"{f(tp, 'kl', '{:.3f}')} | {ok} | {f(fx, 'agreement_recal', '{:.1%}')} / "
-                         f"{f(fx, 'kl_recal', '{:.3f}')} | {f(tp, 'agreement_recal', '{:.1%}')} / "
-                         f"{f(tp, 'kl_recal', '{:.3f}')} |")
+                         f"{pm(fx, 'agreement', 100, 1)} | {pm(tp, 'agreement', 100, 1)} | {da} | "
+                         f"{pm(fx, 'kl', 1, 3)} | {pm(tp, 'kl', 1, 3)} | {dk} | {ok} | "
+                         f"{f(fx, 'agreement_recal', '{:.1%}')} / {f(fx, 'kl_recal', '{:.3f}')} | "
+                         f"{f(tp, 'agreement_recal', '{:.1%}')} / {f(tp, 'kl_recal', '{:.3f}')} |")
     errs = [r for r in doc["rows"] if "error" in r]
     for r in errs:
         lines.append(f"\nerror: {r['library']} {r['criterion']} {r['budget']}: {r['error'].splitlines()[0][:200]}")
@@ -333,7 +369,8 @@ def main(argv=None) -> int:
     ap.add_argument("--criteria", default=",".join(CRITERIA), help=f"comma list from {CRITERIA}")
     ap.add_argument("--libraries", default="fxprune,torch-pruning")
     ap.add_argument("--budgets", default="0.95,0.9,0.75", help="MAC budgets (fractions of the original)")
-    ap.add_argument("--eval-random", type=int, default=7, help="random evaluation crops per photo (+ centre)")
+    ap.add_argument("--eval-random", type=int, default=12, help="random evaluation crops per photo (+ centre)")
+    ap.add_argument("--flips", action="store_true", help="add the mirror image of every evaluation crop")
     ap.add_argument("--calib-random", type=int, default=4, help="random calibration crops per photo")
     ap.add_argument("--hessian-samples", type=int, default=32)
     ap.add_argument("--recal-tp", action="store_true", help="also recalibrate Torch-Pruning's pruned models")
@@ -385,6 +422,8 @@ def main(argv=None) -> int:
     base = load_model()
     photos = load_photos()
     evalx = make_crops(photos, args.eval_random, args.seed, centre=True)
+    if args.flips:
+        evalx = torch.cat([evalx, evalx.flip(-1)])
     calib = make_crops(photos, args.calib_random, args.seed + 1, centre=False)
     x1 = evalx[:1].clone()
     ref, calib_ref = logits_of(base, evalx), logits_of(base, calib)

@@ -20,6 +20,7 @@ import abc
 import contextlib
 import functools
 import logging
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -279,6 +280,12 @@ class LayerImportance(Importance):
     role (:func:`layer_roles`: the op that uses it, not the class of the module that owns it) is one of
     ``target_types`` and whose argument is ``weight`` (or ``bias`` when ``bias=True``).
 
+    ``layer_normalizer`` (a :func:`normalize` method, default None) normalises each layer's scores over the
+    classes it holds *before* the layers are reduced, so that every layer has the same say whatever the scale
+    of its weights. Scores in common units (Taylor's and Hessian's loss changes, activations) need none;
+    magnitudes do: behind a normalisation a conv's weights can be scaled by any factor without changing the
+    function, so a raw mean over layers is decided by whichever layer happens to have the largest weights.
+
     Every removable class is scored: a class that no target layer touches (an ``nn.MultiheadAttention``
     projection, a class token, a layer scale) is scored by the same :meth:`layer_score` from the other
     floating-point parameters of the group that hold it (weights before biases), and the criterion says so once
@@ -299,11 +306,19 @@ class LayerImportance(Importance):
     #: whether classes outside every target layer are scored from the group's other parameters
     fallback: bool = True
 
+    #: the default of ``layer_normalizer`` for criteria that do not pass one
+    default_layer_normalizer: Normalizer = None
+
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES,
+                 layer_normalizer: Normalizer | str = "default"):
         _check_reduction(group_reduction)
         _check_normalizer(normalizer)
+        if layer_normalizer == "default":
+            layer_normalizer = type(self).default_layer_normalizer
+        _check_normalizer(layer_normalizer)
         self.group_reduction, self.normalizer, self.bias = group_reduction, normalizer, bias
+        self.layer_normalizer = layer_normalizer
         self.target_types = tuple(target_types)
         self._told: set[str] = set()
 
@@ -330,6 +345,7 @@ class LayerImportance(Importance):
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         roles = layer_roles(model)
+        self._seen = (tensors, roles)  # for layer_score implementations that need a layer's partner tensor
         n = len(group.all_classes)
         rows: list[torch.Tensor] = []
         masks: list[torch.Tensor] = []
@@ -404,13 +420,40 @@ class LayerImportance(Importance):
             return torch.zeros(len(group.all_classes), dtype=torch.bool)
         return torch.stack(masks).any(0)
 
+    def _normalize_layers(self, rows: list[torch.Tensor], masks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each layer's scores normalised (``layer_normalizer``) over the classes that layer holds."""
+        how = self.__dict__.get("layer_normalizer", type(self).default_layer_normalizer)
+        if how is None:
+            return rows
+        out = []
+        for r, m in zip(rows, masks):
+            r = r.clone()
+            r[m] = normalize(r[m], how).to(r.dtype)
+            out.append(r)
+        return out
+
     @torch.no_grad()
     def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
         rows, masks = self._layer_rows(group, model)
         if not rows:
             return None
+        rows = self._normalize_layers(rows, masks)
         out = reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks))
         return normalize(out, self.normalizer).to(torch.float32)
+
+
+def _bn_output_moment(gamma: torch.Tensor, beta: torch.Tensor, p: float) -> torch.Tensor:
+    """``E|gamma * z + beta|^p`` for standard normal ``z``: exact for ``p`` = 1 (folded-normal mean) and 2,
+    ``(gamma^2 + beta^2)^(p/2)`` otherwise."""
+    g, b = gamma.double().abs(), beta.double()
+    second = g ** 2 + b ** 2
+    if p == 2:
+        return second
+    if p == 1:
+        r = b.abs() / g.clamp(min=1e-30)
+        folded = g * math.sqrt(2 / math.pi) * torch.exp(-r ** 2 / 2) + b.abs() * torch.erf(r / math.sqrt(2))
+        return torch.where(g > 0, folded, b.abs())
+    return second ** (p / 2)
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
@@ -436,7 +479,16 @@ def _grad(name: str, t: torch.Tensor, who: str) -> torch.Tensor:
 class MagnitudeImportance(LayerImportance):
     """Group magnitude: ``sum |W|^p`` over the other dims of each index (no ``1/p`` root, as Torch-Pruning).
 
-    Norm layers score ``|gamma|^p``; ``bias=True`` adds each bias ``|b|^p`` as extra layer entries.
+    Each layer's scores are divided by their mean over the classes the layer holds before the layers are
+    averaged (``layer_normalizer="mean"``; ``None`` gives Torch-Pruning's mean of raw scores), so a group is not
+    ranked by whichever of its layers happens to have the largest weights.
+
+    A BatchNorm scale scores ``E|gamma * z + beta|^p`` (``bn_shift=True``), the p-th moment of the channel's output
+    over its normalised input ``z``, taken as standard normal (zero mean, unit variance on the data the statistics
+    came from): ``gamma^2 + beta^2`` for ``p=2``, the folded-normal mean for ``p=1``, ``(gamma^2 + beta^2)^(p/2)``
+    for other ``p``. A channel with a small ``gamma`` still outputs ``beta``, and removing it removes that
+    constant from every later layer; ``bn_shift=False`` scores ``|gamma|^p`` alone.
+    ``bias=True`` adds each bias ``|b|^p`` as extra layer entries.
 
     Example:
         >>> import torch, fxprune, fxprune.importance as imp
@@ -445,38 +497,73 @@ class MagnitudeImportance(LayerImportance):
         >>> _ = m[0].weight.data.copy_(torch.tensor([[1., 0.], [0., 2.], [3., 0.]]))
         >>> _ = m[2].weight.data.fill_(1.0)
         >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
-        >>> imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None)(g, m)
+        >>> imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None, layer_normalizer=None)(g, m)
         tensor([2., 3., 4.])
+        >>> imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None)(g, m)  # 1/2 + 1, 1 + 1, 3/2 + 1
+        tensor([1.5000, 2.0000, 2.5000])
     """
 
+    default_layer_normalizer: Normalizer = "mean"
+
     def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
-        super().__init__(group_reduction, normalizer, bias, target_types)
-        self.p = p
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES,
+                 layer_normalizer: Normalizer | str = "default", bn_shift: bool = True):
+        super().__init__(group_reduction, normalizer, bias, target_types, layer_normalizer)
+        self.p, self.bn_shift = p, bn_shift
 
     def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        shift = self._bn_shift(name) if self.__dict__.get("bn_shift", True) else None
+        if shift is not None:
+            return _bn_output_moment(_rows(tensor, dim)[:, 0], shift.detach().float().reshape(-1), self.p)
         return _rows(tensor, dim).abs().pow(self.p).sum(1)
+
+    def _bn_shift(self, name: str) -> torch.Tensor | None:
+        """The shift ``beta`` that goes with BatchNorm scale ``name`` (None if ``name`` is none or has none)."""
+        tensors, roles = getattr(self, "_seen", ({}, {}))
+        role = roles.get(name)
+        if role is None or role.attr != "weight" or not issubclass(role.kind, nn.modules.batchnorm._BatchNorm):
+            return None
+        prefix = name.rpartition(".")[0]
+        bias = f"{prefix}.bias" if prefix else "bias"
+        b_role = roles.get(bias)
+        if b_role is None or b_role.attr != "bias" or bias not in tensors:
+            return None
+        b = tensors[bias]
+        return b if b.shape == tensors[name].shape else None
 
 
 GroupMagnitudeImportance = MagnitudeImportance
 
 
 class BNScaleImportance(MagnitudeImportance):
-    """Network Slimming: ``|gamma|`` of BatchNorm layers only.
+    """Network Slimming on BatchNorm layers only: ``E|gamma * z + beta|`` per channel, ``z`` standard normal: the
+    mean absolute output of the channel (see :class:`MagnitudeImportance`), or ``|gamma|`` alone with
+    ``shift=False``.
+
+    Network Slimming trains with a sparsity penalty on ``gamma`` so that a channel with a small ``gamma`` carries
+    nothing. In a network trained without it, such a channel still outputs its shift ``beta`` to every later
+    layer, and removing it removes that constant; the output's root mean square counts both. Several
+    BatchNorms of one group (a residual stream) are averaged as they are: their outputs share units.
+    (``momentum`` and the running statistics play no part: ``z`` is the normalised input by definition.)
 
     Example:
         >>> import torch, fxprune, fxprune.importance as imp
         >>> m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Conv2d(2, 1, 1))
-        >>> _ = m[1].weight.data.copy_(torch.tensor([-2., 1.]))
+        >>> _ = m[1].weight.data.copy_(torch.tensor([-2., 0.]))
+        >>> _ = m[1].bias.data.copy_(torch.tensor([0., 3.]))
         >>> g = fxprune.analyze(m.eval(), torch.randn(1, 1, 2, 2)).group_of("0.weight", 0)
-        >>> imp.BNScaleImportance(normalizer=None)(g, m)
-        tensor([2., 1.])
+        >>> imp.BNScaleImportance(normalizer=None, shift=False)(g, m)
+        tensor([2., 0.])
+        >>> imp.BNScaleImportance(normalizer=None)(g, m)  # 2 * sqrt(2 / pi), 3
+        tensor([1.5958, 3.0000])
     """
 
     fallback = False  # "the BatchNorm scale" has no meaning elsewhere: such classes stay unscored (and kept)
+    default_layer_normalizer: Normalizer = None
 
-    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean"):
-        super().__init__(1, group_reduction, normalizer, False, (nn.modules.batchnorm._BatchNorm,))
+    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean", shift: bool = True):
+        super().__init__(1, group_reduction, normalizer, False, (nn.modules.batchnorm._BatchNorm,),
+                         bn_shift=shift)
 
     def __call__(self, group: Group, model: nn.Module) -> torch.Tensor | None:
         rows, masks = self._layer_rows(group, model)
@@ -503,8 +590,9 @@ class LAMPImportance(MagnitudeImportance):
     """
 
     def __init__(self, p: float = 2, group_reduction: str | None = "mean", bias: bool = False,
-                 target_types: tuple[type, ...] = _DEFAULT_TYPES):
-        super().__init__(p, group_reduction, "lamp", bias, target_types)
+                 target_types: tuple[type, ...] = _DEFAULT_TYPES, layer_normalizer: Normalizer | str = "default",
+                 bn_shift: bool = True):
+        super().__init__(p, group_reduction, "lamp", bias, target_types, layer_normalizer, bn_shift)
 
 
 class FPGMImportance(LayerImportance):
@@ -522,8 +610,8 @@ class FPGMImportance(LayerImportance):
     """
 
     def __init__(self, p: float = 2, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 target_types: tuple[type, ...] = _CONV_LINEAR):
-        super().__init__(group_reduction, normalizer, False, target_types)
+                 target_types: tuple[type, ...] = _CONV_LINEAR, layer_normalizer: Normalizer | str = "default"):
+        super().__init__(group_reduction, normalizer, False, target_types, layer_normalizer)
         self.p = p
 
     def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
@@ -534,8 +622,11 @@ class FPGMImportance(LayerImportance):
 class TaylorImportance(LayerImportance):
     """First-order Taylor: ``sum |W * dW|`` per index (``|sum W * dW|`` with ``multivariable=True``).
 
-    Needs ``.grad`` on every scored parameter. BatchNorm ``gamma`` contributes ``|gamma * dgamma|`` (Torch-Pruning
-    1.6.1 skips it by mistake).
+    Reads ``.grad`` of every scored parameter, unless samples were given to :meth:`accumulate_grad`: then an
+    index scores the mean over samples of ``(sum W * dW)^2`` (Molchanov et al. 2019), the expected squared
+    first-order change of the loss when the index is zeroed, measured per sample so that samples whose gradients
+    have opposite signs do not cancel as they do in a summed ``.grad``. BatchNorm ``gamma`` contributes like any
+    other weight (Torch-Pruning 1.6.1 skips it by mistake).
 
     Example:
         >>> import torch, fxprune, fxprune.importance as imp
@@ -544,14 +635,47 @@ class TaylorImportance(LayerImportance):
         >>> m(torch.randn(4, 2)).sum().backward()
         >>> imp.TaylorImportance()(g, m).shape
         torch.Size([3])
+        >>> t = imp.TaylorImportance()
+        >>> for x in torch.randn(3, 1, 2):  # per-sample accumulation
+        ...     m.zero_grad()
+        ...     m(x).sum().backward()
+        ...     t.accumulate_grad(m)
+        >>> t(g, m).shape
+        torch.Size([3])
     """
 
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 multivariable: bool = False, bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
-        super().__init__(group_reduction, normalizer, bias, target_types)
+                 multivariable: bool = False, bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES,
+                 layer_normalizer: Normalizer | str = "default"):
+        super().__init__(group_reduction, normalizer, bias, target_types, layer_normalizer)
         self.multivariable = multivariable
+        self.zero_grad()
+
+    def zero_grad(self) -> None:
+        """Forget every accumulated sample (scores come from ``.grad`` again)."""
+        self._sq: dict[tuple[str, int], torch.Tensor] = {}
+        self._count: dict[str, int] = {}
+
+    @torch.no_grad()
+    def accumulate_grad(self, model: nn.Module) -> None:
+        """Add one sample: for every parameter of ``model`` with a ``.grad`` and each of its dims, the squared
+        per-index sums of ``W * dW`` (call after each per-sample, or per-batch, backward)."""
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p.grad is None:
+                continue
+            prod = (p.detach() * p.grad.detach()).float()
+            for d in range(prod.ndim):
+                sq = _rows(prod, d).sum(1).double().pow(2)
+                key = (name, d)
+                self._sq[key] = self._sq[key] + sq if key in self._sq else sq
+            self._count[name] = self._count.get(name, 0) + 1
 
     def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+        if self.__dict__.get("_count"):
+            if (name, dim) not in self._sq:
+                raise PlanError(f"TaylorImportance has accumulated samples but none for parameter {name!r}: it "
+                                f"had no .grad when accumulate_grad(model) ran")
+            return self._sq[(name, dim)] / self._count[name]
         prod = _rows(tensor, dim) * _rows(_grad(name, tensor, type(self).__name__), dim)
         return prod.sum(1).abs() if self.multivariable else prod.abs().sum(1)
 
@@ -579,8 +703,9 @@ class HessianImportance(LayerImportance):
     """
 
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES):
-        super().__init__(group_reduction, normalizer, bias, target_types)
+                 bias: bool = False, target_types: tuple[type, ...] = _DEFAULT_TYPES,
+                 layer_normalizer: Normalizer | str = "default"):
+        super().__init__(group_reduction, normalizer, bias, target_types, layer_normalizer)
         self.zero_grad()
 
     def zero_grad(self) -> None:
@@ -628,8 +753,8 @@ class ActivationImportance(LayerImportance):
     """
 
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 target_types: tuple[type, ...] = _CONV_LINEAR):
-        super().__init__(group_reduction, normalizer, False, target_types)
+                 target_types: tuple[type, ...] = _CONV_LINEAR, layer_normalizer: Normalizer | str = "default"):
+        super().__init__(group_reduction, normalizer, False, target_types, layer_normalizer)
         self.reset()
 
     def reset(self) -> None:

@@ -111,6 +111,9 @@ def assert_rows_match(got: torch.Tensor, expected: list, rtol: float = 1e-5) -> 
         left.remove(hit[0])
 
 
+RAW = {"layer_normalizer": None, "bn_shift": False}  # Torch-Pruning's raw magnitudes: mean over layers, |gamma|^p
+
+
 def lamp_direct(s: torch.Tensor) -> torch.Tensor:
     return torch.stack([s[i] / s[s >= s[i]].sum() for i in range(len(s))])
 
@@ -123,16 +126,17 @@ def test_magnitude_chain_per_layer_and_mean(chain, p):
     g = graph.group_of("conv1.weight", 0)
     assert g.all_classes == [("conv1.weight:0", [c]) for c in range(8)]
     layers = chain_conv1_layers(m, lambda w, d: rows_pow(w.detach(), d, p))
-    got = imp.MagnitudeImportance(p=p, group_reduction=None, normalizer=None)(g, m)
+    got = imp.MagnitudeImportance(p=p, group_reduction=None, normalizer=None, **RAW)(g, m)
     assert_rows_match(got, list(layers.values()))
     mean = sum(layers.values()) / 3
-    torch.testing.assert_close(imp.MagnitudeImportance(p=p)(g, m).double(), mean / mean.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(imp.MagnitudeImportance(p=p, **RAW)(g, m).double(), mean / mean.mean(), rtol=1e-5,
+                               atol=0)
 
 
 def test_magnitude_bias_adds_bias_layers(chain):
     m, graph = chain
     g = graph.group_of("conv1.weight", 0)
-    got = imp.MagnitudeImportance(bias=True, group_reduction=None, normalizer=None)(g, m)
+    got = imp.MagnitudeImportance(bias=True, group_reduction=None, normalizer=None, **RAW)(g, m)
     expected = list(chain_conv1_layers(m, lambda w, d: rows_pow(w.detach(), d)).values())
     expected += [m.conv1.bias.detach().double() ** 2, m.bn1.bias.detach().double() ** 2]
     assert_rows_match(got, expected)
@@ -142,7 +146,7 @@ def test_magnitude_flatten_linear_block(chain):
     m, graph = chain
     g = graph.group_of("conv2.weight", 0)
     assert g.all_classes == [("conv2.weight:0", [c]) for c in range(6)]
-    got = imp.MagnitudeImportance(group_reduction="sum", normalizer=None)(g, m).double()
+    got = imp.MagnitudeImportance(group_reduction="sum", normalizer=None, **RAW)(g, m).double()
     expected = rows_pow(m.conv2.weight.detach(), 0) + fc_in_per_channel(rows_pow(m.fc.weight.detach(), 1))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
 
@@ -156,9 +160,9 @@ def test_magnitude_grouped_residual_classes_of_two(res):
     layers = [pair(rows_pow(w["conv1.weight"], 0)), pair(w["bn1.weight"].double() ** 2),
               pair(rows_pow(w["conv2.weight"], 0)), rows_pow(w["conv2.weight"], 1),  # one shared column
               pair(w["bn2.weight"].double() ** 2), pair(rows_pow(w["conv3.weight"], 1))]
-    got = imp.MagnitudeImportance(group_reduction=None, normalizer=None)(g, m)
+    got = imp.MagnitudeImportance(group_reduction=None, normalizer=None, **RAW)(g, m)
     assert_rows_match(got, layers)
-    got_mean = imp.MagnitudeImportance(normalizer=None)(g, m).double()
+    got_mean = imp.MagnitudeImportance(normalizer=None, **RAW)(g, m).double()
     torch.testing.assert_close(got_mean, sum(layers) / 6, rtol=1e-5, atol=0)
 
 
@@ -169,7 +173,7 @@ def test_reduction_counts_contributing_layers_only():
                                           ("b.weight:0", [1]), ("b.weight:0", [2])]
     own = torch.cat([rows_pow(m.a.weight.detach(), 0), rows_pow(m.b.weight.detach(), 0)])
     col = rows_pow(m.c.weight.detach(), 1)
-    scorer = lambda how: imp.MagnitudeImportance(group_reduction=how, normalizer=None)(g, m).double()
+    scorer = lambda how: imp.MagnitudeImportance(group_reduction=how, normalizer=None, **RAW)(g, m).double()
     torch.testing.assert_close(scorer("mean"), (own + col) / 2, rtol=1e-5, atol=0)
     torch.testing.assert_close(scorer("prod"), own * col, rtol=1e-5, atol=0)
     torch.testing.assert_close(scorer("max"), torch.maximum(own, col), rtol=1e-5, atol=0)
@@ -191,9 +195,9 @@ def test_magnitude_resnet18_stem_group():
              ("layer1.0.bn2.weight", 0), ("layer1.1.conv1.weight", 1), ("layer1.1.conv2.weight", 0),
              ("layer1.1.bn2.weight", 0), ("layer2.0.conv1.weight", 1), ("layer2.0.downsample.0.weight", 1)]
     layers = [rows_pow(w[n], d) for n, d in names]
-    assert_rows_match(imp.MagnitudeImportance(group_reduction=None, normalizer=None)(g, m), layers)
+    assert_rows_match(imp.MagnitudeImportance(group_reduction=None, normalizer=None, **RAW)(g, m), layers)
     mean = sum(layers) / len(layers)
-    torch.testing.assert_close(imp.MagnitudeImportance()(g, m).double(), mean / mean.mean(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(imp.MagnitudeImportance(**RAW)(g, m).double(), mean / mean.mean(), rtol=1e-5, atol=0)
     gm_scores = imp.MagnitudeImportance()(g, fxprune.analyze(m, torch.randn(1, 3, 64, 64)).gm)
     torch.testing.assert_close(gm_scores, imp.MagnitudeImportance()(g, m))  # the traced gm scores the same
 
@@ -201,10 +205,78 @@ def test_magnitude_resnet18_stem_group():
 def test_bn_scale_and_lamp(chain):
     m, graph = chain
     g = graph.group_of("conv1.weight", 0)
-    torch.testing.assert_close(imp.BNScaleImportance(normalizer=None)(g, m), m.bn1.weight.detach().abs())
+    gam, beta = m.bn1.weight.detach(), m.bn1.bias.detach()
+    torch.testing.assert_close(imp.BNScaleImportance(normalizer=None, shift=False)(g, m), gam.abs())
+    # default: the mean |gamma * z + beta| over z ~ N(0, 1), here by numerical integration
+    torch.testing.assert_close(imp.BNScaleImportance(normalizer=None)(g, m).double(),
+                               bn_output_moment(gam, beta, 1), rtol=1e-4, atol=1e-6)
     assert imp.BNScaleImportance()(graph.group_of("conv2.weight", 0), m) is None  # no BatchNorm in it
-    mean = sum(chain_conv1_layers(m, lambda w, d: rows_pow(w.detach(), d)).values()) / 3
-    torch.testing.assert_close(imp.LAMPImportance()(g, m).double(), lamp_direct(mean), rtol=1e-5, atol=0)
+    raw = sum(chain_conv1_layers(m, lambda w, d: rows_pow(w.detach(), d)).values()) / 3
+    torch.testing.assert_close(imp.LAMPImportance(**RAW)(g, m).double(), lamp_direct(raw), rtol=1e-5, atol=0)
+    torch.testing.assert_close(imp.LAMPImportance()(g, m).double(), lamp_direct(magnitude_default(m, 2)),
+                               rtol=1e-4, atol=0)
+
+
+def bn_output_moment(gam: torch.Tensor, beta: torch.Tensor, p: float) -> torch.Tensor:
+    """E|gam * z + beta|^p, z ~ N(0, 1), by the trapezoid rule on [-12, 12] (no closed form used)."""
+    z = torch.linspace(-12, 12, 200001, dtype=torch.float64)
+    dens = torch.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+    return torch.stack([torch.trapezoid((g * z + b).abs() ** p * dens, z)
+                        for g, b in zip(gam.double(), beta.double())])
+
+
+def magnitude_default(m: Chain, p: float) -> torch.Tensor:
+    """The default magnitude of Chain's conv1 group, by hand: conv1 rows, the BatchNorm output's p-th moment
+    E|gamma z + beta|^p and conv2 columns, each divided by its own mean over the 8 channels, then averaged."""
+    w1, w2 = m.conv1.weight.detach().double(), m.conv2.weight.detach().double()
+    gam, beta = m.bn1.weight.detach().double(), m.bn1.bias.detach().double()
+    layers = [torch.stack([w1[c].abs().pow(p).sum() for c in range(8)]), bn_output_moment(gam, beta, p),
+              torch.stack([w2[:, c].abs().pow(p).sum() for c in range(8)])]
+    return sum(v / v.mean() for v in layers) / 3
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_magnitude_default_normalises_each_layer_and_counts_bn_shift(chain, p):
+    m, graph = chain
+    g = graph.group_of("conv1.weight", 0)
+    expected = magnitude_default(m, p)
+    got = imp.MagnitudeImportance(p=p, normalizer=None)(g, m).double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+    torch.testing.assert_close(imp.get_importance("l2" if p == 2 else "l1")(g, m).double(),
+                               expected / expected.mean(), rtol=1e-4, atol=0)
+    # scaling a layer's weights (what a following BatchNorm makes harmless) does not change the scores
+    with torch.no_grad():
+        m.conv2.weight.mul_(100.0)
+    torch.testing.assert_close(imp.MagnitudeImportance(p=p, normalizer=None)(g, m).double(), expected,
+                               rtol=1e-4, atol=0)
+    raw = imp.MagnitudeImportance(p=p, normalizer=None, **RAW)(g, m).double()
+    assert not torch.allclose(raw / raw.mean(), expected / expected.mean(), rtol=1e-2)  # raw: conv2 decides
+
+
+def test_layer_normalizer_over_the_classes_a_layer_holds():
+    """CatNet: a holds classes 0-1, b 2-4, c's columns all five; each is normalised over its own classes."""
+    torch.manual_seed(0)
+    m = CatNet()
+    g = fxprune.analyze(m, torch.randn(1, 3, 4, 4)).group_of("a.weight", 0)
+    a, b = rows_pow(m.a.weight.detach(), 0), rows_pow(m.b.weight.detach(), 0)
+    col = rows_pow(m.c.weight.detach(), 1)
+    own = torch.cat([a / a.mean(), b / b.mean()])
+    got = imp.MagnitudeImportance(normalizer=None)(g, m).double()
+    torch.testing.assert_close(got, (own + col / col.mean()) / 2, rtol=1e-5, atol=0)
+    got_max = imp.MagnitudeImportance(normalizer=None, layer_normalizer="max")(g, m).double()
+    torch.testing.assert_close(got_max, (torch.cat([a / a.max(), b / b.max()]) + col / col.max()) / 2,
+                               rtol=1e-5, atol=0)
+    with pytest.raises(PlanError, match="normalizer"):
+        imp.MagnitudeImportance(layer_normalizer="median")
+
+
+def test_gradient_and_activation_criteria_keep_raw_layers(chain):
+    """Taylor / Hessian scores are loss changes and activations are input magnitudes: one unit across layers,
+    so their layers are averaged as they are (no layer normaliser)."""
+    for crit in (imp.TaylorImportance(), imp.HessianImportance(), imp.ActivationImportance(), imp.FPGMImportance(),
+                 imp.BNScaleImportance()):
+        assert crit.layer_normalizer is None
+    assert imp.MagnitudeImportance().layer_normalizer == "mean" and imp.LAMPImportance().layer_normalizer == "mean"
 
 
 def test_fpgm(chain):
@@ -241,6 +313,30 @@ def test_taylor_includes_batchnorm(chain):
     assert bn_row.abs().sum() > 0
     assert_rows_match(imp.TaylorImportance(group_reduction=None, normalizer=None,
                                            target_types=(nn.BatchNorm2d,))(g, m), [bn_row], rtol=1e-4)
+
+
+def test_taylor_accumulated_samples_mean_of_squared_sums(chain):
+    """With accumulate_grad: per index, the mean over samples of (sum of W * dW over the index)^2."""
+    m, graph = chain
+    g = graph.group_of("conv1.weight", 0)
+    t = imp.TaylorImportance(group_reduction=None, normalizer=None)
+    prods = []
+    for x in torch.randn(3, 2, 3, 4, 4):
+        m.zero_grad()
+        m(x).pow(2).sum().backward()
+        t.accumulate_grad(m)
+        prods.append({n: (p * p.grad).detach().double() for n, p in m.named_parameters()})
+
+    def molchanov(w, d):
+        name = next(n for n, p in m.named_parameters() if p is w)
+        return torch.stack([sum(pr[name].select(d, i).sum() ** 2 for pr in prods) / 3 for i in range(w.shape[d])])
+
+    expected = list(chain_conv1_layers(m, molchanov).values())
+    assert_rows_match(t(g, m), expected, rtol=1e-4)
+    summed = imp.TaylorImportance(group_reduction=None, normalizer=None)(g, m)  # last .grad only: different
+    assert not torch.allclose(summed.double(), t(g, m).double(), rtol=1e-2)
+    t.zero_grad()
+    assert_rows_match(t(g, m), [r.double() for r in summed], rtol=1e-5)  # back to .grad
 
 
 def test_taylor_without_grad_names_the_parameter(chain):
@@ -461,7 +557,7 @@ def test_conv_subclass_scored_in_traced_graph():
     graph = fxprune.analyze(m, x)
     assert type(graph.gm.get_submodule("0")) is nn.Module  # the situation of the bug
     g = graph.group_of("0.weight", 0)
-    got = imp.MagnitudeImportance(p=2, group_reduction="mean", normalizer=None)(g, graph.gm)
+    got = imp.MagnitudeImportance(p=2, group_reduction="mean", normalizer=None, **RAW)(g, graph.gm)
     w1, gam, w2 = m[0].weight.detach(), m[1].weight.detach(), m[3].weight.detach()
     expect = ((w1 ** 2).sum((1, 2, 3)) + gam ** 2 + (w2 ** 2).sum((0, 2, 3))) / 3
     order = [idx[0] for _, idx in g.all_classes]
@@ -528,7 +624,7 @@ def test_fallback_scores_are_layer_scores_of_the_other_parameters():
     for g in graph.groups:
         if not g.all_classes or g.key != "attn.in_proj_weight:0":
             continue
-        s = imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None)(g, graph.gm)
+        s = imp.MagnitudeImportance(p=1, group_reduction="sum", normalizer=None, **RAW)(g, graph.gm)
         qk = [i for i, (_, idx) in enumerate(g.all_classes) if max(idx) < 16]  # v rows are out_proj columns
         assert len(qk) == 4
         expect = torch.tensor([float(w[g.all_classes[i][1]].abs().sum()) for i in qk])
