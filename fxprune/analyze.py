@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.fx
+from torch.utils._pytree import tree_leaves
 
 from . import cache
 from .errors import PlanError, TraceError
@@ -134,24 +135,23 @@ class ChannelGraph:
         params = sorted((d for d in dims if d.is_param and d.size > 1), key=self._param_order)
         rank = {d.id: i for i, d in enumerate(params)}
         # The first member (in key order) holding each removable class names it in the plan.
-        owner: Dict[int, DimNode] = {}
+        owned = np.zeros(n_lab, bool)
         per_dim: Dict[int, Dict[int, List[int]]] = {}
         for d in params:
             labs = labels[d.base:d.base + d.size]
-            hit = removable[labs]
+            hit = removable[labs] & ~owned[labs]
             if not hit.any():
                 continue
-            new = [lab for lab in np.unique(labs[hit]).tolist() if lab not in owner]
-            if not new:
-                continue
-            order = np.argsort(labs, kind="stable")
+            new = np.unique(labs[hit])
+            owned[new] = True
+            order = np.argsort(labs, kind="stable")  # stable: each class's indices come out ascending
             sl = labs[order]
             lo_i = np.searchsorted(sl, new, "left")
             hi_i = np.searchsorted(sl, new, "right")
             cls = per_dim.setdefault(d.id, {})
-            for lab, a, b in zip(new, lo_i.tolist(), hi_i.tolist()):
-                owner[lab] = d
-                cls[lab] = np.sort(order[a:b]).tolist()
+            idx = order.tolist()
+            for lab, a, b in zip(new.tolist(), lo_i.tolist(), hi_i.tolist()):
+                cls[lab] = idx[a:b]
         groups = []
         for gdims in by_group.values():
             gparams = sorted((d for d in gdims if d.id in rank), key=lambda d: rank[d.id])
@@ -353,7 +353,10 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     if frontend not in ("auto", "fx", "export", "parts"):
         raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', got {frontend!r}")
     key = cache.fingerprint(model, example_inputs, strict, prefer_heads, frontend)
-    hit = cache.lookup(model, key)
+    # the parts frontend records one real forward, whose branches may depend on the input values: its
+    # analysis is reused only for the same input tensors (prune and verify after analyze)
+    parts_key = None if key is None else (key, tuple(id(t) for t in tree_leaves(example_inputs)))
+    hit = cache.lookup(model, key) or cache.lookup(model, parts_key)
     if hit is not None and hit.ctx.prefer_heads == prefer_heads:  # expand() may have switched it to heads
         return hit
     cause: Optional[TraceError] = None
@@ -376,4 +379,6 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     part = analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads,
                            cause=cause or TraceError("frontend='parts' was asked for"))
     part.frontend = "parts"
+    _warn_if_nothing_prunable(part, model)
+    cache.store(model, parts_key, part)
     return part

@@ -133,21 +133,37 @@ class ChannelIR:
         labels[kept] = cls
         rank = np.cumsum(~keep_dim) - 1 + n_cls  # one label per dim outside parameter groups
         labels[~keep] = rank[owner[~keep]]
-        pinned_reason: Dict[int, str] = {}
+        pinned_reason = self._pin_reasons(labels, keep_dim)
         group_reason: Dict[int, str] = {}
-        for did, idx, reason in self.pins:
+        for did, _, reason in self.pins:
             if not keep_dim[did]:
                 group_reason.setdefault(int(dim_group[did]), reason)
+        if group_reason:
+            for did in np.nonzero(~keep_dim)[0].tolist():
+                why = group_reason.get(int(dim_group[did]))
+                if why is not None:
+                    pinned_reason[int(rank[did])] = why
+        return Solution(self, labels, owner, dim_group, pinned_reason)
+
+    def _pin_reasons(self, labels: np.ndarray, keep_dim: np.ndarray) -> Dict[int, str]:
+        """Every pinned class of a parameter group with the reason of the first pin that touches it (in
+        pin order, then label order: the order a pin-by-pin loop would insert them)."""
+        ids, which = [], []
+        for k, (did, idx, _) in enumerate(self.pins):
+            if not keep_dim[did]:
                 continue
             d = self.dims[did]
-            ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))
-            for lab in np.unique(labels[ids]).tolist():
-                pinned_reason.setdefault(lab, reason)
-        for did in np.nonzero(~keep_dim)[0].tolist():
-            why = group_reason.get(int(dim_group[did]))
-            if why is not None:
-                pinned_reason[int(rank[did])] = why
-        return Solution(self, labels, owner, dim_group, pinned_reason)
+            local = np.arange(d.size, dtype=np.int64) if idx is None else np.asarray(idx, np.int64)
+            ids.append(local + d.base)
+            which.append(np.full(len(local), k, dtype=np.int64))
+        if not ids:
+            return {}
+        labs = labels[np.concatenate(ids)]
+        pin_of = np.concatenate(which)
+        uniq, first = np.unique(labs, return_index=True)  # the first occurrence is the earliest pin
+        k = pin_of[first]
+        order = np.lexsort((uniq, k))
+        return {lab: self.pins[kk][2] for lab, kk in zip(uniq[order].tolist(), k[order].tolist())}
 
 
 @dataclass

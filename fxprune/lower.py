@@ -189,7 +189,7 @@ class LowerCtx:
         if pairs is None:
             if a.shape[da] != b.shape[db]:
                 raise InternalError(f"identity coupling of sizes {a.shape[da]} and {b.shape[db]}", self.node)
-            pairs = index_map.identity(a.shape[da])
+            pairs = _identity(a.shape[da])
         self.ir.couple(self.dim(a, da), self.dim(b, db), pairs[0], pairs[1])
         self._touched.add((a.key, da))
         self._touched.add((b.key, db))
@@ -301,6 +301,19 @@ class LowerCtx:
             for d in range(ref.ndim):
                 if (ref.key, d) not in self._touched:
                     self.pin(ref, d, f"dim {d} produced by {what} ({node.name})")
+
+
+_IDENTITY: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _identity(n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``index_map.identity(n)``, shared and read-only: most couplings are identities of a few sizes."""
+    pairs = _IDENTITY.get(n)
+    if pairs is None:
+        a = index_map.identity(n)[0]
+        a.flags.writeable = False
+        pairs = _IDENTITY[n] = (a, a)
+    return pairs
 
 
 def _tensor_paths(ctx: LowerCtx, node: torch.fx.Node) -> List[Tuple[Tuple[int, ...], TRef]]:

@@ -9,7 +9,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,24 +27,112 @@ def _tensors(graph: ChannelGraph) -> Dict[str, torch.Tensor]:
     return out
 
 
+class _GroupIndex:
+    """Every index of every non-empty dim of a group, with the position (in :attr:`Group.all_classes`) of
+    the removable class holding it, or -1. One vectorised pass serves scores and dim counts."""
+
+    def __init__(self, group: Group):
+        self.dims = [d for d in group.dims if d.size]
+        sizes = np.array([d.size for d in self.dims], dtype=np.int64)
+        self.sizes = sizes
+        self.offsets = np.concatenate(([0], np.cumsum(sizes)))
+        n = int(self.offsets[-1])
+        bases = np.array([d.base for d in self.dims], dtype=np.int64)
+        which = np.repeat(np.arange(len(self.dims), dtype=np.int64), sizes)
+        ids = np.arange(n, dtype=np.int64) + np.repeat(bases - self.offsets[:-1], sizes)
+        self.which = which
+        self.pos = np.full(n, -1, dtype=np.int64)
+        if len(group.labels) and n:
+            order = np.argsort(group.labels)
+            sorted_labs = group.labels[order]
+            labs = group.sol_labels[ids]
+            at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
+            hit = sorted_labs[at] == labs
+            self.pos[hit] = order[at[hit]]
+
+    def triples(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(class position, dim position, count)``: how many indices of each dim every class takes,
+        sorted by class then dim (group order)."""
+        hit = self.pos >= 0
+        nd = max(len(self.dims), 1)
+        u, c = np.unique(self.pos[hit] * nd + self.which[hit], return_counts=True)
+        return u // nd, u % nd, c
+
+
+def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) -> Dict[int, np.ndarray]:
+    """Per-index sums of squares of ``t`` along each of ``dims`` (float64 accumulation of float32 squares).
+
+    Each sum runs over contiguous memory (``(outer, d * inner)`` summed over outer rows first, then
+    ``(d, inner)`` over inner): summing a small inner axis directly is one slow reduction per output.
+    ``scratch`` holds one reused buffer for the squares (fresh pages for every tensor cost more than the
+    arithmetic).
+    """
+    a = t.detach().float().cpu().numpy()  # numpy: single-threaded reductions, no thread start-up per call
+    a = np.ascontiguousarray(a)
+    if scratch[0].size < a.size:
+        scratch[0] = np.empty(a.size, dtype=np.float32)
+    sq = np.square(a, out=scratch[0][:a.size].reshape(a.shape))
+    out = {}
+    for d in sorted(set(dims)):
+        outer, size = int(np.prod(a.shape[:d], dtype=np.int64)), a.shape[d]
+        if outer == 1:
+            out[d] = sq.reshape(size, -1).sum(axis=1, dtype=np.float64)
+        else:
+            out[d] = sq.reshape(outer, -1).sum(axis=0, dtype=np.float64).reshape(size, -1).sum(axis=1)
+    return out
+
+
+def _scorable(t: Optional[torch.Tensor]) -> bool:
+    return t is not None and t.is_floating_point() and t.ndim > 0
+
+
+def _scores(group: Group, gi: _GroupIndex, sums: Dict[Tuple[str, int], np.ndarray]) -> np.ndarray:
+    """Sums of squares per class, accumulated dim by dim in group order (as ``np.add.at`` would)."""
+    vals, where = [], []
+    for k, d in enumerate(gi.dims):
+        per = sums.get((d.value[1], d.dim)) if d.is_param else None
+        if per is None:
+            continue
+        pos = gi.pos[gi.offsets[k]:gi.offsets[k + 1]]
+        hit = pos >= 0
+        vals.append(per[hit])
+        where.append(pos[hit])
+    n = len(group.labels)
+    if not vals:
+        return np.zeros(n, dtype=np.float64)
+    return np.bincount(np.concatenate(where), weights=np.concatenate(vals), minlength=n)
+
+
+def _needed_sums(graph: ChannelGraph, groups: List[Group], params: Dict[str, torch.Tensor]
+                 ) -> Dict[Tuple[str, int], np.ndarray]:
+    need: Dict[str, set] = {}
+    for g in groups:
+        for d in g.dims:
+            if d.is_param and d.size and _scorable(params.get(d.value[1])):
+                need.setdefault(d.value[1], set()).add(d.dim)
+    out: Dict[Tuple[str, int], np.ndarray] = {}
+    scratch = [np.empty(0, dtype=np.float32)]
+    for name, dims in need.items():
+        for d, per in _sq_sums(params[name], dims, scratch).items():
+            out[(name, d)] = per
+    return out
+
+
 def class_scores(graph: ChannelGraph, group: Group, params: Dict[str, torch.Tensor] | None = None) -> np.ndarray:
-    """L2 norm of every removable class over all parameter slices it covers (one score per class)."""
+    """L2 norm of every removable class over all parameter slices it covers (one score per class).
+
+    Example:
+        >>> import torch, fxprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+        >>> with torch.no_grad():
+        ...     _ = m[0].weight.copy_(torch.tensor([[3., 4.], [0., 0.]])); _ = m[0].bias.zero_()
+        ...     _ = m[2].weight.copy_(torch.tensor([[0., 1.]]))
+        >>> graph = fxprune.analyze(m, torch.randn(1, 2))
+        >>> class_scores(graph, graph.group_of("0.weight", 0)).tolist()
+        [5.0, 1.0]
+    """
     params = _tensors(graph) if params is None else params
-    sq = np.zeros(len(group.labels), dtype=np.float64)
-    pos = np.full(int(graph.sol.labels.max()) + 1, -1, dtype=np.int64)
-    pos[group.labels] = np.arange(len(group.labels))
-    for d in group.dims:
-        if not d.is_param or d.value[1] not in params:
-            continue
-        t = params[d.value[1]].detach()
-        if not t.is_floating_point() or t.ndim == 0:
-            continue
-        a = t.float().cpu().numpy()  # numpy: small single-threaded reductions, no thread start-up per call
-        per = np.square(a).sum(axis=tuple(i for i in range(a.ndim) if i != d.dim), dtype=np.float64)
-        where = pos[graph.sol.labels[d.base:d.base + d.size]]
-        hit = where >= 0
-        np.add.at(sq, where[hit], per[hit])
-    return np.sqrt(sq)
+    return np.sqrt(_scores(group, _GroupIndex(group), _needed_sums(graph, [group], params)))
 
 
 def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[int, int]]:
@@ -62,21 +150,49 @@ def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[in
         (3, True, {3})
     """
     counts: List[List[Tuple[int, int]]] = [[] for _ in range(len(group.labels))]
-    sizes: Dict[int, int] = {}
     if not len(group.labels):
-        return counts, sizes
-    order = np.argsort(group.labels)
-    sorted_labs = group.labels[order]
-    for d in group.dims:
-        if d.size == 0:
-            continue
-        sizes[d.id] = d.size
-        u, c = np.unique(group.sol_labels[d.base:d.base + d.size], return_counts=True)
-        at = np.clip(np.searchsorted(sorted_labs, u), 0, len(sorted_labs) - 1)
-        hit = sorted_labs[at] == u
-        for i, cnt in zip(order[at[hit]].tolist(), c[hit].tolist()):
-            counts[i].append((d.id, cnt))
+        return counts, {}
+    gi = _GroupIndex(group)
+    sizes = {d.id: d.size for d in gi.dims}
+    ids = [d.id for d in gi.dims]
+    for c, k, n in zip(*(a.tolist() for a in gi.triples())):
+        counts[c].append((ids[k], n))
     return counts, sizes
+
+
+def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
+    """Classes in ascending score order, skipping one that would empty a dim, until ``n_remove`` are taken.
+
+    Vectorised up to the first class that would empty a dim (usually none before ``n_remove``); from there
+    on class by class, exactly as the plain loop.
+    """
+    order = np.argsort(scores, kind="stable")
+    cls, dim, cnt = gi.triples()
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order), dtype=np.int64)
+    r = rank[cls]
+    by = np.lexsort((r, dim))  # per dim, in the order classes are tried
+    dim_s, cum = dim[by], np.cumsum(cnt[by])
+    first = np.searchsorted(dim_s, np.arange(len(gi.dims)), "left")
+    before = np.concatenate(([0], cum))[first][dim_s]  # cumulative count of earlier dims
+    full = (cum - before) >= gi.sizes[dim_s]  # taking this class (and all before it) empties the dim
+    stop = int(r[by][full].min()) if full.any() else len(order)
+    if stop >= n_remove:
+        return order[:n_remove].tolist()
+    taken = order[:stop].tolist()
+    remaining = gi.sizes.copy()
+    take = np.isin(cls, order[:stop])
+    np.subtract.at(remaining, dim[take], cnt[take])
+    starts = np.searchsorted(cls, np.arange(len(order) + 1), "left")
+    for i in order[stop:].tolist():
+        if len(taken) >= n_remove:
+            break
+        k, v = dim[starts[i]:starts[i + 1]], cnt[starts[i]:starts[i + 1]]
+        if (remaining[k] - v <= 0).any():
+            continue
+        remaining[k] -= v
+        taken.append(i)
+    return taken
 
 
 @no_gc
@@ -87,25 +203,15 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
+    todo = [(g, int(np.floor(ratio * len(g.all_classes)))) for g in graph.groups
+            if not g.pinned and g.all_classes]
+    todo = [(g, n) for g, n in todo if n > 0]
+    sums = _needed_sums(graph, [g for g, _ in todo], _tensors(graph))
     entries: Dict[str, List[int]] = {}
-    params = _tensors(graph)
-    for g in graph.groups:
-        if g.pinned or not g.all_classes:
-            continue
-        n_remove = int(np.floor(ratio * len(g.all_classes)))
-        if n_remove == 0:
-            continue
-        scores = class_scores(graph, g, params)
-        counts, remaining = class_dim_counts(g)
-        taken = 0
-        for i in np.argsort(scores, kind="stable").tolist():
-            if taken >= n_remove:
-                break
-            if any(remaining[k] - v <= 0 for k, v in counts[i]):
-                continue
-            for k, v in counts[i]:
-                remaining[k] -= v
+    for g, n_remove in todo:
+        gi = _GroupIndex(g)
+        scores = np.sqrt(_scores(g, gi, sums))
+        for i in _greedy(scores, n_remove, gi):
             key, idx = g.all_classes[i]
             entries.setdefault(key, []).extend(idx)
-            taken += 1
     return PrunePlan(entries)

@@ -12,10 +12,12 @@ Example:
 from __future__ import annotations
 
 import collections
+import linecache
 import logging
 import operator
+import sys
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx
@@ -36,15 +38,61 @@ def normalize_inputs(example_inputs: Any) -> Tuple[Any, ...]:
     return (example_inputs,)
 
 
+_UNINTERESTING: Optional[frozenset] = None
+
+
+def _user_stack(frame: Any) -> Optional[str]:
+    """The stack of ``frame`` from the outermost ``forward`` on, in FX's ``stack_trace`` format.
+
+    FX's own recording (``record_stack_traces``) symbolizes and formats every frame of the interpreter
+    stack for every node, a third of tracing time; here only the frames kept are formatted.
+    """
+    global _UNINTERESTING
+    if _UNINTERESTING is None:
+        from torch.fx.experimental.symbolic_shapes import uninteresting_files
+        _UNINTERESTING = frozenset(uninteresting_files())
+    frames: List[Any] = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    first = next((i for i in range(len(frames) - 1, -1, -1) if frames[i].f_code.co_name == "forward"), None)
+    if first is None:  # no forward on the stack: the trace would not point at model code
+        return None
+    out = []
+    for f in frames[first::-1]:
+        code = f.f_code
+        if code.co_filename in _UNINTERESTING:
+            continue
+        line = linecache.getline(code.co_filename, f.f_lineno).strip()
+        out.append(f'  File "{code.co_filename}", line {f.f_lineno}, in {code.co_name}\n'
+                   + (f"    {line}\n" if line else ""))
+    return "".join(out).strip() or None
+
+
+class _PathDiverged(Exception):
+    """The second-mode trace left the first trace's path (see :func:`_bind_training`)."""
+
+
 class _Tracer(torch.fx.Tracer):
-    def __init__(self) -> None:
+    def __init__(self, stack_traces: bool = True, follow: Optional[List[torch.fx.Node]] = None) -> None:
         super().__init__()
-        self.record_stack_traces = True
+        self.stack_traces = stack_traces  # the user's source line for error messages (see _user_stack)
         # Buffers read in a traced forward stay get_attr nodes (torchvision's FrozenBatchNorm2d computes its
         # scale from them): otherwise FX folds that arithmetic into constants that pruning cannot slice.
         self.proxy_buffer_attributes = True
         self._depth = 0
         self.returned: type = type(None)
+        self._follow = follow  # nodes the trace must reproduce in order (op, target); stop at the first other
+
+    def create_node(self, kind: str, target: Any, *args: Any, **kwargs: Any) -> torch.fx.Node:
+        if self._follow is not None:
+            i = len(self.graph.nodes)
+            if i >= len(self._follow) or (self._follow[i].op, self._follow[i].target) != (kind, target):
+                raise _PathDiverged(i)
+        node = super().create_node(kind, target, *args, **kwargs)
+        if self.stack_traces and not node.stack_trace:
+            node.stack_trace = _user_stack(sys._getframe(1))
+        return node
 
     def create_arg(self, a: Any) -> Any:
         # The last top-level argument FX converts is what forward returned: remember its type, since FX
@@ -131,17 +179,19 @@ def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
     if not _reads_training(model):
         return  # no traced forward mentions ``training``: nothing to bind (and no second trace to pay)
     flags = {m: m.training for m in model.modules()}
+    nodes = list(graph.nodes)
     try:
         for m in flags:
             m.training = not flags[m]
-        other = _Tracer().trace(model)
-    except Exception:  # the other mode does not trace: keep the graph as it is, but say so
+        # no stack traces, and stopped where it leaves the first trace's path: only ops and arguments matter
+        other = _Tracer(stack_traces=False, follow=nodes).trace(model)
+    except Exception:  # the other mode does not trace, or takes another path: keep the graph, but say so
         other = None
     finally:
         for m, t in flags.items():
             m.training = t
     mode = "train" if model.training else "eval"
-    nodes, others = list(graph.nodes), list(other.nodes) if other is not None else []
+    others = list(other.nodes) if other is not None else []
     if len(nodes) != len(others) or any((a.op, a.target) != (b.op, b.target) for a, b in zip(nodes, others)):
         warnings.warn(f"fxprune: {type(model).__name__}.forward takes another path in train and eval mode; "
                       f"the traced graph, and a model pruned from it, follow {mode} mode", stacklevel=4)
