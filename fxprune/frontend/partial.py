@@ -1,15 +1,19 @@
 """The partial-tracing frontend: when ``symbolic_trace`` fails on a model, trace what can be traced.
 
 This fills the design's fallback slot (``frontend/autograd``) with per-submodule tracing instead of a
-``grad_fn`` walk. One real forward (eval mode, ``no_grad``) records the arguments of every submodule's
-first call. Starting from the root, a module whose ``forward`` symbolic-traces with those arguments (and
-whose graph propagates shapes) becomes one *part*, analysed as an ordinary :class:`ChannelGraph`;
-otherwise its children are tried. Only maximal traceable subtrees become parts.
+``grad_fn`` walk. One real forward (eval mode, ``no_grad``) records the arguments and outputs of every
+submodule call. Starting from the root, a module whose ``forward`` symbolic-traces with its first call's
+arguments (``*args``/``**kwargs`` as they were passed; a lone ``torch.nn`` layer as one ``call_module``)
+and whose graph propagates shapes becomes one *part*; otherwise its children are tried (also those of a
+container that is never called itself, such as a ``ModuleList`` looped over). Only maximal traceable
+subtrees become parts; parameterless modules (activations, reshapes) become parts too when they trace.
 
-Every input and output dim of a part is pinned (the lowering pins graph inputs and outputs), so the
-Python code around the parts, which fxprune cannot rewrite, always sees tensors of the original shapes.
+An input or output dim of a part is pinned, so the Python code around the parts, which fxprune cannot
+rewrite, sees tensors of the original shapes, unless that code only hands the tensor on from one part to
+another (same object in the recorded forward, no value read outside the parts): then the two interfaces are
+*stitched* with identity couplings (:mod:`fxprune.frontend.stitch`) and their channels prune together.
 A parameter that is also used outside its part's calls (tied weights, a parent reading
-``self.child.weight``) is pinned too.
+``self.child.weight``) is pinned.
 
 :class:`PartialGraph` combines the parts behind the interface of :class:`ChannelGraph`: ``groups`` (keys
 and members are full model qualnames), ``group_of``, ``expand``, ``sol.labels`` / ``ir.dims`` over one
