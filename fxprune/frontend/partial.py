@@ -668,6 +668,8 @@ class PartialGraph:
         self.parts, self.untraced = parts, untraced
         stitching = stitch(parts, rec) if rec is not None else Stitching()
         self.stitched = len(stitching)
+        # parts with a stitched interface: the Python between them sees the pruned widths
+        self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitching.pairs if dims for i in (pa, pb)}
         ir, sol = combine(parts, stitching, [p.boundary for p in parts])
         self.ctx = _Ctx(parts, strict, prefer_heads)
         for part in parts:
