@@ -91,6 +91,18 @@ TIMM_FAMILIES: dict[str, tuple[str, tuple[int, ...], dict[str, Any]]] = {
     "xcit": ("xcit_nano_12_p16_224", IMG, {"img_size": 64}),
     "eva": ("eva02_tiny_patch14_224", (1, 3, 56, 56), {"img_size": 56}),
     "convmixer": ("convmixer_768_32", IMG, {}),
+    # every other timm model module (timm.models._registry), its variant with the fewest parameters that
+    # builds with pretrained=False and runs a forward (64x64 or img_size=64 when it takes it, else its
+    # default input); timm's test_* models are left out (not architectures anyone deploys)
+    "byoanet": ("halonet_h1", (1, 3, 256, 256), {}),  # halo attention: the blocks need 256 (8x8 at stride 32)
+    "cait": ("cait_xxs24_384", IMG, {"img_size": 64}),
+    "coat": ("coat_tiny", IMG, {"img_size": 64}),
+    "convit": ("convit_tiny", IMG, {"img_size": 64}),
+    "cpubone": ("cpubone_nano", IMG, {}),
+    "crossvit": ("crossvit_tiny_240", IMG, {}),
+    "csatv2": ("csatv2", IMG, {}),
+    "cspnext": ("cspnext_tiny", IMG, {}),
+    "davit": ("davit_tiny", IMG, {}),
 }
 
 

@@ -1,0 +1,62 @@
+"""Rules written for timm families whose channels were pinned for want of a rule (found by the zoo sweep).
+
+Each test builds a tiny module with the op as the family uses it, prunes a hand-picked plan, checks the
+widths by hand and compares the pruned model with a copy of the original whose removed rows are zeroed
+(and checks that pruning did change the output, so the comparison can fail).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import fxprune
+
+
+class Halo(nn.Module):
+    """HaloNet's window gathering: ``Tensor.unfold`` over H then W, channels carried through."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        w = torch.relu(self.a(x)).unfold(2, 4, 2).unfold(3, 4, 2)  # N, C, nH, nW, 4, 4
+        n, c, h, ww = w.shape[:4]
+        return self.b(w.mean((-1, -2)).reshape(n, c, h, ww))
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_tensor_unfold_channels_prune_and_match_the_zeroed_original(frontend):
+    torch.manual_seed(0)
+    model = Halo().eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = fxprune.analyze(model, (x,), frontend=frontend)
+    assert graph.frontend == frontend
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and ("b.weight", 1) in group.members
+    plan = fxprune.PrunePlan({"a.weight:0": [1, 2, 6]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 5 and small.b.weight.shape[1] == 5
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.a.weight[[1, 2, 6]] = 0
+        ref.a.bias[[1, 2, 6]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+def test_tensor_unfold_keeps_the_window_dims_pinned():
+    class Mix(nn.Module):  # a Linear over the window positions: those rows are not channels
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x).unfold(3, 4, 4)).sum(1)  # channels summed away: not the output
+
+    graph = fxprune.analyze(Mix().eval(), (torch.randn(1, 3, 4, 8),))
+    assert graph.group_of("a.weight", 0).pinned is None
+    assert graph.group_of("b.weight", 1).pinned  # the window dim: pinned by the rule's default-deny
