@@ -7,6 +7,10 @@ buffer's identity and shape, and the example inputs' shapes, dtypes and non-tens
 a pruned-in-place model, a swapped submodule, ``model.eval()``, other input shapes — misses the cache and
 analyses again, so a cached graph is always the graph a new trace would give.
 
+A GraphModule is not cached (its graph can be edited in place, which no fingerprint sees) except inside
+:func:`graphs_unchanged`, where the caller promises no graph is edited: the Pruner's step analyses its
+current GraphModule to select, then ``prune`` analyses it again to apply.
+
 Example:
     >>> import torch, fxprune
     >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -17,15 +21,17 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Hashable, Optional, Tuple
+from typing import Any, Hashable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["fingerprint", "lookup", "store", "clear"]
+__all__ = ["fingerprint", "lookup", "store", "clear", "graphs_unchanged"]
 
 _CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, Tuple[Hashable, Any]]" = weakref.WeakKeyDictionary()
+_SCOPES: List[List[torch.nn.Module]] = []  # open graphs_unchanged blocks: the GraphModules each cached
 _PLAIN = (int, float, bool, str, type(None))
 
 
@@ -58,13 +64,16 @@ def _inputs_key(example_inputs: Any) -> Tuple[Any, ...]:
 
 def fingerprint(model: torch.nn.Module, example_inputs: Any, *options: Hashable) -> Optional[Hashable]:
     """What the analysis of ``model`` depends on, besides weight values (None: do not cache)."""
+    graph_id: Hashable = None
     if isinstance(model, torch.fx.GraphModule):
-        return None  # a GraphModule's graph can be edited in place; analysing it is cheap anyway
+        if not _SCOPES:
+            return None  # a GraphModule's graph can be edited in place, unseen by this fingerprint
+        graph_id = (id(model.graph), len(model.graph.nodes))
     mods = tuple((name, id(m), type(m), m.training, _attrs(m)) for name, m in model.named_modules())
     tensors = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in
                     list(model.named_parameters(remove_duplicate=False))
                     + list(model.named_buffers(remove_duplicate=False)))
-    return (mods, tensors, _inputs_key(example_inputs), options)
+    return (mods, tensors, _inputs_key(example_inputs), options, graph_id)
 
 
 def lookup(model: torch.nn.Module, key: Optional[Hashable]) -> Any:
@@ -85,7 +94,39 @@ def store(model: torch.nn.Module, key: Optional[Hashable], graph: Any) -> None:
     try:
         _CACHE[model] = (key, graph)
     except TypeError:
-        pass
+        return
+    if isinstance(model, torch.fx.GraphModule) and _SCOPES:
+        _SCOPES[-1].append(model)
+
+
+@contextlib.contextmanager
+def graphs_unchanged() -> Iterator[None]:
+    """Cache GraphModule analyses inside the block; the caller promises no graph is edited in place there.
+
+    Entries made inside are forgotten when the outermost block ends, so an edit after it is never missed.
+
+    Example:
+        >>> import torch, fxprune
+        >>> gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)))
+        >>> x = torch.randn(1, 4)
+        >>> fxprune.analyze(gm, x) is fxprune.analyze(gm, x)
+        False
+        >>> with graphs_unchanged():
+        ...     fxprune.analyze(gm, x) is fxprune.analyze(gm, x)
+        True
+        >>> fxprune.analyze(gm, x) is fxprune.analyze(gm, x)
+        False
+    """
+    _SCOPES.append([])
+    try:
+        yield
+    finally:
+        cached = _SCOPES.pop()
+        if _SCOPES:
+            _SCOPES[-1].extend(cached)
+        else:
+            for gm in cached:
+                _CACHE.pop(gm, None)
 
 
 def clear() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import cache
 from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
 from .gcpause import no_gc
@@ -182,10 +183,11 @@ class Pruner:
             return self._interactive()
         self._why = {}
         removed_before = sum(len(v) for v in self._plan.values())  # a head step applies its own plan
-        plan = self._select_step()
-        if not len(plan) and sum(len(v) for v in self._plan.values()) == removed_before:
-            self._warn_nothing()
-        return self._apply(plan)
+        with cache.graphs_unchanged():  # selection's analysis of the current GraphModule is prune's too
+            plan = self._select_step()
+            if not len(plan) and sum(len(v) for v in self._plan.values()) == removed_before:
+                self._warn_nothing()
+            return self._apply(plan)
 
     def _note(self, g: Group, why: str) -> None:
         """Why ``g`` loses nothing in this step (reported when the whole step removes nothing)."""

@@ -17,6 +17,7 @@ single output. Models are traced in train or eval mode (dropout must follow the 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import List, Sequence, Tuple
@@ -168,7 +169,7 @@ class DagNet(nn.Module):
             s = F.adaptive_avg_pool2d(input=v, output_size=1) if kw else F.adaptive_avg_pool2d(v, 1)
             return v * torch.sigmoid(s.squeeze()).unsqueeze(-1).unsqueeze(-1)
         if kind == "drop":
-            return F.dropout(input=v, p=0.3, training=self.training) if kw else F.dropout(v, 0.3, self.training)
+            return self._drop(v, kw)
         if kind == "reduce":
             if op[2] == "sum":
                 return v + (torch.sum(input=v.pow(2), dim=1, keepdim=True) if kw else v.pow(2).sum(1, keepdim=True))
@@ -179,9 +180,21 @@ class DagNet(nn.Module):
         return torch.cat(tensors=[a * g, b], dim=1) if kw else torch.cat([a * g, b], 1)
 
 
+    def _drop(self, v, kw):
+        raise AssertionError("only DropDagNet has dropout ops")
+
+
+class DropDagNet(DagNet):
+    """A DagNet with a ``drop`` op: only this class's code names ``self.training``, so the fx frontend
+    traces a model a second time (to bind the flag) only when it has dropout to bind."""
+
+    def _drop(self, v, kw):
+        return F.dropout(input=v, p=0.3, training=self.training) if kw else F.dropout(v, 0.3, self.training)
+
+
 def build(ops: Sequence[tuple]) -> Tuple[nn.Module, Tuple[torch.Tensor]]:
     torch.manual_seed(0)
-    m = DagNet(ops)
+    m = (DropDagNet if any(op[0] == "drop" for op in ops) else DagNet)(ops)
     zoo._randomize(m)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     return m, (x,)
@@ -306,3 +319,38 @@ def _pruner_replays(m: nn.Module, inputs, data) -> None:
         keep = [i for i in range(tensors[name].shape[dim]) if i not in set(removed)]
         assert recovered.get(name, {}).get(dim) == keep, f"pruner {key}: kept {recovered.get(name)}, expected {keep}"
     event(f"pruner removed {sum(len(v) for v in plan.values())} > 0" if len(plan) else "pruner removed nothing")
+
+
+def test_pruner_step_reuses_its_graph_module_analysis(monkeypatch):
+    """One Pruner step analyses its current (pruned) GraphModule once: ``prune`` reuses the analysis that
+    selection made (``cache.graphs_unchanged``). Three steps trace the user's model once and each later
+    step's GraphModule once, and give the same plan and tensors as steps that analyse twice."""
+    import sys
+
+    analyze_mod, pruner_mod = sys.modules["fxprune.analyze"], sys.modules["fxprune.pruner"]
+    ops = [("conv", 0, 6, 3, 1), ("bn", 1), ("act", 2, "relu"), ("conv", 3, 8, 3, 2), ("add", 4, 4)]
+
+    def run(reuse: bool):
+        traced: List[str] = []
+        real_trace = analyze_mod.trace
+
+        def counting(model, *a, **k):
+            traced.append("graph" if isinstance(model, torch.fx.GraphModule) else type(model).__name__)
+            return real_trace(model, *a, **k)
+
+        with monkeypatch.context() as mp:
+            mp.setattr(analyze_mod, "trace", counting)
+            if not reuse:
+                mp.setattr(pruner_mod.cache, "graphs_unchanged", contextlib.nullcontext)
+            m, inputs = build(ops)
+            pruner = fxprune.Pruner(m, inputs, importance="l1", pruning_ratio=0.5, iterative_steps=3)
+            for _ in range(3):
+                small = pruner.step()
+        return traced, pruner.plan, small.state_dict()
+
+    traced, plan, sd = run(reuse=True)
+    assert traced == ["DagNet", "graph", "graph"], traced
+    traced2, plan2, sd2 = run(reuse=False)
+    assert traced2 == ["DagNet"] + ["graph"] * 4, traced2
+    assert dict(plan.items()) == dict(plan2.items()) and len(plan) > 0
+    assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
