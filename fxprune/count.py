@@ -46,10 +46,17 @@ def _flop_counts(model: torch.nn.Module, example_inputs: Any) -> FlopCounterMode
     # FlopCounterMode does not count (vit_b_16 read 11.3 G instead of 17.6 G): count the plain path.
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
+    # FlopCounterMode's module tracker fails on a parameter handed to a submodule as an argument under
+    # no_grad (CaiT's class token, "Expected gradient function to be set"): count with requires_grad off
+    grads = [(p, p.requires_grad) for p in model.parameters()]
     try:
+        for p, _ in grads:
+            p.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
             model(*_as_tuple(example_inputs))
     finally:
+        for p, rg in grads:
+            p.requires_grad_(rg)
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, training in flags:
             m.training = training
