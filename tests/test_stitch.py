@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -190,3 +192,32 @@ def test_shared_head_couples_every_level():
     expected = _zeroed(model, x, {model.convs[0]: [2, 5], model.convs[1]: [2, 5]})
     torch.testing.assert_close(small(x), expected, rtol=1e-5, atol=1e-6)
     assert _quiet(lambda: fxprune.verify(model, small, plan, x)).max_abs_diff < 1e-5
+
+
+class Detect(nn.Module):
+    """A detector-like tail: keeps the positive scores (an output shape that follows the values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = Block(3, 8, 4)
+
+    def forward(self, x):
+        scores = self.body(x).flatten(1)
+        return [s[s > 0] for s in scores]  # iterating a tensor: symbolic_trace fails too
+
+
+def test_value_dependent_shapes_skip_torch_export(monkeypatch):
+    """``torch.export`` fails on such a forward only after tracing all of it: auto goes to parts directly."""
+    calls = []
+    real = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, x = Detect().eval(), torch.randn(1, 3, 6, 6)
+    graph = _quiet(lambda: fxprune.analyze(model, x))
+    assert graph.frontend == "parts" and calls == []
+    assert graph.group_of("body.conv1.weight", 0).pinned is None
+    with pytest.raises(fxprune.TraceError, match="indexing by a boolean mask"):
+        fxprune.trace(model, x)
+    # asked for by name, export is still tried (and fails on its own terms)
+    with pytest.raises(fxprune.TraceError, match="depends on tensor values"):
+        fxprune.trace(model, x, frontend="export")
+    assert calls == [1]

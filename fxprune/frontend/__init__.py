@@ -15,6 +15,7 @@ from ..errors import TraceError
 from . import fx as _fx
 from .export import Inputs, call_graph, call_model, export_trace, graph_args, split_inputs
 from .fx import normalize_inputs, propagate_shapes
+from .probe import value_dependence
 
 __all__ = ["trace", "propagate_shapes", "normalize_inputs", "Inputs", "graph_args", "call_model", "call_graph",
            "split_inputs", "FRONTENDS"]
@@ -56,6 +57,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
         except TraceError as e:
             if frontend == "fx" or e.__cause__ is None:
                 raise
+            found = value_dependence(model, example_inputs) if frontend == "auto" else None
+            if found is not None:  # torch.export would fail too, after tracing the whole model
+                raise TraceError(f"{e} torch.export was not tried: the forward calls {found}, which decides "
+                                 "on tensor values") from e.__cause__
             log.info("symbolic_trace failed on %s (%s); trying torch.export", type(model).__name__, e)
             try:
                 return export_trace(model, example_inputs)

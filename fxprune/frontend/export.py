@@ -167,7 +167,12 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
     raise_graph(gm)
     for node in graph.nodes:
         if "val" in node.meta:
-            node.meta["val"] = tree_map(_to_meta, node.meta["val"])
+            try:
+                node.meta["val"] = tree_map(_to_meta, node.meta["val"])
+            except Exception as e:  # a size only known at run time (u0 = number of positive scores)
+                raise TraceError(f"torch.export took {type(model).__name__}, but the shape of {node.name} depends "
+                                 f"on tensor values ({type(e).__name__}); fxprune needs static shapes",
+                                 node) from e
     out = next(iter(reversed(graph.nodes)))
     out.meta["val"] = tuple(a.meta.get("val") if isinstance(a, torch.fx.Node) else a
                             for a in tree_flatten(out.args[0])[0])
