@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""One-stage detectors through the parts frontend (stitched): fxprune vs Torch-Pruning 1.6.1 in one process.
+
+For each detector of ``benchmarks/zoo_models.py`` named on the command line: Torch-Pruning's MetaPruner with the
+zoo sweep's settings (``zoo_checks.check_tp``: L2 magnitude, ratio 0.5, output layers left whole) and fxprune's
+``plan_by_ratio(0.5)`` + ``prune`` + ``verify``; parameters before/after, and how many part interfaces were stitched.
+
+Usage:
+    python benchmarks/detectors.py retinanet_resnet50_fpn fcos_resnet50_fpn ssd300_vgg16
+"""
+import json
+import os
+import sys
+import warnings
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fxprune  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from zoo_checks import check_tp  # noqa: E402
+from zoo_models import build, get_spec  # noqa: E402
+
+
+def main(names: list[str]) -> dict:
+    torch.set_num_threads(1)
+    out = {"load_average": os.getloadavg()}
+    for name in names:
+        spec = get_spec(name)
+        tmp = f"/tmp/fxprune_tp_{name}.json"
+        check_tp(spec, None, tmp)  # Torch-Pruning first, on its own copy of the model
+        with open(tmp) as f:
+            tp = json.load(f)
+        model, args = build(spec)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = fxprune.analyze(model, args)
+            plan = fxprune.plan_by_ratio(graph, 0.5)
+            small = fxprune.prune(model, plan, args)
+            report = fxprune.verify(model, small, plan, args)
+        out[name] = {"params_before": sum(p.numel() for p in model.parameters()),
+                     "fxprune_params": sum(p.numel() for p in small.parameters()),
+                     "tp_params": tp.get("params_after"), "tp_error": tp.get("error"),
+                     "fxprune_verify_max_abs_diff": report.max_abs_diff, "stitched": graph.stitched,
+                     "frontend": graph.frontend}
+        print(name, out[name], flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    result = main(sys.argv[1:])
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detectors.json"), "w") as f:
+        json.dump(result, f, indent=1)
