@@ -670,7 +670,7 @@ class PartialGraph:
         self.stitched = len(stitching)
         # parts with a stitched interface: the Python between them sees the pruned widths
         self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitching.pairs if dims for i in (pa, pb)}
-        ir, sol = combine(parts, stitching, [p.boundary for p in parts])
+        ir, sol = combine(parts, stitching, [p.boundary for p in parts], [self._reasons(p) for p in parts])
         self.ctx = _Ctx(parts, strict, prefer_heads)
         for part in parts:
             for k, v in part.graph.ctx.ambiguous.items():  # dim nodes move to the combined index space
@@ -687,6 +687,20 @@ class PartialGraph:
             for name, t in list(part.module.named_parameters(remove_duplicate=False)) + list(
                     part.module.named_buffers(remove_duplicate=False)):
                 self._owner.setdefault(id(t), (part, part.rel + name))
+
+    def _reasons(self, part: Part) -> dict[str, str]:
+        """Interface pins named after the untraced forward that reads them (the nearest untraced ancestor)."""
+        from .stitch import IN_REASON, OUT_REASON
+
+        untraced, where = dict(self.untraced), part.path.rpartition(".")[0]
+        while where not in untraced and where:
+            where = where.rpartition(".")[0]
+        why = untraced.get(where)
+        owner = f"{where}'s" if where else f"the root {type(self.model).__name__}'s"
+        tail = f"{owner} forward, which is not traced" + (f" ({why})" if why else "")
+        given = f"input of traced submodule {part.path}, made by {tail}"
+        read = f"output of traced submodule {part.path}, read by {tail}"
+        return {"model input": given, IN_REASON: given, "model output": read, OUT_REASON: read}
 
     # -- groups ---------------------------------------------------------------------------------
     @property

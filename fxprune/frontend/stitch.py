@@ -154,10 +154,11 @@ def _prefixed(part: Any, value: Any) -> Any:
     return ("value", part.scope + value[1], value[2])
 
 
-def combine(parts: list[Any], stitching: Stitching, extra_pins: list[list[tuple[int, str]]]) -> tuple[ChannelIR,
-                                                                                                         Solution]:
+def combine(parts: list[Any], stitching: Stitching, extra_pins: list[list[tuple[int, str]]],
+            reasons: list[dict[str, str]] | None = None) -> tuple[ChannelIR, Solution]:
     """One IR over every part (full-model value keys): the parts' couplings and pins, minus the interface
-    pins of stitched dims, plus the identity couplings; solved once."""
+    pins of stitched dims, plus the identity couplings; solved once. ``reasons[i]`` rewords part ``i``'s
+    interface pins (a part's "model output" is an output of that submodule)."""
     ir = ChannelIR()
     n_dims = n_idx = 0
     for i, part in enumerate(parts):
@@ -176,7 +177,7 @@ def combine(parts: list[Any], stitching: Stitching, extra_pins: list[list[tuple[
         for did, idx, reason in list(src.pins) + [(did, None, why) for did, why in extra_pins[i]]:
             if did in free and reason in BOUNDARY_REASONS:
                 continue
-            ir.pins.append((did + n_dims, idx, reason))
+            ir.pins.append((did + n_dims, idx, reasons[i].get(reason, reason) if reasons else reason))
         n_dims += len(src.dims)
         n_idx += src.total
     ir.total = n_idx
