@@ -60,3 +60,35 @@ def test_tensor_unfold_keeps_the_window_dims_pinned():
     graph = fxprune.analyze(Mix().eval(), (torch.randn(1, 3, 4, 8),))
     assert graph.group_of("a.weight", 0).pinned is None
     assert graph.group_of("b.weight", 1).pinned  # the window dim: pinned by the rule's default-deny
+
+
+class Grouped(nn.Module):
+    """timm's CPU backbones (cpubone) normalise with GroupNorm in a forward only ``torch.export`` takes."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.n, self.b = nn.Conv2d(3, 8, 1), nn.GroupNorm(4, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.n(self.a(x))))
+
+
+def test_exported_group_norm_prunes_whole_groups_and_matches_the_zeroed_original():
+    # aten.group_norm has a sixth argument (cudnn_enabled): raised to F.group_norm it must be dropped
+    torch.manual_seed(0)
+    model = Grouped().eval()
+    with torch.no_grad():
+        model.n.weight.uniform_(0.5, 1.5)
+        model.n.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 5, 5)
+    graph = fxprune.analyze(model, (x,), frontend="export")
+    assert graph.group_of("a.weight", 0).pinned is None
+    plan = fxprune.PrunePlan({"a.weight:0": [2, 3]})  # one whole group of two channels
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.b.weight.shape[1] == 6 and small.n.weight.shape[0] == 6
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for t in (ref.a.weight, ref.a.bias, ref.n.weight, ref.n.bias):
+            t[[2, 3]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)

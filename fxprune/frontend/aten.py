@@ -75,7 +75,6 @@ _SAME_FN = {
     torch.conv_transpose1d: _ov("conv_transpose1d", "default"),
     torch.conv_transpose2d: _ov("conv_transpose2d", "input"),
     torch.conv_transpose3d: _ov("conv_transpose3d", "input"),
-    F.group_norm: _ov("group_norm", "default"),
     F.scaled_dot_product_attention: _ov("scaled_dot_product_attention", "default"),
     torch.matmul: _ov("matmul", "default"), torch.bmm: _ov("bmm", "default"), torch.mm: _ov("mm", "default"),
     torch.addmm: _ov("addmm", "default"), torch.einsum: _ov("einsum", "default"),
@@ -130,6 +129,10 @@ def _first(fn: Callable, n: int) -> Callable[[torch.fx.Node], Converted]:
         return "call_function", fn, tuple(node.args[:n]), dict(node.kwargs)
     conv.__name__ = f"first_{n}_of_{fn.__name__}"
     return conv
+
+
+# aten.group_norm carries a sixth argument (cudnn_enabled) that F.group_norm does not take
+_reg(_first(F.group_norm, 5), *_ov("group_norm", "default"))
 
 
 def _dropout(node: torch.fx.Node) -> Converted:
