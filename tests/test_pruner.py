@@ -37,7 +37,9 @@ def resnet18():
     ({"global_pruning": True, "isomorphic": True}, [32, 33, 58, 126, 263, 32, 64, 128, 256]),
 ], ids=["local", "round_to", "global", "isomorphic"])
 def test_resnet18_matches_reference_widths(resnet18, kwargs, expected):
-    pruner = fxprune.Pruner(resnet18, X32, pruning_ratio=0.5, ignored_layers=[resnet18.fc], **kwargs)
+    tp_l2 = fxprune.importance.MagnitudeImportance(p=2, layer_normalizer=None, bn_shift=False)  # TP's formula
+    pruner = fxprune.Pruner(resnet18, X32, importance=tp_l2, pruning_ratio=0.5, ignored_layers=[resnet18.fc],
+                            **kwargs)
     small = pruner.step()
     assert widths(small) == expected
     assert fxprune.verify(resnet18, small, pruner.plan, X32).max_abs_diff < 1e-4
@@ -49,7 +51,8 @@ def test_ratio_dict_local_and_global(resnet18):
     local = fxprune.Pruner(m, X32, ignored_layers=[m.fc],
                            pruning_ratio_dict={m.layer1: 0.25, (m.layer3, m.layer4): 0.75}).step()
     assert widths(local) == [48, 48, 64, 64, 128, 48, 64, 64, 128]
-    glob = fxprune.Pruner(m, X32, ignored_layers=[m.fc], global_pruning=True,
+    tp_l2 = fxprune.importance.MagnitudeImportance(p=2, layer_normalizer=None, bn_shift=False)  # TP's formula
+    glob = fxprune.Pruner(m, X32, importance=tp_l2, ignored_layers=[m.fc], global_pruning=True,
                           pruning_ratio_dict={(m.layer3, m.layer4): 0.75}).step()
     assert widths(glob) == [33, 33, 61, 78, 121, 33, 65, 71, 106]
 
