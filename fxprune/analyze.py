@@ -30,6 +30,10 @@ from .plan import PrunePlan, make_key, parse_key
 __all__ = ["analyze", "ChannelGraph", "Group", "Expansion"]
 
 
+_NONE = np.zeros(0, np.int64)
+_NONE.flags.writeable = False
+
+
 @dataclass
 class Group:
     """Coupled dims that can only lose channels together.
@@ -96,6 +100,8 @@ class ChannelGraph:
         self.ir = ctx.ir
         self._pinned_labels = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
         self._groups: Optional[List[Group]] = None
+        self._dims: Optional[Tuple[np.ndarray, ...]] = None  # see _dim_arrays
+        self._last: Tuple[Any, Any] = (None, None)  # the last expansion's mask and removed count per dim
 
     @property
     def groups(self) -> List[Group]:
@@ -235,8 +241,22 @@ class ChannelGraph:
         """Whether the expansion removes exactly what the plan lists for the plan's own keys."""
         return all(sorted(set(int(i) for i in plan[k])) == exp.plan.get(k, []) for k in plan)
 
+    def _dim_arrays(self) -> Tuple[np.ndarray, ...]:
+        """Ids, starts and sizes of the non-empty dims, which are parameters, and a pinned-label table."""
+        if self._dims is None:
+            dims = [d for d in self.ir.dims if d.size]
+            labels = self.sol.labels
+            pinned = np.zeros(int(labels.max()) + 1 if len(labels) else 0, bool)
+            pinned[self._pinned_labels] = True
+            self._dims = (np.array([d.id for d in dims], dtype=np.int64),
+                          np.array([d.base for d in dims], dtype=np.int64),
+                          np.array([d.size for d in dims], dtype=np.int64),
+                          np.array([d.is_param for d in dims], dtype=bool), pinned)
+        return self._dims
+
     def _expand(self, plan: PrunePlan) -> Expansion:
         labels = self.sol.labels
+        ids, starts, sizes, is_param, pinned_lut = self._dim_arrays()
         chosen: List[np.ndarray] = []
         for key in plan:
             name, dim = parse_key(key)
@@ -246,7 +266,7 @@ class ChannelGraph:
             if len(bad):
                 raise PlanError(f"plan entry {key!r}: indices {bad[:5].tolist()} out of range for size {d.size}")
             labs = np.unique(labels[d.base + idx])
-            pinned = labs[np.isin(labs, self._pinned_labels)]
+            pinned = labs[pinned_lut[labs]]
             if len(pinned):
                 g = self._group_by_dim.get(d.id)
                 where = np.nonzero(np.isin(labels[d.base:d.base + d.size], pinned))[0][:5].tolist()
@@ -255,17 +275,19 @@ class ChannelGraph:
             chosen.append(labs)
         removed = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
         mask = self.sol.removed_mask(removed)
+        counts = np.add.reduceat(mask, starts, dtype=np.int64) if len(starts) else np.zeros(0, np.int64)
+        full = np.nonzero(counts == sizes)[0]
+        if len(full):
+            d = self.ir.dims[int(ids[full[0]])]
+            raise PlanError(f"plan removes all {d.size} channels of {d.name} dim {d.dim}; "
+                            f"keep at least one (group {self._group_key(d)})")
         out: Dict[str, List[int]] = {}
-        for d in self.ir.dims:
-            if d.size == 0:
-                continue
-            m = mask[d.base:d.base + d.size]
-            n = int(m.sum())
-            if n == d.size:
-                raise PlanError(f"plan removes all {d.size} channels of {d.name} dim {d.dim}; "
-                                f"keep at least one (group {self._group_key(d)})")
-            if n and d.is_param:
-                out[make_key(d.value[1], d.dim)] = np.nonzero(m)[0].tolist()
+        for k in np.nonzero((counts > 0) & is_param)[0].tolist():
+            d = self.ir.dims[int(ids[k])]
+            out[make_key(d.value[1], d.dim)] = np.nonzero(mask[d.base:d.base + d.size])[0].tolist()
+        per_dim = np.zeros(len(self.ir.dims), dtype=np.int64)
+        per_dim[ids] = counts
+        self._last = (mask, per_dim)
         return Expansion(removed, mask, out)
 
     def _group_key(self, d: DimNode) -> str:
@@ -276,9 +298,23 @@ class ChannelGraph:
         """Local indices of ``value`` (a value key) along ``dim`` that ``mask`` removes."""
         i = self.ir.index.get((value, dim))
         if i is None:
-            return np.zeros(0, np.int64)
+            return _NONE
+        last_mask, counts = self._last
+        if mask is last_mask and not counts[i]:  # most dims lose nothing: no slice to scan
+            return _NONE
         d = self.ir.dims[i]
         return np.nonzero(mask[d.base:d.base + d.size])[0]
+
+    def removed_count(self, mask: np.ndarray, value: Any, dim: int) -> int:
+        """How many indices of ``value`` along ``dim`` ``mask`` removes (``len(self.removed(...))``)."""
+        i = self.ir.index.get((value, dim))
+        if i is None:
+            return 0
+        last_mask, counts = self._last
+        if mask is last_mask:
+            return int(counts[i])
+        d = self.ir.dims[i]
+        return int(np.count_nonzero(mask[d.base:d.base + d.size]))
 
     def to_networkx(self, group: Optional[Any] = None):
         """The coupling graph over dim nodes (``networkx.MultiGraph``), whole or for one group (a

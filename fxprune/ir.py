@@ -184,4 +184,6 @@ class Solution:
         """Boolean mask over global ids: which indices a set of removed classes takes away."""
         if len(removed_labels) == 0:
             return np.zeros(len(self.labels), bool)
-        return np.isin(self.labels, removed_labels)
+        table = np.zeros(int(max(self.labels.max(), np.max(removed_labels))) + 1, bool)
+        table[removed_labels] = True
+        return table[self.labels]

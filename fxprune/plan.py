@@ -60,6 +60,8 @@ def _index(key: str, i: object) -> int:
 
 
 def _indices(key: str, idxs: object) -> list:
+    if type(idxs) is list and all(type(i) is int for i in idxs):
+        return list(idxs)  # plain ints (every plan fxprune builds): nothing to convert or refuse
     if isinstance(idxs, (str, bytes)) or not isinstance(idxs, Iterable):
         raise PlanError(f"plan entry {key!r}: indices must be a list of integers, got {idxs!r}")
     return [_index(key, i) for i in idxs]

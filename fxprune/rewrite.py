@@ -66,7 +66,10 @@ class RewriteCtx:
         return self.graph.removed(self.exp.mask, ref.key, d % ref.ndim)
 
     def new_shape(self, ref: TRef) -> Tuple[int, ...]:
-        return tuple(s - len(self.removed(ref, d)) for d, s in enumerate(ref.shape))
+        count = getattr(self.graph, "removed_count", None)
+        if count is None:  # a graph without per-dim counts
+            return tuple(s - len(self.removed(ref, d)) for d, s in enumerate(ref.shape))
+        return tuple(s - count(self.exp.mask, ref.key, d) for d, s in enumerate(ref.shape))
 
     def module(self, node: torch.fx.Node) -> torch.nn.Module:
         return self.new_modules[node.target]
@@ -79,23 +82,22 @@ def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
 
 
 def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> torch.Tensor:
-    data = t.detach()
-    changed = False
+    keep = {}
     for d in range(t.ndim):
         removed = graph.removed(exp.mask, ("param", canon), d)
         if len(removed):
-            data = data.index_select(d, _keep_index(t.shape[d], removed).to(data.device))
-            changed = True
-    if not changed:
+            keep[d] = _keep_index(t.shape[d], removed)
+    data = t.detach()
+    for d, k in keep.items():  # straight from the source: no copy of the whole tensor first
+        data = data.index_select(d, k.to(data.device))
+    if not keep:
         data = data.clone()
     if isinstance(t, torch.nn.Parameter):
         new = torch.nn.Parameter(data, requires_grad=t.requires_grad)
         if t.grad is not None:
             g = t.grad.detach()
-            for d in range(t.ndim):
-                removed = graph.removed(exp.mask, ("param", canon), d)
-                if len(removed):
-                    g = g.index_select(d, _keep_index(t.shape[d], removed).to(g.device))
+            for d, k in keep.items():
+                g = g.index_select(d, k.to(g.device))
             new.grad = g.clone() if g is t.grad else g
         return new
     return data
@@ -117,12 +119,14 @@ def _clone_tree(root: torch.nn.Module, graph: ChannelGraph, exp: Expansion) -> T
         if id(m) in memo:
             return memo[id(m)]
         new = object.__new__(type(m))
-        new.__dict__ = dict(m.__dict__)
+        state = dict(m.__dict__)
         memo[id(m)] = new
         pairs[prefix] = (m, new)
-        new._parameters = {k: None if p is None else new_tensor(p, prefix + k) for k, p in m._parameters.items()}
-        new._buffers = {k: None if b is None else new_tensor(b, prefix + k) for k, b in m._buffers.items()}
-        new._modules = {k: None if c is None else visit(c, f"{prefix}{k}.") for k, c in m._modules.items()}
+        state["_parameters"] = {k: None if p is None else new_tensor(p, prefix + k)
+                                for k, p in m._parameters.items()}
+        state["_buffers"] = {k: None if b is None else new_tensor(b, prefix + k) for k, b in m._buffers.items()}
+        state["_modules"] = {k: None if c is None else visit(c, f"{prefix}{k}.") for k, c in m._modules.items()}
+        object.__setattr__(new, "__dict__", state)  # not Module.__setattr__: its checks cost more than the copy
         return new
 
     return visit(root, ""), pairs
