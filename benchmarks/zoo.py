@@ -32,6 +32,7 @@ Usage::
     python benchmarks/zoo.py --list timm --no-tp --checks verify
     python benchmarks/zoo.py --models swin_t,timm/levit_128s --list all --resume
     python benchmarks/zoo.py --list all --render              # rewrite zoo_sweep.md and docs/zoo.md from the JSON
+    python benchmarks/zoo.py --list all --merge a.json,b.json --render   # rows of sweeps run apart, merged
     python benchmarks/zoo.py                                  # all 13 models, JSON -> stdout and --out
     python benchmarks/zoo.py --models resnet18,densenet121 --repeat 3 --markdown
     python benchmarks/zoo.py --no-tp --input-size 128
@@ -903,6 +904,41 @@ def sweep(args):
     _readme_if_full(doc, args)
 
 
+PIN_FIELDS = ("frontend", "pinned_macs_share", "pins", "top_pin", "top_pin_share", "missing_rule")
+
+
+def merge_sweeps(out_path, paths, pins_only=False):
+    """Merge the rows of other sweep JSONs (run with ``--out`` elsewhere, e.g. two halves in parallel) into
+    ``out_path``: whole rows replace the rows of the same model, or with ``pins_only`` only the fxprune
+    frontend and pin fields are copied into rows that exist (the other checks keep their earlier run)."""
+    with open(out_path) as f:
+        doc = json.load(f)
+    rows = {r["model"]: r for r in doc["models"]}
+    for path in paths:
+        with open(path) as f:
+            part = json.load(f)
+        names = []
+        for r in part["models"]:
+            if pins_only:
+                if r["model"] in rows:
+                    rows[r["model"]]["fxprune"].update({k: r["fxprune"][k] for k in PIN_FIELDS if k in r["fxprune"]})
+                    names.append(r["model"])
+            else:
+                rows[r["model"]] = r
+                names.append(r["model"])
+        pm = part["meta"]
+        doc["meta"].setdefault("reruns", []).append(
+            {"date": pm["date"], "fxprune_commit": pm.get("fxprune_commit"), "torch_threads": pm.get("torch_threads"),
+             "models": names, "merged_from": os.path.basename(path)} | ({"pins_only": True} if pins_only else {}))
+    sys.path.insert(0, HERE)
+    from zoo_models import specs
+    order = {s.name: i for i, s in enumerate(specs("all"))}
+    doc["models"] = sorted(rows.values(), key=lambda r: order.get(r["model"], 1 << 30))
+    with open(out_path, "w") as f:
+        json.dump(doc, f, indent=1)
+    return doc
+
+
 def _readme_if_full(doc, args):
     """Only the whole catalogue at the default --out speaks for docs/zoo.md."""
     if args.list == "all" and os.path.abspath(args.out) == SWEEP_OUT:
@@ -945,6 +981,9 @@ def main():
     ap.add_argument("--render", action="store_true",
                     help="sweep mode: only rewrite the Markdown report (and, for --list all, docs/zoo.md) "
                          "from the JSON in --out")
+    ap.add_argument("--merge", help="sweep mode: comma-separated sweep JSONs whose rows replace those of --out")
+    ap.add_argument("--merge-pins", help="sweep mode: comma-separated sweep JSONs whose frontend and pin fields "
+                                         "are copied into the rows of --out")
     ap.add_argument("--worker", choices=["fx", "tp", "check", "tpcheck"], help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -961,6 +1000,14 @@ def main():
     if args.worker in ("check", "tpcheck"):
         sweep_worker(args)
         return
+    if args.list and (args.merge or args.merge_pins):
+        if args.merge:
+            merge_sweeps(args.out, args.merge.split(","))
+        if args.merge_pins:
+            merge_sweeps(args.out, args.merge_pins.split(","), pins_only=True)
+        log(f"[zoo] merged into {args.out}")
+        if not args.render:
+            return
     if args.list and args.render:
         with open(args.out) as f:
             doc = json.load(f)
