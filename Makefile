@@ -30,8 +30,9 @@ $(BSTAMP): pyproject.toml constraints.txt | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fxprune prune resnet50 --ratio 0.5
 
+# one pytest worker per core (at most 4), each torch single-threaded (tests/conftest.py)
 test: $(STAMP)
-	$(PY) -m pytest -q -x -p no:cacheprovider
+	$(PY) -m pytest -q -x -p no:cacheprovider -n auto --maxprocesses 4
 
 bench: $(BSTAMP)
 	$(PY) benchmarks/zoo.py $(BENCH_ARGS)

@@ -9,6 +9,11 @@ import pytest
 import torch
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Under pytest-xdist (``make test`` runs one worker per core), each worker gets its share of the cores:
+# two workers with two intra-op threads each would oversubscribe a 2-core machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
