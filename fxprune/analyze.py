@@ -218,13 +218,15 @@ class ChannelGraph:
         """
         if not isinstance(plan, PrunePlan):
             plan = PrunePlan(plan)
+        if self.ctx.prefer_heads or not self.ctx.ambiguous:  # no whole-head analysis to switch to
+            return self._expand(plan)
         try:
             exp = self._expand(plan)
             closed = self._closed(plan, exp)
         except PlanError:
             exp, closed = None, False
-        if closed or self.ctx.prefer_heads or not self.ctx.ambiguous:
-            return exp if exp is not None else self._expand(plan)
+        if closed:
+            return exp
         ctx, sol = lower_graph(self.gm, strict=self.ctx.strict, prefer_heads=True)
         heads = ChannelGraph(self.gm, ctx, sol)
         try:
@@ -274,21 +276,29 @@ class ChannelGraph:
                                 f"{g.key if g else key!r} are pinned: {self.sol.pinned_reason[int(pinned[0])]}")
             chosen.append(labs)
         removed = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
-        mask = self.sol.removed_mask(removed)
+        mask, counts = self.checked_mask(removed)
+        out: Dict[str, List[int]] = {}
+        for k in np.nonzero((counts > 0) & is_param)[0].tolist():
+            d = self.ir.dims[int(ids[k])]
+            out[make_key(d.value[1], d.dim)] = np.nonzero(mask[d.base:d.base + d.size])[0].tolist()
+        return Expansion(removed, mask, out)
+
+    def checked_mask(self, removed_labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """The index mask of removing ``removed_labels`` (classes, repeats allowed) and the removed count
+        of every non-empty dim; PlanError when a dim would lose every index. Later :meth:`removed` /
+        :meth:`removed_count` calls with this mask read the counts instead of scanning it."""
+        ids, starts, sizes, _, _ = self._dim_arrays()
+        mask = self.sol.removed_mask(removed_labels)
         counts = np.add.reduceat(mask, starts, dtype=np.int64) if len(starts) else np.zeros(0, np.int64)
         full = np.nonzero(counts == sizes)[0]
         if len(full):
             d = self.ir.dims[int(ids[full[0]])]
             raise PlanError(f"plan removes all {d.size} channels of {d.name} dim {d.dim}; "
                             f"keep at least one (group {self._group_key(d)})")
-        out: Dict[str, List[int]] = {}
-        for k in np.nonzero((counts > 0) & is_param)[0].tolist():
-            d = self.ir.dims[int(ids[k])]
-            out[make_key(d.value[1], d.dim)] = np.nonzero(mask[d.base:d.base + d.size])[0].tolist()
         per_dim = np.zeros(len(self.ir.dims), dtype=np.int64)
         per_dim[ids] = counts
         self._last = (mask, per_dim)
-        return Expansion(removed, mask, out)
+        return mask, counts
 
     def _group_key(self, d: DimNode) -> str:
         g = self._group_by_dim.get(d.id)

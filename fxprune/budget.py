@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch.nn as nn
 
 from .errors import PlanError
@@ -56,6 +57,31 @@ def _estimate(graph: Any, model: nn.Module, plan: PrunePlan, what: str) -> Any:
     return macs_after(graph, mask) if what == "macs" else params_after(graph, mask, model)
 
 
+class _PrefixMasks:
+    """Index masks of the prefixes of a removal order of whole classes, without building plans.
+
+    A prefix's plan is a union of classes of the analysis, so expanding it removes exactly those classes:
+    the classes of the first ``k`` entries. Their labels are gathered once; each probe marks a prefix of
+    them (:meth:`ChannelGraph.checked_mask` still refuses a prefix that empties a dim, as ``expand`` does).
+    """
+
+    def __init__(self, graph: Any, order: Sequence[Tuple[str, List[int]]]):
+        from .plan import parse_key
+
+        self.graph = graph
+        ids, ends = [], np.zeros(len(order) + 1, dtype=np.int64)
+        for i, (key, idx) in enumerate(order):
+            d = graph._param_dim(*parse_key(key))
+            ids.append(np.asarray(idx, dtype=np.int64) + d.base)
+            ends[i + 1] = ends[i] + len(idx)
+        labels = graph.sol.labels
+        self.labels = labels[np.concatenate(ids)] if ids else np.zeros(0, np.int64)
+        self.ends = ends
+
+    def mask(self, k: int) -> np.ndarray:
+        return self.graph.checked_mask(self.labels[:self.ends[k]])[0]
+
+
 def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[str, List[int]]], what: str,
                target: int, baseline: Any = None) -> PrunePlan:
     """The shortest prefix of ``order`` whose removal brings ``what`` (``"macs"``/``"params"``) of
@@ -74,10 +100,16 @@ def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[
     # with the counter on the unpruned model; otherwise each probe builds and counts a pruned copy.
     use_ir = isinstance(graph, ChannelGraph) and _estimate(graph, model, PrunePlan({}), what) == cache[0]
 
+    prefixes = _PrefixMasks(graph, order) if use_ir else None
+
     def value(k: int) -> int:
         if k not in cache:
-            plan = _plan_of(order, k)
-            cache[k] = _estimate(graph, model, plan, what) if use_ir else measure(pruned(plan), inputs, what)
+            if use_ir:
+                from .ircount import macs_after, params_after
+                mask = prefixes.mask(k)
+                cache[k] = macs_after(graph, mask) if what == "macs" else params_after(graph, mask, model)
+            else:
+                cache[k] = measure(pruned(_plan_of(order, k)), inputs, what)
             log.info("budget: %d classes removed -> %s %d (target %d)", k, what, cache[k], target)
         return cache[k]
 

@@ -61,7 +61,10 @@ class _Shapes:
     def new(self, ref: Optional[TRef]) -> Optional[Tuple[int, ...]]:
         if ref is None:
             return None
-        return tuple(s - len(self.graph.removed(self.mask, ref.key, d)) for d, s in enumerate(ref.shape))
+        count = getattr(self.graph, "removed_count", None)
+        if count is None:
+            return tuple(s - len(self.graph.removed(self.mask, ref.key, d)) for d, s in enumerate(ref.shape))
+        return tuple(s - count(self.mask, ref.key, d) for d, s in enumerate(ref.shape))
 
     def value(self, a: Any) -> Optional[Tuple[int, ...]]:
         return self.new(self.ctx.tensor(a))
@@ -147,8 +150,8 @@ def params_after(graph: Any, mask: np.ndarray, model: Optional[nn.Module] = None
         if id(p) in seen:
             continue
         seen.add(id(p))
-        ref = TRef(("param", graph.ctx.canonical.get(name, name)), tuple(p.shape))
-        total += math.prod(s - len(graph.removed(mask, ref.key, d)) for d, s in enumerate(ref.shape))
+        total += math.prod(_Shapes(graph, mask).new(TRef(("param", graph.ctx.canonical.get(name, name)),
+                                                        tuple(p.shape))))
     return total
 
 
