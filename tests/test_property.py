@@ -205,7 +205,8 @@ def _split_key(key: str):
     return name, int(dim)
 
 
-# FXPRUNE_PROPERTY_EXAMPLES=3000 for the long run (see the closing note of issue 14).
+# FXPRUNE_PROPERTY_EXAMPLES=3000 for the long run (see the closing note of issue 14). Run at 70eacbb with
+# --hypothesis-seed=7: 3,000 passing, 0 failing, 703 invalid, 3,757 s at a load average of 10-13 on 2 cores.
 EXAMPLES = int(os.environ.get("FXPRUNE_PROPERTY_EXAMPLES", "300"))
 CRITERIA = ("l1", "l2", "random", "fpgm", "lamp")
 
@@ -214,11 +215,15 @@ CRITERIA = ("l1", "l2", "random", "fpgm", "lamp")
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(ops=dag_specs(), data=st.data())
 def test_random_dag_prunes_and_verifies(ops, data):
+    # Every draw that does not depend on the analysis comes first: a case Hypothesis abandons at a draw
+    # (an overrun: 703 of 3,703 cases in the 3,000-example run) then wastes at most build and analyze.
+    train = data.draw(st.booleans(), label="traced in train mode")
+    pruner_args = _pruner_args(data)
     m, inputs = build(ops)
     with torch.no_grad():
         ref = m(*inputs)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    if data.draw(st.booleans(), label="traced in train mode"):
+    if train:
         m.train()  # dropout reads self.training: pruned in train mode, it must not drop out in eval mode
 
     graph = fxprune.analyze(m, inputs)
@@ -240,13 +245,15 @@ def test_random_dag_prunes_and_verifies(ops, data):
         event("no unpinned group")
         return
     # One to three distinct unpinned groups, each losing a random non-empty proper subset of its classes.
-    picked = data.draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=min(3, len(candidates)),
-                                unique_by=lambda grp: grp.key), label="groups")
+    # A permutation and bit masks: no strategy that rejects duplicate elements.
+    k = data.draw(st.integers(1, min(3, len(candidates))), label="number of groups")
+    order = data.draw(st.permutations(range(len(candidates))), label="group order")
+    picked = [candidates[i] for i in order[:k]]
     removal = {}
     for g in picked:
         n = len(g.classes)
-        chosen = data.draw(st.sets(st.integers(0, n - 1), min_size=1, max_size=n - 1), label=f"classes {g.key}")
-        removal[g.key] = sorted({i for c in chosen for i in g.classes[c]})
+        mask = data.draw(st.integers(1, 2 ** n - 2), label=f"classes {g.key} (bit mask)")
+        removal[g.key] = sorted(i for c in range(n) if mask >> c & 1 for i in g.classes[c])
     plan = fxprune.PrunePlan(removal)
 
     try:
@@ -285,20 +292,23 @@ def test_random_dag_prunes_and_verifies(ops, data):
         keep = [i for i in range(size) if i not in set(removed)]
         assert recovered.get(name, {}).get(dim) == keep, f"{key}: kept {recovered.get(name)}, expected {keep}"
 
-    _pruner_replays(m, inputs, data)
+    _pruner_replays(m, inputs, **pruner_args)
 
     after = m.state_dict()
     for k, v in before.items():
         assert torch.equal(after[k], v), f"original {k} changed"
 
 
-def _pruner_replays(m: nn.Module, inputs, data) -> None:
+def _pruner_args(data) -> dict:
+    return {"crit": data.draw(st.sampled_from(CRITERIA), label="criterion"),
+            "ratio": data.draw(st.sampled_from([0.3, 0.5, 0.8]), label="ratio"),
+            "glob": data.draw(st.booleans(), label="global")}
+
+
+def _pruner_replays(m: nn.Module, inputs, crit: str, ratio: float, glob: bool) -> None:
     """Three iterative Pruner steps with a random criterion: never an invalid plan, and ``pruner.plan``
     replays on the original to the same state dict, each tensor an index_select of the original that
     keeps exactly what the plan does not remove."""
-    crit = data.draw(st.sampled_from(CRITERIA), label="criterion")
-    ratio = data.draw(st.sampled_from([0.3, 0.5, 0.8]), label="ratio")
-    glob = data.draw(st.booleans(), label="global")
     pruner = fxprune.Pruner(m, inputs, importance=crit, pruning_ratio=ratio, global_pruning=glob,
                             iterative_steps=3)
     with warnings.catch_warnings():
@@ -318,7 +328,8 @@ def _pruner_replays(m: nn.Module, inputs, data) -> None:
         name, dim = _split_key(key)
         keep = [i for i in range(tensors[name].shape[dim]) if i not in set(removed)]
         assert recovered.get(name, {}).get(dim) == keep, f"pruner {key}: kept {recovered.get(name)}, expected {keep}"
-    event(f"pruner removed {sum(len(v) for v in plan.values())} > 0" if len(plan) else "pruner removed nothing")
+    n = sum(len(v) for v in plan.values())
+    event("pruner removed nothing" if not n else f"pruner removed {'1-9' if n < 10 else '10-29' if n < 30 else '30+'}")
 
 
 def test_pruner_step_reuses_its_graph_module_analysis(monkeypatch):
