@@ -9,12 +9,18 @@ For each model (catalogue of ``benchmarks/zoo_models.py``, 224x224 unless the ca
 - the floor: ``torch.fx.symbolic_trace`` + shape propagation on meta tensors + one copy of the kept parameters
   (what any FX-based pruner must do at least), for models that symbolic-trace.
 
-Each is the median of ``--repeat`` runs with one thread; the machine's load average is recorded. A model
-either library fails on is listed with the error and left out of the sums.
+Each is the median of ``--repeat`` runs with one thread, as wall time and as this process's CPU time (the
+machine is shared: CPU time is what the load average inflates least); the load average is recorded per
+model. A model either library fails on is listed with the error and left out of the sums.
+
+``--budget resnet50`` also times a ``target_macs`` budget search against one plain prune of the same model:
+``Pruner(target_macs=0.5).step()``, ``Pruner(pruning_ratio=0.5).step()`` and analyze + plan_by_ratio + prune,
+each from a cold analysis cache.
 
 Usage:
     python benchmarks/speed.py --models resnet18,resnet50,densenet121,efficientnet_b0
-    python benchmarks/speed.py --list torchvision --out benchmarks/results/speed.json
+    python benchmarks/speed.py --list torchvision --out benchmarks/results/speed.json --budget resnet50
+    python benchmarks/speed.py --render benchmarks/results/speed.json   # markdown again from the JSON
 """
 from __future__ import annotations
 
@@ -36,13 +42,16 @@ sys.path.insert(0, HERE)
 RATIO = 0.5
 
 
-def _median_time(fn, repeat: int):
-    times, out = [], None
+def _median_time(fn, repeat: int, setup=None):
+    """Median wall and CPU seconds of ``fn()`` over ``repeat`` runs (``setup()`` before each, untimed)."""
+    wall, cpu, out = [], [], None
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        arg = setup() if setup is not None else None
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn(arg) if setup is not None else fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu), out
 
 
 def time_fxprune(model, x, repeat: int):
@@ -57,6 +66,31 @@ def time_fxprune(model, x, repeat: int):
     return _median_time(run, repeat)
 
 
+def time_budget(name: str, repeat: int, size: int = 224) -> dict:
+    """``target_macs`` budget search vs one plain prune of the same model, cold analysis cache each."""
+    import fxprune
+
+    model, x = _build(name, size)
+    row = {"model": name, "target_macs": RATIO}
+
+    def step(**kw):
+        def run():
+            fxprune.cache.clear()
+            return fxprune.Pruner(model, x, **kw).step()
+        return run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        row["plain_s"], row["plain_cpu_s"], _ = time_fxprune(model, x, repeat)
+        row["pruner_ratio_s"], row["pruner_ratio_cpu_s"], _ = _median_time(step(pruning_ratio=RATIO), repeat)
+        row["pruner_target_macs_s"], row["pruner_target_macs_cpu_s"], small = _median_time(
+            step(target_macs=RATIO), repeat)
+    from fxprune.count import count
+    row["macs_before"], row["macs_after"] = count(model, x)[0], count(small, x)[0]
+    row["loadavg"] = os.getloadavg()
+    return row
+
+
 def time_floor(model, x, small, repeat: int):
     import torch
     from fxprune.frontend import normalize_inputs, propagate_shapes
@@ -66,26 +100,22 @@ def time_floor(model, x, small, repeat: int):
         propagate_shapes(gm, normalize_inputs(x))
         return [p.detach().clone() for p in small.parameters()]
 
-    return _median_time(run, repeat)[0]
+    return _median_time(run, repeat)[:2]
 
 
 def time_tp(model, x, repeat: int):
     import torch_pruning as tp
     from zoo import final_classifiers
 
-    times = []
-    for _ in range(repeat):
-        m = copy.deepcopy(model)
-        t0 = time.perf_counter()
+    def run(m):
         pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=2),
                                       pruning_ratio=RATIO, ignored_layers=final_classifiers(m))
         pruner.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return _median_time(run, repeat, setup=lambda: copy.deepcopy(model))[:2]  # the copy is not timed
 
 
-def bench(name: str, repeat: int, size: int = 224) -> dict:
-    import torch
+def _build(name: str, size: int):
     import zoo_models
 
     spec = zoo_models.get_spec(name)
@@ -98,71 +128,191 @@ def bench(name: str, repeat: int, size: int = 224) -> dict:
     model, x = zoo_models.build(spec)
     if isinstance(x, tuple) and len(x) == 1:
         x = x[0]
-    row = {"model": name}
+    return model, x
+
+
+def bench(name: str, repeat: int, size: int = 224) -> dict:
+    model, x = _build(name, size)
+    row = {"model": name, "loadavg_before": os.getloadavg()}
     with warnings.catch_warnings():  # no no_grad: Torch-Pruning traces through autograd
         warnings.simplefilter("ignore")
         try:
-            row["fxprune_s"], small = time_fxprune(model, x, repeat)
+            row["fxprune_s"], row["fxprune_cpu_s"], small = time_fxprune(model, x, repeat)
             row["fxprune_params"] = sum(p.numel() for p in small.parameters())
         except Exception as e:
             row["fxprune_error"] = f"{type(e).__name__}: {e}"[:300]
             small = None
         try:
             if small is not None:
-                row["floor_s"] = time_floor(model, x, small, repeat)
+                row["floor_s"], row["floor_cpu_s"] = time_floor(model, x, small, repeat)
         except Exception as e:  # the model does not symbolic_trace: no fx floor
             row["floor_error"] = f"{type(e).__name__}: {e}"[:200]
         try:
-            row["tp_s"] = time_tp(model, x, repeat)
+            row["tp_s"], row["tp_cpu_s"] = time_tp(model, x, repeat)
         except Exception as e:
             row["tp_error"] = f"{type(e).__name__}: {e}"[:300]
+    row["loadavg_after"] = os.getloadavg()
     return row
+
+
+FLOOR_MODELS = ("resnet18", "resnet50", "densenet121", "efficientnet_b0")
+
+
+def summarize(rows: list) -> dict:
+    """Sums, counts and ratios over the models both libraries take; fxprune / floor on FLOOR_MODELS."""
+    both = [r for r in rows if r.get("fxprune_s") and r.get("tp_s")]
+    out: dict = {"models_both": len(both)}
+    for unit, fx, tp in (("wall", "fxprune_s", "tp_s"), ("cpu", "fxprune_cpu_s", "tp_cpu_s")):
+        sfx, stp = sum(r[fx] for r in both), sum(r[tp] for r in both)
+        out[unit] = {
+            "sum_fxprune_s": sfx, "sum_tp_s": stp, "sum_ratio_tp_over_fx": stp / sfx if sfx else None,
+            "fxprune_faster_on": sum(r[fx] < r[tp] for r in both),
+            "slower_on": [r["model"] for r in both if r[fx] >= r[tp]],
+            "median_tp_over_fx": statistics.median([r[tp] / r[fx] for r in both]) if both else None,
+        }
+    out["floor_ratio"] = {r["model"]: {"wall": r["fxprune_s"] / r["floor_s"],
+                                       "cpu": r["fxprune_cpu_s"] / r["floor_cpu_s"]}
+                          for r in rows if r["model"] in FLOOR_MODELS and r.get("floor_s")}
+    return out
+
+
+def _f(v, fmt="{:.3f}"):
+    return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+
+def _load(avg) -> str:
+    return "/".join(f"{v:.1f}" for v in avg)
+
+
+def _budget_line(b: dict) -> str:
+    if "error" in b:
+        return f"- `target_macs` on {b['model']}: {b['error']}"
+    t, tc = b["pruner_target_macs_s"], b["pruner_target_macs_cpu_s"]
+    return (f"- `target_macs={b['target_macs']}` on {b['model']}: Pruner step {t:.3f} s ({tc:.3f} s CPU); "
+            f"Pruner(pruning_ratio={b['target_macs']}) step {b['pruner_ratio_s']:.3f} s "
+            f"({b['pruner_ratio_cpu_s']:.3f} s CPU): {t / b['pruner_ratio_s']:.2f}x wall, "
+            f"{tc / b['pruner_ratio_cpu_s']:.2f}x CPU; analyze + plan_by_ratio + prune {b['plain_s']:.3f} s "
+            f"({b['plain_cpu_s']:.3f} s CPU): {t / b['plain_s']:.2f}x wall, "
+            f"{tc / b['plain_cpu_s']:.2f}x CPU. "
+            f"MACs {b['macs_before']:,} -> {b['macs_after']:,}")
+
+
+def render_md(data: dict) -> str:
+    """The results as markdown: conditions, summary lines, one table row per model."""
+    s = data["summary"]
+    lines = [f"# Analyze + plan + prune: fxprune vs Torch-Pruning {data.get('torch_pruning', '')}", "",
+             f"`{data['command']}` — {data['date']}, torch {data['torch']}, one thread, median of "
+             f"{data['repeat']} runs, ratio {data['ratio']}, {data['size']}x{data['size']} inputs. "
+             f"Load average (1/5/15 min) {_load(data['loadavg'][0])} at the start, "
+             f"{_load(data['loadavg'][-1])} at the end, on "
+             f"a {os.cpu_count()}-core machine shared with other jobs: wall times are inflated, so this "
+             "process's CPU time is given beside them.", "",
+             f"Models both libraries take: {s['models_both']}."]
+    for unit in ("wall", "cpu"):
+        u = s.get(unit)
+        if not u or u["sum_ratio_tp_over_fx"] is None:
+            continue
+        slower = f" (slower on {', '.join(u['slower_on'])})" if u["slower_on"] else ""
+        lines.append(f"- {unit}: fxprune faster on {u['fxprune_faster_on']}/{s['models_both']}{slower}; sum "
+                     f"{u['sum_fxprune_s']:.1f} s vs {u['sum_tp_s']:.1f} s = "
+                     f"{u['sum_ratio_tp_over_fx']:.2f}x; "
+                     f"median TP/fxprune {u['median_tp_over_fx']:.2f}x")
+    if s.get("floor_ratio"):
+        lines.append("- fxprune / floor (symbolic_trace + meta shapes + one copy of the kept parameters): "
+                     + ", ".join(f"{k} {v['wall']:.2f}x wall, {v['cpu']:.2f}x CPU"
+                                 for k, v in s["floor_ratio"].items()))
+    lines += [_budget_line(b) for b in data.get("budget", [])]
+    lines += ["", "| model | fxprune s | TP s | TP/fx | fxprune CPU s | TP CPU s | TP/fx CPU | floor s | "
+              "fx/floor | load 1 min | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        fx, tp, fxc, tpc, fl = (r.get(k) for k in
+                                ("fxprune_s", "tp_s", "fxprune_cpu_s", "tp_cpu_s", "floor_s"))
+        note = r.get("error") or r.get("fxprune_error") or r.get("tp_error") or r.get("floor_error") or ""
+        note = note.replace("|", "/").replace("\n", " ")[:90]
+        ratio = _f(tp / fx if fx and tp else None, "{:.2f}")
+        ratio_cpu = _f(tpc / fxc if fxc and tpc else None, "{:.2f}")
+        lines.append(f"| {r['model']} | {_f(fx)} | {_f(tp)} | {ratio} | "
+                     f"{_f(fxc)} | {_f(tpc)} | {ratio_cpu} | {_f(fl)} | "
+                     f"{_f(fx / fl if fx and fl else None, '{:.2f}')} | "
+                     f"{_f((r.get('loadavg_before') or [None])[0], '{:.1f}')} | {note} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", help="comma-separated catalogue names")
     ap.add_argument("--list", default=None, help="a catalogue list (torchvision, timm, segmentation, ...)")
+    ap.add_argument("--skip", default="", help="comma-separated names to leave out")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--size", type=int, default=224, help="image side for 1x3xHxW models (0: the catalogue's)")
+    ap.add_argument("--size", type=int, default=224,
+                    help="image side for 1x3xHxW models (0: the catalogue's)")
+    ap.add_argument("--budget", default="", help="comma-separated models for the target_macs comparison")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "speed.json"))
+    ap.add_argument("--render", metavar="JSON", help="only write the markdown of an earlier run's JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            data = json.load(f)
+        data["summary"] = summarize(data["rows"])
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(render_md(data))
+        return 0
+    import datetime
+
     import torch
     import zoo_models
 
     torch.set_num_threads(1)
-    names = args.models.split(",") if args.models else [s.name for s in zoo_models.specs(args.list or "torchvision")]
+    names = args.models.split(",") if args.models else [s.name for s in
+                                                         zoo_models.specs(args.list or "torchvision")]
+    names = [n for n in names if n not in set(args.skip.split(","))]
     import fxprune  # noqa: F401  (import and first-call costs are paid before timing)
+    try:
+        from importlib.metadata import version
+        tp_version = version("torch-pruning")
+    except Exception:
+        tp_version = "?"
     bench("resnet18", 1)
-    rows, load = [], [os.getloadavg()]
-    print(f"{'model':32s} {'fxprune s':>10s} {'TP s':>8s} {'TP/fx':>7s} {'floor s':>8s} {'fx/floor':>8s}")
+    data = {"command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "rows": [], "summary": {}, "budget": [], "ratio": RATIO, "threads": 1, "repeat": args.repeat,
+            "size": args.size, "loadavg": [os.getloadavg()], "torch": torch.__version__,
+            "torch_pruning": tp_version}
+    md = os.path.splitext(args.out)[0] + ".md"
+
+    def save() -> None:
+        data["summary"] = summarize(data["rows"])
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(data, f, indent=1)
+        with open(md, "w") as f:
+            f.write(render_md(data))
+
+    for name in [b for b in args.budget.split(",") if b]:
+        try:
+            row = time_budget(name, args.repeat, args.size)
+        except Exception as e:
+            row = {"model": name, "error": traceback.format_exception_only(type(e), e)[-1].strip()}
+        data["budget"].append(row)
+        print(json.dumps(row), flush=True)
+    print(f"{'model':32s} {'fxprune s':>10s} {'TP s':>8s} {'TP/fx':>7s} {'fx cpu':>7s} {'TP cpu':>7s} "
+          f"{'floor s':>8s} {'fx/floor':>8s} {'load':>5s}")
     for name in names:
         try:
             row = bench(name, args.repeat, args.size)
         except Exception as e:
             row = {"model": name, "error": traceback.format_exception_only(type(e), e)[-1].strip()}
-        rows.append(row)
+        data["rows"].append(row)
         fx, tp_, fl = row.get("fxprune_s"), row.get("tp_s"), row.get("floor_s")
         ratio = f"{tp_ / fx:7.2f}" if fx and tp_ else "      -"
         fr = f"{fx / fl:8.2f}" if fx and fl else "       -"
         print(f"{name:32s} {fx or float('nan'):10.3f} {tp_ or float('nan'):8.3f} {ratio} "
-              f"{fl or float('nan'):8.3f} {fr}", flush=True)
-        load.append(os.getloadavg())
-    both = [r for r in rows if r.get("fxprune_s") and r.get("tp_s")]
-    summary = {
-        "models_both": len(both), "size": args.size,
-        "sum_fxprune_s": sum(r["fxprune_s"] for r in both),
-        "sum_tp_s": sum(r["tp_s"] for r in both),
-        "fxprune_faster_on": sum(r["fxprune_s"] < r["tp_s"] for r in both),
-        "median_tp_over_fx": statistics.median([r["tp_s"] / r["fxprune_s"] for r in both]) if both else None,
-    }
-    if both:
-        summary["sum_ratio_tp_over_fx"] = summary["sum_tp_s"] / summary["sum_fxprune_s"]
-    print(json.dumps(summary, indent=1))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "summary": summary, "ratio": RATIO, "threads": 1, "repeat": args.repeat,
-                   "loadavg": load, "torch": torch.__version__}, f, indent=1)
+              f"{row.get('fxprune_cpu_s') or float('nan'):7.3f} {row.get('tp_cpu_s') or float('nan'):7.3f} "
+              f"{fl or float('nan'):8.3f} {fr} {os.getloadavg()[0]:5.1f}", flush=True)
+        data["loadavg"].append(os.getloadavg())
+        save()
+    save()
+    print(json.dumps(data["summary"], indent=1))
     return 0
 
 

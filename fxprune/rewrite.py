@@ -124,9 +124,11 @@ def _clone_tree(root: torch.nn.Module, graph: ChannelGraph, exp: Expansion) -> T
         pairs[prefix] = (m, new)
         state["_parameters"] = {k: None if p is None else new_tensor(p, prefix + k)
                                 for k, p in m._parameters.items()}
-        state["_buffers"] = {k: None if b is None else new_tensor(b, prefix + k) for k, b in m._buffers.items()}
-        state["_modules"] = {k: None if c is None else visit(c, f"{prefix}{k}.") for k, c in m._modules.items()}
-        object.__setattr__(new, "__dict__", state)  # not Module.__setattr__: its checks cost more than the copy
+        state["_buffers"] = {k: None if b is None else new_tensor(b, prefix + k)
+                             for k, b in m._buffers.items()}
+        state["_modules"] = {k: None if c is None else visit(c, f"{prefix}{k}.")
+                             for k, c in m._modules.items()}
+        object.__setattr__(new, "__dict__", state)  # not Module.__setattr__: its checks cost more than a copy
         return new
 
     return visit(root, ""), pairs
