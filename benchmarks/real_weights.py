@@ -378,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-verify", action="store_true", help="skip fxprune.verify of each pruned model")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the rows of several runs (e.g. one per budget) into --out, then exit")
+    ap.add_argument("--tp-ratio", type=float, default=None,
+                    help="Torch-Pruning ratio for a single budget, from an earlier run's tp_ratios (skips the bisection)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=os.path.join(RESULTS, "real_weights.json"))
@@ -452,7 +454,12 @@ def main(argv=None) -> int:
     del control
     for b in budgets:
         tp_r = None
-        if "torch-pruning" in libs:
+        if "torch-pruning" in libs and args.tp_ratio is not None and len(budgets) == 1:
+            import torch_pruning as tp
+            m = tp_prune(copy.deepcopy(base), x1, tp.importance.MagnitudeImportance(p=2), args.tp_ratio)
+            tp_r = {"ratio": args.tp_ratio, "macs": fxprune.count(m, x1)[0], "evaluations": 1, "given": True}
+            doc["tp_ratios"][str(b)] = tp_r
+        elif "torch-pruning" in libs:
             tp_r = tp_ratio(base, x1, int(b * base_macs))
             doc["tp_ratios"][str(b)] = tp_r
             log(f"[tp] budget {b}: ratio {tp_r['ratio']:.4f} -> MACs kept {tp_r['macs'] / base_macs:.3%}")
