@@ -230,6 +230,16 @@ _SAME_SHAPE = (
     torch.nn.Hardswish, torch.nn.Hardsigmoid, torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Dropout,
     torch.nn.Identity, torch.nn.LeakyReLU,
 )
+# The same, matched by exact type (a subclass may reshape), with the checks their kernels would make.
+_SAME_SHAPE_EXACT = {
+    torch.nn.LayerNorm: lambda m, x: tuple(x.shape[x.ndim - len(m.normalized_shape):])
+    == tuple(m.normalized_shape),
+    torch.nn.GroupNorm: lambda m, x: x.ndim >= 2 and x.shape[1] == m.num_channels,
+    **{t: lambda m, x: True for t in (
+        torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout, torch.nn.ELU,
+        torch.nn.SELU, torch.nn.CELU, torch.nn.Mish, torch.nn.Hardtanh, torch.nn.Softplus,
+        torch.nn.LogSigmoid, torch.nn.Softsign, torch.nn.Tanhshrink)},
+}
 
 
 def _plain(v: Any) -> Any:
@@ -249,7 +259,9 @@ class _ShapeInterpreter(torch.fx.Interpreter):
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
         if self.meta_mode and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            if isinstance(self.submodule_cache.get(target), _SAME_SHAPE):
+            m = self.submodule_cache.get(target)
+            check = _SAME_SHAPE_EXACT.get(type(m))
+            if isinstance(m, _SAME_SHAPE) or (check is not None and check(m, args[0])):
                 return _to_meta(args[0])
         return super().call_module(target, args, kwargs)
 
