@@ -7,6 +7,7 @@ widths by hand and compares the pruned model with a copy of the original whose r
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -92,3 +93,53 @@ def test_exported_group_norm_prunes_whole_groups_and_matches_the_zeroed_original
             t[[2, 3]] = 0
         torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+class AutocastOff(nn.Module):
+    """EfficientViT (MIT): in-place hardswish, and attention under ``torch.autocast(enabled=False)``, which
+    ``torch.export`` records as a ``wrap_with_autocast`` call on a subgraph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.b = nn.Conv2d(3, 8, 1), nn.Hardswish(inplace=True), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        h = self.act(self.a(x))
+        with torch.autocast(device_type="cpu", enabled=False):
+            h = torch.relu(h) * 2.0
+        return self.b(h)
+
+
+def test_exported_inplace_hardswish_and_autocast_off_region_prune_and_match_the_zeroed_original():
+    torch.manual_seed(0)
+    model = AutocastOff().eval()
+    x = torch.randn(2, 3, 5, 5)
+    with _no_rule_warning():
+        graph = fxprune.analyze(model, (x,), frontend="export")
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and ("b.weight", 1) in group.members
+    plan = fxprune.PrunePlan({"a.weight:0": [0, 4, 7]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 5 and small.b.weight.shape[1] == 5
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.a.weight[[0, 4, 7]] = 0
+        ref.a.bias[[0, 4, 7]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+class _no_rule_warning:
+    """Fails when the analysis warns that an op has no rule (the ops above must all have one)."""
+
+    def __enter__(self):
+        self._cm = warnings.catch_warnings(record=True)
+        self._caught = self._cm.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._cm.__exit__(*exc)
+        msgs = [str(w.message) for w in self._caught if "no rule" in str(w.message)]
+        assert not msgs, msgs[0]
+        return False

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 from typing import Any, Dict, List, Tuple
 
 import torch
@@ -121,6 +122,35 @@ def _to_meta(v: Any) -> Any:
     return v
 
 
+def _inline_autocast_off(gm: torch.fx.GraphModule) -> None:
+    """Inline the bodies of ``with torch.autocast(..., enabled=False)`` regions, which ``torch.export`` records
+    as one ``wrap_with_autocast`` call on a subgraph (EfficientViT's attention): with autocast off the body
+    runs as written, and inlined, its ops get their rules instead of pinning everything they touch."""
+    hop = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if hop is None or node.target is not hop or len(node.args) < 5 or node.args[2] is not False:
+            continue
+        sub = getattr(gm, node.args[4].target, None) if isinstance(node.args[4], torch.fx.Node) else None
+        if not isinstance(sub, torch.fx.GraphModule) or any(n.op == "get_attr" for n in sub.graph.nodes):
+            continue
+        env: Dict[torch.fx.Node, Any] = dict(zip([n for n in sub.graph.nodes if n.op == "placeholder"],
+                                                 node.args[5:]))
+        outs: Any = ()
+        with graph.inserting_before(node):
+            for n in sub.graph.nodes:
+                if n.op == "output":
+                    outs = n.args[0]
+                elif n.op != "placeholder":
+                    env[n] = graph.node_copy(n, lambda a: env[a])
+        for user in list(node.users):
+            if user.target is operator.getitem and isinstance(user.args[1], int):
+                user.replace_all_uses_with(env.get(outs[user.args[1]], outs[user.args[1]]))
+                graph.erase_node(user)
+        if not node.users:
+            graph.erase_node(node)
+
+
 def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphModule:
     """Capture ``model`` with ``torch.export`` (non-strict) and shape it like an fx-frontend graph.
 
@@ -164,6 +194,7 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
     names = [n.name for n in graph.nodes if n.op == "placeholder"]
     graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, spec_in, ep.call_spec.out_spec))
     gm._in_spec = spec_in
+    _inline_autocast_off(gm)
     raise_graph(gm)
     for node in graph.nodes:
         if "val" in node.meta:

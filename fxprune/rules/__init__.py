@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     creation,
     elementwise,
     embedding,
+    inplace_act,
     linear,
     matmul,
     misc_nn,
