@@ -55,13 +55,14 @@ class Handoff(nn.Module):
         self.a = Block(3, 8, 6)
         self.b = Block(6, 12, 5)
         self.glue = glue
+        self.gain = 1.0
 
     def forward(self, x):
         feats = {"f": self.a(x)}
         if x.sum() > -1e9:  # data-dependent: no tracer takes the whole forward
             n, c, h, w = feats["f"].shape
             f = feats["f"] if self.glue is None else self.glue(feats["f"])
-            return self.b(f).reshape(n, -1, h * w)
+            return (self.b(f) * self.gain).reshape(n, -1, h * w)
         return x
 
 
@@ -221,3 +222,22 @@ def test_value_dependent_shapes_skip_torch_export(monkeypatch):
     with pytest.raises(fxprune.TraceError, match="depends on tensor values"):
         fxprune.trace(model, x, frontend="export")
     assert calls == [1]
+
+
+def test_verify_names_the_part_that_differs_across_stitched_interfaces():
+    """Masked outputs of stitched parts are compared on the channels their pruned copies keep."""
+    torch.manual_seed(0)
+    model, x = Handoff().eval(), torch.randn(2, 3, 6, 6)
+    plan = {"a.conv2.weight:0": [0, 4], "b.conv1.weight:0": [1]}
+    small = _quiet(lambda: fxprune.prune(model, plan, x))
+    with torch.no_grad():
+        small.b.conv2.bias.add_(1.0)  # a wrong pruned part
+    with pytest.raises(fxprune.VerificationError, match="First differing pruned submodule: b ") as info:
+        _quiet(lambda: fxprune.verify(model, small, plan, x))
+    assert info.value.parts_max_abs_diff is None
+    # the Python around the parts differs, every part agrees (a's stitched output on its kept channels)
+    small = _quiet(lambda: fxprune.prune(model, plan, x))
+    small.gain = 1.5
+    with pytest.raises(fxprune.VerificationError, match="Every pruned submodule's output matches") as info:
+        _quiet(lambda: fxprune.verify(model, small, plan, x))
+    assert info.value.parts_max_abs_diff < 1e-5

@@ -828,11 +828,11 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
     seen: dict[str, list] = {}  # path -> [masked part output, pruned part output] of the first call
     hooks = []
 
-    def keep(path: str, i: int):
+    def keep(part: Part, i: int):
         def hook(_, __, out):
-            slot = seen.setdefault(path, [None, None])
-            if slot[i] is None:
-                slot[i] = out
+            slot = seen.setdefault(part.path, [None, None])
+            if slot[i] is None:  # the masked output of a stitched part: its kept channels only
+                slot[i] = _kept_output(part, exp.parts[part.path], out) if i == 0 else out
         return hook
     try:
         for part in graph.parts:
@@ -844,9 +844,9 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
             m = part.module
             saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
             m.forward = _masked_forward(m, interp, part.out_spec)
-            hooks.append(m.register_forward_hook(keep(part.path, 0)))
+            hooks.append(m.register_forward_hook(keep(part, 0)))
             try:
-                hooks.append(small.get_submodule(part.path).register_forward_hook(keep(part.path, 1)))
+                hooks.append(small.get_submodule(part.path).register_forward_hook(keep(part, 1)))
             except AttributeError:
                 pass
         ref = model(*args)
@@ -863,8 +863,31 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
             h.remove()
     bad, diffs = _compare(ref, out, atol, rtol)
     if bad:
-        raise VerificationError(f"pruned model differs from the masked original: {bad}. {_locate(seen, atol, rtol)}")
+        where, parts_diff = _locate(seen, atol, rtol)
+        err = VerificationError(f"pruned model differs from the masked original: {bad}. {where}")
+        err.parts_max_abs_diff = parts_diff  # every pruned part agrees up to this, or None
+        raise err
     return VerifyReport(max(diffs, default=0.0), diffs, recomputed)
+
+
+def _kept_output(part: Part, e: Any, out: Any) -> Any:
+    """A part's masked output reduced to the indices its pruned copy keeps (stitched outputs lose channels)."""
+    node = next(n for n in part.graph.gm.graph.nodes if n.op == "output")
+    nodes = pytree.tree_leaves(node.args[0])
+    leaves, spec = pytree.tree_flatten(out)
+    if len(nodes) != len(leaves):
+        return out
+    new = []
+    for n, t in zip(nodes, leaves):
+        ref = part.graph.ctx.tensor(n) if isinstance(n, torch.fx.Node) else None
+        if isinstance(t, torch.Tensor) and ref is not None and ref.key[0] == "value":
+            for d in range(t.ndim):
+                gone = part.graph.removed(e.mask, ref.key, d)
+                if len(gone):
+                    keep = np.setdiff1d(np.arange(t.shape[d]), gone)
+                    t = t.index_select(d, torch.from_numpy(keep).to(t.device))
+        new.append(t)
+    return pytree.tree_unflatten(new, spec)
 
 
 def _compare(ref: Any, out: Any, atol: float, rtol: float) -> tuple[str, list[float]]:
@@ -884,19 +907,19 @@ def _compare(ref: Any, out: Any, atol: float, rtol: float) -> tuple[str, list[fl
     return (f"output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}" if bad else ""), diffs
 
 
-def _locate(seen: dict[str, list], atol: float, rtol: float) -> str:
-    """Which pruned submodule's own output differs, or a note that they all agree."""
+def _locate(seen: dict[str, list], atol: float, rtol: float) -> tuple[str, float | None]:
+    """Which pruned submodule's own output differs, or a note that they all agree (and by how much)."""
     worst = 0.0
     for path, (r, o) in seen.items():
         bad, diffs = _compare(r, o, atol, rtol)
         if bad:
-            return f"First differing pruned submodule: {path} ({bad})."
+            return f"First differing pruned submodule: {path} ({bad}).", None
         worst = max([worst, *diffs])
     if not seen:
-        return ""
+        return "", None
     return (f"Every pruned submodule's output matches (max |Δ| = {worst:.3g}): the difference arises in the "
             "untraced Python code after them, e.g. top-k/NMS/sort reordering near-ties under float noise; "
-            "compare in a setting without near-ties.")
+            "compare in a setting without near-ties."), worst
 
 
 def _masked_forward(module: torch.nn.Module, interp, out_spec: Any = None):
