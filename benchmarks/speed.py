@@ -42,10 +42,13 @@ sys.path.insert(0, HERE)
 RATIO = 0.5
 
 
-def _median_time(fn, repeat: int, setup=None):
-    """Median wall and CPU seconds of ``fn()`` over ``repeat`` runs (``setup()`` before each, untimed)."""
+def _median_time(fn, repeat: int, setup=None, once_over: float = float("inf")):
+    """Median wall and CPU seconds of ``fn()`` over ``repeat`` runs (``setup()`` before each, untimed);
+    one run only when the first takes more than ``once_over`` seconds."""
     wall, cpu, out = [], [], None
-    for _ in range(repeat):
+    for i in range(repeat):
+        if i and wall[0] > once_over:
+            break
         arg = setup() if setup is not None else None
         t0, c0 = time.perf_counter(), time.process_time()
         out = fn(arg) if setup is not None else fn()
@@ -103,6 +106,9 @@ def time_floor(model, x, small, repeat: int):
     return _median_time(run, repeat)[:2]
 
 
+TP_ONCE_OVER_S = 5.0  # Torch-Pruning runs of more than this are not repeated (densenet161: 77 s at load 15)
+
+
 def time_tp(model, x, repeat: int):
     import torch_pruning as tp
     from zoo import final_classifiers
@@ -112,7 +118,8 @@ def time_tp(model, x, repeat: int):
                                       pruning_ratio=RATIO, ignored_layers=final_classifiers(m))
         pruner.step()
 
-    return _median_time(run, repeat, setup=lambda: copy.deepcopy(model))[:2]  # the copy is not timed
+    # the copy is not timed
+    return _median_time(run, repeat, setup=lambda: copy.deepcopy(model), once_over=TP_ONCE_OVER_S)[:2]
 
 
 def _build(name: str, size: int):
@@ -238,6 +245,20 @@ def render_md(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _isolated(name: str, args: argparse.Namespace) -> dict:
+    import subprocess
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--row", name, "--repeat", str(args.repeat),
+           "--size", str(args.size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = [ln[4:] for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+    if rows:
+        return json.loads(rows[-1])
+    why = f"exit {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode in (-9, 137) else "")
+    tail = proc.stderr.strip().splitlines()[-1:] if proc.stderr.strip() else []
+    return {"model": name, "error": "; ".join([why] + tail)[:300]}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", help="comma-separated catalogue names")
@@ -249,7 +270,16 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="", help="comma-separated models for the target_macs comparison")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "speed.json"))
     ap.add_argument("--render", metavar="JSON", help="only write the markdown of an earlier run's JSON")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each model in a fresh process (a model killed for memory becomes an error row)")
+    ap.add_argument("--row", help=argparse.SUPPRESS)  # child of --isolate: one model, its row on stdout
     args = ap.parse_args(argv)
+    if args.row:
+        import torch
+        torch.set_num_threads(1)
+        bench("resnet18", 1, 32)  # first-call costs (imports, rule registration) paid before timing
+        print("ROW " + json.dumps(bench(args.row, args.repeat, args.size)), flush=True)
+        return 0
     if args.render:
         with open(args.render) as f:
             data = json.load(f)
@@ -299,7 +329,7 @@ def main(argv=None) -> int:
           f"{'floor s':>8s} {'fx/floor':>8s} {'load':>5s}")
     for name in names:
         try:
-            row = bench(name, args.repeat, args.size)
+            row = _isolated(name, args) if args.isolate else bench(name, args.repeat, args.size)
         except Exception as e:
             row = {"model": name, "error": traceback.format_exception_only(type(e), e)[-1].strip()}
         data["rows"].append(row)
