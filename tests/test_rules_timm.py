@@ -12,6 +12,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import fxprune
 
@@ -143,3 +144,49 @@ class _no_rule_warning:
         msgs = [str(w.message) for w in self._caught if "no rule" in str(w.message)]
         assert not msgs, msgs[0]
         return False
+
+
+class GemmaLike(nn.Module):
+    """Gemma-style vision tower ops: functional RMSNorm, positions reversed by ``flip`` and looked up one-hot,
+    a ``no_grad`` region (``wrap_with_set_grad_enabled`` under ``torch.export``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 4)
+        self.w = nn.Parameter(torch.rand(8) + 0.5)
+        self.pos = nn.Parameter(torch.randn(5, 8))
+
+    def forward(self, x):  # x: (N, T=5, 3)
+        ids = torch.arange(x.shape[1]).flip(0)
+        h = self.a(x) + F.one_hot(ids, 5).to(x.dtype) @ self.pos
+        with torch.no_grad():
+            h = h * 1.0
+        h = torch.flip(F.rms_norm(h, (8,), self.w, 1e-6), (1,))
+        return self.b(h)
+
+
+@pytest.mark.parametrize("frontend", ["fx", "export"])
+def test_rms_norm_flip_one_hot_no_grad_prune_and_match_the_masked_original(frontend):
+    torch.manual_seed(0)
+    model = GemmaLike().eval()
+    x = torch.randn(2, 5, 3)
+    with _no_rule_warning():
+        graph = fxprune.analyze(model, (x,), frontend=frontend)
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and {("w", 0), ("pos", 1), ("b.weight", 1)} <= set(group.members)
+    removed = [1, 6]
+    plan = fxprune.PrunePlan({"a.weight:0": removed})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.w.shape[0] == 6 and small.b.weight.shape[1] == 6
+    # RMSNorm's statistics change with the channels: the oracle is the original computed over the kept
+    # channels, i.e. the same ops on hand-sliced parameters
+    keep = [i for i in range(8) if i not in removed]
+    with torch.no_grad():
+        ids = torch.arange(5).flip(0)
+        h = F.linear(x, model.a.weight[keep], model.a.bias[keep]) + F.one_hot(ids, 5).float() @ model.pos[:, keep]
+        h = torch.flip(F.rms_norm(h, (6,), model.w[keep], 1e-6), (1,))
+        want = F.linear(h, model.b.weight[:, keep], model.b.bias)
+        torch.testing.assert_close(small(x), want, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)
+    report = fxprune.verify(model, small, plan, (x,))
+    assert report.max_abs_diff < 1e-4

@@ -122,20 +122,27 @@ def _to_meta(v: Any) -> Any:
     return v
 
 
-def _inline_autocast_off(gm: torch.fx.GraphModule) -> None:
-    """Inline the bodies of ``with torch.autocast(..., enabled=False)`` regions, which ``torch.export`` records
-    as one ``wrap_with_autocast`` call on a subgraph (EfficientViT's attention): with autocast off the body
-    runs as written, and inlined, its ops get their rules instead of pinning everything they touch."""
-    hop = getattr(torch.ops.higher_order, "wrap_with_autocast", None)
+def _inline_regions(gm: torch.fx.GraphModule) -> None:
+    """Inline the subgraphs ``torch.export`` records for ``with torch.autocast(..., enabled=False)`` (EfficientViT's
+    attention) and ``with torch.set_grad_enabled(...)`` / ``no_grad`` regions (``wrap_with_autocast`` /
+    ``wrap_with_set_grad_enabled`` calls): neither changes what the forward computes, and inlined, their ops
+    get their rules instead of pinning everything they touch. Autocast that is on is left alone."""
+    hops = {}
+    for name, body_at in (("wrap_with_autocast", 4), ("wrap_with_set_grad_enabled", 1)):
+        hop = getattr(torch.ops.higher_order, name, None)
+        if hop is not None:
+            hops[hop] = body_at
     graph = gm.graph
     for node in list(graph.nodes):
-        if hop is None or node.target is not hop or len(node.args) < 5 or node.args[2] is not False:
+        body_at = hops.get(node.target)
+        if body_at is None or len(node.args) <= body_at or (body_at == 4 and node.args[2] is not False):
             continue
-        sub = getattr(gm, node.args[4].target, None) if isinstance(node.args[4], torch.fx.Node) else None
+        body = node.args[body_at]
+        sub = getattr(gm, body.target, None) if isinstance(body, torch.fx.Node) else None
         if not isinstance(sub, torch.fx.GraphModule) or any(n.op == "get_attr" for n in sub.graph.nodes):
             continue
         env: Dict[torch.fx.Node, Any] = dict(zip([n for n in sub.graph.nodes if n.op == "placeholder"],
-                                                 node.args[5:]))
+                                                 node.args[body_at + 1:]))
         outs: Any = ()
         with graph.inserting_before(node):
             for n in sub.graph.nodes:
@@ -194,7 +201,7 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
     names = [n.name for n in graph.nodes if n.op == "placeholder"]
     graph._codegen = _PyTreeCodeGen(_PyTreeInfo(names, spec_in, ep.call_spec.out_spec))
     gm._in_spec = spec_in
-    _inline_autocast_off(gm)
+    _inline_regions(gm)
     raise_graph(gm)
     for node in graph.nodes:
         if "val" in node.meta:
