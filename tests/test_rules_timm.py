@@ -190,3 +190,37 @@ def test_rms_norm_flip_one_hot_no_grad_prune_and_match_the_masked_original(front
         assert not torch.allclose(small(x), model(x), atol=1e-4)
     report = fxprune.verify(model, small, plan, (x,))
     assert report.max_abs_diff < 1e-4
+
+
+class ResizedPositions(nn.Module):
+    """NaFlexViT: a position table resized along the tokens by 1-d linear interpolation, added to the tokens
+    (``aten.upsample_linear1d`` under ``torch.export``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 4)
+        self.pos = nn.Parameter(torch.randn(1, 8, 4))  # (1, D, L0)
+
+    def forward(self, x):  # x: (N, L=6, 3)
+        pos = F.interpolate(self.pos, size=x.shape[1], mode="linear", align_corners=False).transpose(1, 2)
+        return self.b(torch.relu(self.a(x) + pos))
+
+
+def test_exported_linear_1d_interpolation_keeps_channels_prunable_and_matches_the_zeroed_original():
+    torch.manual_seed(0)
+    model = ResizedPositions().eval()
+    x = torch.randn(2, 6, 3)
+    with _no_rule_warning():
+        graph = fxprune.analyze(model, (x,), frontend="export")
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and ("pos", 1) in group.members
+    plan = fxprune.PrunePlan({"a.weight:0": [2, 5]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.pos.shape[1] == 6 and small.b.weight.shape[1] == 6
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.a.weight[[2, 5]] = 0
+        ref.a.bias[[2, 5]] = 0
+        ref.pos[:, [2, 5]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)
