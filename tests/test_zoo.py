@@ -1,5 +1,5 @@
 """The model zoo: every torchvision classification, segmentation, video, detection and optical-flow model and
-the smallest variant of 30 timm families (the catalogue in ``benchmarks/zoo_models.py``), each analysed,
+the smallest variant of every timm family (the catalogue in ``benchmarks/zoo_models.py``), each analysed,
 pruned by ``plan_by_ratio(graph, 0.5)`` and checked:
 
 1. the pruned model keeps the output structure and shapes (a detector: all but the number of boxes), and has
