@@ -224,3 +224,42 @@ def test_exported_linear_1d_interpolation_keeps_channels_prunable_and_matches_th
         ref.pos[:, [2, 5]] = 0
         torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+class RelPosTable(nn.Module):
+    """MViTv2: a relative-position table gathered by distance (``aten.index.Tensor``) and a sliced in-place
+    update (``aten.copy_``) under ``torch.export``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 8), nn.Linear(8, 2)
+        self.table = nn.Parameter(torch.randn(7, 8))
+
+    def forward(self, x):  # x: (4, 3)
+        dist = torch.arange(4)[:, None] - torch.arange(4)[None, :] + 3
+        y = self.a(x)[:, None, :] * self.table[dist]  # (4, 4, 8)
+        y[:, 1:] = y[:, 1:] * 2.0 + 1.0
+        return self.b(y)
+
+
+def test_exported_index_by_tensor_and_copy_prune_and_match_the_zeroed_original():
+    torch.manual_seed(0)
+    model = RelPosTable().eval()
+    x = torch.randn(4, 3)
+    gm = torch.export.export(model, (x,), strict=False).module()
+    targets = {str(n.target) for n in gm.graph.nodes}
+    assert {"aten.index.Tensor", "aten.copy_.default"} <= targets  # the ops this test is about
+    with _no_rule_warning():
+        graph = fxprune.analyze(model, (x,), frontend="export")
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and {("table", 1), ("b.weight", 1)} <= set(group.members)
+    plan = fxprune.PrunePlan({"a.weight:0": [1, 4]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.table.shape[1] == 6 and small.b.weight.shape[1] == 6
+    ref = copy.deepcopy(model)
+    with torch.no_grad():  # a removed channel is 1.0 after the update in the original: zero b's columns too
+        for t in (ref.a.weight, ref.a.bias):
+            t[[1, 4]] = 0
+        ref.b.weight[:, [1, 4]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)
