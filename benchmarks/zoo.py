@@ -909,7 +909,8 @@ PIN_FIELDS = ("frontend", "pinned_macs_share", "pins", "top_pin", "top_pin_share
 
 def merge_sweeps(out_path, paths, pins_only=False):
     """Merge the rows of other sweep JSONs (run with ``--out`` elsewhere, e.g. two halves in parallel) into
-    ``out_path``: whole rows replace the rows of the same model, or with ``pins_only`` only the fxprune
+    ``out_path``: whole rows replace the rows of the same model (keeping a Torch-Pruning result that a
+    ``--no-tp`` rerun did not redo), or with ``pins_only`` only the fxprune
     frontend and pin fields are copied into rows that exist (the other checks keep their earlier run)."""
     with open(out_path) as f:
         doc = json.load(f)
@@ -924,6 +925,9 @@ def merge_sweeps(out_path, paths, pins_only=False):
                     rows[r["model"]]["fxprune"].update({k: r["fxprune"][k] for k in PIN_FIELDS if k in r["fxprune"]})
                     names.append(r["model"])
             else:
+                old = rows.get(r["model"])
+                if old is not None and r["tp"].get("skipped") and not old["tp"].get("skipped"):
+                    r["tp"] = old["tp"]  # a --no-tp rerun keeps the Torch-Pruning result it did not redo
                 rows[r["model"]] = r
                 names.append(r["model"])
         pm = part["meta"]
