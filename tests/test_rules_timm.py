@@ -263,3 +263,35 @@ def test_exported_index_by_tensor_and_copy_prune_and_match_the_zeroed_original()
         ref.b.weight[:, [1, 4]] = 0
         torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+class GlobalQuery(nn.Module):
+    """GCViT: a global query repeated over the batch by a count computed from sizes
+    (``q_global.repeat_interleave(B // q_global.shape[0], dim=0)``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.q, self.b = nn.Linear(3, 8), nn.Linear(3, 8), nn.Linear(8, 2)
+
+    def forward(self, x):  # x: (B, T, 3)
+        g = self.q(x.mean(0, keepdim=True))
+        g = g.repeat_interleave(x.shape[0] // g.shape[0], dim=0)
+        return self.b(self.a(x) * g)
+
+
+def test_repeat_interleave_by_a_size_expression_prunes_and_matches_the_zeroed_original():
+    torch.manual_seed(0)
+    model = GlobalQuery().eval()
+    x = torch.randn(2, 4, 3)
+    graph = fxprune.analyze(model, (x,))
+    group = graph.group_of("a.weight", 0)
+    assert group.pinned is None and {("q.weight", 0), ("b.weight", 1)} <= set(group.members)
+    plan = fxprune.PrunePlan({"a.weight:0": [2, 5]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.q.weight.shape[0] == 6 and small.b.weight.shape[1] == 6
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.a.weight[[2, 5]] = 0
+        ref.a.bias[[2, 5]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)

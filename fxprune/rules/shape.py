@@ -160,6 +160,9 @@ def lower_repeat_interleave(ctx, node) -> None:
     """``x.repeat_interleave(r, dim)``: index ``i * r + k`` of the output comes from index ``i``."""
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     r, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
+    if isinstance(r, torch.fx.Node) and ctx.tensor(r) is None and isinstance(dim, int) and x is not None \
+            and out is not None and x.shape[dim] and out.shape[dim] % x.shape[dim] == 0:
+        r = out.shape[dim] // x.shape[dim]  # a count computed from sizes (GCViT: B // q.shape[0])
     if x is None or out is None or not isinstance(dim, int) or not isinstance(r, int):
         return  # flattened, or repeats given per index: every dim pinned
     dim %= x.ndim
