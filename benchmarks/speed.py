@@ -272,8 +272,28 @@ def main(argv=None) -> int:
     ap.add_argument("--render", metavar="JSON", help="only write the markdown of an earlier run's JSON")
     ap.add_argument("--isolate", action="store_true",
                     help="each model in a fresh process (a model killed for memory becomes an error row)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine earlier runs' JSON (rows in run order, a later row of a model wins) "
+                         "into --out")
     ap.add_argument("--row", help=argparse.SUPPRESS)  # child of --isolate: one model, its row on stdout
     args = ap.parse_args(argv)
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as f:
+                runs.append(json.load(f))
+        rows = {r["model"]: r for run in runs for r in run["rows"]}
+        data = {**runs[0], "rows": list(rows.values()),
+                "budget": [b for run in runs for b in run.get("budget", [])],
+                "loadavg": [a for run in runs for a in run["loadavg"]],
+                "command": "; ".join(run["command"] for run in runs)
+                + " (merged: python benchmarks/speed.py --merge)"}
+        data["summary"] = summarize(data["rows"])
+        with open(args.out, "w") as f:
+            json.dump(data, f, indent=1)
+        with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+            f.write(render_md(data))
+        return 0
     if args.row:
         import torch
         torch.set_num_threads(1)
