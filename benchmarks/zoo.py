@@ -775,7 +775,8 @@ def sweep_markdown(doc):
             f"Torch-Pruning {m.get('torch_pruning')}, fxprune commit {m.get('fxprune_commit', '')[:7]}; "
             f"ratio 0.5 of every unpinned group (fxprune.plan_by_ratio) vs MetaPruner(MagnitudeImportance(p=2), "
             f"pruning_ratio=0.5, final classifier ignored). Max fxprune analyze time "
-            f"{max(an, default=0):.2f} s. Times are single runs on a shared machine: compare within a row.")
+            f"{max(an, default=0):.2f} s. Times are single runs on a shared machine: compare within a row."
+            + _verify_only_note(doc))
     if notes:
         out += "\n\n" + "\n".join(notes)
     return out + "\n"
@@ -849,8 +850,16 @@ def zoo_doc(doc):
             f"Sweep of {m['date'][:10]} on {m['cpu_count']} CPU cores, torch {m['torch']}, Torch-Pruning "
             f"{m.get('torch_pruning')}, fxprune commit {m.get('fxprune_commit', '')[:7]}"
             + (f" (rows rerun {len(m['reruns'])} times since, at later commits)" if m.get("reruns") else "")
-            + ". Times are single runs on a shared machine: compare within a row.\n\n"
+            + ". Times are single runs on a shared machine: compare within a row." + _verify_only_note(doc) + "\n\n"
             + readme_table(doc) + "\n")
+
+
+def _verify_only_note(doc):
+    """Say how many rows ran verify only (no train step, TorchScript or ONNX), so their blank cells read right."""
+    rows = [r["model"] for r in doc["models"] if "verify" in r["fxprune"] and "jit" not in r["fxprune"]
+            and "train" not in r["fxprune"]]
+    return (f" {len(rows)} rows were checked by verify only (`--checks verify`: no train step, TorchScript or "
+            f"ONNX run), most of them without Torch-Pruning (`--no-tp`)." if rows else "")
 
 
 def write_zoo_doc(doc, path=ZOO_DOC):
