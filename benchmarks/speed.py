@@ -287,7 +287,9 @@ def main(argv=None) -> int:
                 "budget": [b for run in runs for b in run.get("budget", [])],
                 "loadavg": [a for run in runs for a in run["loadavg"]],
                 "command": "; ".join(run["command"] for run in runs)
-                + " (merged: python benchmarks/speed.py --merge)"}
+                + " (merged: python benchmarks/speed.py --merge)",
+                "repeat": " or ".join(str(r) for r in sorted({run["repeat"] for run in runs}, reverse=True))
+                + " (per run, see its command)"}
         data["summary"] = summarize(data["rows"])
         with open(args.out, "w") as f:
             json.dump(data, f, indent=1)
