@@ -295,3 +295,35 @@ def test_repeat_interleave_by_a_size_expression_prunes_and_matches_the_zeroed_or
         ref.a.bias[[2, 5]] = 0
         torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(small(x), model(x), atol=1e-4)
+
+
+class HybridReshapeAs(nn.Module):
+    """ViT hybrids (``vit_tiny_r_s16_p8_224``) under ``torch.export``: ``x.reshape_as(other)`` stays an aten
+    op unless raised to the ``reshape_as`` method."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))                       # (N, 8, 2, 2)
+        t = h.flatten(2).transpose(1, 2)                # (N, 4, 8)
+        return self.b(t.reshape_as(t.contiguous()) * 1.5)
+
+
+def test_exported_reshape_as_keeps_channels_prunable_and_matches_the_zeroed_original():
+    torch.manual_seed(0)
+    model = HybridReshapeAs().eval()
+    x = torch.randn(2, 3, 2, 2)
+    with _no_rule_warning():
+        graph = fxprune.analyze(model, (x,), frontend="export")
+    assert graph.group_of("a.weight", 0).pinned is None
+    plan = fxprune.PrunePlan({"a.weight:0": [0, 3]})
+    small = fxprune.prune(model, plan, (x,))
+    assert small.a.weight.shape[0] == 6 and small.b.weight.shape[1] == 6
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        ref.a.weight[[0, 3]] = 0
+        ref.a.bias[[0, 3]] = 0
+        torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(small(x), model(x), atol=1e-4)

@@ -119,7 +119,8 @@ if hasattr(F, "rms_norm"):
 # -- same arguments, a Tensor method --------------------------------------------------------------------
 for _name, _ovs in {"view": _ov("view", "default"), "expand": _ov("expand", "default"),
                     "contiguous": _ov("contiguous", "default"), "repeat": _ov("repeat", "default"),
-                    "type_as": _ov("type_as", "default")}.items():
+                    "type_as": _ov("type_as", "default"), "reshape_as": _ov("reshape_as", "default"),
+                    "view_as": _ov("view_as", "default"), "expand_as": _ov("expand_as", "default")}.items():
     _reg(_method(_name), *_ovs)
 
 
