@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.fx
 
-__all__ = ["arg", "set_arg", "call_args", "normalize_call", "norm_dims", "spatial_rank", "size_reads",
+__all__ = ["gather_kept", "scatter_kept", "arg", "set_arg", "call_args", "normalize_call", "norm_dims", "spatial_rank", "size_reads",
            "fixed_size", "reads_pruned"]
 
 
@@ -214,3 +214,22 @@ def couple_others(ctx, x, out, skip: int) -> None:
     for d in range(x.ndim):
         if d != skip:
             ctx.couple(x, d, out, d)
+
+
+def gather_kept(t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
+    """``t`` reduced to the kept indices of each dim (``kept[d]`` an index tensor, or None for all)."""
+    for d, idx in enumerate(kept):
+        if idx is not None:
+            t = t.index_select(d, idx)
+    return t
+
+
+def scatter_kept(full_shape: Sequence[int], t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
+    """The inverse of :func:`gather_kept`: ``t`` placed at the kept indices of zeros of ``full_shape``
+    (a statistic recomputed over the kept channels, shown at full width in the masked original)."""
+    for d in reversed(range(len(kept))):
+        if kept[d] is not None:
+            shape = list(t.shape)
+            shape[d] = full_shape[d]
+            t = t.new_zeros(shape).index_copy(d, kept[d], t)
+    return t

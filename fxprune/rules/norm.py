@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..registry import register
-from ._util import arg, set_arg
+from ._util import arg, set_arg, gather_kept, scatter_kept
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
        nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
@@ -76,13 +76,13 @@ def masked_bn_fn(node, args, kwargs, vctx) -> torch.Tensor:
     cd = 1 if x.ndim >= 2 else 0
     args = list(args)
     kwargs = dict(kwargs)
-    args[0] = _gather(x, kept)
+    args[0] = gather_kept(x, kept)
     for pos, name in enumerate(_BN_FN_ARGS[1:], start=1):
         where, key = (args, pos) if pos < len(args) else (kwargs, name)
         t = where[key] if pos < len(args) or name in kwargs else None
         if isinstance(t, torch.Tensor):
-            where[key] = _gather(t, [kept[cd]]).clone()  # a copy: running stats are updated in place
-    return _scatter(x.shape, node.target(*args, **kwargs), kept)
+            where[key] = gather_kept(t, [kept[cd]]).clone()  # a copy: running stats are updated in place
+    return scatter_kept(x.shape, node.target(*args, **kwargs), kept)
 
 
 def _lower_gn(ctx, x, out, groups: int, w, b, grouped: bool = False) -> None:
@@ -168,21 +168,6 @@ def rewrite_ln_fn(node, rctx) -> None:
     set_arg(node, 1, "normalized_shape", list(new) if isinstance(arg(node, 1, "normalized_shape"), list) else new)
 
 
-def _gather(t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
-    for d, idx in enumerate(kept):
-        if idx is not None:
-            t = t.index_select(d, idx)
-    return t
-
-
-def _scatter(full_shape, t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
-    out = t
-    for d in reversed(range(len(kept))):
-        if kept[d] is not None:
-            shape = list(out.shape)
-            shape[d] = full_shape[d]
-            out = out.new_zeros(shape).index_copy(d, kept[d], out)
-    return out
 
 
 def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
@@ -200,13 +185,13 @@ def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
         w, b = [args[i] if i < len(args) else kwargs.get(n) for i, n in ((2, "weight"), (3, "bias"))]
         eps = arg(node, 4, "eps", 1e-5)
         rms = False
-    xk = _gather(x, kept)
+    xk = gather_kept(x, kept)
     pk = kept[x.ndim - k:]
-    wk = _gather(w, pk) if w is not None else None
-    bk = _gather(b, pk) if b is not None else None
+    wk = gather_kept(w, pk) if w is not None else None
+    bk = gather_kept(b, pk) if b is not None else None
     shape = tuple(xk.shape[-k:])
     y = F.rms_norm(xk, shape, wk, eps) if rms else F.layer_norm(xk, shape, wk, bk, eps)
-    return _scatter(x.shape, y, kept)
+    return scatter_kept(x.shape, y, kept)
 
 
 def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
@@ -220,9 +205,9 @@ def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
         w, b = [args[i] if i < len(args) else kwargs.get(n) for i, n in ((2, "weight"), (3, "bias"))]
         eps = arg(node, 4, "eps", 1e-5)
     pk = kept[1:2]
-    y = F.group_norm(_gather(x, kept), 1, _gather(w, pk) if w is not None else None,
-                     _gather(b, pk) if b is not None else None, eps)
-    return _scatter(x.shape, y, kept)
+    y = F.group_norm(gather_kept(x, kept), 1, gather_kept(w, pk) if w is not None else None,
+                     gather_kept(b, pk) if b is not None else None, eps)
+    return scatter_kept(x.shape, y, kept)
 
 
 def lower_prelu(ctx, node) -> None:

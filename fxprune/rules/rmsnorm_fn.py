@@ -20,13 +20,13 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..registry import register
-from ._util import arg, set_arg
+from ._util import arg, set_arg, gather_kept, scatter_kept
 
 
 def _k(shape: Any) -> int:
@@ -53,20 +53,6 @@ def rewrite_rms_norm(node, rctx) -> None:
     set_arg(node, 1, "normalized_shape", list(new) if isinstance(old, list) else new)
 
 
-def _gather(t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
-    for d, idx in enumerate(kept):
-        if idx is not None:
-            t = t.index_select(d, idx)
-    return t
-
-
-def _scatter(full_shape: Any, t: torch.Tensor, kept: List[Any]) -> torch.Tensor:
-    for d in reversed(range(len(kept))):
-        if kept[d] is not None:
-            shape = list(t.shape)
-            shape[d] = full_shape[d]
-            t = t.new_zeros(shape).index_copy(d, kept[d], t)
-    return t
 
 
 def masked_rms_norm(node, args, kwargs, vctx) -> torch.Tensor:
@@ -76,9 +62,9 @@ def masked_rms_norm(node, args, kwargs, vctx) -> torch.Tensor:
     k = _k(arg(node, 1, "normalized_shape"))
     w = args[2] if len(args) > 2 else kwargs.get("weight")
     eps = args[3] if len(args) > 3 else kwargs.get("eps")
-    xk = _gather(x, kept)
-    wk = _gather(w, kept[x.ndim - k:]) if w is not None else None
-    return _scatter(x.shape, F.rms_norm(xk, tuple(xk.shape[-k:]), wk, eps), kept)
+    xk = gather_kept(x, kept)
+    wk = gather_kept(w, kept[x.ndim - k:]) if w is not None else None
+    return scatter_kept(x.shape, F.rms_norm(xk, tuple(xk.shape[-k:]), wk, eps), kept)
 
 
 register("call_function", (F.rms_norm,), "functional rmsnorm", lower_rms_norm, rewrite_rms_norm, masked_rms_norm)
