@@ -31,7 +31,7 @@ Example:
     ...         return self.b(y if y.sum() > 0 else -y)
     >>> gm = fxprune.trace(Gate(), torch.randn(3, 4), frontend="autograd")
     >>> [n.target for n in gm.graph.nodes if n.op == "get_attr"]
-    ['a.bias', 'a.weight', 'b.bias', 'b.weight']
+    ['a.weight', 'a.bias', 'b.weight', 'b.bias']
     >>> fxprune.analyze(Gate(), torch.randn(3, 4), frontend="autograd").group_of("a.weight", 0).pinned is None
     True
 """
