@@ -2,14 +2,16 @@
 """Detectors through the parts frontend (stitched, with regions recorded by the autograd frontend): fxprune vs
 Torch-Pruning 1.6.1 in one process.
 
-For each detector of ``benchmarks/zoo_models.py`` named on the command line: Torch-Pruning's MetaPruner with the
-zoo sweep's settings (``zoo_checks.check_tp``: L2 magnitude, ratio 0.5, output layers left whole) and fxprune's
-``plan_by_ratio(0.5)`` + ``prune`` + ``verify``; parameters before/after, how many part interfaces were stitched
-and which regions were recorded below Python (``graph.recorded``; absent before the autograd frontend).
+For each detector of ``benchmarks/zoo_models.py`` named on the command line: Torch-Pruning's MetaPruner with
+the zoo sweep's settings (``zoo_checks.check_tp``: L2 magnitude, ratio 0.5, output layers left whole) and
+fxprune's ``plan_by_ratio(0.5)`` + ``prune`` + ``verify``; parameters before/after, how many part interfaces
+were stitched and which regions were recorded below Python (``graph.recorded``; absent before the autograd
+frontend).
 
 Usage:
     python benchmarks/detectors.py retinanet_resnet50_fpn fcos_resnet50_fpn ssd300_vgg16
-    python benchmarks/detectors.py --out benchmarks/results/detectors_rcnn.json fasterrcnn_mobilenet_v3_large_320_fpn
+    python benchmarks/detectors.py --out benchmarks/results/detectors_fasterrcnn_mobilenet.json \
+        fasterrcnn_mobilenet_v3_large_320_fpn
 """
 import json
 import os
@@ -29,8 +31,8 @@ def _commit() -> str:
     """The commit of the fxprune tree measured (or "unknown" outside a git checkout)."""
     import subprocess
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 

@@ -44,7 +44,8 @@ def _params(m: nn.Module) -> int:
 
 
 class Gate(nn.Module):
-    """Branches on a tensor value between two Linear layers: neither symbolic_trace nor torch.export take it."""
+    """Branches on a tensor value between two Linear layers: neither symbolic_trace nor torch.export takes
+    it."""
 
     def __init__(self, cin: int = 6, c: int = 10, cout: int = 4):
         super().__init__()
@@ -73,7 +74,8 @@ def test_value_branch_between_two_linears_whole_model():
     torch.manual_seed(0)
     m, x = Gate().eval(), torch.randn(4, 6)
     gm = fxprune.trace(m, x, frontend="autograd")
-    assert {n.target for n in gm.graph.nodes if n.op == "get_attr"} == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    names = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    assert names == {"a.weight", "a.bias", "b.weight", "b.bias"}
     torch.testing.assert_close(gm(x), m(x))
     graph = fxprune.analyze(m, x, frontend="autograd")
     assert graph.frontend == "autograd" and graph.recorded == [""]
@@ -140,7 +142,8 @@ def test_fasterrcnn_box_predictor_is_recorded_and_its_inputs_pruned():
 
 
 class Literal(nn.Module):
-    """``view(y.shape[0], 8)`` is ``view(y, [2, 8])`` in the recording: the 8 may be a literal in Python too."""
+    """``view(y.shape[0], 8)`` is ``view(y, [2, 8])`` in the recording: the 8 may be a literal in Python
+    too."""
 
     def __init__(self):
         super().__init__()
@@ -156,7 +159,8 @@ def test_literal_size_is_pinned_with_its_reason():
     torch.manual_seed(0)
     m, x = Literal().eval(), torch.randn(2, 4)
     graph = fxprune.analyze(m, x, frontend="autograd")
-    assert graph.group_of("a.weight", 0).pinned == "size 8 is a literal in the recorded aten graph of the root Literal"
+    want = "size 8 is a literal in the recorded aten graph of the root Literal"
+    assert graph.group_of("a.weight", 0).pinned == want
     assert graph.group_of("b.weight", 0).pinned is None  # nothing literal on b's outputs
     with pytest.raises(PlanError, match="literal in the recorded aten graph"):
         fxprune.prune(m, {"a.weight:0": [1]}, x, frontend="autograd")

@@ -316,7 +316,8 @@ def _softmax(fn: Callable) -> Callable[[torch.fx.Node], Converted]:
 # Converters of ops that return a tuple whose first element is the result (the rest are saved statistics
 # or pooling indices): raised only when nothing but ``getitem(node, 0)`` reads the node.
 FIRST_OF_TUPLE: Dict[Any, Callable[[torch.fx.Node], Converted]] = {}
-for _fn, _ovs in {_native_batch_norm: _ov("native_batch_norm", "default") + _ov("_native_batch_norm_legit", "default"),
+for _fn, _ovs in {_native_batch_norm: _ov("native_batch_norm", "default")
+                  + _ov("_native_batch_norm_legit", "default"),
                   _batch_norm_no_training: _ov("_native_batch_norm_legit_no_training", "default"),
                   _native_layer_norm: _ov("native_layer_norm", "default"),
                   _native_group_norm: _ov("native_group_norm", "default"),
@@ -334,7 +335,8 @@ DROP_NOOPS = DROP_NOOPS + _ov("lift_fresh", "default")
 
 
 def _raise_first_of_tuple(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
-    """Replace ``node`` (a tuple-returning op read only through ``getitem(node, 0)``) by its torch-level form."""
+    """Replace ``node`` (a tuple-returning op read only through ``getitem(node, 0)``) by its torch-level
+    form."""
     users = list(node.users)
     if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in users):
         return False

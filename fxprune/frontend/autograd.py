@@ -170,7 +170,8 @@ def record(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any
     kwargs = dict(kwargs or {})
     where = where or f"the root {type(module).__name__}"
     if isinstance(module, torch.jit.ScriptModule):
-        raise TraceError(f"{where} is a ScriptModule: its forward does not run through the dispatcher in Python")
+        raise TraceError(f"{where} is a ScriptModule: its forward does not run through the dispatcher in "
+                         "Python")
     values, params = _bind(module, _Call(tuple(args), kwargs, None, []))
     b = _Builder(module, where)
     flat, _ = pytree.tree_flatten_with_path(tuple(values))
@@ -225,7 +226,8 @@ def record(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any
     node = b.graph.output(result)
     node.meta["val"] = pytree.tree_map(_to_meta, out)
     b.graph.eliminate_dead_code()
-    root: Dict[str, Any] = {n.target: _attr(module, n.target, b.consts) for n in b.graph.nodes if n.op == "get_attr"}
+    root: Dict[str, Any] = {n.target: _attr(module, n.target, b.consts) for n in b.graph.nodes
+                            if n.op == "get_attr"}
     call_out_spec = pytree.tree_flatten(out)[1]
     b.graph.set_codegen(_CallCodeGen(params, leaves, call_out_spec))
     gm = torch.fx.GraphModule(root, b.graph, type(module).__name__)
@@ -256,7 +258,8 @@ def autograd_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.Grap
     return record(model, args, kwargs)
 
 
-def literal_pins(gm: torch.fx.GraphModule, ctx: Any, boundary: frozenset = frozenset()) -> List[Tuple[int, str]]:
+def literal_pins(gm: torch.fx.GraphModule, ctx: Any,
+                 boundary: frozenset = frozenset()) -> List[Tuple[int, str]]:
     """``(dim id, reason)`` for every dim of ``ctx.ir`` whose pruning would change a literal of ``gm``.
 
     Each group free of every pin but ``boundary`` ones (a part's interface may be stitched later) is tried on

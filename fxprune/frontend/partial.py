@@ -671,15 +671,16 @@ def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]
         return p or f"<root {type(model).__name__}>"
     shown = "; ".join(f"{name(p)} ({why})" for p, why in graph.untraced[:8])
     more = f"; and {len(graph.untraced) - 8} more" if len(graph.untraced) > 8 else ""
-    text = (f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its submodules. ")
+    text = (f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its "
+            "submodules. ")
     if graph.untraced:
-        text += (f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes in "
-                 "view/reshape, split sizes, channel counts) cannot be rewritten, so every input and output of a "
-                 "traced submodule keeps its size, unless the code between two traced submodules only hands the "
-                 f"tensor on ({graph.stitched} such interfaces stitched). ")
+        text += (f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes "
+                 "in view/reshape, split sizes, channel counts) cannot be rewritten, so every input and "
+                 "output of a traced submodule keeps its size, unless the code between two traced submodules "
+                 f"only hands the tensor on ({graph.stitched} such interfaces stitched). ")
     if graph.recorded:
-        text += ("Recorded below Python from one forward (the branches its values took; sizes that are literals "
-                 f"there stay): {', '.join(name(p) for p in graph.recorded)}. ")
+        text += ("Recorded below Python from one forward (the branches its values took; sizes that are "
+                 f"literals there stay): {', '.join(name(p) for p in graph.recorded)}. ")
     traced = [p.path for p in graph.parts if not p.recorded and (p.module._parameters or p.module._modules)]
     lines = [text + f"Traced: {', '.join(traced) or 'nothing'}."]
     if lower_warnings:

@@ -316,7 +316,7 @@ def apply_recorded(graph: Any, exp: Any, module: torch.nn.Module) -> None:
         if not before.meta.get("fxprune_layer", False) and _call_consts(before) != _call_consts(node):
             raise RewriteError(f"the plan changes a size literal of the recorded graph of "
                                f"{graph.gm.meta.get('fxprune_recorded', type(module).__name__)} "
-                               f"({before.format_node()} -> args {node.args}), which its Python forward may hold "
-                               "as a literal too; that dim should have been pinned", before)
+                               f"({before.format_node()} -> args {node.args}), which its Python forward may "
+                               "hold as a literal too; that dim should have been pinned", before)
     _commit(pairs)
     _sync_from_graph(module, new_graph)
