@@ -244,7 +244,9 @@ def _prepare_importance(name: str, model: torch.nn.Module, inputs: tuple[Any, ..
             model.zero_grad(set_to_none=True)
             out = model(*sample)
             outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
-            sum(o.float().pow(2).mean() for o in outs).backward()
+            # retain_graph: some models (timm's LeViT, EfficientFormer) cache a tensor computed from
+            # parameters in eval mode, so every sample's backward also goes through the first sample's graph
+            sum(o.float().pow(2).mean() for o in outs).backward(retain_graph=True)
             imp.accumulate_grad(model)
         model.zero_grad(set_to_none=True)  # the scores live in the criterion now
     return imp
