@@ -174,6 +174,35 @@ def test_literal_size_is_pinned_with_its_reason():
         "size 8 is a literal in the recorded aten graph of 1"
 
 
+class Masked(nn.Module):
+    """Builds a mask slice by slice in place (as Swin does): values from constants only, one recorded constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        mask = x.new_zeros(x.shape[0], 6)
+        mask[:, :2] = 1.0  # a write into a view of the mask
+        mask[:, 4:] = -1.0
+        z = self.b(self.a(x) * (mask + 2))
+        return self.c(z.relu() if z.sum() > 0 else z)
+
+
+def test_constant_built_in_place_is_recorded_as_one_constant():
+    torch.manual_seed(0)
+    m, x = Masked().eval(), torch.randn(3, 4)
+    gm = fxprune.trace(m, x, frontend="autograd")
+    assert len(gm.meta["fxprune_constants"]) == 1
+    torch.testing.assert_close(gm(x), m(x), rtol=0, atol=0)
+    graph = fxprune.analyze(m, x, frontend="autograd")
+    assert graph.group_of("a.weight", 0).pinned.startswith("constant tensor")  # the mask is 6 wide
+    assert graph.group_of("b.weight", 0).pinned is None
+    small = fxprune.prune(m, {"b.weight:0": [1, 3]}, x, frontend="autograd")
+    assert (small.b.out_features, small.c.in_features) == (3, 3)
+    torch.testing.assert_close(small(x), _zero_rows(m, {"b": [1, 3]})(x), rtol=1e-5, atol=1e-5)
+
+
 class WritesIntoView(nn.Module):
     def __init__(self):
         super().__init__()

@@ -65,6 +65,9 @@ _SIZED_BY_ATTRS: Tuple[type, ...] = tuple(c for c in (
     nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU, nn.ELU, nn.Softmax, nn.LogSoftmax, nn.Mish, nn.Hardtanh)
     if c is not None)
 _SKIP = (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default)
+# ``x.new_zeros(size)``: ``x`` gives only dtype and device, so the result is a constant like ``torch.zeros``
+_VALUE_FREE = frozenset(getattr(torch.ops.aten, n) for n in ("new_zeros", "new_ones", "new_empty", "new_full",
+                                                            "new_empty_strided"))
 
 
 def _to_meta(v: Any) -> Any:
@@ -86,41 +89,58 @@ class _Builder:
                 module.named_buffers(remove_duplicate=False)):
             self.named.setdefault(id(t), name)
         self.consts: Dict[str, torch.Tensor] = {}
+        self.const_ids: set = set()  # tensors bound to a constant's get_attr
         self.stack: List[Tuple[str, torch.nn.Module]] = []  # modules running, innermost last
 
     def bind(self, t: torch.Tensor, node: torch.fx.Node) -> None:
         self.env[id(t)] = node
         self.alive.append(t)
+        self.const_ids.discard(id(t))
 
     def node_of(self, t: torch.Tensor) -> torch.fx.Node:
         node = self.env.get(id(t))
         if node is not None:
             return node
         name = self.named.get(id(t))
-        if name is None:  # read from outside the module's inputs and state: a constant of this recording
+        if name is None:  # not the module's inputs or state: a constant, with the value it has now
             name = f"_fxprune_const_{len(self.consts)}"
-            self.consts[name] = t.detach()
+            self.consts[name] = t.detach().clone()
         node = self.graph.get_attr(name)
         node.meta["val"] = _to_meta(t)
         self.bind(t, node)
+        if name in self.consts:
+            self.const_ids.add(id(t))
         return node
 
     def arg(self, a: Any) -> Any:
         return pytree.tree_map(lambda v: self.node_of(v) if isinstance(v, torch.Tensor) else v, a)
 
+    def _dynamic(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` comes from the module's inputs or state (else its value is a constant)."""
+        return (id(t) in self.env and id(t) not in self.const_ids) or id(t) in self.named
+
     def emit(self, func: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
         if func in _SKIP:  # a value read into Python (a branch, .item()): the recording already took it
             return
-        leaves = pytree.tree_leaves(out)
-        if not any(isinstance(t, torch.Tensor) for t in leaves):
-            return
         schema = getattr(func, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            for a, spec in zip(args, schema.arguments):
-                if isinstance(a, torch.Tensor) and spec.alias_info is not None and spec.alias_info.is_write \
-                        and a._is_view():
-                    raise TraceError(f"{self.where}: {func} writes into a view of another tensor, which a "
-                                     "recorded graph cannot follow")
+        written = [a for a, spec in zip(args, schema.arguments) if isinstance(a, torch.Tensor)
+                   and spec.alias_info is not None and spec.alias_info.is_write] \
+            if schema is not None and schema.is_mutable else []
+        if getattr(func, "overloadpacket", None) in _VALUE_FREE or not any(
+                self._dynamic(t) for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)):
+            # computed from constants only (Swin's attention mask, filled slice by slice): it becomes one
+            # constant when a recorded op reads it; a write makes an earlier capture stale
+            for a in written:
+                for t in (a, a._base if a._is_view() else None):
+                    if t is not None:
+                        self.env.pop(id(t), None)
+            return
+        if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(out)):
+            return
+        for a in written:
+            if a._is_view():
+                raise TraceError(f"{self.where}: {func} writes into a view of another tensor, which a "
+                                 "recorded graph cannot follow")
         node = self.graph.call_function(func, self.arg(tuple(args)), self.arg(dict(kwargs)))
         node.meta["val"] = pytree.tree_map(_to_meta, out)
         if self.stack:
