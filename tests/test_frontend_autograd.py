@@ -175,7 +175,8 @@ def test_literal_size_is_pinned_with_its_reason():
 
 
 class Masked(nn.Module):
-    """Builds a mask slice by slice in place (as Swin does): values from constants only, one recorded constant."""
+    """Builds a mask slice by slice in place (as Swin does): values from constants only, one recorded
+    constant."""
 
     def __init__(self):
         super().__init__()
