@@ -12,6 +12,7 @@ Usage:
     python benchmarks/detectors.py retinanet_resnet50_fpn fcos_resnet50_fpn ssd300_vgg16
     python benchmarks/detectors.py --out benchmarks/results/detectors_fasterrcnn_mobilenet.json \
         fasterrcnn_mobilenet_v3_large_320_fpn
+    python benchmarks/detectors.py --out /tmp/rcnn.json --no-tp fasterrcnn_resnet50_fpn  # fxprune only
 """
 import json
 import os
@@ -37,15 +38,17 @@ def _commit() -> str:
         return "unknown"
 
 
-def main(names: list[str]) -> dict:
+def main(names: list[str], tp_too: bool = True) -> dict:
     torch.set_num_threads(1)
     out = {"load_average": os.getloadavg()}
     for name in names:
         spec = get_spec(name)
-        tmp = f"/tmp/fxprune_tp_{name}.json"
-        check_tp(spec, None, tmp)  # Torch-Pruning first, on its own copy of the model
-        with open(tmp) as f:
-            tp = json.load(f)
+        tp: dict = {"error": "skipped (--no-tp)"}
+        if tp_too:
+            tmp = f"/tmp/fxprune_tp_{name}.json"
+            check_tp(spec, None, tmp)  # Torch-Pruning first, on its own copy of the model
+            with open(tmp) as f:
+                tp = json.load(f)
         model, args = build(spec)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,6 +71,7 @@ if __name__ == "__main__":
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "detectors.json")
     if argv[:1] == ["--out"]:
         out, argv = argv[1], argv[2:]
-    result = main(argv)
+    tp_too = "--no-tp" not in argv
+    result = main([a for a in argv if a != "--no-tp"], tp_too)
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
