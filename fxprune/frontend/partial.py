@@ -1,12 +1,15 @@
 """The partial-tracing frontend: when ``symbolic_trace`` fails on a model, trace what can be traced.
 
-This fills the design's fallback slot (``frontend/autograd``) with per-submodule tracing instead of a
-``grad_fn`` walk. One real forward (eval mode, ``no_grad``) records the arguments and outputs of every
+One real forward (eval mode, ``no_grad``) records the arguments and outputs of every
 submodule call. Starting from the root, a module whose ``forward`` symbolic-traces with its first call's
 arguments (``*args``/``**kwargs`` as they were passed; a lone ``torch.nn`` layer as one ``call_module``)
 and whose graph propagates shapes becomes one *part*; otherwise its children are tried (also those of a
 container that is never called itself, such as a ``ModuleList`` looped over). Only maximal traceable
 subtrees become parts; parameterless modules (activations, reshapes) become parts too when they trace.
+A module that does not trace, with no untraced module inside and only lone layers traced in it (torchvision's
+``FastRCNNPredictor`` asserts on ``list(x.shape[2:])``), is *recorded* instead: one real forward below Python
+(:mod:`fxprune.frontend.autograd`) is its part, with the dims that a size literal of the recording fixes
+pinned; ``PartialGraph.recorded`` lists these regions. Its own forward stays and prunes as the module target.
 
 An input or output dim of a part is pinned, so the Python code around the parts, which fxprune cannot
 rewrite, sees tensors of the original shapes, unless that code only hands the tensor on from one part to
@@ -576,10 +579,8 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         call = rec.calls.get(id(model))
         if call is None:
             raise TraceError(f"{type(model).__name__} was not called by its own forward hooks")
-        graph = PartialGraph(model, [_record_part("", model, call, rec, strict, prefer_heads)], [], strict,
-                             prefer_heads, rec)
-        graph.recorded = [""]
-        return graph
+        return PartialGraph(model, [_record_part("", model, call, rec, strict, prefer_heads)], [], strict,
+                            prefer_heads, rec)
     parts: list[Part] = []
     untraced: list[tuple[str, str]] = []
     seen: set[int] = set()
@@ -651,7 +652,6 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         order = _module_order(model)
         parts.sort(key=lambda p: order.get(p.path, 0))
     graph = PartialGraph(model, parts, untraced, strict, prefer_heads, rec)
-    graph.recorded = recorded
     _warn(model, graph, lower_warnings)
     return graph
 
