@@ -40,7 +40,8 @@ def _commit() -> str:
 
 def main(names: list[str], tp_too: bool = True) -> dict:
     torch.set_num_threads(1)
-    out = {"load_average": os.getloadavg()}
+    commit = _commit()  # the code imported now is what every row measures
+    out = {"load_average": os.getloadavg(), "fxprune_commit": commit}
     for name in names:
         spec = get_spec(name)
         tp: dict = {"error": "skipped (--no-tp)"}
@@ -61,7 +62,7 @@ def main(names: list[str], tp_too: bool = True) -> dict:
                      "tp_params": tp.get("params_after"), "tp_error": tp.get("error"),
                      "fxprune_verify_max_abs_diff": report.max_abs_diff, "stitched": graph.stitched,
                      "recorded": getattr(graph, "recorded", None), "frontend": graph.frontend,
-                     "fxprune_commit": _commit()}
+                     "fxprune_commit": commit}
         print(name, out[name], flush=True)
     return out
 
