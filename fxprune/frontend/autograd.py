@@ -46,7 +46,7 @@ import torch.fx
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..errors import ShapeInfoError, TraceError
+from ..errors import PlanError, ShapeInfoError, TraceError
 from .aten import raise_graph
 from .fx import normalize_inputs
 
@@ -310,7 +310,10 @@ def literal_pins(gm: torch.fx.GraphModule, ctx: Any,
         if g.pinned is not None or not g.all_classes:
             continue
         key, idx = g.all_classes[0]
-        exp = cg._expand(PrunePlan({key: idx}))
+        try:
+            exp = cg._expand(PrunePlan({key: idx}))
+        except PlanError:  # not removable alone; a plan that reaches it is checked when it is applied
+            continue
         rctx = RewriteCtx(cg, exp, {})
         try:
             for n in nodes:
