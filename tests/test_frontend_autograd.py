@@ -227,3 +227,17 @@ def test_bad_input_raises_typed_errors():
         fxprune.prune(m, {"a.wieght:0": [1]}, torch.randn(4, 6), frontend="autograd")
     with pytest.raises(FxpruneError, match="ScriptModule"):
         fxprune.trace(torch.jit.script(nn.Linear(2, 2)), torch.randn(1, 2), frontend="autograd")
+
+
+def test_pruner_with_taylor_scores_the_recorded_region_by_qualified_names():
+    torch.manual_seed(0)
+    m, x = Net().eval(), torch.randn(8, 5)
+    pruner = fxprune.Pruner(m, x, importance="taylor", pruning_ratio=0.5)
+    m.zero_grad()
+    m(x).pow(2).sum().backward()  # gradients reach gate.a / gate.b through the user's own forward
+    small = _quiet(pruner.step)
+    kept = {n: c - round(c * 0.5) for n, c in (("stem", 6), ("a", 10), ("b", 7))}  # the Pruner rounds
+    assert (small.stem[0].out_features, small.gate.a.in_features) == (kept["stem"], kept["stem"])
+    assert (small.gate.a.out_features, small.gate.b.in_features) == (kept["a"], kept["a"])
+    assert (small.gate.b.out_features, small.head.in_features) == (kept["b"], kept["b"])
+    assert small(x).shape == (8, 3)
