@@ -177,7 +177,8 @@ def _ident(name: str) -> str:
 
 def record(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any] | None = None,
            where: str = "") -> torch.fx.GraphModule:
-    """One forward of ``module(*args, **kwargs)`` recorded as a raised aten-level GraphModule.
+    """One forward of ``module(*args, **kwargs)`` (eval mode, ``no_grad``; training flags are restored)
+    recorded as a raised aten-level GraphModule.
 
     The GraphModule is called exactly like ``module.forward`` (its parameters' names and defaults; tensor
     leaves of the arguments are its placeholders) and returns the forward's output structure. Its ``meta``
