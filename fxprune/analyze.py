@@ -187,6 +187,7 @@ class ChannelGraph:
         grids = sol.grids
         if grids is not None:
             removable &= ~grids.derived  # a grid product loses an index only through its factors
+            removable &= ~grids.empties(sol)
         by_group: Dict[int, List[DimNode]] = {}
         for d in dims:
             by_group.setdefault(int(sol.dim_group[d.id]), []).append(d)

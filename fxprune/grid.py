@@ -43,6 +43,7 @@ class _Grid:
     elems: np.ndarray               # labels of the product's indices, shaped like the factors
     factors: List[np.ndarray]       # labels of each factor's indices (outer first)
     where: str
+    index: int                      # position in ``ChannelIR.grids``
 
     def parents_removed(self, table: np.ndarray) -> np.ndarray:
         """Which product indices some factor's removal takes away (shaped like ``elems``)."""
@@ -71,11 +72,13 @@ class Grids:
         product index is pinned with that index's reason (removing it would remove the pinned one)."""
         ir, labels = sol.ir, sol.labels
         out = []
-        for pid, fids, where in grids:
+        for k, (pid, fids, where) in enumerate(ir.grids):
+            if k not in grids:
+                continue
             p = ir.dims[pid]
             fs = [labels[ir.dims[f].base:ir.dims[f].base + ir.dims[f].size] for f in fids]
             elems = labels[p.base:p.base + p.size].reshape([len(f) for f in fs])
-            out.append(_Grid(pid, elems, fs, where))
+            out.append(_Grid(pid, elems, fs, where, k))
         n_lab = int(labels.max()) + 1 if len(labels) else 0
         self = cls(out, n_lab)
         self._lift_pins(sol.pinned_reason, n_lab)
@@ -106,6 +109,35 @@ class Grids:
                     changed = True
             if not changed:
                 break
+
+    def empties(self, sol) -> np.ndarray:
+        """Labels whose removal takes every index of some grid product dim (one branch of a channel
+        shuffle's ``cat``: a whole group factor)."""
+        labels, anc = sol.labels, self.ancestors()
+        out = np.zeros(anc.shape[1], bool)
+        for d in sol.ir.dims:
+            if not d.size:
+                continue
+            labs = labels[d.base:d.base + d.size]
+            if not self.derived[labs].any():
+                continue
+            hits = np.asarray(anc[labs].sum(axis=0)).ravel()
+            out[hits >= d.size] = True
+        return out
+
+    def degenerate(self, sol) -> List[Tuple[int, Optional[int]]]:
+        """Grids with at most one factor that can lose an index, as ``(position in ChannelIR.grids,
+        that factor or None)``: such a grid is a plain coupling of its product with that factor (a
+        flatten after a conv, a channel shuffle), which the class solver closes exactly."""
+        pinned = np.zeros(len(self.derived), bool)
+        pinned[list(sol.pinned_reason)] = True
+        dead = pinned | self.empties(sol)
+        out = []
+        for g in self.grids:
+            live = [m for m, f in enumerate(g.factors) if len(f) > 1 and not dead[f].all()]
+            if len(live) <= 1:
+                out.append((g.index, live[0] if live else None))
+        return out
 
     def derive(self, table: np.ndarray) -> np.ndarray:
         """Mark (in place) every product label that the removed labels of ``table`` take away."""

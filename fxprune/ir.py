@@ -94,6 +94,29 @@ class ChannelIR:
         for x in (product, *factors):
             self.free[x.id] = f
 
+    def ungrid(self, which: Sequence[Tuple[int, Optional[int]]]) -> None:
+        """Replace grids ``(position, factor)`` by a coupling of the product with that factor (the
+        innermost when None); the other factors are pinned, as they can lose nothing."""
+        from .index_map import factor
+
+        drop = {}
+        for k, m in which:
+            drop[k] = m
+        keep = []
+        for k, (pid, fids, where) in enumerate(self.grids):
+            if k not in drop:
+                keep.append((pid, fids, where))
+                continue
+            m = drop[k] if drop[k] is not None else len(fids) - 1
+            p, f = self.dims[pid], self.dims[fids[m]]
+            inner = int(np.prod([self.dims[x].size for x in fids[m + 1:]], dtype=np.int64))
+            ia, ib = factor(p.size, inner, f.size)
+            self.couple(p, f, ia, ib)
+            for x in fids:
+                if x != fids[m] and self.dims[x].size > 1:
+                    self.pin(self.dims[x], f"dim {self.dims[x].dim} produced by reshape ({where})")
+        self.grids = keep
+
     def pin(self, d: DimNode, reason: str, idx: Optional[np.ndarray] = None) -> None:
         """No index of ``d`` (or only ``idx``) may be removed."""
         self.pins.append((d.id, idx, reason))
@@ -160,7 +183,7 @@ class ChannelIR:
         sol = Solution(self, labels, owner, dim_group, pinned_reason)
         if self.grids:
             from .grid import Grids
-            sol.grids = Grids.build(sol, [g for g in self.grids if keep_dim[g[0]]])
+            sol.grids = Grids.build(sol, {k for k, g in enumerate(self.grids) if keep_dim[g[0]]})
         return sol
 
     def _pin_reasons(self, labels: np.ndarray, keep_dim: np.ndarray) -> Dict[int, str]:

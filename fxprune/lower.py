@@ -344,6 +344,12 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
         ctx.node_index = i
         ctx.lower_node(node)
     sol = ctx.ir.solve()
+    for _ in range(len(ctx.ir.grids)):  # each round turns grids into couplings; none are added
+        bad = sol.grids.degenerate(sol) if sol.grids is not None else []
+        if not bad:
+            break
+        ctx.ir.ungrid(bad)
+        sol = ctx.ir.solve()
     warned = _warned(gm)
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:
