@@ -193,27 +193,31 @@ class ChannelGraph:
             by_group.setdefault(int(sol.dim_group[d.id]), []).append(d)
         params = sorted((d for d in dims if d.is_param and d.size > 1), key=self._param_order)
         rank = {d.id: i for i, d in enumerate(params)}
-        # The first member (in key order) holding each removable class names it in the plan.
+        # The first member (in key order) holding each removable class names it in the plan: directly,
+        # or through a grid (a head or a head dim names the projection rows it removes).
         owned = np.zeros(n_lab, bool)
         per_dim: Dict[int, Dict[int, List[int]]] = {}
+        anc = grids.ancestors() if grids is not None else None
         for d in params:
             labs = labels[d.base:d.base + d.size]
-            hit = removable[labs] & ~owned[labs]
+            if anc is not None and grids.derived[labs].any():
+                sub = anc[labs].tocoo()
+                rows, labs_of = sub.row.astype(np.int64), sub.col.astype(np.int64)
+            else:
+                rows, labs_of = np.arange(d.size, dtype=np.int64), labs
+            hit = removable[labs_of] & ~owned[labs_of]
             if not hit.any():
                 continue
-            new = np.unique(labs[hit])
+            rows, labs_of = rows[hit], labs_of[hit]
+            order = np.lexsort((rows, labs_of))  # each class's indices come out ascending
+            rows, labs_of = rows[order], labs_of[order]
+            new, first = np.unique(labs_of, return_index=True)
             owned[new] = True
-            order = np.argsort(labs, kind="stable")  # stable: each class's indices come out ascending
-            sl = labs[order]
-            lo_i = np.searchsorted(sl, new, "left")
-            hi_i = np.searchsorted(sl, new, "right")
             cls = per_dim.setdefault(d.id, {})
-            idx = order.tolist()
-            for lab, a, b in zip(new.tolist(), lo_i.tolist(), hi_i.tolist()):
-                cls[lab] = idx[a:b]
+            for lab, chunk in zip(new.tolist(), np.split(rows, first[1:])):
+                cls[lab] = chunk.tolist()
         coarse = np.zeros(n_lab, bool)
-        if grids is not None:  # factor classes (heads, head dims) name the product indices they remove
-            self._own_through_grids(params, removable, owned, per_dim)
+        if grids is not None:
             coarse[grids.coarse(pinned)] = True
         groups = []
         for gdims in by_group.values():
@@ -249,30 +253,6 @@ class ChannelGraph:
             groups.append(grp)
         groups.sort(key=lambda g: rank[g.dims[0].id])
         return groups
-
-    def _own_through_grids(self, params: List[DimNode], removable: np.ndarray, owned: np.ndarray,
-                           per_dim: Dict[int, Dict[int, List[int]]]) -> None:
-        """A factor class that no parameter holds directly (a head, a head dim) is named by the first
-        parameter dim (key order) whose indices it removes through a grid."""
-        labels, grids = self.sol.labels, self.sol.grids
-        anc = grids.ancestors()
-        for d in params:
-            labs = labels[d.base:d.base + d.size]
-            if not grids.derived[labs].any():
-                continue
-            sub = anc[labs].tocoo()
-            rows, cols = sub.row.astype(np.int64), sub.col.astype(np.int64)
-            sel = removable[cols] & ~owned[cols]
-            if not sel.any():
-                continue
-            rows, cols = rows[sel], cols[sel]
-            order = np.lexsort((rows, cols))
-            rows, cols = rows[order], cols[order]
-            new, first = np.unique(cols, return_index=True)
-            owned[new] = True
-            cls = per_dim.setdefault(d.id, {})
-            for lab, chunk in zip(new.tolist(), np.split(rows, first[1:])):
-                cls[lab] = chunk.tolist()
 
     def group_of(self, name: str, dim: int) -> Group:
         """The group holding parameter/buffer ``name`` along ``dim``."""

@@ -44,6 +44,7 @@ class _Grid:
     factors: List[np.ndarray]       # labels of each factor's indices (outer first)
     where: str
     index: int                      # position in ``ChannelIR.grids``
+    fids: Tuple[int, ...] = ()      # the factors' dim ids
 
     def parents_removed(self, table: np.ndarray) -> np.ndarray:
         """Which product indices some factor's removal takes away (shaped like ``elems``)."""
@@ -78,7 +79,7 @@ class Grids:
             p = ir.dims[pid]
             fs = [labels[ir.dims[f].base:ir.dims[f].base + ir.dims[f].size] for f in fids]
             elems = labels[p.base:p.base + p.size].reshape([len(f) for f in fs])
-            out.append(_Grid(pid, elems, fs, where, k))
+            out.append(_Grid(pid, elems, fs, where, k, tuple(fids)))
         n_lab = int(labels.max()) + 1 if len(labels) else 0
         self = cls(out, n_lab)
         self._lift_pins(sol.pinned_reason, n_lab)
@@ -137,6 +138,20 @@ class Grids:
             live = [m for m, f in enumerate(g.factors) if len(f) > 1 and not dead[f].all()]
             if len(live) <= 1:
                 out.append((g.index, live[0] if live else None))
+        return out
+
+    def duplicates(self) -> List[Tuple[int, int]]:
+        """Factor dims ``(a, b)`` of two grids over the same product classes with the same factor sizes:
+        they are the same factor (the kv heads that ``repeat_kv`` expands for k and for v)."""
+        seen: Dict[Tuple[Tuple[int, ...], bytes], _Grid] = {}
+        out = []
+        for g in self.grids:
+            key = (g.elems.shape, g.elems.tobytes())
+            first = seen.setdefault(key, g)
+            if first is not g:
+                out.extend((a, b) for a, b in zip(first.fids, g.fids) if a != b
+                           and not np.array_equal(first.factors[first.fids.index(a)],
+                                                  g.factors[g.fids.index(b)]))
         return out
 
     def derive(self, table: np.ndarray) -> np.ndarray:

@@ -344,10 +344,14 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
         ctx.node_index = i
         ctx.lower_node(node)
     sol = ctx.ir.solve()
-    for _ in range(len(ctx.ir.grids)):  # each round turns grids into couplings; none are added
-        bad = sol.grids.degenerate(sol) if sol.grids is not None else []
-        if not bad:
+    for _ in range(2 * len(ctx.ir.grids)):  # each round couples dims or turns grids into couplings
+        same = sol.grids.duplicates() if sol.grids is not None else []
+        bad = [] if same or sol.grids is None else sol.grids.degenerate(sol)
+        if not same and not bad:
             break
+        for a, b in same:
+            da, db = ctx.ir.dims[a], ctx.ir.dims[b]
+            ctx.ir.couple(da, db, *_identity(da.size))
         ctx.ir.ungrid(bad)
         sol = ctx.ir.solve()
     warned = _warned(gm)

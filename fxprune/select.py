@@ -193,11 +193,12 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> Pru
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
     Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group. With
-    ``heads``, the classes are whole attention heads (:meth:`Group.heads`) instead of head dims.
+    ``heads``, a group that holds attention heads loses whole heads (:meth:`Group.heads`) instead of
+    head dims; the other groups lose channels as without it.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    groups = [g.heads() if heads else g for g in graph.groups if not heads or g.head_classes]
+    groups = [g.heads() if heads and g.head_classes else g for g in graph.groups]
     todo = [(g, int(np.floor(ratio * len(g.all_classes)))) for g in groups if not g.pinned and g.all_classes]
     todo = [(g, n) for g, n in todo if n > 0]
     sums = _needed_sums(graph, [g for g, _ in todo], _tensors(graph))
