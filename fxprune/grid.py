@@ -66,6 +66,7 @@ class Grids:
         for g in grids:
             self.derived[g.elems.ravel()] = True
         self._anc: Optional[sp.csr_matrix] = None
+        self._empties: Optional[np.ndarray] = None
 
     @classmethod
     def build(cls, sol, grids) -> "Grids":
@@ -114,16 +115,23 @@ class Grids:
     def empties(self, sol) -> np.ndarray:
         """Labels whose removal takes every index of some grid product dim (one branch of a channel
         shuffle's ``cat``: a whole group factor)."""
+        if self._empties is not None:
+            return self._empties
         labels, anc = sol.labels, self.ancestors()
         out = np.zeros(anc.shape[1], bool)
+        ids, sizes, which = [], [], []
         for d in sol.ir.dims:
-            if not d.size:
-                continue
-            labs = labels[d.base:d.base + d.size]
-            if not self.derived[labs].any():
-                continue
-            hits = np.asarray(anc[labs].sum(axis=0)).ravel()
-            out[hits >= d.size] = True
+            if d.size and self.derived[labels[d.base:d.base + d.size]].any():
+                ids.append(np.arange(d.base, d.base + d.size, dtype=np.int64))
+                which.append(np.full(d.size, len(sizes), np.int64))
+                sizes.append(d.size)
+        if ids:
+            sub = anc[labels[np.concatenate(ids)]].tocoo()
+            key = np.concatenate(which)[sub.row] * anc.shape[1] + sub.col
+            u, c = np.unique(key, return_counts=True)
+            full = c >= np.asarray(sizes, np.int64)[u // anc.shape[1]]
+            out[u[full] % anc.shape[1]] = True
+        self._empties = out
         return out
 
     def degenerate(self, sol) -> List[Tuple[int, Optional[int]]]:
@@ -236,19 +244,20 @@ class Grids:
             n = len(self.derived)
             base = np.nonzero(~self.derived)[0]
             ident = sp.csr_matrix((np.ones(len(base), np.float32), (base, base)), shape=(n, n))
+            rows, cols = [], []  # every product label with the label of each of its factor indices
+            for g in self.grids:
+                k = len(g.factors)
+                for m, f in enumerate(g.factors):
+                    shape = [1] * k
+                    shape[m] = len(f)
+                    rows.append(g.elems.ravel())
+                    cols.append(np.broadcast_to(f.reshape(shape), g.elems.shape).ravel())
+            r, c = np.concatenate(rows), np.concatenate(cols)
+            pick = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, n))
+            pick.sum_duplicates()
             a = ident
-            for _ in range(len(self.grids) + 1):
-                acc = ident
-                for g in self.grids:
-                    e = g.elems.ravel()
-                    k = len(g.factors)
-                    for m, f in enumerate(g.factors):
-                        shape = [1] * k
-                        shape[m] = len(f)
-                        par = np.broadcast_to(f.reshape(shape), g.elems.shape).ravel()
-                        pick = sp.csr_matrix((np.ones(len(e), np.float32), (e, par)), shape=(n, n))
-                        acc = acc + pick @ a
-                acc = (acc > 0).astype(np.float32).tocsr()
+            for _ in range(len(self.grids) + 1):  # one more level of nesting per round
+                acc = ((ident + pick @ a) > 0).astype(np.float32).tocsr()
                 done = acc.nnz == a.nnz and (acc != a).nnz == 0
                 a = acc
                 if done:
