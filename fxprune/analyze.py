@@ -57,9 +57,12 @@ class Group:
     head_classes: List[Tuple[str, List[int]]] = field(repr=False, default_factory=list)
     head_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     ancestors: Any = field(repr=False, default=None)  # the grids' label -> factor label map, if any
+    head_dims: Optional[List[DimNode]] = field(repr=False, default=None)  # every group a head touches
+    head_members: Optional[List[Tuple[str, int]]] = field(repr=False, default=None)
 
     def heads(self) -> "Group":
-        """This group with its head classes as ``all_classes`` (what a whole-head criterion scores).
+        """This group with its head classes as ``all_classes`` (what a whole-head criterion scores), over
+        every group the heads remove indices from (q/k rows, v rows, ``out_proj`` columns).
 
         Example:
             >>> import torch, fxprune
@@ -74,7 +77,8 @@ class Group:
             [12, 12]
         """
         return dataclasses.replace(self, all_classes=list(self.head_classes), labels=self.head_labels,
-                                   classes=[], head_classes=[], head_labels=np.zeros(0, np.int64))
+                                   classes=[], head_classes=[], head_labels=np.zeros(0, np.int64),
+                                   dims=self.head_dims or self.dims, members=self.head_members or self.members)
 
     def positions(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """``(row, pos)`` pairs: global index ``ids[row]`` is removed by class ``all_classes[pos]``. An
@@ -218,7 +222,7 @@ class ChannelGraph:
                 cls[lab] = chunk.tolist()
         coarse = np.zeros(n_lab, bool)
         if grids is not None:
-            coarse[grids.coarse(pinned)] = True
+            coarse[grids.coarse(sol)] = True
         groups = []
         for gdims in by_group.values():
             gparams = sorted((d for d in gdims if d.id in rank), key=lambda d: rank[d.id])
@@ -252,7 +256,31 @@ class ChannelGraph:
                 grp.ancestors = grids.ancestors()
             groups.append(grp)
         groups.sort(key=lambda g: rank[g.dims[0].id])
+        if grids is not None:
+            self._span_heads(groups)
         return groups
+
+    def _span_heads(self, groups: List[Group]) -> None:
+        """A head spans groups (its q/k rows, its v rows and ``o`` columns): :meth:`Group.heads` of the
+        group naming it sees the dims and members of every group it removes indices from."""
+        labels, grids = self.sol.labels, self.sol.grids
+        heads = {int(lab) for g in groups for lab in g.head_labels}
+        if not heads:
+            return
+        anc = grids.ancestors()
+        touch: Dict[int, set] = {}
+        for i, g in enumerate(groups):
+            for d in g.dims:
+                labs = labels[d.base:d.base + d.size]
+                if d.size and grids.derived[labs].any():
+                    for c in np.unique(anc[labs].indices).tolist():
+                        if c in heads:
+                            touch.setdefault(c, set()).add(i)
+        for i, g in enumerate(groups):
+            span = sorted(set().union(*(touch.get(int(lab), set()) for lab in g.head_labels)) - {i})
+            if span:
+                g.head_dims = g.dims + [d for j in span for d in groups[j].dims]
+                g.head_members = g.members + [m for j in span for m in groups[j].members]
 
     def group_of(self, name: str, dim: int) -> Group:
         """The group holding parameter/buffer ``name`` along ``dim``."""

@@ -137,16 +137,10 @@ class Grids:
     def degenerate(self, sol) -> List[Tuple[int, Optional[int]]]:
         """Grids with at most one factor that can lose an index, as ``(position in ChannelIR.grids,
         that factor or None)``: such a grid is a plain coupling of its product with that factor (a
-        flatten after a conv, a channel shuffle), which the class solver closes exactly."""
-        pinned = np.zeros(len(self.derived), bool)
-        pinned[list(sol.pinned_reason)] = True
-        dead = pinned | self.empties(sol)
-        out = []
-        for g in self.grids:
-            live = [m for m, f in enumerate(g.factors) if len(f) > 1 and not dead[f].all()]
-            if len(live) <= 1:
-                out.append((g.index, live[0] if live else None))
-        return out
+        flatten after a conv, a channel shuffle whose outer factor is a whole branch), which the class
+        solver closes exactly."""
+        live, _ = self._roles(sol)
+        return [(g.index, lv[0] if lv else None) for g, lv in zip(self.grids, live) if len(lv) <= 1]
 
     def duplicates(self) -> List[Tuple[int, int]]:
         """Factor dims ``(a, b)`` of two grids over the same product classes with the same factor sizes:
@@ -252,7 +246,8 @@ class Grids:
                     shape[m] = len(f)
                     rows.append(g.elems.ravel())
                     cols.append(np.broadcast_to(f.reshape(shape), g.elems.shape).ravel())
-            r, c = np.concatenate(rows), np.concatenate(cols)
+            r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
             pick = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, n))
             pick.sum_duplicates()
             a = ident
@@ -265,16 +260,39 @@ class Grids:
             self._anc = a
         return self._anc
 
-    def coarse(self, pinned: np.ndarray) -> np.ndarray:
-        """Labels (never derived) that remove whole heads: indices of a factor that has a removable
-        factor inside it, and every label they derive from."""
-        n = len(self.derived)
-        mark = np.zeros(n, bool)
-        for g in self.grids:
-            removable = [bool((~pinned[f]).any()) for f in g.factors]
-            inner = max((m for m, r in enumerate(removable) if r), default=-1)
-            for m in range(inner):
-                if removable[m]:
+    def _roles(self, sol) -> Tuple[List[List[int]], np.ndarray]:
+        """Per grid, the factors that can lose an index (``live``); and the labels of every grid's
+        innermost live factor (head dims, positions in a block: the ordinary classes)."""
+        pinned = np.zeros(len(self.derived), bool)
+        pinned[list(sol.pinned_reason)] = True
+        dead = pinned | self.empties(sol)
+        live = [[m for m, f in enumerate(g.factors) if len(f) > 1 and not dead[f].all()] for g in self.grids]
+        inner = np.zeros(len(self.derived), bool)
+        for g, lv in zip(self.grids, live):
+            if lv:
+                inner[g.factors[lv[-1]]] = True
+        return live, inner
+
+    def links(self, sol) -> List[Tuple[int, int]]:
+        """``(product, factor)`` dim pairs that join groups: the innermost live factor, and any factor
+        that is the innermost live one of another grid (a channel shuffle's two reshapes). A factor that
+        only ever holds heads does not join the groups it spans."""
+        live, inner = self._roles(sol)
+        out = []
+        for g, lv in zip(self.grids, live):
+            for m, f in enumerate(g.factors):
+                if lv and (m == lv[-1] or inner[f].any()):
+                    out.append((g.product, g.fids[m]))
+        return out
+
+    def coarse(self, sol) -> np.ndarray:
+        """Labels (never derived) that remove whole heads: indices of a live factor outside the innermost
+        one that is never the innermost of a grid, and every label they derive from."""
+        live, inner = self._roles(sol)
+        mark = np.zeros(len(self.derived), bool)
+        for g, lv in zip(self.grids, live):
+            for m in lv[:-1]:
+                if not inner[g.factors[m]].any():
                     mark[g.factors[m]] = True
         rows = np.nonzero(mark)[0]
         if not len(rows):

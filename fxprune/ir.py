@@ -124,7 +124,8 @@ class ChannelIR:
     def to_networkx(self, dims: Optional[Sequence[int]] = None):
         """The dim graph as a ``networkx.MultiGraph``: nodes are dim ids (attributes ``name``, ``dim``,
         ``size``, ``param``), one edge per coupling with its index map as ``src``/``dst`` arrays (local
-        indices of the edge's first and second node). ``dims`` restricts it to those dim ids.
+        indices of the edge's first and second node), and one edge from a grid product to each factor
+        (``grid``: the op, ``factor``: its position, outer first). ``dims`` restricts it to those dim ids.
         """
         import networkx as nx
 
@@ -136,13 +137,18 @@ class ChannelIR:
         for (i, j), a, b in zip(self._pairs, self._a, self._b):
             if keep is None or (i in keep and j in keep):
                 g.add_edge(i, j, src=a - self.dims[i].base, dst=b - self.dims[j].base)
+        for p, fs, where in self.grids:  # product -> factor m: index i of the product is (i_1, ..., i_k)
+            for m, f in enumerate(fs):
+                if keep is None or (p in keep and f in keep):
+                    g.add_edge(p, f, grid=where, factor=m, factors=len(fs))
         return g
 
     def solve(self) -> "Solution":
         """Classes (index components) and groups (dim components).
 
-        Groups are components over dim nodes (small). Index-level classes are computed only inside groups
-        that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
+        Groups are components over dim nodes (small); a grid joins groups through its innermost factor
+        only (see ``Grids.links``: the heads it adds do not merge the q/k and v groups). Index-level classes
+        are computed only inside components, over every link, that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
         transformer are millions of indices), so each such dim gets one label, pinned when its group is.
         """
         n, nd = self.total, len(self.dims)
@@ -184,6 +190,11 @@ class ChannelIR:
         if self.grids:
             from .grid import Grids
             sol.grids = Grids.build(sol, {k for k, g in enumerate(self.grids) if keep_dim[g[0]]})
+            # the groups users see: a grid joins groups through its innermost factor only, not its heads
+            links = list(self._pairs) + sol.grids.links(sol)
+            pairs = np.array(links, dtype=np.int64).reshape(-1, 2)
+            dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
+            sol.dim_group = connected_components(dadj, directed=False)[1]
         return sol
 
     def _pin_reasons(self, labels: np.ndarray, keep_dim: np.ndarray) -> Dict[int, str]:

@@ -226,12 +226,10 @@ def test_llama_uniform_head_dims_are_written_back_into_the_class_and_config():
     graph = fxprune.analyze(model, inputs)
     qk = graph.group_of("model.layers.0.self_attn.q_proj.weight", 0)  # every attention (shared RoPE)
     assert qk.classes[0] == [h * 16 + d for h in range(4) for d in (0, 8)]  # RoPE pair (0, 8) of every head
-    vs = [[idx for k, idx in qk.all_classes if k == f"model.layers.{i}.self_attn.v_proj.weight:0"]
-          for i in range(2)]
-    assert [len(v) for v in vs] == [16, 16]  # head dim j of v in both kv heads, per layer
+    vs = [graph.group_of(f"model.layers.{i}.self_attn.v_proj.weight", 0) for i in range(2)]
+    assert [len(v.classes) for v in vs] == [16, 16] and vs[0].key != qk.key  # v head dims: a group per layer
     # RoPE pair (0, 8) of q/k, and head dims 0 and 8 of v in every head: head_dim 16 -> 14 everywhere
-    plan = fxprune.PrunePlan({qk.key: qk.classes[0], **{f"model.layers.{i}.self_attn.v_proj.weight:0":
-                                                        v[0] + v[8] for i, v in enumerate(vs)}})
+    plan = fxprune.PrunePlan({qk.key: qk.classes[0], **{v.key: v.classes[0] + v.classes[8] for v in vs}})
     small = fxprune.prune(model, plan, inputs)
     assert type(small) is transformers.LlamaForCausalLM
     attn = small.model.layers[1].self_attn

@@ -105,7 +105,9 @@ def test_head_dims():
 def test_whole_heads():
     m = Attn().eval()
     g = fxprune.analyze(m, X).group_of("q.weight", 0)
-    assert len(g.head_classes) == 4 and len(g.all_classes) == 8  # 4 heads; 4 q/k dims + 4 v dims
+    assert len(g.head_classes) == 4 and len(g.all_classes) == 4  # 4 heads; 4 q/k head dims
+    assert len(fxprune.analyze(m, X).group_of("v.weight", 0).all_classes) == 4  # v head dims: their own group
+    assert {"v.weight", "o.weight"} <= {n for n, _ in g.heads().members}  # a head spans both groups
     plan = {"o.weight:1": _rows([1, 3], 4, range(4))}  # every column of heads 1 and 3
     _, exp = _check(m, plan, X, {"q": ("out_features", 8), "k": ("out_features", 8),
                                  "v": ("out_features", 8), "o": ("in_features", 8)})
@@ -170,3 +172,13 @@ def test_cover_pinned_factor_is_a_plan_error():
     assert not g.head_classes and len(g.all_classes) == 4
     with pytest.raises(fxprune.PlanError, match="keep at least one"):
         fxprune.prune(m, {"q.weight:0": _rows([1], 4, range(4))}, X)  # whole head 1: only dims can go
+
+
+def test_to_networkx_has_the_grid_edges():
+    m = Attn().eval()
+    g = fxprune.analyze(m, X).to_networkx()
+    grid = [(a, b, d) for a, b, d in g.edges(data=True) if "grid" in d]
+    # q, k and v split into (heads, head dim), and the merge before o: 4 grids of 2 factors
+    assert len(grid) == 8 and sorted({d["factor"] for _, _, d in grid}) == [0, 1]
+    sizes = sorted((g.nodes[a]["size"], g.nodes[b]["size"]) for a, b, d in grid)
+    assert all(s == (4, 16) or s == (16, 4) for s in sizes)  # product 16 = heads 4 x head dims 4
