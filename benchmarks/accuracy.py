@@ -23,7 +23,9 @@
    MACs and params of both libraries' models are counted with the same counter, ``fxprune.count``.
 
    Data-dependent criteria get identical data for both libraries (the model is in eval mode while collecting):
-   taylor -- ``--taylor-batches`` training batches of 128, grads summed over them (``loss.backward()`` each);
+   taylor -- the ``--taylor-batches`` x 128 first training images: fxprune one backward per image, each added with
+   ``imp.accumulate_grad(model)`` (mean of the squared per-sample ``sum W * dW``); Torch-Pruning, whose criterion
+   reads ``.grad``, mean-loss gradients of the batches of 128 summed (``loss.backward()`` each);
    hessian -- ``--hessian-samples`` single-sample backward passes, ``imp.accumulate_grad(model)`` after each
    (``model.zero_grad()`` before each); activation -- one forward of ``--calib-samples`` training images inside
    ``imp.compute_importance(model)``.  Random: fxprune ``RandomImportance(seed)``, TP ``torch.manual_seed(seed)``.
@@ -291,10 +293,20 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr
 
 # ---------------------------------------------------------------------------------- importance data
 
-def taylor_grads(model, xtr, ytr, n_batches: int, bs: int = 128):
-    """Accumulate (sum) mean-loss gradients of ``n_batches`` fixed training batches into ``p.grad``."""
+def taylor_grads(model, xtr, ytr, n_batches: int, bs: int = 128, imp=None):
+    """Taylor's data: the first ``n_batches * bs`` training images. With a criterion that accumulates samples
+    (fxprune's ``accumulate_grad``): one backward per image, added to ``imp``; otherwise (Torch-Pruning reads
+    ``.grad``) mean-loss gradients of the ``n_batches`` batches summed into ``p.grad``."""
     model.eval()
     model.zero_grad(set_to_none=True)
+    if imp is not None and hasattr(imp, "accumulate_grad"):
+        imp.zero_grad()
+        for i in range(n_batches * bs):
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(cl(xtr[i:i + 1])), ytr[i:i + 1]).backward()
+            imp.accumulate_grad(model)
+        model.zero_grad(set_to_none=True)
+        return
     for i in range(n_batches):
         xb, yb = xtr[i * bs:(i + 1) * bs], ytr[i * bs:(i + 1) * bs]
         F.cross_entropy(model(cl(xb)), yb).backward()
@@ -398,7 +410,7 @@ def run_row(lib: str, crit: str, base, data, args, example_inputs, base_stats, t
     else:
         imp = tp_importance(crit)
     if crit == "taylor":
-        taylor_grads(model, xtr, ytr, args.taylor_batches)
+        taylor_grads(model, xtr, ytr, args.taylor_batches, imp=imp)
     elif crit == "hessian":
         hessian_accumulate(model, imp, xtr, ytr, args.hessian_samples)
     elif crit == "activation":

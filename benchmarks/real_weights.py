@@ -17,16 +17,20 @@
    Both local (per-group) ranking; MACs/params of both by ``fxprune.count``. Data-dependent criteria get the same
    data for both libraries: taylor - cross-entropy against the unpruned model's top-1 on the calibration crops
    (fxprune: one backward per crop into ``TaylorImportance.accumulate_grad``; Torch-Pruning, whose criterion
-   reads ``.grad``: gradients summed over batches of 32); hessian - ``--hessian-samples`` single-crop backward passes with
+   reads ``.grad``: the summed loss over batches of ``--grad-batch`` crops, gradients summed -- the same total
+   gradient whatever the batch size); hessian - ``--hessian-samples`` single-crop backward passes with
    ``accumulate_grad``; activation - one forward of the calibration crops inside ``compute_importance``;
-   random - fxprune ``RandomImportance(seed)``, TP after ``torch.manual_seed(seed)``.
+   random - fxprune ``RandomImportance(seed)``, TP after ``torch.manual_seed(seed)``, for each of
+   ``--random-seeds`` seeds (the table reports the mean over seeds, its standard error over seeds).
 4. Measures on the evaluation crops: top-1 agreement with the unpruned model and KL(unpruned || pruned) of the
-   softmax (mean over crops); and the same after ``fxprune.recalibrate_bn`` on the calibration crops (fxprune's
-   pruned models; Torch-Pruning's too with ``--recal-tp`` -- it has no such step of its own).
+   softmax (mean over crops); with ``--recal``, the same after ``fxprune.recalibrate_bn`` on the calibration
+   crops (both libraries' pruned models; Torch-Pruning has no such step of its own). The unpruned model
+   recalibrated the same way is always measured: on these crops it loses most of its agreement, so the
+   recalibrated figures are off by default (see the table's note).
 
 Usage::
 
-    python benchmarks/real_weights.py                        # 9 criteria x 3 budgets x 2 libraries
+    python benchmarks/real_weights.py                        # 9 criteria x 3 budgets x 2 libraries (random x 5 seeds)
     python benchmarks/real_weights.py --criteria l2,taylor --budgets 0.9 --eval-random 2   # quick look
 
 Writes ``--out`` (default ``benchmarks/results/real_weights.json``, rewritten after every row) and next to it
@@ -178,10 +182,11 @@ def feed_importance(crit: str, imp, model, calib: torch.Tensor, labels: torch.Te
             model.zero_grad(set_to_none=True)
             F.cross_entropy(model(calib[i:i + 1]), labels[i:i + 1]).backward()
             imp.accumulate_grad(model)
-    elif crit == "taylor":  # Torch-Pruning reads .grad: the same loss, gradients summed over the batches
+    elif crit == "taylor":  # Torch-Pruning reads .grad: the summed loss, so the batch size changes nothing
         model.zero_grad(set_to_none=True)
-        for i in range(0, len(calib), 32):
-            F.cross_entropy(model(calib[i:i + 32]), labels[i:i + 32]).backward()
+        for i in range(0, len(calib), args.grad_batch):
+            F.cross_entropy(model(calib[i:i + args.grad_batch]), labels[i:i + args.grad_batch],
+                            reduction="sum").backward()
     elif crit == "hessian":
         imp.zero_grad()
         for i in range(min(args.hessian_samples, len(calib))):
@@ -236,17 +241,17 @@ def tp_ratio(base, x1, target: int, iters: int = 9) -> dict:
     return {"ratio": hi, "macs": macs_at(hi), "evaluations": len(cache)}
 
 
-def run_row(lib, crit, budget, base, x1, data, ref, base_macs, tp_r, args) -> dict:
+def run_row(lib, crit, budget, base, x1, data, ref, base_macs, tp_r, args, seed: int) -> dict:
     import fxprune
     calib, labels, evalx, calib_ref = data
-    row = {"library": lib, "criterion": crit, "budget": budget, "loadavg_start": os.getloadavg()}
+    row = {"library": lib, "criterion": crit, "budget": budget, "seed": seed, "loadavg_start": os.getloadavg()}
     model = copy.deepcopy(base).eval()
-    torch.manual_seed(args.seed)
-    imp = make_importance(lib, crit, args.seed)
+    torch.manual_seed(seed)
+    imp = make_importance(lib, crit, seed)
     t0 = time.process_time()
     feed_importance(crit, imp, model, calib, labels, args)
     row["importance_data_cpu_s"] = time.process_time() - t0
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     t0 = time.process_time()
     if lib == "fxprune":
         small, row["verify_max_abs_diff"] = fx_prune(model, x1, imp, budget, not args.no_verify)
@@ -258,7 +263,7 @@ def run_row(lib, crit, budget, base, x1, data, ref, base_macs, tp_r, args) -> di
     macs, params = fxprune.count(small, x1)
     row.update(macs=macs, params=params, macs_kept=macs / base_macs)
     row.update(compare(ref, logits_of(small, evalx), per_crop=True))
-    if (lib == "fxprune" and not args.no_recal) or args.recal_tp:
+    if args.recal:
         fxprune.recalibrate_bn(small, [calib[i:i + 64] for i in range(0, len(calib), 64)])
         rec = compare(ref, logits_of(small, evalx))
         row.update(agreement_recal=rec["agreement"], kl_recal=rec["kl"])
@@ -268,26 +273,62 @@ def run_row(lib, crit, budget, base, x1, data, ref, base_macs, tp_r, args) -> di
 
 # ------------------------------------------------------------------------------------------------ reports
 
+def cell(rows: list[dict], lib: str, crit: str, budget: float) -> dict | None:
+    """The measurement of one (library, criterion, budget); several seeds (random) become one: the means over
+    seeds with their standard errors over seeds (``n_seeds`` says how many)."""
+    rs = [r for r in rows if r["library"] == lib and r["criterion"] == crit and r["budget"] == budget]
+    if len(rs) <= 1:
+        return rs[0] if rs else None
+    out: dict = {"n_seeds": len(rs), "seeds": [r.get("seed") for r in rs]}
+    for k in ("agreement", "kl", "macs_kept"):
+        v = torch.tensor([r[k] for r in rs], dtype=torch.float64)
+        out[k], out[k + "_se"] = float(v.mean()), float(v.std() / len(v) ** 0.5)
+    return out
+
+
+def difference(fx: dict, tp: dict, key: str) -> tuple[float, float] | None:
+    """fxprune - TP of ``key`` ('agree'/'kl'): per-crop paired for single runs; over seeds, the difference of the
+    means with the two standard errors combined (the seeds of two libraries are not pairs)."""
+    if "n_seeds" not in fx and "n_seeds" not in tp:
+        return paired(fx, tp, key)
+    k = "agreement" if key == "agree" else "kl"
+    return fx[k] - tp[k], (fx.get(k + "_se", 0.0) ** 2 + tp.get(k + "_se", 0.0) ** 2) ** 0.5
+
+
 def markdown(doc: dict) -> str:
     c = doc["config"]
     rows = [r for r in doc["rows"] if "error" not in r]
+    recal = any("agreement_recal" in r for r in rows)
+    base_rec = doc["base"].get("recalibrated", {})
+    n_seeds = max((x["n_seeds"] for b in c["budgets"] for lib in ("fxprune", "torch-pruning")
+                   for x in [cell(rows, lib, "random", b)] if x and "n_seeds" in x), default=1)
     lines = [f"EfficientNet-Lite0 (ImageNet weights), {doc['data']['n_eval']} evaluation crops of "
              f"{doc['data']['n_photos']} photos, {doc['data']['n_calib']} calibration crops; local ranking; "
-             f"agreement = top-1 agreement with the unpruned model, KL = KL(unpruned || pruned), mean over crops; "
-             f"'+recal' = after fxprune.recalibrate_bn on the calibration crops (the unpruned model recalibrated the "
-             f"same way: agreement {doc['base'].get('recalibrated', {}).get('agreement', float('nan')):.1%}, KL "
-             f"{doc['base'].get('recalibrated', {}).get('kl', float('nan')):.3f}); agreement in %.",
-             f"Standard errors over crops (±); Δ = fxprune − TP, mean of the per-crop paired differences ± its standard "
-             f"error (agreement in points, KL). 'fxprune ≥ TP' compares the means.", "",
-             "| budget | criterion | fxprune MACs kept | TP MACs kept | fxprune agree | TP agree | Δ agree | fxprune KL "
-             "| TP KL | Δ KL | fxprune ≥ TP | fxprune+recal agree / KL | TP+recal agree / KL |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|"]
+             f"agreement = top-1 agreement with the unpruned model (%), KL = KL(unpruned || pruned), mean over "
+             f"crops.",
+             "Standard errors over crops (±); Δ = fxprune − TP, mean of the per-crop paired differences ± its "
+             "standard error (agreement in points, KL). 'fxprune ≥ TP' compares the means." +
+             (f" random: mean over {n_seeds} seeds of each library, ± the standard error over seeds; its Δ is the "
+              f"difference of the means ± the two standard errors combined." if n_seeds > 1 else "")]
+    if recal:
+        lines.append(f"'+recal' = after fxprune.recalibrate_bn on the calibration crops (the unpruned model "
+                     f"recalibrated the same way: agreement {base_rec.get('agreement', float('nan')):.1%}, KL "
+                     f"{base_rec.get('kl', float('nan')):.3f}).")
+    elif base_rec:
+        lines.append(f"No '+recal' columns: fxprune.recalibrate_bn on these {doc['data']['n_calib']} calibration "
+                     f"crops takes the *unpruned* model itself down to {base_rec['agreement']:.1%} agreement "
+                     f"(KL {base_rec['kl']:.3f}): {doc['data']['n_photos']} photos, most of them textures, "
+                     f"micrographs and astronomy, are too few and too far from ImageNet to re-estimate BatchNorm "
+                     f"statistics, so recalibrated figures would measure the calibration set, not the pruning. "
+                     f"recalibrate_bn is measured on Fashion-MNIST (benchmarks/accuracy.py: 1,000 training "
+                     f"images from the model's own distribution).")
+    head = ("| budget | criterion | fxprune MACs kept | TP MACs kept | fxprune agree | TP agree | Δ agree | "
+            "fxprune KL | TP KL | Δ KL | fxprune ≥ TP |")
+    lines += ["", head + (" fxprune+recal agree / KL | TP+recal agree / KL |" if recal else ""),
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|" + ("---:|---:|" if recal else "")]
     for b in c["budgets"]:
         for crit in c["criteria"]:
-            fx = next((r for r in rows if r["library"] == "fxprune" and r["criterion"] == crit
-                       and r["budget"] == b), None)
-            tp = next((r for r in rows if r["library"] == "torch-pruning" and r["criterion"] == crit
-                       and r["budget"] == b), None)
+            fx, tp = cell(rows, "fxprune", crit, b), cell(rows, "torch-pruning", crit, b)
 
             def f(r, k, fmt):
                 return fmt.format(r[k]) if r is not None and k in r else "—"
@@ -302,14 +343,18 @@ def markdown(doc: dict) -> str:
             ok, da, dk = "—", "—", "—"
             if fx is not None and tp is not None:
                 ok = "yes" if fx["agreement"] >= tp["agreement"] and fx["kl"] <= tp["kl"] else "**no**"
-                pa, pk = paired(fx, tp, "agree"), paired(fx, tp, "kl")
+                pa, pk = difference(fx, tp, "agree"), difference(fx, tp, "kl")
                 da = f"{100 * pa[0]:+.1f} ± {100 * pa[1]:.1f}" if pa else "—"
                 dk = f"{pk[0]:+.3f} ± {pk[1]:.3f}" if pk else "—"
-            lines.append(f"| {b:g} | {crit} | {f(fx, 'macs_kept', '{:.1%}')} | {f(tp, 'macs_kept', '{:.1%}')} | "
-                         f"{pm(fx, 'agreement', 100, 1)} | {pm(tp, 'agreement', 100, 1)} | {da} | "
-                         f"{pm(fx, 'kl', 1, 3)} | {pm(tp, 'kl', 1, 3)} | {dk} | {ok} | "
-                         f"{f(fx, 'agreement_recal', '{:.1%}')} / {f(fx, 'kl_recal', '{:.3f}')} | "
+            seeds = max(x.get("n_seeds", 1) for x in (fx, tp) if x is not None)
+            name = f"{crit} (mean of {seeds} seeds)" if seeds > 1 else crit
+            line = (f"| {b:g} | {name} | {f(fx, 'macs_kept', '{:.1%}')} | {f(tp, 'macs_kept', '{:.1%}')} | "
+                    f"{pm(fx, 'agreement', 100, 1)} | {pm(tp, 'agreement', 100, 1)} | {da} | "
+                    f"{pm(fx, 'kl', 1, 3)} | {pm(tp, 'kl', 1, 3)} | {dk} | {ok} |")
+            if recal:
+                line += (f" {f(fx, 'agreement_recal', '{:.1%}')} / {f(fx, 'kl_recal', '{:.3f}')} | "
                          f"{f(tp, 'agreement_recal', '{:.1%}')} / {f(tp, 'kl_recal', '{:.3f}')} |")
+            lines.append(line)
     errs = [r for r in doc["rows"] if "error" in r]
     for r in errs:
         lines.append(f"\nerror: {r['library']} {r['criterion']} {r['budget']}: {r['error'].splitlines()[0][:200]}")
@@ -328,7 +373,8 @@ def plot(doc: dict, path: str) -> None:
                            (axes[1], "kl", "KL(unpruned || pruned)")):
         for i, crit in enumerate(crits):
             for lib, style in (("fxprune", "-o"), ("torch-pruning", "--s")):
-                pts = sorted((r["macs_kept"], r[key]) for r in rows if r["library"] == lib and r["criterion"] == crit)
+                cells = [cell(rows, lib, crit, b) for b in doc["config"]["budgets"]]
+                pts = sorted((x["macs_kept"], x[key]) for x in cells if x is not None)
                 if pts:
                     xs, ys = zip(*pts)
                     ys = [100 * y for y in ys] if key == "agreement" else ys
@@ -373,8 +419,10 @@ def main(argv=None) -> int:
     ap.add_argument("--flips", action="store_true", help="add the mirror image of every evaluation crop")
     ap.add_argument("--calib-random", type=int, default=4, help="random calibration crops per photo")
     ap.add_argument("--hessian-samples", type=int, default=32)
-    ap.add_argument("--recal-tp", action="store_true", help="also recalibrate Torch-Pruning's pruned models")
-    ap.add_argument("--no-recal", action="store_true", help="skip the recalibrated measurement")
+    ap.add_argument("--grad-batch", type=int, default=8, help="crops per backward of Torch-Pruning's taylor")
+    ap.add_argument("--random-seeds", type=int, default=5, help="seeds of the random criterion (--seed onwards)")
+    ap.add_argument("--recal", action="store_true",
+                    help="also measure both libraries' pruned models after fxprune.recalibrate_bn")
     ap.add_argument("--no-verify", action="store_true", help="skip fxprune.verify of each pruned model")
     ap.add_argument("--merge", nargs="+", metavar="JSON",
                     help="combine the rows of several runs (e.g. one per budget) into --out, then exit")
@@ -398,8 +446,8 @@ def main(argv=None) -> int:
             doc["config"]["budgets"] += [b for b in d["config"]["budgets"] if b not in doc["config"]["budgets"]]
         doc["config"]["budgets"].sort(reverse=True)
         seen, rows = set(), []
-        for r in doc["rows"]:  # a (library, criterion, budget) measured by two runs: keep the first
-            key = (r["library"], r["criterion"], r["budget"])
+        for r in doc["rows"]:  # a (library, criterion, budget, seed) measured by two runs: keep the first
+            key = (r["library"], r["criterion"], r["budget"], r.get("seed", 0))
             if key not in seen:
                 seen.add(key)
                 rows.append(r)
@@ -464,15 +512,16 @@ def main(argv=None) -> int:
             doc["tp_ratios"][str(b)] = tp_r
             log(f"[tp] budget {b}: ratio {tp_r['ratio']:.4f} -> MACs kept {tp_r['macs'] / base_macs:.3%}")
         for crit in criteria:
-            for lib in libs:
+            seeds = range(args.seed, args.seed + (args.random_seeds if crit == "random" else 1))
+            for lib, seed in ((lib, seed) for lib in libs for seed in seeds):
                 try:
                     row = run_row(lib, crit, b, base, x1, (calib, labels, evalx, calib_ref), ref, base_macs,
-                                  tp_r, args)
-                    log(f"[{lib}/{crit}/{b}] MACs kept {row['macs_kept']:.3%} agree {row['agreement']:.3f} "
-                        f"KL {row['kl']:.3f} | recal {row.get('agreement_recal', float('nan')):.3f} / "
-                        f"{row.get('kl_recal', float('nan')):.3f}")
+                                  tp_r, args, seed)
+                    log(f"[{lib}/{crit}/{b}/seed {seed}] MACs kept {row['macs_kept']:.3%} agree "
+                        f"{row['agreement']:.3f} KL {row['kl']:.3f} | recal "
+                        f"{row.get('agreement_recal', float('nan')):.3f} / {row.get('kl_recal', float('nan')):.3f}")
                 except Exception as e:
-                    row = {"library": lib, "criterion": crit, "budget": b,
+                    row = {"library": lib, "criterion": crit, "budget": b, "seed": seed,
                            "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
                     log(f"[{lib}/{crit}/{b}] ERROR {type(e).__name__}: {e}")
                 doc["rows"].append(row)

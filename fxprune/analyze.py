@@ -478,11 +478,12 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     (``torch.export`` non-strict: Python branches, ``**kwargs``, Hugging Face models; pass keyword inputs
     as :class:`fxprune.Inputs`), ``"parts"`` (the maximal traceable submodules, see
     :mod:`fxprune.frontend.partial`: a :class:`~fxprune.frontend.partial.PartialGraph` with the same
-    interface, and one :class:`~fxprune.errors.FallbackWarning`), or ``"auto"``: fx, then export, then parts.
+    interface, and one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one real forward recorded at
+    the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then export, then parts.
     ``graph.frontend`` says which one ran.
     """
-    if frontend not in ("auto", "fx", "export", "parts"):
-        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', got {frontend!r}")
+    if frontend not in ("auto", "fx", "export", "parts", "autograd"):
+        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', 'autograd', got {frontend!r}")
     key = cache.fingerprint(model, example_inputs, strict, frontend)
     # the parts frontend records one real forward, whose branches may depend on the input values: its
     # analysis is reused only for the same input tensors (prune and verify after analyze)
@@ -491,7 +492,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     if hit is not None:
         return hit
     cause: Optional[TraceError] = None
-    if frontend != "parts":
+    if frontend not in ("parts", "autograd"):
         try:
             gm = trace(model, example_inputs, frontend=frontend)
         except TraceError as e:
@@ -508,8 +509,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
             return graph
     from .frontend.partial import analyze_partial
     part = analyze_partial(model, example_inputs, strict=strict,
-                           cause=cause or TraceError("frontend='parts' was asked for"))
-    part.frontend = "parts"
+                           cause=cause or TraceError("frontend='parts' was asked for"), frontend=frontend)
+    part.frontend = "autograd" if frontend == "autograd" else "parts"
     _warn_if_nothing_prunable(part, model)
     cache.store(model, parts_key, part)
     return part

@@ -216,21 +216,39 @@ def _export_onnx(small: torch.nn.Module, inputs: tuple[Any, ...], path: str) -> 
     return max(float((torch.as_tensor(g) - w.cpu()).abs().max()) for g, w in zip(got, want_list))
 
 
-def _prepare_importance(name: str, model: torch.nn.Module, inputs: tuple[Any, ...]) -> Any:
-    """Build the criterion; gradient- and activation-based ones get one pass over the example inputs
-    (the CLI has no labels: the loss is the mean square of the outputs)."""
+def _samples(inputs: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """``inputs`` split into one-sample input tuples along the batch dim that all its tensors share (the whole
+    tuple when they share none)."""
+    sizes = {x.shape[0] for x in inputs if isinstance(x, torch.Tensor) and x.ndim > 0}
+    if len(sizes) != 1 or next(iter(sizes)) < 2:
+        return [inputs]
+    return [tuple(x[i:i + 1] if isinstance(x, torch.Tensor) and x.ndim > 0 else x for x in inputs)
+            for i in range(next(iter(sizes)))]
+
+
+def _prepare_importance(name: str, model: torch.nn.Module, inputs: tuple[Any, ...],
+                        calib: list[torch.Tensor] | None = None) -> Any:
+    """Build the criterion and give a data-dependent one its data: the ``--calibrate-images`` batches when
+    given, else the example inputs. Taylor and Hessian get one backward per sample, each added with
+    ``accumulate_grad`` (one summed ``.grad`` lets samples of opposite signs cancel); the CLI has no labels,
+    so the loss is the mean square of the outputs."""
     imp = fxprune.importance.get_importance(name)
+    batches = [(b,) for b in calib] if calib else [inputs]
     if isinstance(imp, fxprune.importance.ActivationImportance):
         with imp.compute_importance(model), torch.no_grad():
-            model(*inputs)
+            for batch in batches:
+                model(*batch)
     elif isinstance(imp, (fxprune.importance.TaylorImportance, fxprune.importance.HessianImportance)):
-        model.zero_grad()
-        out = model(*inputs)
-        outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
-        sum(o.float().pow(2).mean() for o in outs).backward()
-        if isinstance(imp, fxprune.importance.HessianImportance):
-            imp.zero_grad()
+        imp.zero_grad()
+        for sample in (s for batch in batches for s in _samples(batch)):
+            model.zero_grad(set_to_none=True)
+            out = model(*sample)
+            outs = [out] if isinstance(out, torch.Tensor) else [o for o in out if isinstance(o, torch.Tensor)]
+            # retain_graph: some models (timm's LeViT, EfficientFormer) cache a tensor computed from
+            # parameters in eval mode, so every sample's backward also goes through the first sample's graph
+            sum(o.float().pow(2).mean() for o in outs).backward(retain_graph=True)
             imp.accumulate_grad(model)
+        model.zero_grad(set_to_none=True)  # the scores live in the criterion now
     return imp
 
 
@@ -246,7 +264,8 @@ def _select(args: argparse.Namespace, model: torch.nn.Module, inputs: tuple[Any,
             small = fxprune.prune(model, args.plan, inputs)
         return small, args.plan, graph
     with _step(bar, "plan"):
-        imp = _prepare_importance(args.importance, model, inputs)
+        calib = image_batches(args.calibrate_images, inputs[0].shape[-1]) if args.calibrate_images else None
+        imp = _prepare_importance(args.importance, model, inputs, calib)
         pruner = fxprune.Pruner(model, inputs, importance=imp, pruning_ratio=args.ratio,
                                 global_pruning=args.global_pruning, round_to=args.round_to,
                                 iterative_steps=args.iterative, target_macs=args.target_macs,
@@ -456,10 +475,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--plan-out", metavar="PATH", help="write the PrunePlan as JSON")
     pr.add_argument("--plan-in", metavar="PATH", help="replay a PrunePlan JSON instead of selecting channels")
     pr.add_argument("--calibrate-images", metavar="DIR",
-                    help="after verify, re-estimate BatchNorm statistics of the pruned model on the images in DIR")
+                    help="after verify, re-estimate BatchNorm statistics of the pruned model on the images in DIR "
+                         "(taylor/hessian/activation also score channels on them)")
     pr.add_argument("--importance", default=None,
                     help="importance criterion: l1, l2, bn, lamp, fpgm, taylor, hessian, activation, random "
-                         "(default l2; taylor/hessian/activation use one pass over the example input)")
+                         "(default l2; taylor/hessian/activation see the --calibrate-images images when given, "
+                         "else the example input; taylor/hessian one backward per sample)")
     pr.add_argument("--global", dest="global_pruning", action="store_true",
                     help="rank all groups together instead of the same ratio per group")
     pr.add_argument("--round-to", type=int, default=None, help="keep a multiple of N classes in every group")

@@ -470,6 +470,14 @@ def _rows(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.detach().movedim(dim, 0).reshape(t.shape[dim], -1).float()
 
 
+def _check_stale(who: str, name: str, seen: tuple, now: tuple, what: str = "") -> None:
+    """Statistics recorded on a model whose ``name`` has since been pruned must not be read as if they fitted."""
+    if seen != now:
+        raise PlanError(f"{who}: the data recorded for {what}parameter {name!r} has shape {list(seen)} but the "
+                        f"model scored now has {list(now)}: it was pruned after the data was collected (an "
+                        f"earlier step, or a head step); collect the data again on the current model")
+
+
 def _grad(name: str, t: torch.Tensor, who: str) -> torch.Tensor:
     if t.grad is None:
         raise PlanError(f"{who} needs gradients: parameter {name!r} has no .grad (run loss.backward() first)")
@@ -675,7 +683,9 @@ class TaylorImportance(LayerImportance):
             if (name, dim) not in self._sq:
                 raise PlanError(f"TaylorImportance has accumulated samples but none for parameter {name!r}: it "
                                 f"had no .grad when accumulate_grad(model) ran")
-            return self._sq[(name, dim)] / self._count[name]
+            sq = self._sq[(name, dim)]
+            _check_stale(type(self).__name__, name, tuple(sq.shape), (tensor.shape[dim],), f"dim {dim} of ")
+            return sq / self._count[name]
         prod = _rows(tensor, dim) * _rows(_grad(name, tensor, type(self).__name__), dim)
         return prod.sum(1).abs() if self.multivariable else prod.abs().sum(1)
 
@@ -727,6 +737,7 @@ class HessianImportance(LayerImportance):
         if name not in self._sq:
             raise PlanError(f"HessianImportance has no accumulated gradient for parameter {name!r}: call "
                             f"accumulate_grad(model) after each per-sample backward")
+        _check_stale(type(self).__name__, name, tuple(self._sq[name].shape), tuple(tensor.shape))
         h = self._sq[name] / self._count[name]
         return (_rows(tensor, dim).pow(2) * _rows(h, dim)).sum(1)
 
@@ -807,6 +818,10 @@ class ActivationImportance(LayerImportance):
                        "channels are scored by L2 magnitude instead", prefix, level=logging.WARNING)
             return None
         mean = self._sum[prefix] / self._n[prefix]
+        seen = getattr(module, "in_features" if role is not None and issubclass(role.kind, nn.Linear) else
+                       "in_channels", None)
+        if mean.numel() % tensor.shape[dim] or (isinstance(seen, int) and seen != mean.numel()):
+            _check_stale(type(self).__name__, name, (mean.numel(),), (seen or tensor.shape[dim],), "the input of ")
         if mean.numel() != tensor.shape[dim]:  # grouped conv: input channel c uses weight column c % (C / g)
             mean = mean.reshape(-1, tensor.shape[dim]).sum(0)
         return mean

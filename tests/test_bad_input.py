@@ -185,12 +185,12 @@ def test_untraceable_model():
     with pytest.warns(FallbackWarning, match="DataDependent") as rec:
         graph = fxprune.analyze(model, X)
     assert len([w for w in rec if issubclass(w.category, FallbackWarning)]) == 1
-    # conv1/conv2/fc traced alone: every dim is a part interface, so nothing is prunable
-    assert all(g.pinned for g in graph.groups)
+    # the root's forward (a branch on x.sum()) is recorded below Python: conv1 is prunable, the output is not
+    assert graph.recorded == [""] and graph.group_of("conv1.weight", 0).pinned is None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FallbackWarning)
-        _raises(fxprune.PlanError, lambda: fxprune.prune(model, fxprune.PrunePlan({"conv1.weight:0": [0]}), X),
-                "conv1.weight", "DataDependent", model=model)
+        _raises(fxprune.PlanError, lambda: fxprune.prune(model, fxprune.PrunePlan({"fc.weight:0": [0]}), X),
+                "fc.weight", "model output", model=model)
 
 
 class SplitOut(nn.Module):

@@ -165,6 +165,23 @@ def test_value_branch_between_blocks_falls_back_to_parts():
         torch.testing.assert_close(small(x), _zero_rows(model, plan)(x), atol=1e-5, rtol=1e-5)
 
 
+def test_autograd_frontend_records_the_whole_value_gate():
+    """The same model recorded below Python in one forward: the branch taken is in the graph, the groups are
+    those of the parts frontend, and the user's class is pruned (module target)."""
+    torch.manual_seed(0)
+    model, x = ValueGate().eval(), torch.randn(2, 8)
+    graph = fxprune.analyze(model, x, frontend="autograd")
+    assert graph.frontend == "autograd" and graph.recorded == [""]
+    assert {g.key for g in graph.groups if not g.pinned} == {"a.up.weight:0", "b.up.weight:0"}
+    assert graph.group_of("a.down.weight", 0).pinned == "model input"  # the residual stream is the input's
+    plan = fxprune.PrunePlan({"a.up.weight:0": [0, 1, 2, 3], "b.up.weight:0": [15]})
+    small = fxprune.prune(model, plan, x, frontend="autograd")
+    assert type(small) is ValueGate and (small.a.up.out_features, small.a.down.in_features) == (12, 12)
+    assert (small.b.up.out_features, small.b.down.in_features) == (15, 15)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), _zero_rows(model, plan)(x), atol=1e-5, rtol=1e-5)
+
+
 # -- Hugging Face ------------------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra; not installed")
 

@@ -650,3 +650,26 @@ def test_std_conv_weight_standardisation_role():
     gm = fxprune.trace(nn.Sequential(conv), torch.randn(1, 3, 6, 6))
     role = imp.layer_roles(gm)["0.weight"]
     assert issubclass(role.kind, nn.modules.conv._ConvNd) and role.attr == "weight"
+
+
+@pytest.mark.parametrize("name", ["taylor", "hessian", "activation"])
+def test_data_collected_before_pruning_is_refused_by_name(chain, name):
+    """Gradients / activations recorded on the unpruned model do not fit the pruned one (the second of iterative
+    steps, or the width step after a head step): scoring it raises a PlanError naming the parameter, instead of
+    a shape error or scores silently summed over the wrong channels."""
+    m, graph = chain
+    crit = imp.get_importance(name)
+    x = torch.randn(2, 3, 4, 4)
+    if name == "activation":
+        with torch.no_grad(), crit.compute_importance(m):
+            m(x)
+    else:
+        m.zero_grad()
+        m(x).pow(2).sum().backward()
+        crit.accumulate_grad(m)
+    assert crit(graph.group_of("conv2.weight", 0), m).shape == (6,)
+    small = fxprune.prune(m, {"conv1.weight:0": [0, 1, 2, 3]}, x)  # conv2 now reads 4 of its 8 channels
+    assert small.get_parameter("conv2.weight").shape[1] == 4
+    g = fxprune.analyze(small, x).group_of("conv1.weight", 0)
+    with pytest.raises(PlanError, match=r"conv[12]\.weight.*pruned after the data was collected"):
+        crit(g, small)

@@ -53,7 +53,9 @@ def prepared(name: str, model: torch.nn.Module, inputs: tuple) -> imp.Importance
         loss = _loss(model(*inputs))
         if loss is None:
             pytest.skip(f"{name}: the model's outputs carry no gradient in eval mode")
-        loss.backward()
+        # retain_graph: LeViT/EfficientFormer cache a tensor computed from parameters in eval mode, so a
+        # second criterion's backward goes through the first forward's graph again
+        loss.backward(retain_graph=True)
         if name == "hessian":
             crit.accumulate_grad(model)
     elif name == "activation":

@@ -3,6 +3,8 @@
 ``fx`` is ``symbolic_trace`` (torch-level graph, constants rewritable in place); ``export`` is
 ``torch.export`` non-strict, raised to torch-level ops (models with Python branches, ``**kwargs``, Hugging
 Face). ``auto`` tries them in that order and records which one ran in ``gm.meta["fxprune_frontend"]``.
+``autograd`` records one real forward at the ATen level (:mod:`fxprune.frontend.autograd`), for code
+neither tracer takes (a forward branching on tensor values).
 """
 from __future__ import annotations
 
@@ -22,14 +24,14 @@ __all__ = ["trace", "propagate_shapes", "normalize_inputs", "Inputs", "graph_arg
 
 log = logging.getLogger(__name__)
 
-FRONTENDS = ("auto", "fx", "export", "parts")
+FRONTENDS = ("auto", "fx", "export", "parts", "autograd")
 
 
 def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -> torch.fx.GraphModule:
     """Trace ``model`` into a GraphModule with shapes in ``node.meta["val"]``.
 
-    ``frontend``: ``"fx"`` (symbolic_trace), ``"export"`` (torch.export, non-strict) or ``"auto"`` (fx,
-    then export). A GraphModule is used as it is. ``"parts"`` is a mode of :func:`fxprune.analyze` only
+    ``frontend``: ``"fx"`` (symbolic_trace), ``"export"`` (torch.export, non-strict), ``"autograd"`` (one
+    real forward recorded at the ATen level, :mod:`fxprune.frontend.autograd`) or ``"auto"`` (fx, then export). A GraphModule is used as it is. ``"parts"`` is a mode of :func:`fxprune.analyze` only
     (its result is not one GraphModule).
 
     Example:
@@ -39,7 +41,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
         (torch.Size([1, 1000]), 'fx')
     """
     if frontend not in FRONTENDS or frontend == "parts":
-        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export' for trace, got {frontend!r}")
+        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'autograd' for trace, got {frontend!r}")
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.fx.GraphModule):
@@ -47,6 +49,9 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
         if "fxprune_inputs" in model.meta:
             return model  # an exported graph already carries its shapes
         return _fx.trace(model, example_inputs)
+    if frontend == "autograd":
+        from .autograd import autograd_trace
+        return autograd_trace(model, example_inputs)
     _, kwargs = split_inputs(example_inputs)
     if frontend == "fx" or (frontend == "auto" and not kwargs):
         try:

@@ -26,7 +26,7 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
-__all__ = ["RAISE", "raise_graph"]
+__all__ = ["RAISE", "FIRST_OF_TUPLE", "raise_graph"]
 
 aten = torch.ops.aten
 
@@ -261,6 +261,98 @@ _reg(_select, *_ov("select", "int"))
 _reg(_to, *_ov("to", "dtype", "dtype_layout", "device"), *_ov("_to_copy", "default"))
 
 
+# -- what a dispatch-level recording adds (the autograd frontend): ops after autograd's decompositions ----
+
+
+def _convolution(node: torch.fx.Node) -> Converted:
+    # aten: (input, weight, bias, stride, padding, dilation, transposed, output_padding, groups)
+    x, w, b, stride, padding, dilation, transposed, out_pad, groups = node.args[:9]
+    rank = len(stride)
+    if rank not in (1, 2, 3):
+        return None
+    if transposed:
+        fn = (torch.conv_transpose1d, torch.conv_transpose2d, torch.conv_transpose3d)[rank - 1]
+        return "call_function", fn, (x, w, b, stride, padding, out_pad, groups, dilation), {}
+    fn = (torch.conv1d, torch.conv2d, torch.conv3d)[rank - 1]
+    return "call_function", fn, (x, w, b, stride, padding, dilation, groups), {}
+
+
+def _native_batch_norm(node: torch.fx.Node) -> Converted:
+    # aten: (input, weight, bias, running_mean, running_var, training, momentum, eps) -> (out, mean, invstd)
+    x, w, b, rm, rv, training, momentum, eps = node.args[:8]
+    return "call_function", F.batch_norm, (x, rm, rv, w, b, bool(training), momentum, eps), {}
+
+
+def _batch_norm_no_training(node: torch.fx.Node) -> Converted:
+    # aten: (input, weight, bias, running_mean, running_var, momentum, eps) -> (out, mean, invstd)
+    x, w, b, rm, rv, momentum, eps = node.args[:7]
+    return "call_function", F.batch_norm, (x, rm, rv, w, b, False, momentum, eps), {}
+
+
+def _native_layer_norm(node: torch.fx.Node) -> Converted:
+    x, shape, w, b, eps = node.args[:5]  # -> (out, mean, rstd)
+    return "call_function", F.layer_norm, (x, shape, w, b, eps), {}
+
+
+def _native_group_norm(node: torch.fx.Node) -> Converted:
+    x, w, b, _n, _c, _hw, groups, eps = node.args[:8]  # N, C, HxW are the input's sizes: F reads them itself
+    return "call_function", F.group_norm, (x, groups, w, b, eps), {}
+
+
+def _max_pool_with_indices(fn: Callable) -> Callable[[torch.fx.Node], Converted]:
+    def conv(node: torch.fx.Node) -> Converted:
+        return "call_function", fn, tuple(node.args), {}  # same arguments; the indices are not read
+    conv.__name__ = f"values_of_{fn.__name__}"
+    return conv
+
+
+def _softmax(fn: Callable) -> Callable[[torch.fx.Node], Converted]:
+    def conv(node: torch.fx.Node) -> Converted:
+        return "call_function", fn, tuple(node.args[:2]), {}  # drops half_to_float
+    conv.__name__ = f"{fn.__name__}_of_aten"
+    return conv
+
+
+# Converters of ops that return a tuple whose first element is the result (the rest are saved statistics
+# or pooling indices): raised only when nothing but ``getitem(node, 0)`` reads the node.
+FIRST_OF_TUPLE: Dict[Any, Callable[[torch.fx.Node], Converted]] = {}
+for _fn, _ovs in {_native_batch_norm: _ov("native_batch_norm", "default")
+                  + _ov("_native_batch_norm_legit", "default"),
+                  _batch_norm_no_training: _ov("_native_batch_norm_legit_no_training", "default"),
+                  _native_layer_norm: _ov("native_layer_norm", "default"),
+                  _native_group_norm: _ov("native_group_norm", "default"),
+                  _max_pool_with_indices(F.max_pool2d): _ov("max_pool2d_with_indices", "default"),
+                  _max_pool_with_indices(F.max_pool3d): _ov("max_pool3d_with_indices", "default")}.items():
+    for _o in _ovs:
+        FIRST_OF_TUPLE[_o] = _fn
+_reg(_convolution, *_ov("convolution", "default"))
+_reg(_method("view"), *_ov("_unsafe_view", "default"))
+_reg(_softmax(torch.softmax), *_ov("_softmax", "default"))
+_reg(_softmax(torch.log_softmax), *_ov("_log_softmax", "default"))
+_reg(_same(F.adaptive_avg_pool2d), *_ov("_adaptive_avg_pool2d", "default"))
+_reg(_same(F.adaptive_avg_pool3d), *_ov("_adaptive_avg_pool3d", "default"))
+DROP_NOOPS = DROP_NOOPS + _ov("lift_fresh", "default")
+
+
+def _raise_first_of_tuple(graph: torch.fx.Graph, node: torch.fx.Node) -> bool:
+    """Replace ``node`` (a tuple-returning op read only through ``getitem(node, 0)``) by its torch-level
+    form."""
+    users = list(node.users)
+    if not all(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in users):
+        return False
+    op, target, args, kwargs = FIRST_OF_TUPLE[node.target](node)  # type: ignore[misc]
+    with graph.inserting_before(node):
+        repl = graph.create_node(op, target, args, kwargs, name=node.name + "_t")
+    repl.meta = dict(node.meta)
+    val = node.meta.get("val")
+    repl.meta["val"] = val[0] if isinstance(val, (tuple, list)) else val
+    for u in users:
+        u.replace_all_uses_with(repl)
+        graph.erase_node(u)
+    graph.erase_node(node)
+    return True
+
+
 def raise_graph(gm: torch.fx.GraphModule) -> int:
     """Rewrite ``gm``'s aten nodes to their torch-level forms in place; return how many changed.
 
@@ -278,6 +370,9 @@ def raise_graph(gm: torch.fx.GraphModule) -> int:
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
             changed += 1
+            continue
+        if node.target in FIRST_OF_TUPLE:
+            changed += _raise_first_of_tuple(graph, node)
             continue
         conv = RAISE.get(node.target)
         if conv is None and isinstance(node.target, torch._ops.OpOverload):

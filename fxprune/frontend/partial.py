@@ -1,12 +1,15 @@
 """The partial-tracing frontend: when ``symbolic_trace`` fails on a model, trace what can be traced.
 
-This fills the design's fallback slot (``frontend/autograd``) with per-submodule tracing instead of a
-``grad_fn`` walk. One real forward (eval mode, ``no_grad``) records the arguments and outputs of every
+One real forward (eval mode, ``no_grad``) records the arguments and outputs of every
 submodule call. Starting from the root, a module whose ``forward`` symbolic-traces with its first call's
 arguments (``*args``/``**kwargs`` as they were passed; a lone ``torch.nn`` layer as one ``call_module``)
 and whose graph propagates shapes becomes one *part*; otherwise its children are tried (also those of a
 container that is never called itself, such as a ``ModuleList`` looped over). Only maximal traceable
 subtrees become parts; parameterless modules (activations, reshapes) become parts too when they trace.
+A module that does not trace, with no untraced module inside and only lone layers traced in it (torchvision's
+``FastRCNNPredictor`` asserts on ``list(x.shape[2:])``), is *recorded* instead: one real forward below Python
+(:mod:`fxprune.frontend.autograd`) is its part, with the dims that a size literal of the recording fixes
+pinned; ``PartialGraph.recorded`` lists these regions. Its own forward stays and prunes as the module target.
 
 An input or output dim of a part is pinned, so the Python code around the parts, which fxprune cannot
 rewrite, sees tensors of the original shapes, unless that code only hands the tensor on from one part to
@@ -401,17 +404,20 @@ class Part:
     rel: str = ""  # a lone torch.nn layer is traced as the child ``rel`` of a holder: names start with it
     dim_offset: int = 0
     index_offset: int = 0
+    recorded: bool = False  # recorded by the autograd frontend (a graph of one forward, not of the code)
 
     @property
     def prefix(self) -> str:
         """What turns a name in the part's graph into the full model name."""
+        if not self.path:
+            return ""
         return self.path[:len(self.path) - len(self.rel) + 1] if self.rel else self.path + "."
 
     @property
     def scope(self) -> str:
         """What makes a node name of the part's graph unique in the model (two lone layers of one parent
         share a prefix, not a scope)."""
-        return self.path + "."
+        return self.path + "." if self.path else ""
 
 
 class _Holder(torch.nn.Module):
@@ -473,6 +479,37 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
                 _boundary_pins(gm, ctx, module, rec, rel), rel)
 
 
+def _record_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool) -> Part:
+    """A region no tracer takes, recorded below Python (:mod:`fxprune.frontend.autograd`) from its one call:
+    its interface is pinned like a traced part's, and every dim whose pruning would change a size literal of
+    the recording is pinned for good."""
+    from ..analyze import ChannelGraph
+    from ..lower import lower_graph
+    from .autograd import literal_pins, record
+    from .stitch import BOUNDARY_REASONS
+
+    if len(call.every) != 1:
+        raise TraceError(f"it is called {len(call.every)} times; one recorded forward stands for one call only")
+    values, params = _bind(module, call)
+    gm = record(module, call.args, call.kwargs, path or f"the root {type(module).__name__}")
+    ctx, sol = lower_graph(gm, strict=strict)
+    leaves = gm.graph._codegen.leaves
+    pins = _boundary_pins(gm, ctx, module, rec) + literal_pins(gm, ctx, BOUNDARY_REASONS)
+    return Part(path, module, ChannelGraph(gm, ctx, sol), values, call.out_spec, list(leaves), pins, "",
+                recorded=True)
+
+
+def _recordable(path: str, untraced: list[tuple[str, str]], parts: list[Part]) -> bool:
+    """An untraced module with no untraced module inside, whose traced parts are all lone ``torch.nn``
+    layers or hold no state (``FastRCNNPredictor``: two Linear): recording it whole loses no code that a
+    traced part could rewrite."""
+    inner = path + "." if path else ""
+    if any(p != path and p.startswith(inner) for p, _ in untraced):
+        return False
+    return all(p.rel or not (p.module._parameters or p.module._buffers or p.module._modules)
+               for p in parts if p.path.startswith(inner))
+
+
 def _boundary_pins(gm, ctx, module: torch.nn.Module, rec: _Recording, rel: str = "") -> list[tuple[int, str]]:
     """Pins of every dim of the part's interface (inputs, outputs, also tuples returned whole: the lowering
     pins most of them already, this makes it hold by construction; stitching may drop them) and of the
@@ -519,18 +556,27 @@ def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, .
 
 
 def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-                    cause: BaseException | None = None) -> PartialGraph:
+                    cause: BaseException | None = None, frontend: str = "parts") -> PartialGraph:
     """Analyse the maximal traceable submodules of ``model`` (see the module docstring).
 
     The work is bounded by construction, not by a clock: one forward pass, then every submodule is traced
     at most once (a module and its descendants are tried top-down, and a traced module's descendants never
     are), so the result never depends on how fast or loaded the machine is.
 
+    An untraced module that :func:`_recordable` accepts is recorded by the autograd frontend instead
+    (its traced layers are dropped for the recording: ``graph.recorded`` lists them). ``frontend="autograd"``
+    records the whole model as one such part.
+
     Warns once (:class:`~fxprune.errors.FallbackWarning`) naming the modules whose Python ``forward``
     stays as it is. ``strict=True`` raises on ops without a rule, as :func:`fxprune.analyze` does.
     """
     args = normalize_inputs(example_inputs)
     rec = _record(model, args)
+    if frontend == "autograd":
+        call = rec.calls.get(id(model))
+        if call is None:
+            raise TraceError(f"{type(model).__name__} was not called by its own forward hooks")
+        return PartialGraph(model, [_record_part("", model, call, rec, strict)], [], strict, rec)
     parts: list[Part] = []
     untraced: list[tuple[str, str]] = []
     seen: set[int] = set()
@@ -577,9 +623,37 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
             visit(f"{path}.{name}" if path else name, c)
 
     visit("", model)
+    recorded: list[str] = []
+    for path, why in list(untraced):
+        m = model.get_submodule(path)
+        call = rec.calls.get(id(m))
+        if call is None or call.varies or not _recordable(path, untraced, parts):
+            continue
+        inner = path + "." if path else ""
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                part = _record_part(path, m, call, rec, strict)
+            lower_warnings.extend(f"{path or '<root>'}: {w.message}" for w in caught
+                                  if str(w.message).startswith("fxprune"))
+        except FxpruneError as e:
+            if strict and not isinstance(e, (TraceError, ShapeInfoError)):
+                raise
+            untraced[untraced.index((path, why))] = (path, f"{why}; not recorded either: {_reason(e)}")
+            continue
+        parts[:] = [p for p in parts if not (p.path == path or p.path.startswith(inner))] + [part]
+        untraced.remove((path, why))
+        recorded.append(path)
+    if recorded:  # parts in module order: their parameters keep that order
+        order = _module_order(model)
+        parts.sort(key=lambda p: order.get(p.path, 0))
     graph = PartialGraph(model, parts, untraced, strict, rec)
     _warn(model, graph, lower_warnings)
     return graph
+
+
+def _module_order(model: torch.nn.Module) -> dict[str, int]:
+    return {p: i for i, (p, _) in enumerate(model.named_modules(remove_duplicate=False))}
 
 
 def _reason(e: BaseException) -> str:
@@ -593,13 +667,18 @@ def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]
         return p or f"<root {type(model).__name__}>"
     shown = "; ".join(f"{name(p)} ({why})" for p, why in graph.untraced[:8])
     more = f"; and {len(graph.untraced) - 8} more" if len(graph.untraced) > 8 else ""
-    lines = [(
-        f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its submodules. "
-        f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes in "
-        "view/reshape, split sizes, channel counts) cannot be rewritten, so every input and output of a "
-        "traced submodule keeps its size, unless the code between two traced submodules only hands the tensor "
-        f"on ({graph.stitched} such interfaces stitched). "
-        f"Traced: {', '.join(p.path for p in graph.parts if p.module._parameters or p.module._modules) or 'nothing'}.")]
+    text = (f"fxprune: symbolic_trace failed on {type(model).__name__}; falling back to tracing its "
+            "submodules. ")
+    if graph.untraced:
+        text += (f"Not traced: {shown}{more}. Constants in the Python forward code of these modules (sizes "
+                 "in view/reshape, split sizes, channel counts) cannot be rewritten, so every input and "
+                 "output of a traced submodule keeps its size, unless the code between two traced submodules "
+                 f"only hands the tensor on ({graph.stitched} such interfaces stitched). ")
+    if graph.recorded:
+        text += ("Recorded below Python from one forward (the branches its values took; sizes that are "
+                 f"literals there stay): {', '.join(name(p) for p in graph.recorded)}. ")
+    traced = [p.path for p in graph.parts if not p.recorded and (p.module._parameters or p.module._modules)]
+    lines = [text + f"Traced: {', '.join(traced) or 'nothing'}."]
     if lower_warnings:
         lines.append("Within the traced submodules: " + " | ".join(lower_warnings[:4]))
     warnings.warn(" ".join(lines), FallbackWarning, stacklevel=_user_level())
@@ -664,6 +743,7 @@ class PartialGraph:
 
         self.gm, self.model = model, model
         self.parts, self.untraced = parts, untraced
+        self.recorded: list[str] = [p.path for p in parts if p.recorded]  # regions recorded below Python
         stitching = stitch(parts, rec) if rec is not None else Stitching()
         self.stitched = len(stitching)
         # parts with a stitched interface: the Python between them sees the pruned widths
@@ -686,6 +766,8 @@ class PartialGraph:
         """Interface pins named after the untraced forward that reads them (the nearest untraced ancestor)."""
         from .stitch import IN_REASON, OUT_REASON
 
+        if not part.path:  # the whole model recorded: its interface is the model's
+            return {}
         untraced, where = dict(self.untraced), part.path.rpartition(".")[0]
         while where not in untraced and where:
             where = where.rpartition(".")[0]
@@ -787,6 +869,10 @@ def apply_partial(graph: PartialGraph, plan: Any, inplace: bool = False) -> torc
         if e is None:  # nothing of this part is removed
             continue
         root = target.get_submodule(part.path)
+        if part.recorded:  # the module target: its own forward stays, its tensors and attributes change
+            from ..targets.module import apply_recorded
+            apply_recorded(part.graph, e, root)
+            continue
         if part.rel:  # a lone torch.nn layer: its call_module rule edits it in place, in its own class
             holder = _Holder(part.rel[:-1], root)
             apply_plan(part.graph, PrunePlan(e.plan), holder, inplace=True, exp=e)
@@ -907,7 +993,7 @@ def _locate(seen: dict[str, list], atol: float, rtol: float) -> tuple[str, float
     for path, (r, o) in seen.items():
         bad, diffs = _compare(r, o, atol, rtol)
         if bad:
-            return f"First differing pruned submodule: {path} ({bad}).", None
+            return f"First differing pruned submodule: {path or '<root>'} ({bad}).", None
         worst = max([worst, *diffs])
     if not seen:
         return "", None

@@ -32,7 +32,8 @@ from torch.utils._pytree import tree_flatten
 from ..errors import RewriteError
 from ..hf.config import sync_config
 
-__all__ = ["prune_to_module", "build_module", "sync_attributes", "carry_constants", "changed_constants"]
+__all__ = ["prune_to_module", "build_module", "sync_attributes", "carry_constants", "changed_constants",
+           "apply_recorded"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ _GRAPH_ATTRS = {
 }
 
 
-def _owner(gm: torch.fx.GraphModule, node: torch.fx.Node, pos: int) -> str | None:
+def _owner(node: torch.fx.Node, pos: int) -> str | None:
     """The qualified name of the module whose parameter is argument ``pos`` of ``node``."""
     a = node.args[pos] if len(node.args) > pos else None
     if isinstance(a, torch.fx.Node) and a.op == "get_attr":
@@ -81,8 +82,12 @@ def _owner(gm: torch.fx.GraphModule, node: torch.fx.Node, pos: int) -> str | Non
 def sync_attributes(model: torch.nn.Module, small_gm: torch.fx.GraphModule) -> None:
     """Set the size attributes of ``model``'s layers from their parameters and from ``small_gm``'s
     rewritten ``groups``/``num_groups`` constants."""
+    _sync_from_graph(model, small_gm.graph)
+
+
+def _sync_from_graph(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
     modules = dict(model.named_modules(remove_duplicate=False))
-    for node in small_gm.graph.nodes:
+    for node in graph.nodes:
         if node.op != "call_function":
             continue
         name = getattr(node.target, "__name__", "")
@@ -90,7 +95,7 @@ def sync_attributes(model: torch.nn.Module, small_gm: torch.fx.GraphModule) -> N
         if family not in _GRAPH_ATTRS:
             continue
         pos, attr = _GRAPH_ATTRS[family]
-        owner = _owner(small_gm, node, 1 if family == "conv" else 2)
+        owner = _owner(node, 1 if family == "conv" else 2)
         value = node.args[pos] if len(node.args) > pos else node.kwargs.get(attr)
         if owner in modules and isinstance(value, int) and hasattr(modules[owner], attr):
             setattr(modules[owner], attr, value)
@@ -254,3 +259,64 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
         sync_attributes(model, small)
         return model
     return out
+
+
+def _call_consts(node: torch.fx.Node) -> Tuple[Any, ...]:
+    """The non-tensor arguments of ``node`` with keywords in their positional slots (as rewrites see them)."""
+    from ..rules._util import call_args
+
+    leaves, _ = tree_flatten(call_args(node) if node.kwargs else (node.args, node.kwargs))
+    return tuple(x for x in leaves if not isinstance(x, torch.fx.Node))
+
+
+def apply_recorded(graph: Any, exp: Any, module: torch.nn.Module) -> None:
+    """The module target of a region the autograd frontend recorded (:mod:`fxprune.frontend.autograd`).
+
+    ``module`` (the caller's copy of the user's module) keeps its own forward: its parameters and buffers
+    are sliced in place and its layers' size attributes set (``in_features``, ``num_groups``...). ``graph``
+    is the region's analysis and ``exp`` the plan expanded over it. Analysis pinned every dim whose pruning
+    would change a size literal of the recording, so none may change here; one that does is a
+    :class:`~fxprune.errors.RewriteError` naming the node.
+
+    Example:
+        >>> import torch, fxprune
+        >>> class Gate(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+        ...     def forward(self, x):
+        ...         y = self.a(x)
+        ...         return self.b(y if y.sum() > 0 else -y)
+        >>> small = fxprune.prune(Gate(), {"a.weight:0": [0, 1, 2]}, torch.randn(3, 4), frontend="autograd")
+        >>> type(small).__name__, small.a.out_features, small.b.in_features
+        ('Gate', 5, 5)
+    """
+    import copy
+
+    from ..registry import lookup
+    from ..rewrite import RewriteCtx, _clone_tree, _commit
+    from ..rules._util import call_args
+
+    _, pairs = _clone_tree(module, graph, exp)
+    new_graph = copy.deepcopy(graph.gm.graph)
+    rctx = RewriteCtx(graph, exp, {})
+    for before, node in zip(graph.gm.graph.nodes, new_graph.nodes):
+        if node.op not in ("call_function", "call_method"):
+            continue
+        rule = lookup(node.op, node.target)
+        if rule is None or rule.rewrite is None:
+            continue
+        if node.kwargs:
+            node.args, node.kwargs = call_args(node)
+        try:
+            rule.rewrite(node, rctx)
+        except Exception as e:
+            raise RewriteError(f"rewriting {rule.name} of a recorded graph failed: {type(e).__name__}: {e}",
+                               before) from e
+        if not before.meta.get("fxprune_layer", False) and _call_consts(before) != _call_consts(node):
+            raise RewriteError(f"the plan changes a size literal of the recorded graph of "
+                               f"{graph.gm.meta.get('fxprune_recorded', type(module).__name__)} "
+                               f"({before.format_node()} -> args {node.args}), which its Python forward may "
+                               "hold as a literal too; that dim should have been pinned", before)
+    _commit(pairs)
+    _sync_from_graph(module, new_graph)
