@@ -218,8 +218,9 @@ class ChannelGraph:
             new, first = np.unique(labs_of, return_index=True)
             owned[new] = True
             cls = per_dim.setdefault(d.id, {})
-            for lab, chunk in zip(new.tolist(), np.split(rows, first[1:])):
-                cls[lab] = chunk.tolist()
+            rl, ends = rows.tolist(), first.tolist() + [len(rows)]
+            for k, lab in enumerate(new.tolist()):
+                cls[lab] = rl[ends[k]:ends[k + 1]]
         coarse = np.zeros(n_lab, bool)
         if grids is not None:
             coarse[grids.coarse(sol)] = True

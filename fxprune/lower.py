@@ -343,6 +343,10 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
     for i, node in enumerate(gm.graph.nodes):
         ctx.node_index = i
         ctx.lower_node(node)
+    whole = {did for did, idx, _ in ctx.ir.pins if idx is None}  # grids whose factors are pinned outright
+    ctx.ir.ungrid([(k, live[0] if live else None) for k, live in
+                   ((k, [m for m, f in enumerate(fs) if f not in whole and ctx.ir.dims[f].size > 1])
+                    for k, (_, fs, _) in enumerate(ctx.ir.grids)) if len(live) <= 1])
     sol = ctx.ir.solve()
     for _ in range(2 * len(ctx.ir.grids)):  # each round couples dims or turns grids into couplings
         same = sol.grids.duplicates() if sol.grids is not None else []
