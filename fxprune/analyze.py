@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import warnings
 from dataclasses import dataclass, field
@@ -51,11 +52,57 @@ class Group:
     dims: List[DimNode] = field(repr=False, default_factory=list)
     labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
     sol_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    #: whole heads (and whole GQA kv groups, and the same query head of every group), removable with or
+    #: instead of ``all_classes``; see :meth:`heads`
+    head_classes: List[Tuple[str, List[int]]] = field(repr=False, default_factory=list)
+    head_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    ancestors: Any = field(repr=False, default=None)  # the grids' label -> factor label map, if any
+    head_dims: Optional[List[DimNode]] = field(repr=False, default=None)  # every group a head touches
+    head_members: Optional[List[Tuple[str, int]]] = field(repr=False, default=None)
+
+    def heads(self) -> "Group":
+        """This group with its head classes as ``all_classes`` (what a whole-head criterion scores), over
+        every group the heads remove indices from (q/k rows, v rows, ``out_proj`` columns).
+
+        Example:
+            >>> import torch, fxprune
+            >>> mha = torch.nn.MultiheadAttention(8, 2)
+            >>> class M(torch.nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__(); self.attn = mha
+            ...     def forward(self, x):
+            ...         return self.attn(x, x, x)[0]
+            >>> g = fxprune.analyze(M(), torch.randn(5, 1, 8)).group_of("attn.in_proj_weight", 0)
+            >>> [len(i) for _, i in g.heads().all_classes]   # q, k and v rows of each head
+            [12, 12]
+        """
+        return dataclasses.replace(self, all_classes=list(self.head_classes), labels=self.head_labels,
+                                   classes=[], head_classes=[], head_labels=np.zeros(0, np.int64),
+                                   dims=self.head_dims or self.dims, members=self.head_members or self.members)
+
+    def positions(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(row, pos)`` pairs: global index ``ids[row]`` is removed by class ``all_classes[pos]``. An
+        index of a grid product (a row of ``q_proj``) is removed by a head and by a head dim: it appears
+        once per class that removes it; an index nothing removes does not appear."""
+        if not len(self.labels) or not len(ids):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        order = np.argsort(self.labels)
+        sorted_labs = self.labels[order]
+        labs = self.sol_labels[ids]
+        if self.ancestors is None:
+            rows = np.arange(len(ids), dtype=np.int64)
+        else:
+            sub = self.ancestors[labs].tocoo()
+            rows, labs = sub.row.astype(np.int64), sub.col.astype(np.int64)
+        at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
+        hit = sorted_labs[at] == labs
+        return rows[hit], order[at[hit]]
 
     def index_classes(self) -> List[Tuple[str, int, np.ndarray]]:
         """For every parameter/buffer dim of the group: ``(name, dim, pos)`` where ``pos[i]`` is the
         position in :attr:`all_classes` of the class holding index ``i`` of that dim, or -1 when index
-        ``i`` cannot be removed. Importance criteria score classes through this map.
+        ``i`` cannot be removed. Importance criteria score classes through this map. A dim whose indices
+        several classes remove (grid products: a head and a head dim) is listed once per such class.
 
         Example:
             >>> import torch, fxprune
@@ -66,16 +113,22 @@ class Group:
         """
         if not len(self.labels):
             return []
-        order = np.argsort(self.labels)
-        sorted_labs = self.labels[order]
         out = []
         for d in self.dims:
             if not d.is_param or d.size == 0:
                 continue
-            labs = self.sol_labels[d.base:d.base + d.size]
-            at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
-            hit = sorted_labs[at] == labs
-            out.append((d.value[1], d.dim, np.where(hit, order[at], -1).astype(np.int64)))
+            rows, pos = self.positions(np.arange(d.base, d.base + d.size, dtype=np.int64))
+            if not len(rows):
+                out.append((d.value[1], d.dim, np.full(d.size, -1, np.int64)))
+                continue
+            order = np.lexsort((pos, rows))
+            rows, pos = rows[order], pos[order]
+            first = np.searchsorted(rows, rows, "left")
+            layer = np.arange(len(rows)) - first  # the k-th class removing the same index
+            for k in range(int(layer.max()) + 1):
+                arr = np.full(d.size, -1, np.int64)
+                arr[rows[layer == k]] = pos[layer == k]
+                out.append((d.value[1], d.dim, arr))
         return out
 
     def __repr__(self) -> str:
@@ -135,54 +188,100 @@ class ChannelGraph:
             lo, hi = np.minimum.reduceat(labels, starts), np.maximum.reduceat(labels, starts)
             empt[lo[lo == hi]] = True  # a class covering a whole dim would empty it
         removable = ~pinned & ~empt
+        grids = sol.grids
+        if grids is not None:
+            removable &= ~grids.derived  # a grid product loses an index only through its factors
+            removable &= ~grids.empties(sol)
         by_group: Dict[int, List[DimNode]] = {}
         for d in dims:
             by_group.setdefault(int(sol.dim_group[d.id]), []).append(d)
         params = sorted((d for d in dims if d.is_param and d.size > 1), key=self._param_order)
         rank = {d.id: i for i, d in enumerate(params)}
-        # The first member (in key order) holding each removable class names it in the plan.
+        # The first member (in key order) holding each removable class names it in the plan: directly,
+        # or through a grid (a head or a head dim names the projection rows it removes).
         owned = np.zeros(n_lab, bool)
         per_dim: Dict[int, Dict[int, List[int]]] = {}
+        anc = grids.ancestors() if grids is not None else None
         for d in params:
             labs = labels[d.base:d.base + d.size]
-            hit = removable[labs] & ~owned[labs]
+            if anc is not None and grids.derived[labs].any():
+                sub = anc[labs].tocoo()
+                rows, labs_of = sub.row.astype(np.int64), sub.col.astype(np.int64)
+            else:
+                rows, labs_of = np.arange(d.size, dtype=np.int64), labs
+            hit = removable[labs_of] & ~owned[labs_of]
             if not hit.any():
                 continue
-            new = np.unique(labs[hit])
+            rows, labs_of = rows[hit], labs_of[hit]
+            order = np.lexsort((rows, labs_of))  # each class's indices come out ascending
+            rows, labs_of = rows[order], labs_of[order]
+            new, first = np.unique(labs_of, return_index=True)
             owned[new] = True
-            order = np.argsort(labs, kind="stable")  # stable: each class's indices come out ascending
-            sl = labs[order]
-            lo_i = np.searchsorted(sl, new, "left")
-            hi_i = np.searchsorted(sl, new, "right")
             cls = per_dim.setdefault(d.id, {})
-            idx = order.tolist()
-            for lab, a, b in zip(new.tolist(), lo_i.tolist(), hi_i.tolist()):
-                cls[lab] = idx[a:b]
+            rl, ends = rows.tolist(), first.tolist() + [len(rows)]
+            for k, lab in enumerate(new.tolist()):
+                cls[lab] = rl[ends[k]:ends[k + 1]]
+        coarse = np.zeros(n_lab, bool)
+        if grids is not None:
+            coarse[grids.coarse(sol)] = True
         groups = []
         for gdims in by_group.values():
             gparams = sorted((d for d in gdims if d.id in rank), key=lambda d: rank[d.id])
             if not gparams:
                 continue
             ordered = gparams + [d for d in gdims if d.id not in rank]
-            all_classes, glabels = [], []
+            found: List[Tuple[Optional[str], List[int], int]] = []
             for d in gparams:
                 dim_classes = per_dim.get(d.id, {})
                 key = make_key(d.value[1], d.dim) if dim_classes else None  # once per dim: it validates
-                for lab, idx in dim_classes.items():
-                    all_classes.append((key, idx))
-                    glabels.append(lab)
+                found.extend((key, idx, lab) for lab, idx in dim_classes.items())
+            fine = [c for c in found if not coarse[c[2]]] or found  # only heads: they are the classes
+            heads = [c for c in found if coarse[c[2]]] if len(fine) < len(found) else []
+            all_classes = [(k, i) for k, i, _ in fine]
+            glabels = [lab for _, _, lab in fine]
             key_dim = gparams[0]
-            classes = list(per_dim.get(key_dim.id, {}).values())
+            fine_labels = set(glabels)
+            classes = [idx for lab, idx in per_dim.get(key_dim.id, {}).items() if lab in fine_labels]
             pinned_why = None
             if not all_classes:
                 key_labels = np.unique(labels[key_dim.base:key_dim.base + key_dim.size]).tolist()
                 reasons = [sol.pinned_reason[lab] for lab in key_labels if lab in sol.pinned_reason]
                 pinned_why = reasons[0] if reasons else "every class would remove a whole dimension"
             members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
-            groups.append(Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
-                                classes, all_classes, ordered, np.array(glabels, dtype=np.int64), labels))
+            grp = Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
+                        classes, all_classes, ordered, np.array(glabels, dtype=np.int64), labels)
+            grp.head_classes = [(k, i) for k, i, _ in heads]
+            grp.head_labels = np.array([lab for _, _, lab in heads], dtype=np.int64)
+            if grids is not None and any(grids.derived[labels[d.base:d.base + d.size]].any() for d in gdims
+                                         if d.size):
+                grp.ancestors = grids.ancestors()
+            groups.append(grp)
         groups.sort(key=lambda g: rank[g.dims[0].id])
+        if grids is not None:
+            self._span_heads(groups)
         return groups
+
+    def _span_heads(self, groups: List[Group]) -> None:
+        """A head spans groups (its q/k rows, its v rows and ``o`` columns): :meth:`Group.heads` of the
+        group naming it sees the dims and members of every group it removes indices from."""
+        labels, grids = self.sol.labels, self.sol.grids
+        heads = {int(lab) for g in groups for lab in g.head_labels}
+        if not heads:
+            return
+        anc = grids.ancestors()
+        touch: Dict[int, set] = {}
+        for i, g in enumerate(groups):
+            for d in g.dims:
+                labs = labels[d.base:d.base + d.size]
+                if d.size and grids.derived[labs].any():
+                    for c in np.unique(anc[labs].indices).tolist():
+                        if c in heads:
+                            touch.setdefault(c, set()).add(i)
+        for i, g in enumerate(groups):
+            span = sorted(set().union(*(touch.get(int(lab), set()) for lab in g.head_labels)) - {i})
+            if span:
+                g.head_dims = g.dims + [d for j in span for d in groups[j].dims]
+                g.head_members = g.members + [m for j in span for m in groups[j].members]
 
     def group_of(self, name: str, dim: int) -> Group:
         """The group holding parameter/buffer ``name`` along ``dim``."""
@@ -212,36 +311,13 @@ class ChannelGraph:
     def expand(self, plan: PrunePlan) -> Expansion:
         """Expand a plan to the smallest valid removal set containing it; raise PlanError if invalid.
 
-        A plan that removes whole attention heads is not a union of this analysis's "dim j of every
-        head" classes; when the plan's own entries are not closed here but are under whole-head
-        classes, this graph switches to the whole-head analysis (``prefer_heads``) of the same model.
+        A plan entry on a grid product (rows of a projection split into heads) is closed to whole heads
+        and head dims (:mod:`fxprune.grid`), so a plan may remove both at once; expanding an expanded plan
+        gives it back unchanged.
         """
         if not isinstance(plan, PrunePlan):
             plan = PrunePlan(plan)
-        if self.ctx.prefer_heads or not self.ctx.ambiguous:  # no whole-head analysis to switch to
-            return self._expand(plan)
-        try:
-            exp = self._expand(plan)
-            closed = self._closed(plan, exp)
-        except PlanError:
-            exp, closed = None, False
-        if closed:
-            return exp
-        ctx, sol = lower_graph(self.gm, strict=self.ctx.strict, prefer_heads=True)
-        heads = ChannelGraph(self.gm, ctx, sol)
-        try:
-            hexp = heads._expand(plan)
-        except PlanError:
-            return exp if exp is not None else self._expand(plan)
-        if not heads._closed(plan, hexp):
-            return exp if exp is not None else self._expand(plan)
-        self.__dict__.update(heads.__dict__)  # from now on this graph is the whole-head analysis
-        return hexp
-
-    @staticmethod
-    def _closed(plan: PrunePlan, exp: Expansion) -> bool:
-        """Whether the expansion removes exactly what the plan lists for the plan's own keys."""
-        return all(sorted(set(int(i) for i in plan[k])) == exp.plan.get(k, []) for k in plan)
+        return self._expand(plan)
 
     def _dim_arrays(self) -> Tuple[np.ndarray, ...]:
         """Ids, starts and sizes of the non-empty dims, which are parameters, and a pinned-label table."""
@@ -276,6 +352,7 @@ class ChannelGraph:
                                 f"{g.key if g else key!r} are pinned: {self.sol.pinned_reason[int(pinned[0])]}")
             chosen.append(labs)
         removed = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        removed = self._close(removed)
         mask, counts = self.checked_mask(removed)
         out: Dict[str, List[int]] = {}
         for k in np.nonzero((counts > 0) & is_param)[0].tolist():
@@ -283,10 +360,19 @@ class ChannelGraph:
             out[make_key(d.value[1], d.dim)] = np.nonzero(mask[d.base:d.base + d.size])[0].tolist()
         return Expansion(removed, mask, out)
 
+    def _close(self, labels: np.ndarray) -> np.ndarray:
+        """Labels of grid products replaced by the factor classes that remove them (sub-grids)."""
+        grids = self.sol.grids
+        if grids is None or not len(labels) or not grids.derived[labels].any():
+            return labels
+        pinned = self._dim_arrays()[4]
+        return grids.close(labels, pinned, lambda did: self.ir.dims[did].name)
+
     def checked_mask(self, removed_labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """The index mask of removing ``removed_labels`` (classes, repeats allowed) and the removed count
         of every non-empty dim; PlanError when a dim would lose every index. Later :meth:`removed` /
         :meth:`removed_count` calls with this mask read the counts instead of scanning it."""
+        removed_labels = self._close(np.asarray(removed_labels, dtype=np.int64))
         ids, starts, sizes, _, _ = self._dim_arrays()
         mask = self.sol.removed_mask(removed_labels)
         counts = np.add.reduceat(mask, starts, dtype=np.int64) if len(starts) else np.zeros(0, np.int64)
@@ -376,7 +462,7 @@ def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> No
 
 @no_gc
 def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-            prefer_heads: bool = False, frontend: str = "auto") -> ChannelGraph:
+            frontend: str = "auto") -> ChannelGraph:
     """Trace ``model`` (unless it is a GraphModule already) and find its coupled channel groups.
 
     Example:
@@ -386,8 +472,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
         >>> [g.key for g in graph.groups if not g.pinned], graph.frontend
         (['0.weight:0'], 'fx')
 
-    ``prefer_heads=True`` factors reshaped dims outermost first, so an attention projection split
-    into ``(heads, head_dim)`` forms whole-head classes (used for head pruning).
+    An attention projection split into ``(heads, head_dim)`` has head-dim classes
+    (``group.all_classes``) and whole-head classes (``group.head_classes``) in the same analysis.
 
     ``frontend`` picks how the model is captured (:func:`fxprune.trace`): ``"fx"``, ``"export"``
     (``torch.export`` non-strict: Python branches, ``**kwargs``, Hugging Face models; pass keyword inputs
@@ -399,12 +485,12 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     """
     if frontend not in ("auto", "fx", "export", "parts", "autograd"):
         raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', 'autograd', got {frontend!r}")
-    key = cache.fingerprint(model, example_inputs, strict, prefer_heads, frontend)
+    key = cache.fingerprint(model, example_inputs, strict, frontend)
     # the parts frontend records one real forward, whose branches may depend on the input values: its
     # analysis is reused only for the same input tensors (prune and verify after analyze)
     parts_key = None if key is None else (key, tuple(id(t) for t in tree_leaves(example_inputs)))
     hit = cache.lookup(model, key) or cache.lookup(model, parts_key)
-    if hit is not None and hit.ctx.prefer_heads == prefer_heads:  # expand() may have switched it to heads
+    if hit is not None:
         return hit
     cause: Optional[TraceError] = None
     if frontend not in ("parts", "autograd"):
@@ -416,14 +502,14 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
                 raise
             cause = e
         else:
-            ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
+            ctx, sol = lower_graph(gm, strict=strict)
             graph = ChannelGraph(gm, ctx, sol)
             graph.frontend = gm.meta.get("fxprune_frontend", "fx")
             _warn_if_nothing_prunable(graph, model)
             cache.store(model, key, graph)
             return graph
     from .frontend.partial import analyze_partial
-    part = analyze_partial(model, example_inputs, strict=strict, prefer_heads=prefer_heads,
+    part = analyze_partial(model, example_inputs, strict=strict,
                            cause=cause or TraceError("frontend='parts' was asked for"), frontend=frontend)
     part.frontend = "autograd" if frontend == "autograd" else "parts"
     _warn_if_nothing_prunable(part, model)

@@ -37,10 +37,7 @@ def resolve_target(target: float, baseline: int, what: str) -> int:
 
 
 def _plan_of(order: Sequence[Tuple[str, List[int]]], k: int) -> PrunePlan:
-    entries: Dict[str, List[int]] = {}
-    for key, idx in order[:k]:
-        entries.setdefault(key, []).extend(idx)
-    return PrunePlan(entries)
+    return PrunePlan.union(order[:k])
 
 
 def measure(model: nn.Module, inputs: Any, what: str) -> int:

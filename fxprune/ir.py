@@ -59,6 +59,7 @@ class ChannelIR:
     _b: List[np.ndarray] = field(default_factory=list)
     pins: List[Tuple[int, Optional[np.ndarray], str]] = field(default_factory=list)
     _pairs: List[Tuple[int, int]] = field(default_factory=list)
+    grids: List[Tuple[int, Tuple[int, ...], str]] = field(default_factory=list)
 
     def dim(self, value: ValueKey, d: int, size: int) -> DimNode:
         """The dim node of ``value`` along ``d``, created on first use."""
@@ -81,6 +82,41 @@ class ChannelIR:
         f = self.free[a.id] or self.free[b.id]
         self.free[a.id] = self.free[b.id] = f
 
+    def grid(self, product: DimNode, factors: Sequence[DimNode], where: str = "") -> None:
+        """``product`` is the row-major product of ``factors`` (outer first): its index
+        ``(i_1, ..., i_k)`` is removed exactly when some factor loses ``i_m``, so what it keeps is always a
+        sub-grid (kept heads x kept head dims). ``where`` names the op, for messages."""
+        n = int(np.prod([f.size for f in factors], dtype=np.int64)) if factors else 0
+        if n != product.size:
+            raise ValueError(f"grid of sizes {[f.size for f in factors]} does not factor {product.size}")
+        self.grids.append((product.id, tuple(f.id for f in factors), where))
+        f = self.free[product.id] or any(self.free[x.id] for x in factors)
+        for x in (product, *factors):
+            self.free[x.id] = f
+
+    def ungrid(self, which: Sequence[Tuple[int, Optional[int]]]) -> None:
+        """Replace grids ``(position, factor)`` by a coupling of the product with that factor (the
+        innermost when None); the other factors are pinned, as they can lose nothing."""
+        from .index_map import factor
+
+        drop = {}
+        for k, m in which:
+            drop[k] = m
+        keep = []
+        for k, (pid, fids, where) in enumerate(self.grids):
+            if k not in drop:
+                keep.append((pid, fids, where))
+                continue
+            m = drop[k] if drop[k] is not None else len(fids) - 1
+            p, f = self.dims[pid], self.dims[fids[m]]
+            inner = int(np.prod([self.dims[x].size for x in fids[m + 1:]], dtype=np.int64))
+            ia, ib = factor(p.size, inner, f.size)
+            self.couple(p, f, ia, ib)
+            for x in fids:
+                if x != fids[m] and self.dims[x].size > 1:
+                    self.pin(self.dims[x], f"dim {self.dims[x].dim} produced by reshape ({where})")
+        self.grids = keep
+
     def pin(self, d: DimNode, reason: str, idx: Optional[np.ndarray] = None) -> None:
         """No index of ``d`` (or only ``idx``) may be removed."""
         self.pins.append((d.id, idx, reason))
@@ -88,7 +124,8 @@ class ChannelIR:
     def to_networkx(self, dims: Optional[Sequence[int]] = None):
         """The dim graph as a ``networkx.MultiGraph``: nodes are dim ids (attributes ``name``, ``dim``,
         ``size``, ``param``), one edge per coupling with its index map as ``src``/``dst`` arrays (local
-        indices of the edge's first and second node). ``dims`` restricts it to those dim ids.
+        indices of the edge's first and second node), and one edge from a grid product to each factor
+        (``grid``: the op, ``factor``: its position, outer first). ``dims`` restricts it to those dim ids.
         """
         import networkx as nx
 
@@ -100,19 +137,25 @@ class ChannelIR:
         for (i, j), a, b in zip(self._pairs, self._a, self._b):
             if keep is None or (i in keep and j in keep):
                 g.add_edge(i, j, src=a - self.dims[i].base, dst=b - self.dims[j].base)
+        for p, fs, where in self.grids:  # product -> factor m: index i of the product is (i_1, ..., i_k)
+            for m, f in enumerate(fs):
+                if keep is None or (p in keep and f in keep):
+                    g.add_edge(p, f, grid=where, factor=m, factors=len(fs))
         return g
 
     def solve(self) -> "Solution":
         """Classes (index components) and groups (dim components).
 
-        Groups are components over dim nodes (small). Index-level classes are computed only inside groups
-        that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
+        Groups are components over dim nodes (small); a grid joins groups through its innermost factor
+        only (see ``Grids.links``: the heads it adds do not merge the q/k and v groups). Index-level classes
+        are computed only inside components, over every link, that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
         transformer are millions of indices), so each such dim gets one label, pinned when its group is.
         """
         n, nd = self.total, len(self.dims)
         sizes = np.array([d.size for d in self.dims], dtype=np.int64)
         owner = np.repeat(np.arange(nd), sizes) if nd else np.zeros(0, np.int64)
-        pairs = np.array(self._pairs, dtype=np.int64).reshape(-1, 2)
+        links = list(self._pairs) + [(p, f) for p, fs, _ in self.grids for f in fs]
+        pairs = np.array(links, dtype=np.int64).reshape(-1, 2)
         dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
         _, dim_group = connected_components(dadj, directed=False)
         with_param = np.zeros(nd, bool)
@@ -143,7 +186,16 @@ class ChannelIR:
                 why = group_reason.get(int(dim_group[did]))
                 if why is not None:
                     pinned_reason[int(rank[did])] = why
-        return Solution(self, labels, owner, dim_group, pinned_reason)
+        sol = Solution(self, labels, owner, dim_group, pinned_reason)
+        if self.grids:
+            from .grid import Grids
+            sol.grids = Grids.build(sol, {k for k, g in enumerate(self.grids) if keep_dim[g[0]]})
+            # the groups users see: a grid joins groups through its innermost factor only, not its heads
+            links = list(self._pairs) + sol.grids.links(sol)
+            pairs = np.array(links, dtype=np.int64).reshape(-1, 2)
+            dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
+            sol.dim_group = connected_components(dadj, directed=False)[1]
+        return sol
 
     def _pin_reasons(self, labels: np.ndarray, keep_dim: np.ndarray) -> Dict[int, str]:
         """Every pinned class of a parameter group with the reason of the first pin that touches it (in
@@ -175,15 +227,19 @@ class Solution:
     owner: np.ndarray
     dim_group: np.ndarray
     pinned_reason: Dict[int, str]
+    grids: Optional["Grids"] = None  # noqa: F821  (fxprune.grid, set when the IR has grid constraints)
 
     def labels_of(self, d: DimNode, idx: Optional[Sequence[int]] = None) -> np.ndarray:
         ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))
         return self.labels[ids]
 
     def removed_mask(self, removed_labels: np.ndarray) -> np.ndarray:
-        """Boolean mask over global ids: which indices a set of removed classes takes away."""
+        """Boolean mask over global ids: which indices a set of removed classes takes away (with every
+        grid product element whose factor lost an index)."""
         if len(removed_labels) == 0:
             return np.zeros(len(self.labels), bool)
         table = np.zeros(int(max(self.labels.max(), np.max(removed_labels))) + 1, bool)
         table[removed_labels] = True
+        if self.grids is not None:
+            self.grids.derive(table)
         return table[self.labels]

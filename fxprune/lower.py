@@ -103,13 +103,9 @@ def _warned(gm: torch.nn.Module) -> set:
 class LowerCtx:
     """What a rule sees while lowering one node."""
 
-    def __init__(self, gm: torch.fx.GraphModule, choices: Dict[str, int], strict: bool,
-                 prefer_heads: bool = False):
+    def __init__(self, gm: torch.fx.GraphModule, strict: bool):
         self.gm = gm
-        # Factor outer dims first in views (D -> (heads, head_dim) gives whole-head classes).
-        self.prefer_heads = prefer_heads
         self.ir = ChannelIR()
-        self.choices = choices
         self.strict = strict
         self.modules = dict(gm.named_modules(remove_duplicate=False))
         self.canonical: Dict[str, str] = {}
@@ -122,10 +118,7 @@ class LowerCtx:
         self.param_rank = {name: i for i, name in enumerate(dict.fromkeys(self.canonical.values()))}
         self.first_use: Dict[str, int] = {}
         self.unknown: Dict[str, List[str]] = {}
-        self.ambiguous: Dict[str, Tuple[int, DimNode]] = {}
-        self.candidates: Dict[str, List[Tuple[ValueKey, int]]] = {}  # every choice, in the order tried
         self.pinned_by: Dict[int, set] = {}  # dim id -> nodes whose rule pinned that whole dim
-        self.merges: set = set()  # ambiguous nodes that merge dims
         self.stat_nodes: Dict[str, str] = {}
         self.node: Optional[torch.fx.Node] = None
         self.node_index = 0
@@ -218,22 +211,14 @@ class LowerCtx:
         for dd in (range(ref.ndim) if d is None else [d % ref.ndim]):
             self._touched.add((ref.key, dd))
 
-    def choose(self, candidates: Sequence[Tuple[TRef, int]], merge: bool = False) -> int:
-        """Pick one of several ways to factor a dim; analysis retries the next when it ends up pinned.
-        ``merge`` marks a choice that merges dims (retried only after the splits feeding it settled)."""
-        order = list(range(len(candidates)))
-        if self.prefer_heads:  # outermost factor first
-            order.sort(key=lambda k: candidates[k][1])
-        i = order[min(self.choices.get(self.node.name, 0), len(candidates) - 1)]
-        if len(candidates) > 1:
-            ref, d = candidates[i]
-            self.ambiguous[self.node.name] = (len(candidates), self.dim(ref, d))
-            # keys only: creating dim nodes for the candidates not chosen would change the IR
-            keys = [(candidates[k][0].key, candidates[k][1] % candidates[k][0].ndim) for k in order]
-            self.candidates[self.node.name] = keys
-            if merge:
-                self.merges.add(self.node.name)
-        return i
+    def grid(self, product: TRef, pd: int, factors: Sequence[Tuple[TRef, int]]) -> None:
+        """Dim ``pd`` of ``product`` is the row-major product of the ``(ref, dim)`` factors, outer first
+        (see :mod:`fxprune.grid`): it keeps a sub-grid of them, whole heads and head dims alike."""
+        dims = [self.dim(r, d) for r, d in factors]
+        self.ir.grid(self.dim(product, pd), dims, self.node.name if self.node is not None else "")
+        self._touched.add((product.key, pd % product.ndim))
+        for r, d in factors:
+            self._touched.add((r.key, d % r.ndim))
 
     def mark_stat(self, reason: str) -> None:
         """This node computes statistics over a prunable dim (verify recomputes it over kept channels)."""
@@ -349,46 +334,30 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def _next_choice(cands: List[Optional[int]], current: int, pinned_by: Dict[int, set],
-                 name: str) -> Optional[int]:
-    """The next choice worth a round: a candidate that another node pins as a whole (a conv's spatial
-    dims, the model input) stays pinned whatever this node chooses, so it is skipped. None when none is
-    left."""
-    for k in range(current + 1, len(cands)):
-        if not pinned_by.get(cands[k], set()) - {name}:
-            return k
-    return None
-
-
-def lower_graph(gm: torch.fx.GraphModule, strict: bool = False, max_rounds: int = 8,
-                prefer_heads: bool = False) -> Tuple[LowerCtx, Solution]:
-    """Lower every node of a shape-annotated GraphModule and solve the IR.
-
-    When a ``view`` can factor a dim in several ways, the innermost factor is tried first; a choice
-    whose classes all end up pinned is replaced by the next one and the graph is lowered again
-    (at most ``max_rounds`` times, a finite search). ``prefer_heads`` tries the outermost factor first,
-    so ``D -> (heads, head_dim)`` yields whole-head classes instead of "dim j of every head".
-    """
+def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
+    """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
+    factors a dim is a grid constraint, not a choice of one factor)."""
     from . import rules  # noqa: F401  (registers every rule family)
 
-    choices: Dict[str, int] = {}
-    for _ in range(max_rounds):
-        ctx = LowerCtx(gm, choices, strict, prefer_heads)
-        for i, node in enumerate(gm.graph.nodes):
-            ctx.node_index = i
-            ctx.lower_node(node)
-        sol = ctx.ir.solve()
-        pinned = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
-        nxt = {name: _next_choice([ctx.ir.index.get(c) for c in ctx.candidates[name]], choices.get(name, 0),
-                                  ctx.pinned_by, name) for name in ctx.ambiguous}
-        stuck = [(name in ctx.merges, name) for name, (n, dim) in ctx.ambiguous.items()
-                 if nxt[name] is not None and np.isin(sol.labels_of(dim), pinned).all()]
-        # Retry splits first: a merge downstream of a wrong split is pinned only because of it.
-        retry = [name for merge, name in stuck if not merge] or [name for _, name in stuck]
-        for name in retry:
-            choices[name] = nxt[name]
-        if not retry:
+    ctx = LowerCtx(gm, strict)
+    for i, node in enumerate(gm.graph.nodes):
+        ctx.node_index = i
+        ctx.lower_node(node)
+    whole = {did for did, idx, _ in ctx.ir.pins if idx is None}  # grids whose factors are pinned outright
+    ctx.ir.ungrid([(k, live[0] if live else None) for k, live in
+                   ((k, [m for m, f in enumerate(fs) if f not in whole and ctx.ir.dims[f].size > 1])
+                    for k, (_, fs, _) in enumerate(ctx.ir.grids)) if len(live) <= 1])
+    sol = ctx.ir.solve()
+    for _ in range(2 * len(ctx.ir.grids)):  # each round couples dims or turns grids into couplings
+        same = sol.grids.duplicates() if sol.grids is not None else []
+        bad = [] if same or sol.grids is None else sol.grids.degenerate(sol)
+        if not same and not bad:
             break
+        for a, b in same:
+            da, db = ctx.ir.dims[a], ctx.ir.dims[b]
+            ctx.ir.couple(da, db, *_identity(da.size))
+        ctx.ir.ungrid(bad)
+        sol = ctx.ir.solve()
     warned = _warned(gm)
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:

@@ -98,6 +98,20 @@ class PrunePlan(Mapping[str, list]):
             if lst:
                 self._entries[key] = sorted(lst)
 
+    @classmethod
+    def union(cls, classes: Iterable[Tuple[str, Iterable[int]]]) -> "PrunePlan":
+        """The plan removing every ``(key, indices)`` class given; classes may overlap (a whole head and
+        a head dim share a row).
+
+        Example:
+            >>> PrunePlan.union([("q.weight:0", [0, 1]), ("q.weight:0", [1, 5])])
+            PrunePlan({'q.weight:0': [0, 1, 5]})
+        """
+        entries: Dict[str, set] = {}
+        for key, idx in classes:
+            entries.setdefault(key, set()).update(int(i) for i in idx)
+        return cls({k: sorted(v) for k, v in entries.items()})
+
     def __getitem__(self, key: str) -> list:
         return list(self._entries[key])
 

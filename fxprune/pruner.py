@@ -230,13 +230,11 @@ class Pruner:
             scores = self.importance(g, graph.gm)
             c = _Cand(g, torch.as_tensor(scores, dtype=torch.float64).numpy(), len(g.all_classes))
             n = int(round(g.size * amount))
-            plan: Dict[str, List[int]] = {}
-            for _, i in self._pick([c], lambda _: n / max(len(g.all_classes), 1)):
-                key, idx = g.all_classes[i]
-                plan.setdefault(key, []).extend(idx)
+            plan = PrunePlan.union(g.all_classes[i] for _, i in
+                                   self._pick([c], lambda _: n / max(len(g.all_classes), 1)))
         else:
-            plan = {make_key(attr, _out_dim(self.model, name, "weight")): [int(i) for i in amount]}
-        return self._apply(PrunePlan(plan))
+            plan = PrunePlan({make_key(attr, _out_dim(self.model, name, "weight")): [int(i) for i in amount]})
+        return self._apply(plan)
 
     def estimate_importance(self, group: Group, model: Optional[nn.Module] = None) -> Optional[torch.Tensor]:
         """The importance scores of ``group``'s removable classes (one per ``all_classes`` entry)."""
@@ -250,17 +248,18 @@ class Pruner:
         self._plan.clear()
 
     # -- selection ------------------------------------------------------------------------------
-    def _analyze(self, heads: bool = False) -> ChannelGraph:
-        graph = analyze(self.model, self.example_inputs, strict=self.strict, prefer_heads=heads)
-        for g in graph.groups:  # per analysis mode: head classes and head-dim classes count differently
-            self._init_classes.setdefault((heads, g.key), len(g.all_classes))
+    def _analyze(self) -> ChannelGraph:
+        graph = analyze(self.model, self.example_inputs, strict=self.strict)
+        for g in graph.groups:  # whole heads and head dims count separately
+            self._init_classes.setdefault((False, g.key), len(g.all_classes))
+            self._init_classes.setdefault((True, g.key), len(g.head_classes))
         return graph
 
     def _select_step(self) -> PrunePlan:
         """The plan (current coordinates) of one non-interactive step."""
         if self.target_macs is not None or self.target_params is not None:
             return self._select_budget()
-        plan: Dict[str, List[int]] = {}
+        plan: List[Tuple[str, List[int]]] = []
         if self.prune_num_heads and self.per_step_head_pruning_ratio[self.current_step] > 0:
             self._head_step()  # whole heads first (applied), then the ordinary step on the result
         graph = self._analyze()
@@ -268,30 +267,30 @@ class Pruner:
         ratio = self.per_step_pruning_ratio[self.current_step]
         for scope in self._scopes(cands):
             picked = self._pick(scope, lambda g: self._group_ratio(g, ratio))
-            for c, i in picked:
-                key, idx = c.group.all_classes[i]
-                plan.setdefault(key, []).extend(idx)
-        return PrunePlan(plan)
+            plan.extend(c.group.all_classes[i] for c, i in picked)
+        return PrunePlan.union(plan)
 
     def _head_step(self) -> None:
-        graph = self._analyze(heads=True)
+        graph = self._analyze()
         heads = _head_groups(graph)
         self.num_heads.update(heads)
-        cands = [c for c in self._candidates(graph) if c.group.key in heads]
+        cands = self._candidates(graph, heads=True)
         ratio = self.per_step_head_pruning_ratio[self.current_step]
-        plan: Dict[str, List[int]] = {}
+        picked: List[Tuple[str, List[int]]] = []
         for scope in self._scopes(cands):
             for c, i in self._pick(scope, lambda g: ratio):
-                key, idx = c.group.all_classes[i]
-                plan.setdefault(key, []).extend(idx)
-                self.num_heads[c.group.key] -= 1  # one class of a head group is one whole head
-        if plan:
-            self._apply(PrunePlan(plan))
+                picked.append(c.group.all_classes[i])
+                self.num_heads[c.group.key] -= 1  # one head class: a head, a kv group or a query head
+        if picked:
+            self._apply(PrunePlan.union(picked))
 
-    def _candidates(self, graph: ChannelGraph) -> List["_Cand"]:
+    def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
+        """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
+        ordinary classes (head dims inside attention)."""
         out = []
-        head_dim_groups = set() if self.prune_head_dims else set(_head_groups(graph))
-        for g in graph.groups:
+        head_dim_groups = set() if self.prune_head_dims or heads else set(_head_groups(graph))
+        groups = [g.heads() for g in graph.groups if g.head_classes] if heads else graph.groups
+        for g in groups:
             if g.pinned or not g.all_classes or g.key in head_dim_groups or self._ignored(g):
                 self._note(g, "pinned: " + g.pinned if g.pinned else "have no removable class"
                            if not g.all_classes else "are head dims (prune_head_dims=False)"
@@ -306,7 +305,7 @@ class Pruner:
                 raise PlanError(f"importance {type(self.importance).__name__} returned shape "
                                 f"{tuple(s.shape)} for group {g.key} with {len(g.all_classes)} classes; "
                                 "use a group_reduction that gives one score per class")
-            n_init = self._init_classes.get((graph.ctx.prefer_heads, g.key), len(g.all_classes))
+            n_init = self._init_classes.get((heads, g.key), len(g.all_classes))
             out.append(_Cand(g, s.numpy(), n_init))
         return out
 
@@ -437,12 +436,10 @@ class Pruner:
         props: List[Proposal] = []
         ratio = self.per_step_pruning_ratio[self.current_step]
         for c in self._candidates(graph):
-            plan: Dict[str, List[int]] = {}
-            for _, i in self._pick([c], lambda g: self._group_ratio(g, ratio)):
-                key, idx = c.group.all_classes[i]
-                plan.setdefault(key, []).extend(idx)
-            if plan:
-                p = Proposal(c.group, plan, c.scores)
+            plan = PrunePlan.union(c.group.all_classes[i]
+                                   for _, i in self._pick([c], lambda g: self._group_ratio(g, ratio)))
+            if len(plan):
+                p = Proposal(c.group, {k: plan[k] for k in plan}, c.scores)
                 props.append(p)
                 yield p
         merged: Dict[str, List[int]] = {}
@@ -567,11 +564,6 @@ def _signature(model: nn.Module, g: Group) -> Tuple:
 
 
 def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
-    """Groups holding a dim that a ``view``/``reshape`` factored (heads), with that factor's size."""
-    by_dim = graph._group_by_dim
-    out: Dict[str, int] = {}
-    for _, dim in graph.ctx.ambiguous.values():
-        g = by_dim.get(dim.id)
-        if g is not None and g.pinned is None:
-            out[g.key] = dim.size
-    return out
+    """Groups that hold whole heads (grid factors of an attention projection), with how many head
+    classes they have (heads; under GQA kv groups plus query heads per group)."""
+    return {g.key: len(g.head_classes) for g in graph.groups if g.pinned is None and g.head_classes}

@@ -317,14 +317,5 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
     if getattr(graph, "frontend", "fx") == "export" or output == "module":
         from .targets.module import prune_to_module
         return prune_to_module(graph, plan, model, example_inputs, output, inplace)
-    try:
-        return apply_plan(graph, plan, model, inplace=inplace)
-    except PlanError:
-        from .mixed import split_mixed  # whole heads, then head dims: two plans
-
-        parts = None if inplace else split_mixed(model, plan, example_inputs, strict)
-        if parts is None:
-            raise
-        _, mid, rest = parts
-        return _prune(mid, rest, example_inputs, strict=strict) if len(rest) else mid
+    return apply_plan(graph, plan, model, inplace=inplace)
 

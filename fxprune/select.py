@@ -40,22 +40,16 @@ class _GroupIndex:
         bases = np.array([d.base for d in self.dims], dtype=np.int64)
         which = np.repeat(np.arange(len(self.dims), dtype=np.int64), sizes)
         ids = np.arange(n, dtype=np.int64) + np.repeat(bases - self.offsets[:-1], sizes)
-        self.which = which
-        self.pos = np.full(n, -1, dtype=np.int64)
-        if len(group.labels) and n:
-            order = np.argsort(group.labels)
-            sorted_labs = group.labels[order]
-            labs = group.sol_labels[ids]
-            at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
-            hit = sorted_labs[at] == labs
-            self.pos[hit] = order[at[hit]]
+        # (index, class) pairs: an index of a grid product is removed by a head and by a head dim
+        rows, self.pos = group.positions(ids)
+        self.rows = rows
+        self.which = which[rows]
 
     def triples(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(class position, dim position, count)``: how many indices of each dim every class takes,
         sorted by class then dim (group order)."""
-        hit = self.pos >= 0
         nd = max(len(self.dims), 1)
-        u, c = np.unique(self.pos[hit] * nd + self.which[hit], return_counts=True)
+        u, c = np.unique(self.pos * nd + self.which, return_counts=True)
         return u // nd, u % nd, c
 
 
@@ -93,10 +87,9 @@ def _scores(group: Group, gi: _GroupIndex, sums: Dict[Tuple[str, int], np.ndarra
         per = sums.get((d.value[1], d.dim)) if d.is_param else None
         if per is None:
             continue
-        pos = gi.pos[gi.offsets[k]:gi.offsets[k + 1]]
-        hit = pos >= 0
-        vals.append(per[hit])
-        where.append(pos[hit])
+        lo, hi = np.searchsorted(gi.rows, [gi.offsets[k], gi.offsets[k + 1]])
+        vals.append(per[gi.rows[lo:hi] - gi.offsets[k]])
+        where.append(gi.pos[lo:hi])
     n = len(group.labels)
     if not vals:
         return np.zeros(n, dtype=np.float64)
@@ -196,22 +189,22 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
 
 
 @no_gc
-def plan_by_ratio(graph: ChannelGraph, ratio: float) -> PrunePlan:
+def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> PrunePlan:
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
-    Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group.
+    Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group. With
+    ``heads``, a group that holds attention heads loses whole heads (:meth:`Group.heads`) instead of
+    head dims; the other groups lose channels as without it.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
-    todo = [(g, int(np.floor(ratio * len(g.all_classes)))) for g in graph.groups
-            if not g.pinned and g.all_classes]
+    groups = [g.heads() if heads and g.head_classes else g for g in graph.groups]
+    todo = [(g, int(np.floor(ratio * len(g.all_classes)))) for g in groups if not g.pinned and g.all_classes]
     todo = [(g, n) for g, n in todo if n > 0]
     sums = _needed_sums(graph, [g for g, _ in todo], _tensors(graph))
-    entries: Dict[str, List[int]] = {}
+    picked: List[Tuple[str, List[int]]] = []
     for g, n_remove in todo:
         gi = _GroupIndex(g)
         scores = np.sqrt(_scores(g, gi, sums))
-        for i in _greedy(scores, n_remove, gi):
-            key, idx = g.all_classes[i]
-            entries.setdefault(key, []).extend(idx)
-    return PrunePlan(entries)
+        picked.extend(g.all_classes[i] for i in _greedy(scores, n_remove, gi))
+    return PrunePlan.union(picked)

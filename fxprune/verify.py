@@ -25,7 +25,7 @@ import torch.fx
 from torch.utils._pytree import tree_flatten
 
 from .analyze import ChannelGraph, Expansion, analyze
-from .errors import FallbackWarning, PlanError, VerificationError
+from .errors import FallbackWarning, VerificationError
 from .frontend import Inputs, call_graph, call_model, graph_args, normalize_inputs
 from .lower import TRef
 from .plan import PrunePlan
@@ -164,22 +164,7 @@ def verify(original: torch.nn.Module, small: torch.nn.Module, plan: Any, example
     is ``atol + rtol * max|reference|`` per output tensor.
     """
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
-    try:
-        return _verify(original, small, plan, example_inputs, atol, rtol)
-    except PlanError:
-        from .mixed import split_mixed  # whole heads, then head dims: verify both stages
-
-        parts = split_mixed(original, plan, example_inputs)
-        if parts is None:
-            raise
-        first, mid, rest = parts
-        if not len(rest):
-            return _verify(original, small, first, example_inputs, atol, rtol)
-        a = _verify(original, mid, first, example_inputs, atol, rtol)
-        b = _verify(mid, small, rest, example_inputs, atol, rtol)
-        return VerifyReport(max(a.max_abs_diff, b.max_abs_diff),
-                            [max(x, y) for x, y in zip(a.output_diffs, b.output_diffs)],
-                            {**a.recomputed, **b.recomputed})
+    return _verify(original, small, plan, example_inputs, atol, rtol)
 
 
 def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, example_inputs: Any,

@@ -310,16 +310,14 @@ def test_mha_head_dims(batch_first, need_weights):
 
 @pytest.mark.parametrize("average", [True, False])
 def test_mha_whole_heads(average):
-    from fxprune.rules.attention import prefer_heads
     m, inputs = _mha_case(batch_first=True, average=average)
-    plan = fxprune.PrunePlan({"attn.out_proj.weight:1": [4]})  # one column of head 1 -> all of head 1
-    with prefer_heads():
-        if not average:  # per-head weights are a model output: heads are pinned
-            with pytest.raises(fxprune.PlanError):
-                fxprune.prune(m, plan, inputs)
-            return
-        small = fxprune.prune(m, plan, inputs)
-        fxprune.verify(m, small, plan, inputs)
+    plan = fxprune.PrunePlan({"attn.out_proj.weight:1": [4, 5, 6, 7]})  # every column of head 1
+    if not average:  # per-head weights are a model output: heads are pinned, the plan would empty v
+        with pytest.raises(fxprune.PlanError):
+            fxprune.prune(m, plan, inputs)
+        return
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
     a = small.attn
     assert (a.num_heads, a.qk_head_dim, a.v_head_dim) == (3, 4, 4)
     exp = small.meta["fxprune"]["plan"]
@@ -333,15 +331,19 @@ def test_mha_whole_heads(average):
     torch.testing.assert_close(w, att, atol=1e-5, rtol=1e-5)  # averaged over the 3 kept heads
 
 
-def test_mha_whole_heads_by_module_attribute_and_analyze_flag():
+def test_mha_head_and_head_dim_classes_in_one_analysis():
     m, inputs = _mha_case()
-    m.attn.fxprune_prefer_heads = True
     g = fxprune.analyze(m, inputs).group_of("attn.in_proj_weight", 0)
-    assert len(g.all_classes) == NH
-    del m.attn.fxprune_prefer_heads
-    assert len(fxprune.analyze(m, inputs).group_of("attn.in_proj_weight", 0).all_classes) == 2 * HD
-    g = fxprune.analyze(m, inputs, prefer_heads=True).group_of("attn.in_proj_weight", 0)
-    assert len(g.all_classes) == NH
+    assert len(g.all_classes) == 2 * HD and len(g.head_classes) == NH
+    # head h: its q, k and v rows; head dim j: row j of every head in q and k
+    assert g.head_classes[1] == ("attn.in_proj_weight:0", _rows(1, HD, range(HD), HD) + _rows(
+        1, HD, range(HD), E + HD) + _rows(1, HD, range(HD), 2 * E + HD))
+    assert g.all_classes[0] == ("attn.in_proj_weight:0", _rows(NH, HD, [0]) + _rows(NH, HD, [0], E))
+    # one plan, both kinds: head 1 and q/k dim 0 of the other heads
+    plan = fxprune.PrunePlan({"attn.in_proj_weight:0": sorted(set(g.head_classes[1][1] + g.all_classes[0][1]))})
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
+    assert (small.attn.num_heads, small.attn.qk_head_dim, small.attn.v_head_dim) == (3, 3, 4)
 
 
 def test_mha_separate_kdim_vdim():
@@ -383,13 +385,12 @@ def test_mha_3d_mask_pins_heads_only():
         def forward(self, x):
             return self.attn(x, x, x, attn_mask=self.mask)[0]
 
-    from fxprune.rules.attention import prefer_heads
     m, x = M3().eval(), torch.randn(5, 2, E)
-    with prefer_heads():  # forced whole heads: pinned
-        assert fxprune.analyze(m, x).group_of("attn.in_proj_weight", 0).pinned
-    # a preference only: whole heads are pinned, so the analysis falls back to head dims
-    g = fxprune.analyze(m, x, prefer_heads=True).group_of("attn.in_proj_weight", 0)
-    assert not g.pinned and len(g.all_classes) == 2 * HD
+    g = fxprune.analyze(m, x).group_of("attn.in_proj_weight", 0)
+    assert not g.pinned and len(g.all_classes) == 2 * HD and not g.head_classes
+    # the rows of a whole head: heads are pinned, and covering them by head dims takes every head dim
+    with pytest.raises(fxprune.PlanError, match="keep at least one"):
+        fxprune.prune(m, {"attn.in_proj_weight:0": _rows(1, HD, range(HD), HD)}, x)
 
 
 def test_mha_whole_head_plan_without_flags():
@@ -493,13 +494,11 @@ def test_vit_train_jit_onnx(tmp_path):
 
 
 def test_vit_whole_heads():
-    from fxprune.rules.attention import prefer_heads
     m, inputs = _vit()
     key = "encoder.layers.encoder_layer_0.self_attention.out_proj.weight:1"
-    plan = fxprune.PrunePlan({key: [16, 48]})  # one column of heads 1 and 3
-    with prefer_heads():
-        small = fxprune.prune(m, plan, inputs)
-        fxprune.verify(m, small, plan, inputs)
+    plan = fxprune.PrunePlan({key: list(range(16, 32)) + list(range(48, 64))})  # every column of heads 1, 3
+    small = fxprune.prune(m, plan, inputs)
+    fxprune.verify(m, small, plan, inputs)
     a = small.encoder.layers.encoder_layer_0.self_attention
     assert (a.num_heads, a.qk_head_dim, a.v_head_dim) == (2, 16, 16)
     assert small.encoder.layers.encoder_layer_1.self_attention.num_heads == 4
@@ -510,10 +509,10 @@ def test_vit_whole_heads():
     assert torch.equal(a.in_proj_weight, orig.in_proj_weight[rows])
 
 
-def test_vit_prefer_heads_plan_by_ratio():
-    """analyze(prefer_heads=True) + plan_by_ratio: half the heads go; prune/verify read the plan as heads."""
+def test_vit_plan_by_ratio_heads():
+    """plan_by_ratio(heads=True): half the heads go; prune/verify read the plan as heads."""
     m, inputs = _vit()
-    plan = fxprune.plan_by_ratio(fxprune.analyze(m, inputs, prefer_heads=True), 0.5)
+    plan = fxprune.plan_by_ratio(fxprune.analyze(m, inputs), 0.5, heads=True)
     small = fxprune.prune(m, plan, inputs)
     assert fxprune.verify(m, small, plan, inputs).max_abs_diff < 1e-4
     for i in range(2):

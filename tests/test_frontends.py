@@ -227,7 +227,8 @@ def test_llama_head_dims_need_the_graph_target():
     graph = fxprune.analyze(model, inputs)
     g = graph.group_of("model.layers.0.self_attn.v_proj.weight", 0)
     assert g.pinned is None
-    plan = fxprune.PrunePlan({g.key: g.classes[0]})
+    v = "model.layers.0.self_attn.v_proj.weight:0"
+    plan = fxprune.PrunePlan({v: next(idx for k, idx in g.all_classes if k == v)})  # v head dim 0 only
     with pytest.raises(fxprune.RewriteError, match="view"):
         fxprune.prune(model, plan, inputs, output="module")
     gm = fxprune.prune(model, plan, inputs, output="graph")
@@ -240,8 +241,10 @@ def test_llama_uniform_head_dims_are_written_back_into_the_class_and_config():
     model, ids = _llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     graph = fxprune.analyze(model, inputs)
-    qk = graph.group_of("model.layers.0.self_attn.q_proj.weight", 0)  # q/k of every layer (shared RoPE)
+    qk = graph.group_of("model.layers.0.self_attn.q_proj.weight", 0)  # every attention (shared RoPE)
+    assert qk.classes[0] == [h * 16 + d for h in range(4) for d in (0, 8)]  # RoPE pair (0, 8) of every head
     vs = [graph.group_of(f"model.layers.{i}.self_attn.v_proj.weight", 0) for i in range(2)]
+    assert [len(v.classes) for v in vs] == [16, 16] and vs[0].key != qk.key  # v head dims: a group per layer
     # RoPE pair (0, 8) of q/k, and head dims 0 and 8 of v in every head: head_dim 16 -> 14 everywhere
     plan = fxprune.PrunePlan({qk.key: qk.classes[0], **{v.key: v.classes[0] + v.classes[8] for v in vs}})
     small = fxprune.prune(model, plan, inputs)
@@ -276,9 +279,12 @@ def test_llama_mlp_config_round_trips_through_save_pretrained(tmp_path):
 def test_llama_whole_kv_groups_removed_into_the_class_config_and_back():
     model, ids = _llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
-    heads = fxprune.analyze(model, inputs, prefer_heads=True)
-    g = heads.group_of("model.layers.0.self_attn.q_proj.weight", 0)
-    assert g.classes == [list(range(32)), list(range(32, 64))]  # one class per KV group (2 query heads)
+    g = fxprune.analyze(model, inputs).group_of("model.layers.0.self_attn.q_proj.weight", 0)
+    q0 = "model.layers.0.self_attn.q_proj.weight:0"
+    # per layer: kv group 0 and 1 (2 query heads each), then query head 0 and 1 of every group
+    assert [idx for k, idx in g.head_classes if k == q0] == [
+        list(range(32)), list(range(32, 64)), list(range(16)) + list(range(32, 48)),
+        list(range(16, 32)) + list(range(48, 64))]
     plan = fxprune.PrunePlan({f"model.layers.{i}.self_attn.q_proj.weight:0": list(range(32, 64)) for i in range(2)})
     small = fxprune.prune(model, plan, inputs)
     assert type(small) is transformers.LlamaForCausalLM
@@ -293,3 +299,28 @@ def test_llama_whole_kv_groups_removed_into_the_class_config_and_back():
                                    atol=1e-5, rtol=1e-5)
     assert torch.equal(small.generate(ids, max_new_tokens=5, do_sample=False),
                        ref.generate(ids, max_new_tokens=5, do_sample=False))
+
+
+def test_llama_same_query_head_of_every_kv_group_removed():
+    """GQA: query head 1 of both kv groups goes (q heads 1 and 3); k and v keep both kv heads."""
+    model, ids = _llama()
+    inputs = fxprune.Inputs(ids, use_cache=False)
+    rows = list(range(16, 32)) + list(range(48, 64))
+    plan = fxprune.PrunePlan({f"model.layers.{i}.self_attn.q_proj.weight:0": rows for i in range(2)})
+    small = fxprune.prune(model, plan, inputs)
+    assert type(small) is transformers.LlamaForCausalLM
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (2, 2)
+    attn = small.model.layers[1].self_attn
+    assert (attn.q_proj.out_features, attn.k_proj.out_features, attn.o_proj.in_features) == (32, 32, 32)
+    ref = copy.deepcopy(model)  # oracle: o_proj's columns of query heads 1 and 3 zeroed
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            layer.self_attn.o_proj.weight[:, rows] = 0
+        torch.testing.assert_close(small(ids, use_cache=False).logits, ref(ids, use_cache=False).logits,
+                                   atol=1e-5, rtol=1e-5)
+    assert fxprune.verify(model, small, plan, inputs).max_abs_diff < 1e-4
+    graph = fxprune.analyze(model, inputs)
+    exp = graph.expand(plan).plan
+    assert exp["model.layers.0.self_attn.o_proj.weight:1"] == rows and "model.layers.0.self_attn.k_proj.weight:0" \
+        not in exp
+    assert graph.expand(exp).plan == exp  # closed: expanding the expanded plan changes nothing

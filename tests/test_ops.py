@@ -246,11 +246,17 @@ def test_bad_plans_raise_plan_error():
             fxprune.prune(m, fxprune.PrunePlan(bad), inputs)
 
 
-def test_grouped_conv_removing_every_class_is_rejected():
+def test_grouped_conv_whole_group_goes_and_every_position_is_rejected():
     case = zoo.CASES_BY_NAME["conv2d_groups4_out"]
     m, inputs = case.factory()
-    with pytest.raises(fxprune.PlanError):
-        fxprune.prune(m, fxprune.PrunePlan({"conv2.weight:0": [0, 1, 2, 3]}), inputs)
+    g = m.conv2.groups
+    per = m.conv2.out_channels // g
+    small = fxprune.prune(m, fxprune.PrunePlan({"conv2.weight:0": list(range(per))}), inputs)  # group 0
+    assert (small.conv2.groups, small.conv2.out_channels) == (g - 1, m.conv2.out_channels - per)
+    fxprune.verify(m, small, {"conv2.weight:0": list(range(per))}, inputs)
+    every = [j + b * per for b in range(g) for j in range(per)]  # every position of every group
+    with pytest.raises(fxprune.PlanError, match="keep at least one"):
+        fxprune.prune(m, fxprune.PrunePlan({"conv2.weight:0": every}), inputs)
 
 
 def test_inplace_false_is_default_and_prune_returns_graph_module():

@@ -452,8 +452,7 @@ def _is_lone(path: str, module: torch.nn.Module) -> bool:
     return bool(path) and not module._modules and type(module).__module__.startswith("torch.nn.")
 
 
-def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool,
-                prefer_heads: bool) -> Part:
+def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool) -> Part:
     from ..analyze import ChannelGraph
     from ..lower import lower_graph
 
@@ -475,13 +474,12 @@ def _trace_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording
     graph._tracer_cls = torch.fx.Tracer  # unpickling re-traces the generated code with a plain tracer
     gm = torch.fx.GraphModule(tracer.root, graph, type(module).__name__)
     propagate_shapes(gm, tuple(values))
-    ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
+    ctx, sol = lower_graph(gm, strict=strict)
     return Part(path, module, ChannelGraph(gm, ctx, sol), values, call.out_spec, list(tracer.leaves),
                 _boundary_pins(gm, ctx, module, rec, rel), rel)
 
 
-def _record_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool,
-                 prefer_heads: bool) -> Part:
+def _record_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recording, strict: bool) -> Part:
     """A region no tracer takes, recorded below Python (:mod:`fxprune.frontend.autograd`) from its one call:
     its interface is pinned like a traced part's, and every dim whose pruning would change a size literal of
     the recording is pinned for good."""
@@ -494,7 +492,7 @@ def _record_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recordin
         raise TraceError(f"it is called {len(call.every)} times; one recorded forward stands for one call only")
     values, params = _bind(module, call)
     gm = record(module, call.args, call.kwargs, path or f"the root {type(module).__name__}")
-    ctx, sol = lower_graph(gm, strict=strict, prefer_heads=prefer_heads)
+    ctx, sol = lower_graph(gm, strict=strict)
     leaves = gm.graph._codegen.leaves
     pins = _boundary_pins(gm, ctx, module, rec) + literal_pins(gm, ctx, BOUNDARY_REASONS)
     return Part(path, module, ChannelGraph(gm, ctx, sol), values, call.out_spec, list(leaves), pins, "",
@@ -558,8 +556,7 @@ def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, .
 
 
 def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-                    prefer_heads: bool = False, cause: BaseException | None = None,
-                    frontend: str = "parts") -> PartialGraph:
+                    cause: BaseException | None = None, frontend: str = "parts") -> PartialGraph:
     """Analyse the maximal traceable submodules of ``model`` (see the module docstring).
 
     The work is bounded by construction, not by a clock: one forward pass, then every submodule is traced
@@ -579,8 +576,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         call = rec.calls.get(id(model))
         if call is None:
             raise TraceError(f"{type(model).__name__} was not called by its own forward hooks")
-        return PartialGraph(model, [_record_part("", model, call, rec, strict, prefer_heads)], [], strict,
-                            prefer_heads, rec)
+        return PartialGraph(model, [_record_part("", model, call, rec, strict)], [], strict, rec)
     parts: list[Part] = []
     untraced: list[tuple[str, str]] = []
     seen: set[int] = set()
@@ -598,7 +594,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        parts.append(_trace_part(path, m, call, rec, False, prefer_heads))
+                        parts.append(_trace_part(path, m, call, rec, False))
                 except Exception:  # noqa: BLE001 - it stays Python, which is no loss here
                     pass
             return
@@ -610,7 +606,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    parts.append(_trace_part(path, m, call, rec, strict, prefer_heads))
+                    parts.append(_trace_part(path, m, call, rec, strict))
                 # rule warnings are summed up in the one fallback warning; tracer chatter is dropped
                 lower_warnings.extend(f"{path}: {w.message}" for w in caught
                                       if str(w.message).startswith("fxprune"))
@@ -637,7 +633,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                part = _record_part(path, m, call, rec, strict, prefer_heads)
+                part = _record_part(path, m, call, rec, strict)
             lower_warnings.extend(f"{path or '<root>'}: {w.message}" for w in caught
                                   if str(w.message).startswith("fxprune"))
         except FxpruneError as e:
@@ -651,7 +647,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
     if recorded:  # parts in module order: their parameters keep that order
         order = _module_order(model)
         parts.sort(key=lambda p: order.get(p.path, 0))
-    graph = PartialGraph(model, parts, untraced, strict, prefer_heads, rec)
+    graph = PartialGraph(model, parts, untraced, strict, rec)
     _warn(model, graph, lower_warnings)
     return graph
 
@@ -713,9 +709,8 @@ class PartialExpansion:
 class _Ctx:
     """What :class:`~fxprune.analyze.ChannelGraph` reads from a lowering context, over all parts."""
 
-    def __init__(self, parts: list[Part], strict: bool = False, prefer_heads: bool = False):
-        self.strict, self.prefer_heads = strict, prefer_heads
-        self.ambiguous: dict[str, tuple] = {}
+    def __init__(self, parts: list[Part], strict: bool = False):
+        self.strict = strict
         self.stat_nodes: dict[str, str] = {}
         self.unknown: dict[str, list[str]] = {}
         self.canonical: dict[str, str] = {}
@@ -742,7 +737,7 @@ class PartialGraph:
     """
 
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
-                 strict: bool = False, prefer_heads: bool = False, rec: _Recording | None = None):
+                 strict: bool = False, rec: _Recording | None = None):
         from ..analyze import ChannelGraph
         from .stitch import Stitching, combine, stitch
 
@@ -754,11 +749,7 @@ class PartialGraph:
         # parts with a stitched interface: the Python between them sees the pruned widths
         self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitching.pairs if dims for i in (pa, pb)}
         ir, sol = combine(parts, stitching, [p.boundary for p in parts], [self._reasons(p) for p in parts])
-        self.ctx = _Ctx(parts, strict, prefer_heads)
-        for part in parts:
-            for k, v in part.graph.ctx.ambiguous.items():  # dim nodes move to the combined index space
-                self.ctx.ambiguous[part.scope + k] = tuple(
-                    ir.dims[x.id + part.dim_offset] if isinstance(x, DimNode) else x for x in v)
+        self.ctx = _Ctx(parts, strict)
         self.ctx.ir = ir
         self._cg = ChannelGraph(model, self.ctx, sol)
         self.ir, self.sol = ir, sol

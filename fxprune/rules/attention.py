@@ -3,19 +3,17 @@
 SDPA, ``q [..., Hq, L, E]``, ``k [..., H, S, E]``, ``v [..., H, S, Ev]`` -> ``out [..., Hq, L, Ev]``:
 ``q[-1] ~ k[-1]`` (a zero head-dim channel adds nothing to ``q·k``), ``v[-1] ~ out[-1]``, ``q[-2] ~ out[-2]``
 (query rows are independent; pinned under ``is_causal``, whose mask aligns rows with key positions),
-batch/head dims index-wise (GQA: query head ``i`` goes with kv head ``i // (Hq/H)``). Key positions are
+batch/head dims index-wise (GQA: query heads are the grid of kv heads and the group, see
+:mod:`fxprune.grid`: whole kv groups and the same query heads in every group can go). Key positions are
 pinned: a zeroed key still takes softmax weight, so zeroing one is not removing it. When the head dim
 shrinks and ``scale`` is None, the rewrite passes the original ``1/sqrt(E)``.
 
 ``nn.MultiheadAttention`` (a leaf module): the embed dims of query/key/value couple with the in-projection
 columns, the output with ``out_proj`` rows. Its internal dims live in two pseudo values of the node:
-``[qk]`` ``(H, dq)`` and ``[v]`` ``(H, dv)``. By default the rows couple with their head-dim factor: head
-dim ``j`` of q and k in every head is one class, head dim ``j`` of v in every head with the matching
-``out_proj`` columns another, so every head keeps the same size. Like a ``view`` into heads this is a
-``ctx.choose``: with ``analyze(..., prefer_heads=True)`` (or when the head dims end up pinned, or when
-a plan removes whole heads) the rows couple with their head factor instead and a whole head (q, k, v rows
-and ``out_proj`` columns) is one class. The :func:`prefer_heads` context or a module attribute
-``fxprune_prefer_heads = True``/``False`` forces one mode.
+``[qk]`` ``(H, dq)`` and ``[v]`` ``(H, dv)``; the q, k and v rows are grids of them (:mod:`fxprune.grid`):
+head dim ``j`` of q and k in every head is one class, head dim ``j`` of v in every head with the matching
+``out_proj`` columns another (``group.all_classes``), and a whole head (q, k, v rows and ``out_proj``
+columns) is a head class (``group.head_classes``); one plan may remove both.
 Sequence positions are pinned; batch dims couple index-wise. The rewrite replaces the module by
 :class:`fxprune.modules.PrunedMultiheadAttention` under the same name (``nn.MultiheadAttention`` forces
 its internal width to equal ``embed_dim``), keeping the original softmax scale. For ``verify`` the
@@ -30,28 +28,26 @@ Example:
     ...     def forward(self, x):
     ...         return self.attn(x, x, x)[0]
     >>> g = fxprune.analyze(Block(), torch.randn(1, 5, 8)).group_of("attn.in_proj_weight", 0)
-    >>> len(g.all_classes)                       # 4 q/k head dims + 4 v head dims
-    8
+    >>> len(g.all_classes), len(g.head_classes)  # 4 q/k head dims + 4 v head dims; 2 heads
+    (8, 2)
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Any, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import index_map
 from ..lower import TRef
 from ..modules import PrunedMultiheadAttention
 from ..registry import register
 from ._util import arg, set_arg
 from .recurrent import masked_module
 
-__all__ = ["prefer_heads"]
+__all__: List[str] = []
 
 # ----------------------------------------------------------------------------------------------- SDPA
 
@@ -80,9 +76,12 @@ def lower_sdpa(ctx, node) -> None:
                 continue
             if ref.shape[d] == out.shape[od]:
                 ctx.couple(ref, d, out, od)
-            elif ref is not q and od == out.ndim - 3 and out.shape[od] % ref.shape[d] == 0:
-                g = out.shape[od] // ref.shape[d]  # GQA: query head i reads kv head i // g
-                ctx.couple(out, od, ref, d, index_map.factor(out.shape[od], g, ref.shape[d]))
+            elif ref is v and od == out.ndim - 3 and out.shape[od] % ref.shape[d] == 0 \
+                    and k.shape[d] == ref.shape[d]:
+                # GQA: query head (i, j) reads kv head i; kv groups and the j-th head of every group go
+                ctx.couple(k, d, v, d)
+                group = TRef(("value", node.name, ("gqa",)), (out.shape[od] // ref.shape[d],))
+                ctx.grid(out, od, [(k, d), (group, 0)])
     mask = ctx.tensor(arg(node, 3, "attn_mask"))
     if mask is not None:
         for d in range(mask.ndim):
@@ -106,32 +105,6 @@ register("call_function", _SDPA, "scaled_dot_product_attention", lower_sdpa, rew
 
 
 # ------------------------------------------------------------------------------------ MultiheadAttention
-
-_PREFER_HEADS = [False]
-
-
-@contextlib.contextmanager
-def prefer_heads(on: bool = True) -> Iterator[None]:
-    """Within this block, a class of ``nn.MultiheadAttention`` is a whole head instead of a head dim.
-
-    Wrap analysis, pruning *and* verification (verify analyses the original again). A module attribute
-    ``fxprune_prefer_heads`` (True/False) overrides it for one module.
-    """
-    old = _PREFER_HEADS[0]
-    _PREFER_HEADS[0] = bool(on)
-    try:
-        yield
-    finally:
-        _PREFER_HEADS[0] = old
-
-
-def _forced_heads(m: nn.Module) -> Optional[bool]:
-    """Module attribute ``fxprune_prefer_heads`` if set, else True inside :func:`prefer_heads`, else None."""
-    flag = getattr(m, "fxprune_prefer_heads", None)
-    if flag is not None:
-        return bool(flag)
-    return True if _PREFER_HEADS[0] else None
-
 
 def _sizes(m: nn.Module):
     """``(num_heads, q/k head dim, v head dim, scale)`` of an nn.MultiheadAttention or its pruned form."""
@@ -166,21 +139,17 @@ def lower_mha(ctx, node) -> None:
     h, dq, dv, _ = _sizes(m)
     nq, nv = h * dq, h * dv
     qk, vu = _units(node, m)
-    heads_mode = _forced_heads(m)
-    if heads_mode is None:  # head dims first; whole heads with prefer_heads or when head dims are pinned
-        heads_mode = ctx.choose([(qk, 1), (qk, 0)]) == 1
-    if heads_mode:
-        ctx.couple(qk, 0, vu, 0)
+    ctx.couple(qk, 0, vu, 0)  # q, k and v share their heads
+    grids = {}
+    for kind, unit, n in (("q", qk, nq), ("k", qk, nq), ("v", vu, nv)):
+        grids[kind] = TRef(("value", node.name, (f"{kind}rows",)), (n,))
+        ctx.grid(grids[kind], 0, [(unit, 0), (unit, 1)])
 
     def rows(ref, d: int, parts) -> None:
         """Couple dim ``d`` of ``ref``; ``parts`` = [(offset, n, "q"|"k"|"v")] along that dim."""
         for off, n, kind in parts:
             r = np.arange(n, dtype=np.int64)
-            unit, per = (vu, dv) if kind == "v" else (qk, dq)
-            if heads_mode:
-                ctx.couple(ref, d, unit, 0, (r + off, r // per))
-            else:
-                ctx.couple(ref, d, unit, 1, (r + off, r % per))
+            ctx.couple(ref, d, grids[kind], 0, (r + off, r))
 
     packed = [(0, nq, "q"), (nq, nq, "k"), (2 * nq, nv, "v")]
     w = _mparam(ctx, m, "in_proj_weight")
@@ -216,10 +185,10 @@ def lower_mha(ctx, node) -> None:
             ctx.couple(qi, bd, r, bd)
         if weights is not None:
             ctx.couple(weights, 0, qi, bd)
-    if weights is not None and weights.ndim == (4 if batched else 3) and heads_mode:
+    if weights is not None and weights.ndim == (4 if batched else 3):
         ctx.couple(weights, -3, qk, 0)
     mask = ctx.tensor(arg(node, 5, "attn_mask"))
-    if heads_mode and mask is not None and mask.ndim == 3:
+    if mask is not None and mask.ndim == 3:
         ctx.pin(qk, 0, "a 3-D attn_mask interleaves batch and heads")
     ctx.mark_stat("attention evaluated with its removed projection rows zeroed")
 
@@ -229,7 +198,7 @@ def masked_mha(node, args, kwargs, vctx) -> Any:
     averaged over the kept heads only (a head with zero q and k would still add uniform weights)."""
     m = masked_module(node, vctx)
     qk = _units(node, vctx.module(node))[0]
-    kept = vctx.kept(qk, 0) if (qk.key, 0) in vctx.graph.ir.index else None
+    kept = vctx.kept(qk, 0)
     args, kwargs = list(args), dict(kwargs)
     need = args[4] if len(args) > 4 else kwargs.get("need_weights", True)
     avg = args[6] if len(args) > 6 else kwargs.get("average_attn_weights", True)
@@ -256,10 +225,7 @@ def rewrite_mha(node, rctx) -> None:
     m = rctx.module(node)
     h, dq, dv, scale = _sizes(orig)
     qk, v = _units(node, orig)
-    if (qk.key, 0) in rctx.graph.ir.index:  # whole heads
-        h -= len(rctx.removed(qk, 0))
-    else:
-        dq, dv = dq - len(rctx.removed(qk, 1)), dv - len(rctx.removed(v, 1))
+    h, dq, dv = h - len(rctx.removed(qk, 0)), dq - len(rctx.removed(qk, 1)), dv - len(rctx.removed(v, 1))
     same = [tuple(p.shape) for p in m.parameters()] == [tuple(p.shape) for p in orig.parameters()]
     if same and isinstance(m, type(orig)):
         return

@@ -4,7 +4,9 @@
 * ``g == 1``: input channels go with weight columns, outputs with weight rows and bias.
 * ``Ki == 1`` or ``Ko == 1`` (depthwise, with or without a channel multiplier): a whole block is the unit:
   input channel block t goes with its output block; removing it decrements ``groups``.
-* otherwise: the same position in every block goes together (``groups`` is kept).
+* otherwise: input and output channels are grids (:mod:`fxprune.grid`) of the groups and the position
+  in a block: the same position in every block goes (``groups`` kept), or whole groups go (``groups``
+  decremented; ``group.head_classes``), or both.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import index_map
+from ..lower import TRef
 from ..registry import register
 from ._util import arg, set_arg
 
@@ -47,14 +49,17 @@ def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool, grouped: bool 
         ctx.couple(out, cd, out, cd, _self_blocks(cout, ko))
         full = (x, cd, w, 0) if transposed else (out, cd, w, 0)
         ctx.couple(*full)
-    elif transposed:
-        ctx.couple(x, cd, w, 0)
-        ctx.couple(w, 0, w, 0, index_map.stride(cin, ki))
-        ctx.couple(out, cd, w, 1, index_map.stride(cout, ko))
-    else:
-        ctx.couple(out, cd, w, 0)
-        ctx.couple(w, 0, w, 0, index_map.stride(cout, ko))
-        ctx.couple(x, cd, w, 1, index_map.stride(cin, ki))
+    else:  # channels are grids: (group, position in block) on both sides, the group shared
+        node = ctx.node.name
+        grp = TRef(("value", node, ("groups",)), (g,))
+        if transposed:  # weight (cin, ko, ...)
+            ctx.couple(x, cd, w, 0)
+            ctx.grid(x, cd, [(grp, 0), (TRef(("value", node, ("ki",)), (ki,)), 0)])
+            ctx.grid(out, cd, [(grp, 0), (w, 1)])
+        else:  # weight (cout, ki, ...)
+            ctx.couple(out, cd, w, 0)
+            ctx.grid(out, cd, [(grp, 0), (TRef(("value", node, ("ko",)), (ko,)), 0)])
+            ctx.grid(x, cd, [(grp, 0), (w, 1)])
 
 
 def _new_groups(rctx, node, x, w, transposed: bool, old_groups: int) -> int:

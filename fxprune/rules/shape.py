@@ -1,8 +1,8 @@
 """Shape ops: view/reshape/flatten/unflatten/squeeze/unsqueeze, permute/transpose, expand, repeat.
 
 A reshape is cut into runs of dims with equal products. A 1↔1 run is the identity; a run that merges or
-splits dims couples the merged dim with exactly one factor (block or stride map) and pins the others —
-which factor is a choice the analysis revisits when it ends up pinned (see ``LowerCtx.choose``).
+splits dims is a grid constraint (:mod:`fxprune.grid`): the merged dim keeps a sub-grid of its factors,
+so whole heads, head dims, or both can go.
 Constant sizes in ``view``/``reshape``/``expand``/``unflatten`` are rewritten after pruning.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.fx
 import torch.nn as nn
 
 from .. import index_map
+from ..lower import TRef
 from ..registry import register
 from ._util import arg, fixed_size, reads_pruned, set_arg
 
@@ -47,16 +48,16 @@ def lower_reshape(ctx, node) -> None:
     for ra, rb in _runs(x.shape, out.shape):
         if len(ra) == 1 and len(rb) == 1:
             ctx.couple(x, ra[0], out, rb[0])
-        elif len(rb) == 1:  # merge: prefer a factor that carries prunable channels, then the innermost
-            cands = sorted(ra, key=lambda d: (not ctx.ir.free[ctx.dim(x, d).id], -d))
-            c = cands[ctx.choose([(x, d) for d in cands], merge=True)]
-            inner = math.prod(x.shape[d] for d in ra if d > c)
-            ctx.couple(out, rb[0], x, c, index_map.factor(out.shape[rb[0]], inner, x.shape[c]))
-        elif len(ra) == 1:  # split: innermost factor first
-            cands = sorted(rb, key=lambda d: -d)
-            c = cands[ctx.choose([(out, d) for d in cands])]
-            inner = math.prod(out.shape[d] for d in rb if d > c)
-            ctx.couple(x, ra[0], out, c, index_map.factor(x.shape[ra[0]], inner, out.shape[c]))
+        elif len(rb) == 1:  # merge: the output dim is the grid of the input dims
+            ctx.grid(out, rb[0], [(x, d) for d in ra])
+        else:  # split (or a run that regroups: its merged size is both grids' product)
+            if len(ra) > 1:
+                mid = TRef(("value", node.name, ("run", ra[0])), (math.prod(x.shape[d] for d in ra),))
+                ctx.grid(mid, 0, [(x, d) for d in ra])
+                x_ref, xd = mid, 0
+            else:
+                x_ref, xd = x, ra[0]
+            ctx.grid(x_ref, xd, [(out, d) for d in rb])
 
 
 def _rewrite_sizes(sizes, old: Tuple[int, ...], new: Tuple[int, ...], rctx):
@@ -138,11 +139,19 @@ def lower_permute(ctx, node) -> None:
 
 
 def lower_expand(ctx, node) -> None:
+    """Dims kept couple index-wise. A size-1 dim broadcast to ``n`` is free when the node's sizes are
+    rewritten (``expand``): its copies can be removed (a GQA ``repeat_kv`` group)."""
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     off = out.ndim - x.ndim
-    for d in range(x.ndim):
-        if x.shape[d] == out.shape[d + off] and x.shape[d] != 1:
-            ctx.couple(x, d, out, d + off)
+    rewritten = node.target in ("expand", "expand_as")
+    for d in range(out.ndim):
+        xd = d - off
+        if xd >= 0 and x.shape[xd] == out.shape[d] and x.shape[xd] != 1:
+            ctx.couple(x, xd, out, d)
+        elif rewritten and (xd < 0 or x.shape[xd] == 1) and out.shape[d] > 1:
+            ctx.touch(out, d)
+            if xd >= 0:
+                ctx.touch(x, xd)
     other = ctx.tensor(arg(node, 1, "other"))
     if other is not None:  # expand_as reads only the other tensor's size
         ctx.touch(other)
@@ -157,7 +166,8 @@ def lower_reshape_as(ctx, node) -> None:
 
 
 def lower_repeat_interleave(ctx, node) -> None:
-    """``x.repeat_interleave(r, dim)``: index ``i * r + k`` of the output comes from index ``i``."""
+    """``x.repeat_interleave(r, dim)``: index ``i * r + k`` of the output is the grid of ``x``'s index
+    ``i`` and copy ``k`` (a GQA ``repeat_kv``: kv group ``i``, query head ``k`` of it)."""
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     r, dim = arg(node, 1, "repeats"), arg(node, 2, "dim")
     if isinstance(r, torch.fx.Node) and ctx.tensor(r) is None and isinstance(dim, int) and x is not None \
@@ -169,8 +179,22 @@ def lower_repeat_interleave(ctx, node) -> None:
     for d in range(x.ndim):
         if d != dim:
             ctx.couple(x, d, out, d)
-    i = np.arange(out.shape[dim], dtype=np.int64)
-    ctx.couple(out, dim, x, dim, (i, i // r))
+    ctx.grid(out, dim, [(x, dim), (_copies(node, r), 0)])
+
+
+def _copies(node, r: int) -> TRef:
+    """The pseudo dim of the ``r`` copies a repeat makes of each index."""
+    return TRef(("value", node.name, ("copies",)), (r,))
+
+
+def rewrite_repeat_interleave(node, rctx) -> None:
+    """The repeat count is the pruned output's size over the pruned input's (copies removed)."""
+    x, out, dim = rctx.tensor(arg(node, 0, "input")), rctx.tensor(node), arg(node, 2, "dim")
+    if x is None or out is None or not isinstance(dim, int) or not x.shape[dim]:
+        return
+    nx, no = rctx.new_shape(x)[dim], rctx.new_shape(out)[dim]
+    if nx and no // nx != out.shape[dim] // x.shape[dim]:
+        set_arg(node, 1, "repeats", no // nx)
 
 
 def lower_repeat(ctx, node) -> None:
@@ -199,5 +223,7 @@ register("call_method", ("expand",), "expand", lower_expand, rewrite_view)
 register("call_method", ("expand_as", "reshape_as", "view_as"), "reshape_as", lower_reshape_as)
 register("call_function", (torch.broadcast_to,), "expand", lower_expand)
 register("call_method", ("repeat", "tile"), "repeat", lower_repeat)
-register("call_function", (torch.repeat_interleave,), "repeat_interleave", lower_repeat_interleave)
-register("call_method", ("repeat_interleave",), "repeat_interleave", lower_repeat_interleave)
+register("call_function", (torch.repeat_interleave,), "repeat_interleave", lower_repeat_interleave,
+         rewrite_repeat_interleave)
+register("call_method", ("repeat_interleave",), "repeat_interleave", lower_repeat_interleave,
+         rewrite_repeat_interleave)
