@@ -27,6 +27,7 @@ from .gcpause import no_gc, paused_gc
 from .ir import DimNode, Solution
 from .lower import LowerCtx, _warned, lower_graph
 from .plan import PrunePlan, make_key, parse_key
+from .record import record_of
 
 __all__ = ["analyze", "ChannelGraph", "Group", "Expansion"]
 
@@ -504,7 +505,7 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
         else:
             ctx, sol = lower_graph(gm, strict=strict)
             graph = ChannelGraph(gm, ctx, sol)
-            graph.frontend = gm.meta.get("fxprune_frontend", "fx")
+            graph.frontend = record_of(gm).frontend
             _warn_if_nothing_prunable(graph, model)
             cache.store(model, key, graph)
             return graph

@@ -29,6 +29,7 @@ from torch.fx.node import map_aggregate
 from . import index_map
 from .errors import FxpruneError, InternalError, UnsupportedOpError
 from .ir import ChannelIR, DimNode, Solution, ValueKey
+from .record import record_of
 from .registry import lookup
 
 __all__ = ["TRef", "LowerCtx", "lower_graph", "node_label", "target_name", "share_warnings"]
@@ -110,7 +111,8 @@ class LowerCtx:
         self.modules = dict(gm.named_modules(remove_duplicate=False))
         self.canonical: Dict[str, str] = {}
         seen: Dict[int, str] = {}
-        constants = gm.meta.get("fxprune_constants", ()) if hasattr(gm, "meta") else ()
+        rec = record_of(gm, create=False)
+        constants = rec.constants if rec is not None else ()
         for name, t in list(gm.named_parameters(remove_duplicate=False)) + list(
                 gm.named_buffers(remove_duplicate=False)):
             if name not in constants:  # tensors the tracer stowed away are constants, not the model's state

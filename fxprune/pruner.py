@@ -34,6 +34,7 @@ from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
 from .gcpause import no_gc
 from .errors import PlanError
+from .record import record_of
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import _prune
 from .select import class_dim_counts
@@ -453,7 +454,8 @@ class Pruner:
         if not len(plan):
             return self.model
         small = _prune(self.model, plan, self.example_inputs)
-        applied = small.meta["fxprune"]["plan"] if hasattr(small, "meta") and "fxprune" in small.meta else None
+        rec = record_of(small, create=False)
+        applied = rec.last if rec is not None and rec.applied else None
         if applied is None:  # a model pruned by a fallback frontend records the expansion on the module
             applied = getattr(small, "_fxprune_expanded", plan)
         self._record(applied)

@@ -28,7 +28,8 @@ from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FxpruneError, PlanError, RewriteError
 from .gcpause import no_gc
 from .lower import TRef
-from .plan import PrunePlan
+from .plan import PrunePlan, parse_key
+from .record import compose, record_of
 from .registry import lookup
 from .rules._util import call_args
 
@@ -239,10 +240,16 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
     small._parameters.update(new_root._parameters)
     small._buffers.update(new_root._buffers)
     small.training = root.training
-    prev = getattr(root, "meta", {}).get("fxprune", {}) if isinstance(root, torch.fx.GraphModule) else {}
-    small.meta["fxprune"] = {"plan": exp.plan, "applied": list(prev.get("applied", [])) + [plan.to_json()]}
-    if "fxprune_constants" in graph.gm.meta:  # tensors the tracer stowed away stay constants, never plan keys
-        small.meta["fxprune_constants"] = set(graph.gm.meta["fxprune_constants"])
+    # one record: the traced graph's (frontend, constants, input spec) with this plan added to those before,
+    # in the coordinates of the model first traced
+    prev = record_of(root, create=False) if isinstance(root, torch.fx.GraphModule) else None
+    rec = small.meta["fxprune"] = (record_of(graph.gm) if prev is None else prev).derived()
+    if prev is None or not prev.applied:
+        rec.plan = {k: list(v) for k, v in exp.plan.items()}
+    else:
+        rec.plan = compose(prev.plan, exp.plan, {k: graph._param_dim(*parse_key(k)).size for k in exp.plan})
+    rec.applied.append(plan.to_json())
+    rec.last = exp.plan
     from .lower import share_warnings
     share_warnings(small, graph.gm)
     if inplace:

@@ -29,6 +29,7 @@ from .errors import FallbackWarning, VerificationError
 from .frontend import Inputs, call_graph, call_model, graph_args, normalize_inputs
 from .lower import TRef
 from .plan import PrunePlan
+from .record import record_of
 from .registry import lookup
 from .rules._util import arg, normalize_call
 
@@ -186,8 +187,8 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
             gargs = graph_args(graph.gm, args)
             ref = _plain(interp.run(*gargs))
             # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
-            exported = "fxprune_inputs" in graph.gm.meta
-            graph_target = isinstance(small, torch.fx.GraphModule) and "fxprune_inputs" in small.meta
+            exported = record_of(graph.gm).inputs is not None
+            graph_target = isinstance(small, torch.fx.GraphModule) and record_of(small).inputs is not None
             out = call_graph(small, args) if graph_target else call_model(small, args)
             ref_leaves, ref_spec = tree_flatten(ref)
             out_leaves, out_spec = tree_flatten(out)

@@ -1,8 +1,7 @@
-"""Thin PassBase wrappers around fxprune's stages; state travels in ``gm.meta``.
-
-``gm.meta["fxprune_lowered"]`` holds the lowered IR between BuildChannelGraphPass and PropagatePass,
-``gm.meta["fxprune_graph"]`` the ChannelGraph, and ``gm.meta["fxprune"]["applied"]`` the plans already
-applied (so running ApplyPlanPass again with the same plan does nothing).
+"""fxprune's stages as PassBase passes; their state travels in the one record ``gm.meta["fxprune"]``
+(:class:`fxprune.record.GraphRecord`): ``lowered`` holds the lowered IR between BuildChannelGraphPass and
+PropagatePass, ``graph`` the ChannelGraph, ``applied`` the plans already applied (running ApplyPlanPass
+again with the same plan does nothing and says so: ``PassResult.modified`` is False).
 """
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from fxprune.errors import InternalError
 from fxprune.frontend import normalize_inputs, propagate_shapes
 from fxprune.lower import lower_graph
 from fxprune.plan import PrunePlan
+from fxprune.record import record_of
 from fxprune.rewrite import apply_plan
 
 __all__ = ["AnnotateShapesPass", "BuildChannelGraphPass", "PropagatePass", "ApplyPlanPass", "CleanupPass",
@@ -42,19 +42,20 @@ class BuildChannelGraphPass(PassBase):
         self.strict = strict
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        gm.meta["fxprune_lowered"] = lower_graph(gm, strict=self.strict)
+        record_of(gm).lowered = lower_graph(gm, strict=self.strict)
         return PassResult(gm, False)
 
 
 class PropagatePass(PassBase):
-    """Turn the solved IR into groups and classes (``gm.meta["fxprune_graph"]``)."""
+    """Turn the solved IR into groups and classes (``gm.meta["fxprune"].graph``)."""
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        lowered = gm.meta.pop("fxprune_lowered", None)
+        rec = record_of(gm)
+        lowered, rec.lowered = rec.lowered, None
         if lowered is None:
             raise InternalError("PropagatePass needs BuildChannelGraphPass to run first")
         ctx, sol = lowered
-        gm.meta["fxprune_graph"] = ChannelGraph(gm, ctx, sol)
+        rec.graph = ChannelGraph(gm, ctx, sol)
         return PassResult(gm, False)
 
 
@@ -66,10 +67,10 @@ class ApplyPlanPass(PassBase):
         self.plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        applied = gm.meta.get("fxprune", {}).get("applied", [])
-        if self.plan.to_json() in applied:
+        rec = record_of(gm)
+        if self.plan.to_json() in rec.applied:
             return PassResult(gm, False)
-        graph = gm.meta.pop("fxprune_graph", None)
+        graph, rec.graph = rec.graph, None
         if not isinstance(graph, ChannelGraph) or graph.gm is not gm:
             raise InternalError("ApplyPlanPass needs PropagatePass to run first on the same GraphModule")
         return PassResult(apply_plan(graph, self.plan, gm), True)
@@ -79,8 +80,8 @@ class CleanupPass(PassBase):
     """Drop analysis state, remove dead code, lint and recompile."""
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
-        for k in ("fxprune_graph", "fxprune_lowered"):
-            gm.meta.pop(k, None)
+        rec = record_of(gm)
+        rec.graph = rec.lowered = None
         changed = gm.graph.eliminate_dead_code()
         gm.graph.lint()
         gm.recompile()

@@ -194,7 +194,7 @@ def test_constant_built_in_place_is_recorded_as_one_constant():
     torch.manual_seed(0)
     m, x = Masked().eval(), torch.randn(3, 4)
     gm = fxprune.trace(m, x, frontend="autograd")
-    assert len(gm.meta["fxprune_constants"]) == 1
+    assert len(gm.meta["fxprune"].constants) == 1
     torch.testing.assert_close(gm(x), m(x), rtol=0, atol=0)
     graph = fxprune.analyze(m, x, frontend="autograd")
     assert graph.group_of("a.weight", 0).pinned.startswith("constant tensor")  # the mask is 6 wide

@@ -59,3 +59,22 @@ def test_same_plan_twice_does_not_prune_twice():
         again = fxprune.prune(once, plan, x)
     assert again.get_submodule("0").out_channels == 6
     assert any("already applied" in str(m.message) for m in w)
+
+
+def test_one_record_holds_the_plan_in_original_coordinates():
+    """Pruned twice, the record's plan is the total in the original's coordinates: replayed on the original
+    in one go it gives the same tensors; pass state never leaks into the pruned copy."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    first = fxprune.plan_by_ratio(fxprune.analyze(model, x), 0.25)
+    small = fxprune.prune(model, first, x)
+    second = fxprune.plan_by_ratio(fxprune.analyze(small, x), 0.25)
+    smaller = fxprune.prune(small, second, x)
+    rec = smaller.meta["fxprune"]
+    assert type(rec).__name__ == "GraphRecord" and rec.frontend == "fx" and len(rec.applied) == 2
+    assert rec.graph is None and rec.lowered is None
+    once = fxprune.prune(model, rec.plan, x)
+    sd1, sd2 = once.state_dict(), smaller.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert sum(len(v) for v in rec.plan.values()) > sum(len(v) for v in small.meta["fxprune"].plan.values())

@@ -2,7 +2,7 @@
 
 ``fx`` is ``symbolic_trace`` (torch-level graph, constants rewritable in place); ``export`` is
 ``torch.export`` non-strict, raised to torch-level ops (models with Python branches, ``**kwargs``, Hugging
-Face). ``auto`` tries them in that order and records which one ran in ``gm.meta["fxprune_frontend"]``.
+Face). ``auto`` tries them in that order and records which one ran in ``gm.meta["fxprune"].frontend`` (:mod:`fxprune.record`).
 ``autograd`` records one real forward at the ATen level (:mod:`fxprune.frontend.autograd`), for code
 neither tracer takes (a forward branching on tensor values).
 """
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import TraceError
+from ..record import record_of
 from . import fx as _fx
 from .export import Inputs, call_graph, call_model, export_trace, graph_args, split_inputs
 from .fx import normalize_inputs, propagate_shapes
@@ -37,7 +38,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
     Example:
         >>> import torch, torchvision, fxprune
         >>> gm = fxprune.trace(torchvision.models.resnet18(), torch.randn(1, 3, 64, 64))
-        >>> gm.graph.find_nodes(op="output")[0].args[0].meta["val"].shape, gm.meta["fxprune_frontend"]
+        >>> gm.graph.find_nodes(op="output")[0].args[0].meta["val"].shape, gm.meta["fxprune"].frontend
         (torch.Size([1, 1000]), 'fx')
     """
     if frontend not in FRONTENDS or frontend == "parts":
@@ -45,8 +46,8 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
     if not isinstance(model, torch.nn.Module):
         raise TraceError(f"expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, torch.fx.GraphModule):
-        model.meta.setdefault("fxprune_frontend", "fx")
-        if "fxprune_inputs" in model.meta:
+        rec = record_of(model)
+        if rec.inputs is not None:
             return model  # an exported graph already carries its shapes
         return _fx.trace(model, example_inputs)
     if frontend == "autograd":
@@ -57,7 +58,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
         try:
             gm = _fx.trace(model, normalize_inputs(example_inputs) if not isinstance(example_inputs, Inputs)
                            else example_inputs.args)
-            gm.meta["fxprune_frontend"] = "fx"
+            record_of(gm).frontend = "fx"
             return gm
         except TraceError as e:
             if frontend == "fx" or e.__cause__ is None:

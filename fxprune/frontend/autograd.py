@@ -47,6 +47,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import PlanError, ShapeInfoError, TraceError
+from ..record import record_of
 from .aten import raise_graph
 from .fx import normalize_inputs
 
@@ -252,9 +253,8 @@ def record(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any
     call_out_spec = pytree.tree_flatten(out)[1]
     b.graph.set_codegen(_CallCodeGen(params, leaves, call_out_spec))
     gm = torch.fx.GraphModule(root, b.graph, type(module).__name__)
-    gm.meta["fxprune_frontend"] = "autograd"
-    gm.meta["fxprune_constants"] = set(b.consts)
-    gm.meta["fxprune_recorded"] = where
+    rec = record_of(gm)
+    rec.frontend, rec.constants, rec.recorded = "autograd", set(b.consts), where
     raise_graph(gm)
     gm.graph.eliminate_dead_code()
     gm.recompile()
@@ -295,7 +295,7 @@ def literal_pins(gm: torch.fx.GraphModule, ctx: Any,
     from ..rules._util import call_args
     from ..targets.module import _consts
 
-    where = gm.meta.get("fxprune_recorded", type(gm).__name__)
+    where = record_of(gm).recorded or type(gm).__name__
     ir = copy.copy(ctx.ir)
     ir.pins = [p for p in ctx.ir.pins if p[2] not in boundary]
     free_ctx = copy.copy(ctx)

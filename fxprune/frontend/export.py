@@ -38,6 +38,7 @@ from torch.fx.graph import _PyTreeCodeGen, _PyTreeInfo
 from torch.utils._pytree import tree_flatten, tree_map, tree_structure
 
 from ..errors import TraceError
+from ..record import record_of
 from .aten import raise_graph
 
 __all__ = ["Inputs", "export_trace", "graph_args", "call_model", "call_graph", "split_inputs"]
@@ -83,7 +84,8 @@ def call_model(model: torch.nn.Module, example_inputs: Any) -> Any:
 def graph_args(gm: torch.fx.GraphModule, example_inputs: Any) -> Tuple[Any, ...]:
     """The positional inputs of a traced graph: for an exported graph, the kept tensor leaves of
     ``(args, kwargs)``; for any other graph, the positional example inputs."""
-    spec = getattr(gm, "meta", {}).get("fxprune_inputs")
+    rec = record_of(gm, create=False)
+    spec = rec.inputs if rec is not None else None
     args, kwargs = split_inputs(example_inputs)
     if spec is None:
         if kwargs:
@@ -102,7 +104,7 @@ def _in_kwargs(kwargs: Dict[str, Any], in_spec: Any) -> List[Tuple[str, Any]]:
 
 def call_graph(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
     """Call an exported graph (or its graph target) on the user's example inputs."""
-    info = gm.meta["fxprune_inputs"]
+    info = record_of(gm).inputs
     if info["flat_call"]:
         return gm(*graph_args(gm, example_inputs))
     args, kwargs = split_inputs(example_inputs)
@@ -216,7 +218,8 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
                             for a in tree_flatten(out.args[0])[0])
     graph.eliminate_dead_code()
     gm.recompile()
-    gm.meta["fxprune_inputs"] = {"in_spec": in_spec, "kept": kept, "flat_call": not simple}
-    gm.meta["fxprune_frontend"] = "export"
-    gm.meta["fxprune_constants"] = set(ep.constants) - {n for n, _ in model.named_buffers()}
+    rec = record_of(gm)
+    rec.inputs = {"in_spec": in_spec, "kept": kept, "flat_call": not simple}
+    rec.frontend = "export"
+    rec.constants = set(ep.constants) - {n for n, _ in model.named_buffers()}
     return gm

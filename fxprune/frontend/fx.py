@@ -25,6 +25,7 @@ from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_map
 
 from ..errors import ShapeInfoError, TraceError
+from ..record import record_of
 
 __all__ = ["trace", "propagate_shapes", "normalize_inputs"]
 
@@ -146,7 +147,7 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
         _drop_proxies(snapshot)
     _bind_training(model, graph)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta["fxprune_constants"] = set(tracer.tensor_attrs.values())
+    record_of(gm).constants = set(tracer.tensor_attrs.values())
     return gm
 
 

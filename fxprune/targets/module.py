@@ -30,6 +30,7 @@ import torch.fx
 from torch.utils._pytree import tree_flatten
 
 from ..errors import RewriteError
+from ..record import record_of
 from ..hf.config import sync_config
 
 __all__ = ["prune_to_module", "build_module", "sync_attributes", "carry_constants", "changed_constants",
@@ -233,8 +234,8 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
                         "use output='module'")
     small = apply_plan(graph, plan, graph.gm if exported else model, inplace=inplace and not exported)
     if exported:
-        for k in ("fxprune_inputs", "fxprune_frontend"):
-            small.meta[k] = graph.gm.meta[k]
+        rec, src = record_of(small), record_of(graph.gm)
+        rec.inputs, rec.frontend = src.inputs, src.frontend
     if output == "graph":
         return small
     pairs = None
