@@ -149,6 +149,8 @@ class Expansion:
 class ChannelGraph:
     """The result of :func:`analyze`: ``groups``, ``group_of``, and plan expansion."""
 
+    frontend = "fx"  # the frontend that traced ``gm`` (set by :func:`analyze`)
+
     def __init__(self, gm: torch.fx.GraphModule, ctx: LowerCtx, sol: Solution):
         self.gm, self.ctx, self.sol = gm, ctx, sol
         self.ir = ctx.ir
@@ -412,6 +414,25 @@ class ChannelGraph:
             return int(counts[i])
         d = self.ir.dims[i]
         return int(np.count_nonzero(mask[d.base:d.base + d.size]))
+
+    #: a budget search reads MACs and parameters of a candidate plan off this analysis (fxprune.ircount)
+    counts_from_ir = True
+
+    def apply(self, plan: Any, model: torch.nn.Module, example_inputs: Any = None, inplace: bool = False,
+              output: str = "auto") -> torch.nn.Module:
+        """The pruned model: a GraphModule (``output="graph"``, or ``"auto"`` after fx), or the user's own
+        class with its tensors sliced (``"module"``, or ``"auto"`` after export); see :func:`fxprune.prune`."""
+        from .rewrite import apply_plan
+
+        if self.frontend == "export" or output == "module":
+            from .targets.module import prune_to_module
+            return prune_to_module(self, plan, model, example_inputs, output, inplace)
+        return apply_plan(self, plan, model, inplace=inplace)
+
+    def verify(self, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float) -> Any:
+        """``small`` against the original run with the plan's slices zeroed (:func:`fxprune.verify`)."""
+        from .verify import verify_graph
+        return verify_graph(self, small, plan, args, atol, rtol)
 
     def to_networkx(self, group: Optional[Any] = None):
         """The coupling graph over dim nodes (``networkx.MultiGraph``), whole or for one group (a

@@ -84,18 +84,13 @@ def fit_budget(graph: Any, model: nn.Module, inputs: Any, order: Sequence[Tuple[
     """The shortest prefix of ``order`` whose removal brings ``what`` (``"macs"``/``"params"``) of
     ``model`` (analysed as ``graph``) to ``target`` or below. Warns and returns the whole order when
     even that misses. ``baseline``: ``what`` of ``model`` when the caller has counted it already."""
-    from .analyze import ChannelGraph
-    from .rewrite import apply_plan, prune
-
-    def pruned(plan: PrunePlan) -> nn.Module:
-        if isinstance(graph, ChannelGraph):  # reuse the analysis: no re-trace per probe
-            return apply_plan(graph, plan, model)
-        return prune(model, plan, inputs)
+    def pruned(plan: PrunePlan) -> nn.Module:  # reuse the analysis: no re-trace per probe
+        return graph.apply(plan, model, inputs)
 
     cache: Dict[int, int] = {0: measure(model, inputs, what) if baseline is None else int(baseline)}
     # Probes read sizes off the analysis (fxprune.ircount) when it models every op of this graph and agrees
     # with the counter on the unpruned model; otherwise each probe builds and counts a pruned copy.
-    use_ir = isinstance(graph, ChannelGraph) and _estimate(graph, model, PrunePlan({}), what) == cache[0]
+    use_ir = graph.counts_from_ir and _estimate(graph, model, PrunePlan({}), what) == cache[0]
 
     prefixes = _PrefixMasks(graph, order) if use_ir else None
 

@@ -318,11 +318,5 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
     if output not in ("auto", "graph", "module"):
         raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
     graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
-    if not isinstance(graph, ChannelGraph):  # symbolic_trace failed: submodules were traced instead
-        from .frontend.partial import apply_partial
-        return apply_partial(graph, plan, inplace=inplace)
-    if getattr(graph, "frontend", "fx") == "export" or output == "module":
-        from .targets.module import prune_to_module
-        return prune_to_module(graph, plan, model, example_inputs, output, inplace)
-    return apply_plan(graph, plan, model, inplace=inplace)
+    return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
 

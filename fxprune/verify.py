@@ -179,44 +179,48 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
             with warnings.catch_warnings():  # prune already warned about a tracing fallback
                 warnings.simplefilter("ignore", FallbackWarning)
                 graph = analyze(original, args)
-            if not isinstance(graph, ChannelGraph):  # only submodules traced: mask them in the original
-                from .frontend.partial import verify_partial
-                return verify_partial(graph, small, plan, args, atol, rtol)
-            exp = graph.expand(plan)
-            interp = _MaskedInterpreter(graph, exp)
-            gargs = graph_args(graph.gm, args)
-            ref = _plain(interp.run(*gargs))
-            # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
-            exported = record_of(graph.gm).inputs is not None
-            graph_target = isinstance(small, torch.fx.GraphModule) and record_of(small).inputs is not None
-            out = call_graph(small, args) if graph_target else call_model(small, args)
-            ref_leaves, ref_spec = tree_flatten(ref)
-            out_leaves, out_spec = tree_flatten(out)
-            if exported:
-                ref_leaves = [t for t in ref_leaves if isinstance(t, torch.Tensor)]
-                out_leaves = [t for t in out_leaves if isinstance(t, torch.Tensor)]
-                if len(ref_leaves) != len(out_leaves):
-                    raise VerificationError(f"the pruned model returns {len(out_leaves)} tensors, "
-                                            f"the original {len(ref_leaves)}")
-            elif ref_spec != out_spec:
-                raise VerificationError(f"output structure differs: {ref_spec} vs {out_spec}")
-            diffs, bad = [], []
-            for i, (r, o) in enumerate(zip(ref_leaves, out_leaves)):
-                if isinstance(r, torch.Tensor):
-                    d = _diff(o, r)
-                    diffs.append(d)
-                    if not _ok(d, r, atol, rtol):
-                        bad.append((i, d))
-            if bad:
-                node, nd = _first_bad_node(graph, exp, small, gargs, atol, rtol)
-                raise VerificationError(
-                    f"pruned model differs from the masked original: output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}"
-                    + (f"; first differing node {node.name} (max |Δ| = {nd:.3g})" if node is not None else ""),
-                    node)
-            return VerifyReport(max(diffs, default=0.0), diffs, dict(interp.recomputed))
+            return graph.verify(small, plan, args, atol, rtol)
     finally:
         for m, t in flags.items():
             m.training = t
+
+
+def verify_graph(graph: ChannelGraph, small: torch.nn.Module, plan: PrunePlan, args: Any,
+                 atol: float, rtol: float) -> VerifyReport:
+    """``small`` against the masked run of one analysed graph (:meth:`ChannelGraph.verify`); the models
+    are in eval mode under ``no_grad`` already."""
+    exp = graph.expand(plan)
+    interp = _MaskedInterpreter(graph, exp)
+    gargs = graph_args(graph.gm, args)
+    ref = _plain(interp.run(*gargs))
+    # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
+    exported = record_of(graph.gm).inputs is not None
+    graph_target = isinstance(small, torch.fx.GraphModule) and record_of(small).inputs is not None
+    out = call_graph(small, args) if graph_target else call_model(small, args)
+    ref_leaves, ref_spec = tree_flatten(ref)
+    out_leaves, out_spec = tree_flatten(out)
+    if exported:
+        ref_leaves = [t for t in ref_leaves if isinstance(t, torch.Tensor)]
+        out_leaves = [t for t in out_leaves if isinstance(t, torch.Tensor)]
+        if len(ref_leaves) != len(out_leaves):
+            raise VerificationError(f"the pruned model returns {len(out_leaves)} tensors, "
+                                    f"the original {len(ref_leaves)}")
+    elif ref_spec != out_spec:
+        raise VerificationError(f"output structure differs: {ref_spec} vs {out_spec}")
+    diffs, bad = [], []
+    for i, (r, o) in enumerate(zip(ref_leaves, out_leaves)):
+        if isinstance(r, torch.Tensor):
+            d = _diff(o, r)
+            diffs.append(d)
+            if not _ok(d, r, atol, rtol):
+                bad.append((i, d))
+    if bad:
+        node, nd = _first_bad_node(graph, exp, small, gargs, atol, rtol)
+        raise VerificationError(
+            f"pruned model differs from the masked original: output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}"
+            + (f"; first differing node {node.name} (max |Δ| = {nd:.3g})" if node is not None else ""),
+            node)
+    return VerifyReport(max(diffs, default=0.0), diffs, dict(interp.recomputed))
 
 
 def _first_bad_node(graph: ChannelGraph, exp: Expansion, small: torch.nn.Module, args: Tuple[Any, ...],

@@ -736,6 +736,19 @@ class PartialGraph:
     Groups, classes and plan expansion are those of one IR over every part.
     """
 
+    #: probes of a budget search build a pruned copy each (the parts' IR does not count the Python between)
+    counts_from_ir = False
+
+    def apply(self, plan: Any, model: torch.nn.Module, example_inputs: Any = None, inplace: bool = False,
+              output: str = "auto") -> torch.nn.Module:
+        """The user's model with every part pruned (:func:`apply_partial`); ``output`` is always a module."""
+        return apply_partial(self, plan, inplace=inplace)
+
+    def verify(self, small: torch.nn.Module, plan: Any, args: tuple[Any, ...], atol: float,
+               rtol: float) -> Any:
+        """``small`` against the model with the plan's slices zeroed in every part (:func:`verify_partial`)."""
+        return verify_partial(self, small, plan, args, atol, rtol)
+
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
                  strict: bool = False, rec: _Recording | None = None):
         from ..analyze import ChannelGraph
