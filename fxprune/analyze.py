@@ -60,6 +60,7 @@ class Group:
     ancestors: Any = field(repr=False, default=None)  # the grids' label -> factor label map, if any
     head_dims: Optional[List[DimNode]] = field(repr=False, default=None)  # every group a head touches
     head_members: Optional[List[Tuple[str, int]]] = field(repr=False, default=None)
+    head_span: List[Tuple[int, ...]] = field(repr=False, default_factory=list)  # per head class: groups it spans
 
     def heads(self) -> "Group":
         """This group with its head classes as ``all_classes`` (what a whole-head criterion scores), over
@@ -80,6 +81,35 @@ class Group:
         return dataclasses.replace(self, all_classes=list(self.head_classes), labels=self.head_labels,
                                    classes=[], head_classes=[], head_labels=np.zeros(0, np.int64),
                                    dims=self.head_dims or self.dims, members=self.head_members or self.members)
+
+    def head_parts(self) -> List["Group"]:
+        """:meth:`heads`, one view per attention: head classes that remove indices from the same groups
+        (one layer's v/o group) together. Several layers share one q/k group when their RoPE tables are
+        one buffer; their heads are still counted per layer.
+
+        Example:
+            >>> import torch, fxprune
+            >>> mha = torch.nn.MultiheadAttention(8, 2)
+            >>> class M(torch.nn.Module):
+            ...     def __init__(self):
+            ...         super().__init__(); self.attn = mha
+            ...     def forward(self, x):
+            ...         return self.attn(x, x, x)[0]
+            >>> g = fxprune.analyze(M(), torch.randn(5, 1, 8)).group_of("attn.in_proj_weight", 0)
+            >>> [len(p.all_classes) for p in g.head_parts()]
+            [2]
+        """
+        if not self.head_classes:
+            return []
+        whole = self.heads()
+        spans = self.head_span or [()] * len(self.head_classes)
+        parts: Dict[Tuple[int, ...], List[int]] = {}
+        for i, span in enumerate(spans):
+            parts.setdefault(span, []).append(i)
+        if len(parts) == 1:
+            return [whole]
+        return [dataclasses.replace(whole, all_classes=[self.head_classes[i] for i in idx],
+                                    labels=self.head_labels[idx]) for idx in parts.values()]
 
     def positions(self, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """``(row, pos)`` pairs: global index ``ids[row]`` is removed by class ``all_classes[pos]``. An
@@ -281,6 +311,7 @@ class ChannelGraph:
                         if c in heads:
                             touch.setdefault(c, set()).add(i)
         for i, g in enumerate(groups):
+            g.head_span = [tuple(sorted(touch.get(int(lab), set()))) for lab in g.head_labels]
             span = sorted(set().union(*(touch.get(int(lab), set()) for lab in g.head_labels)) - {i})
             if span:
                 g.head_dims = g.dims + [d for j in span for d in groups[j].dims]

@@ -251,9 +251,10 @@ class Pruner:
     # -- selection ------------------------------------------------------------------------------
     def _analyze(self) -> ChannelGraph:
         graph = analyze(self.model, self.example_inputs, strict=self.strict)
-        for g in graph.groups:  # whole heads and head dims count separately
+        for g in graph.groups:  # whole heads (per attention) and head dims count separately
             self._init_classes.setdefault((False, g.key), len(g.all_classes))
-            self._init_classes.setdefault((True, g.key), len(g.head_classes))
+            for part in g.head_parts():
+                self._init_classes.setdefault((True, _head_key(part)), len(part.all_classes))
         return graph
 
     def _select_step(self) -> PrunePlan:
@@ -281,7 +282,7 @@ class Pruner:
         for scope in self._scopes(cands):
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
-                self.num_heads[c.group.key] -= 1  # one head class: a head, a kv group or a query head
+                self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
         if picked:
             self._apply(PrunePlan.union(picked))
 
@@ -289,8 +290,8 @@ class Pruner:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
         ordinary classes (head dims inside attention)."""
         out = []
-        head_dim_groups = set() if self.prune_head_dims or heads else set(_head_groups(graph))
-        groups = [g.heads() for g in graph.groups if g.head_classes] if heads else graph.groups
+        head_dim_groups = set() if self.prune_head_dims or heads else _groups_inside_heads(graph)
+        groups = [p for g in graph.groups for p in g.head_parts()] if heads else graph.groups
         for g in groups:
             if g.pinned or not g.all_classes or g.key in head_dim_groups or self._ignored(g):
                 self._note(g, "pinned: " + g.pinned if g.pinned else "have no removable class"
@@ -306,7 +307,7 @@ class Pruner:
                 raise PlanError(f"importance {type(self.importance).__name__} returned shape "
                                 f"{tuple(s.shape)} for group {g.key} with {len(g.all_classes)} classes; "
                                 "use a group_reduction that gives one score per class")
-            n_init = self._init_classes.get((heads, g.key), len(g.all_classes))
+            n_init = self._init_classes.get((heads, _head_key(g) if heads else g.key), len(g.all_classes))
             out.append(_Cand(g, s.numpy(), n_init))
         return out
 
@@ -568,4 +569,19 @@ def _signature(model: nn.Module, g: Group) -> Tuple:
 def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
     """Groups that hold whole heads (grid factors of an attention projection), with how many head
     classes they have (heads; under GQA kv groups plus query heads per group)."""
-    return {g.key: len(g.head_classes) for g in graph.groups if g.pinned is None and g.head_classes}
+    return {_head_key(p): len(p.all_classes) for g in graph.groups if g.pinned is None for p in g.head_parts()}
+
+
+def _groups_inside_heads(graph: ChannelGraph) -> set:
+    """Keys of the groups whose classes are head dims: those holding heads and those the heads span."""
+    out = set()
+    for g in graph.groups:
+        if g.head_classes:
+            out.add(g.key)
+            out.update(graph.groups[j].key for span in g.head_span for j in span)
+    return out
+
+
+def _head_key(part: Group) -> str:
+    """Which attention a view of head classes stands for: the member key naming its first head."""
+    return part.all_classes[0][0] if part.all_classes else part.key
