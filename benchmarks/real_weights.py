@@ -444,6 +444,8 @@ def main(argv=None) -> int:
             doc["rows"] += d["rows"]
             doc["tp_ratios"].update(d["tp_ratios"])
             doc["config"]["budgets"] += [b for b in d["config"]["budgets"] if b not in doc["config"]["budgets"]]
+            for k in ("libraries", "criteria"):  # runs of one library / some criteria add up to the whole
+                doc["config"][k] += [x for x in d["config"][k] if x not in doc["config"][k]]
         doc["config"]["budgets"].sort(reverse=True)
         seen, rows = set(), []
         for r in doc["rows"]:  # a (library, criterion, budget, seed) measured by two runs: keep the first
