@@ -183,10 +183,9 @@ class Pruner:
         if interactive:
             return self._interactive()
         self._why = {}
-        removed_before = sum(len(v) for v in self._plan.values())  # a head step applies its own plan
         with cache.graphs_unchanged():  # selection's analysis of the current GraphModule is prune's too
             plan = self._select_step()
-            if not len(plan) and sum(len(v) for v in self._plan.values()) == removed_before:
+            if not len(plan):
                 self._warn_nothing()
             return self._apply(plan)
 
@@ -261,10 +260,12 @@ class Pruner:
         """The plan (current coordinates) of one non-interactive step."""
         if self.target_macs is not None or self.target_params is not None:
             return self._select_budget()
+        graph = self._analyze()
         plan: List[Tuple[str, List[int]]] = []
         if self.prune_num_heads and self.per_step_head_pruning_ratio[self.current_step] > 0:
-            self._head_step()  # whole heads first (applied), then the ordinary step on the result
-        graph = self._analyze()
+            # whole heads and channels from one analysis, in one plan: every criterion scores the model
+            # its data was recorded on (activations, accumulated gradients)
+            plan.extend(self._head_picks(graph))
         cands = self._candidates(graph)
         ratio = self.per_step_pruning_ratio[self.current_step]
         for scope in self._scopes(cands):
@@ -272,8 +273,8 @@ class Pruner:
             plan.extend(c.group.all_classes[i] for c, i in picked)
         return PrunePlan.union(plan)
 
-    def _head_step(self) -> None:
-        graph = self._analyze()
+    def _head_picks(self, graph: ChannelGraph) -> List[Tuple[str, List[int]]]:
+        """The head classes (whole heads, kv groups, query heads of every group) this step removes."""
         heads = _head_groups(graph)
         self.num_heads.update(heads)
         cands = self._candidates(graph, heads=True)
@@ -283,8 +284,7 @@ class Pruner:
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
                 self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
-        if picked:
-            self._apply(PrunePlan.union(picked))
+        return picked
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their

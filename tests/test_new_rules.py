@@ -257,3 +257,26 @@ def test_cosine_similarity_reduced_dim_prunable():
         u = F.linear(x, m.a.weight[kept], m.a.bias[kept])
         v = F.linear(x, m.a.weight[kept], m.b.bias[kept]) * 0.5 + 1.0
         assert torch.allclose(small(x), F.cosine_similarity(u, v, dim=-1), atol=1e-6)
+
+
+class SwinPad(nn.Module):
+    """timm Swin's window padding: channels last, H and W padded by amounts computed from the shape."""
+
+    def __init__(self, window=4):
+        super().__init__()
+        self.window = window
+        self.fc1, self.fc2 = nn.Linear(3, 6), nn.Linear(6, 2)
+
+    def forward(self, x):  # x: (B, H, W, C)
+        y = self.fc1(x)
+        _, h, w, _ = y.shape
+        ph, pw = (self.window - h % self.window) % self.window, (self.window - w % self.window) % self.window
+        y = F.pad(y, (0, 0, 0, pw, 0, ph))
+        return self.fc2(y[:, :h, :w, :])
+
+
+def test_pad_by_computed_amounts_keeps_channels_prunable():
+    m = SwinPad()
+    _prune_and_check(m, torch.randn(1, 5, 6, 3), {"fc1.weight:0": [0, 4]},
+                     {"fc1.weight": (0, [0, 4]), "fc1.bias": (0, [0, 4]), "fc2.weight": (1, [0, 4])},
+                     {"fc1.weight": (4, 3), "fc2.weight": (2, 4)})

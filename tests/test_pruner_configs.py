@@ -165,3 +165,10 @@ def _sweep() -> list[tuple]:
 @pytest.mark.parametrize("name", ALL)
 def test_pruner_configs_zoo(name, config):
     _check_config(name, *config)
+
+
+@pytest.mark.parametrize("crit_name", ["hessian", "activation"])
+def test_heads_and_channels_in_one_step_score_the_model_the_data_came_from(crit_name):
+    """Whole heads and channels are chosen from one analysis and applied as one plan, so a criterion whose
+    data was recorded on the model (accumulated gradients, activations) never scores a head-pruned copy."""
+    _check_config("vit_b_32", crit_name, 0.7, False, True, None)

@@ -56,9 +56,10 @@ def lower_interpolate(ctx, node) -> None:
 def lower_pad(ctx, node) -> None:
     x, out = ctx.tensor(arg(node, 0, "input")), ctx.out()
     pad = arg(node, 1, "pad")
-    if not isinstance(pad, (list, tuple)) or not all(isinstance(p, int) for p in pad):
+    if not isinstance(pad, (list, tuple)):
         return
-    padded = {x.ndim - 1 - i // 2 for i, p in enumerate(pad) if p != 0}
+    # an amount computed in the graph (timm's Swin pads H and W up to the window) may be anything but 0
+    padded = {x.ndim - 1 - i // 2 for i, p in enumerate(pad) if not (isinstance(p, int) and p == 0)}
     for d in range(x.ndim):
         if d not in padded:
             ctx.couple(x, d, out, d)
