@@ -122,9 +122,6 @@ def _index_plan(idx, shape):
     n_adv = sum(1 for i in items if isinstance(i, torch.fx.Node))
     if n_adv > 1 or (n_adv and any(isinstance(i, int) for i in items)):
         return None  # several advanced indices (or ints beside one) may move dims to the front
-    for i in items:
-        if isinstance(i, slice) and not all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)):
-            return None
     n_used = sum(1 for i in items if i is not None and i is not Ellipsis)
     if Ellipsis in items:
         k = items.index(Ellipsis)
@@ -139,10 +136,9 @@ def _index_plan(idx, shape):
         elif isinstance(i, torch.fx.Node):  # x[:, idx]: the gathered dim is replaced by idx's dims (pinned)
             d_in += 1
             d_out += _gather_index(i)
-        else:
-            sel = np.arange(shape[d_in], dtype=np.int64)[i]
-            if i.step in (None, 1):
-                plan.append((d_in, d_out, sel))
+        else:  # a bound computed in the graph (a crop to ``x.shape``): that dim stays pinned, not the others
+            if all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)) and i.step in (None, 1):
+                plan.append((d_in, d_out, np.arange(shape[d_in], dtype=np.int64)[i]))
             d_in += 1
             d_out += 1
     return plan
