@@ -223,7 +223,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
     _freeze_size_reads(new_graph, rctx)
     for node in new_graph.nodes:  # shapes in meta follow the pruned sizes
         ref = rctx.tensor(node)
-        if ref is not None and ref.key[0] == "value":
+        if ref is not None:  # values, and parameters read by get_attr (a re-analysis reads these shapes)
             node.meta["val"] = torch.empty(rctx.new_shape(ref), dtype=node.meta["val"].dtype, device="meta")
         elif isinstance(node.meta.get("val"), (tuple, list)):
             elems = {r.key[2][0]: r for r in rctx.out_elems(node)}

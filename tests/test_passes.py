@@ -78,3 +78,26 @@ def test_one_record_holds_the_plan_in_original_coordinates():
     sd1, sd2 = once.state_dict(), smaller.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     assert sum(len(v) for v in rec.plan.values()) > sum(len(v) for v in small.meta["fxprune"].plan.values())
+
+
+def test_pruned_graph_with_parameters_read_by_get_attr_analyses_again():
+    """A parameter read by ``get_attr`` (a functional conv, as timm's patch embedding traces) carries its
+    pruned shape in ``meta["val"]``: pruning the pruned graph again works and matches the composed plan."""
+    class FnConv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.b = torch.nn.Parameter(torch.randn(8, 3, 2, 2)), torch.nn.Parameter(torch.randn(8))
+            self.fc = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            y = torch.nn.functional.conv2d(x, self.w, self.b, 2)
+            return self.fc(y.mean((2, 3)))
+
+    torch.manual_seed(0)
+    m, x = FnConv().eval(), torch.randn(1, 3, 8, 8)
+    small = fxprune.prune(m, {"w:0": [1, 2]}, x)
+    assert [n.meta["val"].shape[0] for n in small.graph.nodes if n.op == "get_attr" and n.target == "w"] == [6]
+    smaller = fxprune.prune(small, {"w:0": [0]}, x)  # original channel 0
+    plan = smaller.meta["fxprune"].plan
+    assert plan["w:0"] == [0, 1, 2]
+    fxprune.verify(m, smaller, plan, x)
