@@ -37,7 +37,7 @@ from .errors import PlanError
 from .record import record_of
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import _prune
-from .select import class_dim_counts
+from .select import class_dim_counts, valid_prefix
 
 __all__ = ["Pruner", "Proposal", "linear_scheduler"]
 
@@ -269,9 +269,8 @@ class Pruner:
         cands = self._candidates(graph)
         ratio = self.per_step_pruning_ratio[self.current_step]
         for scope in self._scopes(cands):
-            picked = self._pick(scope, lambda g: self._group_ratio(g, ratio))
-            plan.extend(c.group.all_classes[i] for c, i in picked)
-        return PrunePlan.union(plan)
+            plan.extend(_valid_picks(graph, self._pick(scope, lambda g: self._group_ratio(g, ratio))))
+        return PrunePlan.union(valid_prefix(graph, plan))  # heads and channels together, checked once
 
     def _head_picks(self, graph: ChannelGraph) -> List[Tuple[str, List[int]]]:
         """The head classes (whole heads, kv groups, query heads of every group) this step removes."""
@@ -284,7 +283,7 @@ class Pruner:
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
                 self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
-        return picked
+        return valid_prefix(graph, picked)
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
@@ -570,6 +569,14 @@ def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
     """Groups that hold whole heads (grid factors of an attention projection), with how many head
     classes they have (heads; under GQA kv groups plus query heads per group)."""
     return {_head_key(p): len(p.all_classes) for g in graph.groups if g.pinned is None for p in g.head_parts()}
+
+
+def _valid_picks(graph: ChannelGraph, picked: List[Tuple["_Cand", int]]) -> List[Tuple[str, List[int]]]:
+    """Each group's picks cut to the longest prefix its expansion allows (:func:`fxprune.select.valid_prefix`)."""
+    by_group: Dict[int, List[Tuple[str, List[int]]]] = {}
+    for c, i in picked:
+        by_group.setdefault(id(c.group), []).append(c.group.all_classes[i])
+    return [cls for picks in by_group.values() for cls in valid_prefix(graph, picks)]
 
 
 def _groups_inside_heads(graph: ChannelGraph) -> set:

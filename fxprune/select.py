@@ -16,9 +16,10 @@ import torch
 
 from .analyze import ChannelGraph, Group
 from .gcpause import no_gc
+from .errors import PlanError
 from .plan import PrunePlan
 
-__all__ = ["plan_by_ratio", "class_scores", "class_dim_counts"]
+__all__ = ["plan_by_ratio", "class_scores", "class_dim_counts", "valid_prefix"]
 
 
 def _tensors(graph: ChannelGraph) -> Dict[str, torch.Tensor]:
@@ -206,5 +207,34 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> Pru
     for g, n_remove in todo:
         gi = _GroupIndex(g)
         scores = np.sqrt(_scores(g, gi, sums))
-        picked.extend(g.all_classes[i] for i in _greedy(scores, n_remove, gi))
+        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)]))
     return PrunePlan.union(picked)
+
+
+def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]]) -> List[Tuple[str, List[int]]]:
+    """The longest prefix of one group's picks (best first) that a plan may remove. Counting each class's
+    indices cannot see everything: grids chained through reshapes and grouped convolutions may close a set
+    of classes to more than their union (EfficientViT's multi-scale attention), so the set is expanded
+    once and, when it would empty a dim, cut back by bisection.
+
+    Example:
+        >>> import torch, fxprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+        >>> graph = fxprune.analyze(m, torch.randn(1, 4))
+        >>> len(valid_prefix(graph, graph.group_of("0.weight", 0).all_classes))   # all 3 would empty it
+        2
+    """
+    def ok(k: int) -> bool:
+        try:
+            graph.expand(PrunePlan.union(picks[:k]))
+            return True
+        except PlanError:
+            return False
+
+    if not picks or ok(len(picks)):
+        return picks
+    lo, hi = 0, len(picks)  # ok(lo) holds, ok(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return picks[:lo]
