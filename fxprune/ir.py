@@ -95,8 +95,9 @@ class ChannelIR:
             self.free[x.id] = f
 
     def ungrid(self, which: Sequence[Tuple[int, Optional[int]]]) -> None:
-        """Replace grids ``(position, factor)`` by a coupling of the product with that factor (the
-        innermost when None); the other factors are pinned, as they can lose nothing."""
+        """Replace grids ``(position, factor)`` by a coupling of the product with that factor (when None:
+        the innermost one that reaches a parameter, else the innermost); the other factors are pinned, as
+        they can lose nothing."""
         from .index_map import factor
 
         drop = {}
@@ -107,7 +108,10 @@ class ChannelIR:
             if k not in drop:
                 keep.append((pid, fids, where))
                 continue
-            m = drop[k] if drop[k] is not None else len(fids) - 1
+            m = drop[k]
+            if m is None:
+                big = [j for j, f in enumerate(fids) if self.dims[f].size > 1] or [len(fids) - 1]
+                m = max(big, key=lambda j: (self.free[fids[j]], j))
             p, f = self.dims[pid], self.dims[fids[m]]
             inner = int(np.prod([self.dims[x].size for x in fids[m + 1:]], dtype=np.int64))
             ia, ib = factor(p.size, inner, f.size)
