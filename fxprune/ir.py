@@ -17,11 +17,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
+
+if TYPE_CHECKING:
+    from .grid import Grids
 
 __all__ = ["DimNode", "ChannelIR", "Solution"]
 
@@ -231,7 +234,7 @@ class Solution:
     owner: np.ndarray
     dim_group: np.ndarray
     pinned_reason: Dict[int, str]
-    grids: Optional["Grids"] = None  # noqa: F821  (fxprune.grid, set when the IR has grid constraints)
+    grids: Optional["Grids"] = None  # set when the IR has grid constraints
 
     def labels_of(self, d: DimNode, idx: Optional[Sequence[int]] = None) -> np.ndarray:
         ids = d.base + (np.arange(d.size) if idx is None else np.asarray(idx, np.int64))

@@ -61,7 +61,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
-from ..ir import DimNode
 from ..plan import PrunePlan, make_key, parse_key
 from .fx import normalize_inputs, propagate_shapes
 

@@ -10,12 +10,10 @@ from __future__ import annotations
 import math
 from typing import List, Tuple
 
-import numpy as np
 import torch
 import torch.fx
 import torch.nn as nn
 
-from .. import index_map
 from ..lower import TRef
 from ..registry import register
 from ._util import arg, fixed_size, reads_pruned, set_arg
