@@ -519,3 +519,16 @@ def test_vit_plan_by_ratio_heads():
         a = small.encoder.layers.get_submodule(f"encoder_layer_{i}").self_attention
         assert (a.num_heads, a.qk_head_dim, a.v_head_dim, a.embed_dim) == (2, 16, 16, 32)
     zoo.recover_slices(m, small)
+
+
+def test_pruner_prune_head_dims_false_keeps_every_head_size():
+    """``prune_head_dims=False``: heads may go, head dims never; the MLP still loses channels."""
+    m, inputs = _vit()
+    pruner = fxprune.Pruner(m, inputs, pruning_ratio=0.5, prune_num_heads=True, head_pruning_ratio=0.5,
+                            prune_head_dims=False)
+    small = pruner.step()
+    assert fxprune.verify(m, small, pruner.plan, inputs).max_abs_diff < 1e-4
+    for i in range(2):
+        a = small.encoder.layers.get_submodule(f"encoder_layer_{i}").self_attention
+        assert (a.num_heads, a.qk_head_dim, a.v_head_dim) == (2, 16, 16)
+        assert small.encoder.layers.get_submodule(f"encoder_layer_{i}").mlp[0].out_features == 64
