@@ -60,7 +60,7 @@ class Group:
     ancestors: Any = field(repr=False, default=None)  # the grids' label -> factor label map, if any
     head_dims: Optional[List[DimNode]] = field(repr=False, default=None)  # every group a head touches
     head_members: Optional[List[Tuple[str, int]]] = field(repr=False, default=None)
-    head_span: List[Tuple[int, ...]] = field(repr=False, default_factory=list)  # per head class: groups it spans
+    head_span: List[Tuple[int, ...]] = field(repr=False, default_factory=list)  # groups each head spans
 
     def heads(self) -> "Group":
         """This group with its head classes as ``all_classes`` (what a whole-head criterion scores), over
@@ -77,27 +77,18 @@ class Group:
             >>> g = fxprune.analyze(M(), torch.randn(5, 1, 8)).group_of("attn.in_proj_weight", 0)
             >>> [len(i) for _, i in g.heads().all_classes]   # q, k and v rows of each head
             [12, 12]
+            >>> [len(p.all_classes) for p in g.head_parts()]  # one attention: one part
+            [2]
         """
         return dataclasses.replace(self, all_classes=list(self.head_classes), labels=self.head_labels,
                                    classes=[], head_classes=[], head_labels=np.zeros(0, np.int64),
-                                   dims=self.head_dims or self.dims, members=self.head_members or self.members)
+                                   dims=self.head_dims or self.dims,
+                                   members=self.head_members or self.members)
 
     def head_parts(self) -> List["Group"]:
         """:meth:`heads`, one view per attention: head classes that remove indices from the same groups
         (one layer's v/o group) together. Several layers share one q/k group when their RoPE tables are
-        one buffer; their heads are still counted per layer.
-
-        Example:
-            >>> import torch, fxprune
-            >>> mha = torch.nn.MultiheadAttention(8, 2)
-            >>> class M(torch.nn.Module):
-            ...     def __init__(self):
-            ...         super().__init__(); self.attn = mha
-            ...     def forward(self, x):
-            ...         return self.attn(x, x, x)[0]
-            >>> g = fxprune.analyze(M(), torch.randn(5, 1, 8)).group_of("attn.in_proj_weight", 0)
-            >>> [len(p.all_classes) for p in g.head_parts()]
-            [2]
+        one buffer; their heads are still counted per layer (example: :meth:`heads`).
         """
         if not self.head_classes:
             return []
@@ -452,7 +443,8 @@ class ChannelGraph:
     def apply(self, plan: Any, model: torch.nn.Module, example_inputs: Any = None, inplace: bool = False,
               output: str = "auto") -> torch.nn.Module:
         """The pruned model: a GraphModule (``output="graph"``, or ``"auto"`` after fx), or the user's own
-        class with its tensors sliced (``"module"``, or ``"auto"`` after export); see :func:`fxprune.prune`."""
+        class with its tensors sliced (``"module"``, or ``"auto"`` after export); see
+        :func:`fxprune.prune`."""
         from .rewrite import apply_plan
 
         if self.frontend == "export" or output == "module":
@@ -537,7 +529,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     ``graph.frontend`` says which one ran.
     """
     if frontend not in ("auto", "fx", "export", "parts", "autograd"):
-        raise TraceError(f"frontend must be one of 'auto', 'fx', 'export', 'parts', 'autograd', got {frontend!r}")
+        raise TraceError("frontend must be one of 'auto', 'fx', 'export', 'parts', 'autograd', "
+                         f"got {frontend!r}")
     key = cache.fingerprint(model, example_inputs, strict, frontend)
     # the parts frontend records one real forward, whose branches may depend on the input values: its
     # analysis is reused only for the same input tensors (prune and verify after analyze)

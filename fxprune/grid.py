@@ -32,9 +32,29 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import PlanError
+from .errors import InternalError, PlanError
 
 __all__ = ["Grids"]
+
+
+def _per_index(a: np.ndarray, m: int, reduce: str) -> np.ndarray:
+    """``a.any``/``a.all`` over every axis but ``m``: one value per index of factor ``m``."""
+    axes = tuple(x for x in range(a.ndim) if x != m)
+    return getattr(a, reduce)(axis=axes) if axes else a
+
+
+def _on_axis(v: np.ndarray, m: int, k: int) -> np.ndarray:
+    """Factor ``m``'s vector shaped to broadcast along axis ``m`` of a ``k``-factor grid."""
+    shape = [1] * k
+    shape[m] = len(v)
+    return v.reshape(shape)
+
+
+def _slice(k: int, m: int, i: int) -> tuple:
+    """The index ``[..., i, ...]`` of a grid's slice at index ``i`` of factor ``m`` (of ``k``)."""
+    sl = [slice(None)] * k
+    sl[m] = i
+    return tuple(sl)
 
 
 @dataclass
@@ -48,12 +68,9 @@ class _Grid:
 
     def parents_removed(self, table: np.ndarray) -> np.ndarray:
         """Which product indices some factor's removal takes away (shaped like ``elems``)."""
-        k = len(self.factors)
         out = np.zeros(self.elems.shape, bool)
         for m, f in enumerate(self.factors):
-            shape = [1] * k
-            shape[m] = len(f)
-            out |= table[f].reshape(shape)
+            out |= _on_axis(table[f], m, len(self.factors))
         return out
 
 
@@ -97,15 +114,12 @@ class Grids:
                     continue
                 k = len(g.factors)
                 for m, f in enumerate(g.factors):
-                    axes = tuple(a for a in range(k) if a != m)
-                    rows = hit.any(axis=axes) if axes else hit
-                    new = rows & ~pinned[f]
+                    new = _per_index(hit, m, "any") & ~pinned[f]
                     if not new.any():
                         continue
                     for i in np.nonzero(new)[0].tolist():
-                        sl = [slice(None)] * k
-                        sl[m] = i
-                        lab = int(g.elems[tuple(sl)][hit[tuple(sl)]].ravel()[0])
+                        sl = _slice(k, m, i)
+                        lab = int(g.elems[sl][hit[sl]].ravel()[0])
                         reasons[int(f[i])] = reasons[lab]
                         pinned[f[i]] = True
                     changed = True
@@ -194,7 +208,7 @@ class Grids:
                 changed = True
             if not changed:
                 return np.nonzero(chosen)[0]
-        raise PlanError("grid constraints did not settle; this is a bug in fxprune")
+        raise InternalError("grid constraints did not settle")
 
     @staticmethod
     def _cover(g: _Grid, ok: np.ndarray, todo: np.ndarray, pinned: np.ndarray,
@@ -206,25 +220,16 @@ class Grids:
         picks: List[Tuple[int, int]] = []
         todo = todo.copy()
         for m in range(k):
-            axes = tuple(a for a in range(k) if a != m)
-            whole = ok.all(axis=axes) if axes else ok
-            hits = todo.any(axis=axes) if axes else todo
-            for i in np.nonzero(whole & hits & free[m])[0].tolist():
-                picks.append((m, i))
+            whole = _per_index(ok, m, "all") & _per_index(todo, m, "any")
+            picks.extend((m, i) for i in np.nonzero(whole & free[m])[0].tolist())
         for m, i in picks:
-            sl = [slice(None)] * k
-            sl[m] = i
-            todo[tuple(sl)] = False
+            todo[_slice(k, m, i)] = False
         for m in reversed(range(k)):  # the rest by the innermost factor that can lose it (head dims)
             if not todo.any():
                 break
-            axes = tuple(a for a in range(k) if a != m)
-            hits = todo.any(axis=axes) if axes else todo
-            for i in np.nonzero(hits & free[m])[0].tolist():
+            for i in np.nonzero(_per_index(todo, m, "any") & free[m])[0].tolist():
                 picks.append((m, i))
-                sl = [slice(None)] * k
-                sl[m] = i
-                todo[tuple(sl)] = False
+                todo[_slice(k, m, i)] = False
         if todo.any():
             at = np.argwhere(todo)[0].tolist()
             raise PlanError(f"index {at} of the grid {describe(g.product)} (split by {g.where}) "
@@ -240,12 +245,9 @@ class Grids:
             ident = sp.csr_matrix((np.ones(len(base), np.float32), (base, base)), shape=(n, n))
             rows, cols = [], []  # every product label with the label of each of its factor indices
             for g in self.grids:
-                k = len(g.factors)
                 for m, f in enumerate(g.factors):
-                    shape = [1] * k
-                    shape[m] = len(f)
                     rows.append(g.elems.ravel())
-                    cols.append(np.broadcast_to(f.reshape(shape), g.elems.shape).ravel())
+                    cols.append(np.broadcast_to(_on_axis(f, m, len(g.factors)), g.elems.shape).ravel())
             r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
             c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
             pick = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(n, n))

@@ -28,6 +28,13 @@ if TYPE_CHECKING:
 
 __all__ = ["DimNode", "ChannelIR", "Solution"]
 
+
+def _components(n: int, links: Sequence[Tuple[int, int]]) -> np.ndarray:
+    """Connected components of ``n`` dim nodes under ``links`` (one label per node)."""
+    pairs = np.array(list(links), dtype=np.int64).reshape(-1, 2)
+    adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
+    return connected_components(adj, directed=False)[1]
+
 ValueKey = Tuple[Hashable, ...]  # ("param", qualname) or ("value", node_name, elem_path)
 
 
@@ -103,9 +110,7 @@ class ChannelIR:
         they can lose nothing."""
         from .index_map import factor
 
-        drop = {}
-        for k, m in which:
-            drop[k] = m
+        drop = dict(which)
         keep = []
         for k, (pid, fids, where) in enumerate(self.grids):
             if k not in drop:
@@ -154,17 +159,15 @@ class ChannelIR:
         """Classes (index components) and groups (dim components).
 
         Groups are components over dim nodes (small); a grid joins groups through its innermost factor
-        only (see ``Grids.links``: the heads it adds do not merge the q/k and v groups). Index-level classes
-        are computed only inside components, over every link, that hold a parameter: elsewhere nothing can ever be removed (token and spatial dims of a video
-        transformer are millions of indices), so each such dim gets one label, pinned when its group is.
+        only (see ``Grids.links``: the heads it adds do not merge the q/k and v groups). Index-level
+        classes are computed only inside components, over every link, that hold a parameter: elsewhere
+        nothing can ever be removed (token and spatial dims of a video transformer are millions of
+        indices), so each such dim gets one label, pinned when its group is.
         """
         n, nd = self.total, len(self.dims)
         sizes = np.array([d.size for d in self.dims], dtype=np.int64)
         owner = np.repeat(np.arange(nd), sizes) if nd else np.zeros(0, np.int64)
-        links = list(self._pairs) + [(p, f) for p, fs, _ in self.grids for f in fs]
-        pairs = np.array(links, dtype=np.int64).reshape(-1, 2)
-        dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
-        _, dim_group = connected_components(dadj, directed=False)
+        dim_group = _components(nd, list(self._pairs) + [(p, f) for p, fs, _ in self.grids for f in fs])
         with_param = np.zeros(nd, bool)
         with_param[[dim_group[d.id] for d in self.dims if d.is_param]] = True
         keep_dim = with_param[dim_group]
@@ -198,10 +201,42 @@ class ChannelIR:
             from .grid import Grids
             sol.grids = Grids.build(sol, {k for k, g in enumerate(self.grids) if keep_dim[g[0]]})
             # the groups users see: a grid joins groups through its innermost factor only, not its heads
-            links = list(self._pairs) + sol.grids.links(sol)
-            pairs = np.array(links, dtype=np.int64).reshape(-1, 2)
-            dadj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
-            sol.dim_group = connected_components(dadj, directed=False)[1]
+            sol.dim_group = _components(nd, list(self._pairs) + sol.grids.links(sol))
+        return sol
+
+    def settle(self) -> "Solution":
+        """Solve, first turning every grid that cannot keep two factors that lose channels into a
+        coupling (see :mod:`fxprune.grid`): before any index-level solve, a grid whose product or factors
+        lie in components pinned outright (a flatten of pinned spatial dims, a video transformer's token
+        grids of millions of indices); after each solve, grids one live factor away from a coupling, and
+        two grids over the same product share their factors (``repeat_kv`` of k and of v)."""
+        from .index_map import identity
+
+        for _ in range(len(self.grids)):  # an ungridded product couples its factor: components grow
+            comp = _components(len(self.dims), self._pairs)
+            dead = np.zeros(comp.max() + 1 if len(comp) else 0, bool)
+            dead[[comp[did] for did, idx, _ in self.pins if idx is None]] = True
+            bad = []
+            for k, (p, fs, _) in enumerate(self.grids):
+                # a product pinned outright pins every factor index (each slice holds a pinned element)
+                live = [] if dead[comp[p]] else [m for m, f in enumerate(fs)
+                                                  if self.dims[f].size > 1 and not dead[comp[f]]]
+                if len(live) <= 1:
+                    bad.append((k, live[0] if live else None))
+            if not bad:
+                break
+            self.ungrid(bad)
+        sol = self.solve()
+        for _ in range(2 * len(self.grids)):  # each round couples dims or turns grids into couplings
+            same = sol.grids.duplicates() if sol.grids is not None else []
+            bad = [] if same or sol.grids is None else sol.grids.degenerate(sol)
+            if not same and not bad:
+                break
+            for a, b in same:
+                da, db = self.dims[a], self.dims[b]
+                self.couple(da, db, *identity(da.size))
+            self.ungrid(bad)
+            sol = self.solve()
         return sol
 
     def _pin_reasons(self, labels: np.ndarray, keep_dim: np.ndarray) -> Dict[int, str]:

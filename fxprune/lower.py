@@ -336,32 +336,6 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def _ungrid_pinned(ir: ChannelIR) -> None:
-    """Before the first solve: a grid with at most one factor outside the couplings' components that hold
-    a whole-dim pin is a coupling already (a flatten of pinned spatial dims; a video transformer's token
-    grids, whose millions of indices must never reach the index-level solve)."""
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    nd = len(ir.dims)
-    for _ in range(len(ir.grids)):  # an ungridded product couples its factor: components grow
-        pairs = np.array(ir._pairs, dtype=np.int64).reshape(-1, 2)
-        adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nd, nd)).tocsr()
-        comp = connected_components(adj, directed=False)[1]
-        dead = np.zeros(comp.max() + 1 if nd else 0, bool)
-        dead[[comp[did] for did, idx, _ in ir.pins if idx is None]] = True
-        bad = []
-        for k, (p, fs, _) in enumerate(ir.grids):
-            # a product pinned outright pins every factor index (each slice holds a pinned element)
-            live = [] if dead[comp[p]] else [m for m, f in enumerate(fs)
-                                              if ir.dims[f].size > 1 and not dead[comp[f]]]
-            if len(live) <= 1:
-                bad.append((k, live[0] if live else None))
-        if not bad:
-            return
-        ir.ungrid(bad)
-
-
 def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
     """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
     factors a dim is a grid constraint, not a choice of one factor)."""
@@ -371,19 +345,7 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
     for i, node in enumerate(gm.graph.nodes):
         ctx.node_index = i
         ctx.lower_node(node)
-    if ctx.ir.grids:
-        _ungrid_pinned(ctx.ir)
-    sol = ctx.ir.solve()
-    for _ in range(2 * len(ctx.ir.grids)):  # each round couples dims or turns grids into couplings
-        same = sol.grids.duplicates() if sol.grids is not None else []
-        bad = [] if same or sol.grids is None else sol.grids.degenerate(sol)
-        if not same and not bad:
-            break
-        for a, b in same:
-            da, db = ctx.ir.dims[a], ctx.ir.dims[b]
-            ctx.ir.couple(da, db, *_identity(da.size))
-        ctx.ir.ungrid(bad)
-        sol = ctx.ir.solve()
+    sol = ctx.ir.settle()
     warned = _warned(gm)
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:

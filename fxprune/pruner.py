@@ -270,7 +270,7 @@ class Pruner:
         ratio = self.per_step_pruning_ratio[self.current_step]
         for scope in self._scopes(cands):
             plan.extend(_valid_picks(graph, self._pick(scope, lambda g: self._group_ratio(g, ratio))))
-        return PrunePlan.union(valid_prefix(graph, plan))  # heads and channels together, checked once
+        return PrunePlan.union(valid_prefix(graph, plan, "this step's heads and channels together"))
 
     def _head_picks(self, graph: ChannelGraph) -> List[Tuple[str, List[int]]]:
         """The head classes (whole heads, kv groups, query heads of every group) this step removes."""
@@ -283,7 +283,7 @@ class Pruner:
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
                 self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
-        return valid_prefix(graph, picked)
+        return valid_prefix(graph, picked, "the heads chosen")
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
@@ -568,15 +568,17 @@ def _signature(model: nn.Module, g: Group) -> Tuple:
 def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
     """Groups that hold whole heads (grid factors of an attention projection), with how many head
     classes they have (heads; under GQA kv groups plus query heads per group)."""
-    return {_head_key(p): len(p.all_classes) for g in graph.groups if g.pinned is None for p in g.head_parts()}
+    return {_head_key(p): len(p.all_classes)
+            for g in graph.groups if g.pinned is None for p in g.head_parts()}
 
 
 def _valid_picks(graph: ChannelGraph, picked: List[Tuple["_Cand", int]]) -> List[Tuple[str, List[int]]]:
-    """Each group's picks cut to the longest prefix its expansion allows (:func:`fxprune.select.valid_prefix`)."""
-    by_group: Dict[int, List[Tuple[str, List[int]]]] = {}
+    """Each group's picks cut to the longest prefix its expansion allows
+    (:func:`fxprune.select.valid_prefix`)."""
+    by_group: Dict[int, Tuple[str, List[Tuple[str, List[int]]]]] = {}
     for c, i in picked:
-        by_group.setdefault(id(c.group), []).append(c.group.all_classes[i])
-    return [cls for picks in by_group.values() for cls in valid_prefix(graph, picks)]
+        by_group.setdefault(id(c.group), (c.group.key, []))[1].append(c.group.all_classes[i])
+    return [cls for key, picks in by_group.values() for cls in valid_prefix(graph, picks, key)]
 
 
 def _groups_inside_heads(graph: ChannelGraph) -> set:

@@ -71,7 +71,8 @@ def record_of(gm: torch.nn.Module, create: bool = True) -> Optional[GraphRecord]
     return rec
 
 
-def compose(before: Dict[str, List[int]], now: Dict[str, List[int]], sizes: Dict[str, int]) -> Dict[str, List[int]]:
+def compose(before: Dict[str, List[int]], now: Dict[str, List[int]],
+            sizes: Dict[str, int]) -> Dict[str, List[int]]:
     """A plan on an already pruned model (``now``, its coordinates; ``sizes`` its current sizes) added to
     what was removed before (``before``, original coordinates): the total in original coordinates.
 

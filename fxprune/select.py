@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -29,8 +30,9 @@ def _tensors(graph: ChannelGraph) -> Dict[str, torch.Tensor]:
 
 
 class _GroupIndex:
-    """Every index of every non-empty dim of a group, with the position (in :attr:`Group.all_classes`) of
-    the removable class holding it, or -1. One vectorised pass serves scores and dim counts."""
+    """Every index of every non-empty dim of a group paired with the position (in
+    :attr:`Group.all_classes`) of each removable class that removes it (``rows``/``pos``; an index of a
+    grid product has one pair per head and head dim). One vectorised pass serves scores and dim counts."""
 
     def __init__(self, group: Group):
         self.dims = [d for d in group.dims if d.size]
@@ -207,15 +209,16 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> Pru
     for g, n_remove in todo:
         gi = _GroupIndex(g)
         scores = np.sqrt(_scores(g, gi, sums))
-        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)]))
+        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)], g.key))
     return PrunePlan.union(picked)
 
 
-def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]]) -> List[Tuple[str, List[int]]]:
+def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]],
+                 where: str = "") -> List[Tuple[str, List[int]]]:
     """The longest prefix of one group's picks (best first) that a plan may remove. Counting each class's
     indices cannot see everything: grids chained through reshapes and grouped convolutions may close a set
     of classes to more than their union (EfficientViT's multi-scale attention), so the set is expanded
-    once and, when it would empty a dim, cut back by bisection.
+    once and, when it would empty a dim, cut back by bisection; a cut is warned about, naming ``where``.
 
     Example:
         >>> import torch, fxprune
@@ -237,4 +240,6 @@ def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]]) -> Lis
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    warnings.warn(f"fxprune: {where or 'a group'} loses {lo} of the {len(picks)} classes chosen: more would "
+                  "expand, through its grids, to a plan that empties a dim", stacklevel=3)
     return picks[:lo]

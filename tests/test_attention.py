@@ -340,7 +340,8 @@ def test_mha_head_and_head_dim_classes_in_one_analysis():
         1, HD, range(HD), E + HD) + _rows(1, HD, range(HD), 2 * E + HD))
     assert g.all_classes[0] == ("attn.in_proj_weight:0", _rows(NH, HD, [0]) + _rows(NH, HD, [0], E))
     # one plan, both kinds: head 1 and q/k dim 0 of the other heads
-    plan = fxprune.PrunePlan({"attn.in_proj_weight:0": sorted(set(g.head_classes[1][1] + g.all_classes[0][1]))})
+    rows = sorted(set(g.head_classes[1][1] + g.all_classes[0][1]))
+    plan = fxprune.PrunePlan({"attn.in_proj_weight:0": rows})
     small = fxprune.prune(m, plan, inputs)
     fxprune.verify(m, small, plan, inputs)
     assert (small.attn.num_heads, small.attn.qk_head_dim, small.attn.v_head_dim) == (3, 3, 4)

@@ -182,3 +182,16 @@ def test_to_networkx_has_the_grid_edges():
     assert len(grid) == 8 and sorted({d["factor"] for _, _, d in grid}) == [0, 1]
     sizes = sorted((g.nodes[a]["size"], g.nodes[b]["size"]) for a, b, d in grid)
     assert all(s == (4, 16) or s == (16, 4) for s in sizes)  # product 16 = heads 4 x head dims 4
+
+
+def test_valid_prefix_cuts_back_and_says_so():
+    from fxprune.select import valid_prefix
+
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    graph = fxprune.analyze(m, torch.randn(1, 4))
+    classes = graph.group_of("0.weight", 0).all_classes
+    with pytest.warns(UserWarning, match="0.weight:0 loses 2 of the 3 classes chosen"):
+        assert valid_prefix(graph, classes, "0.weight:0") == classes[:2]  # all 3 would empty the layer
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert valid_prefix(graph, classes[:2], "0.weight:0") == classes[:2]

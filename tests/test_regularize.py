@@ -205,10 +205,8 @@ def _lasso_penalty(groups: Dict[str, Tuple[Members, int]], reg: float, alpha: fl
     constant (detached)."""
     def penalty(p):
         total = 0.0
-        for parts in groups.values():
-            parts = parts if isinstance(parts, list) else [parts]  # a group of several class families
-            sq = [s for members, k in parts for s in _class_sq(p, members, k)]
-            n = len(sq)
+        for members, n in groups.values():
+            sq = _class_sq(p, members, n)
             norms = torch.stack([s.detach().sqrt() for s in sq])
             span = norms.max() - norms.min()
             gamma = 2.0 ** (alpha * (norms.max() - norms) / span) if span > 0 else torch.ones(n)
@@ -229,8 +227,7 @@ def test_group_lasso_matches_autograd(make, groups):
     before = _grads(model, x)
     GroupLassoRegularizer(fxprune.analyze(model, x), reg=reg, alpha=alpha).regularize(model)
     _assert_grads(model, expected)
-    touched = {name for parts in groups.values() for members, _ in (parts if isinstance(parts, list) else [parts])
-               for name, _ in members}
+    touched = {name for members, _ in groups.values() for name, _ in members}
     for n, p in model.named_parameters():  # outside every unpinned group: exactly unchanged
         if n not in touched:
             assert torch.equal(p.grad, before[n]), n

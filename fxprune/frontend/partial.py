@@ -488,7 +488,8 @@ def _record_part(path: str, module: torch.nn.Module, call: _Call, rec: _Recordin
     from .stitch import BOUNDARY_REASONS
 
     if len(call.every) != 1:
-        raise TraceError(f"it is called {len(call.every)} times; one recorded forward stands for one call only")
+        raise TraceError(f"it is called {len(call.every)} times; one recorded forward stands for one call "
+                         "only")
     values, params = _bind(module, call)
     gm = record(module, call.args, call.kwargs, path or f"the root {type(module).__name__}")
     ctx, sol = lower_graph(gm, strict=strict)

@@ -137,7 +137,8 @@ def _index_plan(idx, shape):
             d_in += 1
             d_out += _gather_index(i)
         else:  # a bound computed in the graph (a crop to ``x.shape``): that dim stays pinned, not the others
-            if all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step)) and i.step in (None, 1):
+            literal = all(v is None or isinstance(v, int) for v in (i.start, i.stop, i.step))
+            if literal and i.step in (None, 1):
                 plan.append((d_in, d_out, np.arange(shape[d_in], dtype=np.int64)[i]))
             d_in += 1
             d_out += 1
