@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)
+from . import hf  # noqa: E402  (Hugging Face write-back: fxprune.hf.save_pretrained, ...)
 from .sparse import BNScalePruner, GroupNormPruner, GrowingRegPruner  # noqa: E402
 from .count import count  # noqa: E402
 from .recalibrate import recalibrate_bn  # noqa: E402
