@@ -71,6 +71,7 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str
         raise PlanError(f"fxprune.hf.save_pretrained needs a transformers PreTrainedModel, got "
                         f"{type(model).__name__}")
     model.save_pretrained(directory, **kwargs)
+    _native_names(model, directory)
     stock = stock_build(model)
     stock_sd = stock.state_dict()
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()
@@ -105,6 +106,41 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str
     return info
 
 
+def _weight_files(directory: str) -> list:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return sorted(set(json.load(f)["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def _native_names(model: nn.Module, directory: str) -> None:
+    """Rewrite the weights under the model's own state-dict names when ``save_pretrained`` renamed them
+    (transformers 5 writes ViT under its legacy checkpoint names and maps them back only in its own loader)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    saved = set()
+    for name in _weight_files(directory):
+        with safe_open(os.path.join(directory, name), "pt") as f:
+            saved.update(f.keys())
+    unique: Dict[str, torch.Tensor] = {}
+    seen = set()
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:  # a tied weight is stored once; load ties it again
+            continue
+        seen.add(v.data_ptr())
+        unique[k] = v
+    if set(unique) <= saved:
+        return
+    for name in _weight_files(directory) + ["model.safetensors.index.json"]:
+        if os.path.exists(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
+    save_file({k: v.detach().contiguous() for k, v in unique.items()}, os.path.join(directory, "model.safetensors"),
+              metadata={"format": "pt"})
+    log.info("fxprune.hf.save_pretrained: weights written under the model's own names (%d tensors)", len(unique))
+
+
 def _resolve(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     path, _, leaf = key.rpartition(".")
     return (model.get_submodule(path) if path else model), leaf
@@ -113,14 +149,8 @@ def _resolve(model: nn.Module, key: str) -> tuple[nn.Module, str]:
 def _load_weights(directory: str) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    index = os.path.join(directory, "model.safetensors.index.json")
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    else:
-        files = ["model.safetensors"]
     sd: Dict[str, torch.Tensor] = {}
-    for name in files:
+    for name in _weight_files(directory):
         sd.update(load_file(os.path.join(directory, name)))
     return sd
 
