@@ -541,12 +541,13 @@ def _tensor(model: nn.Module, name: str) -> Optional[torch.Tensor]:
 
 
 def _out_dim(model: nn.Module, owner: str, attr: str) -> int:
-    """The output-channel dim of a module's parameter (1 for transposed-conv weights, else 0)."""
+    """The output-channel dim of a module's parameter (1 for transposed-conv weights and Hugging Face's
+    ``Conv1D``, whose weight is ``[in, out]``; else 0)."""
     try:
         mod = model.get_submodule(owner) if owner else model
     except AttributeError:
         return 0
-    if attr == "weight" and isinstance(mod, nn.modules.conv._ConvTransposeNd):
+    if attr == "weight" and (isinstance(mod, nn.modules.conv._ConvTransposeNd) or type(mod).__name__ == "Conv1D"):
         return 1
     return 0
 

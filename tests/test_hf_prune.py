@@ -273,3 +273,61 @@ def test_uniform_pruning_round_trips_through_transformers_alone(name):
             back = T.AutoModelForCausalLM.from_pretrained(d).eval()
     assert type(back) is type(model)
     assert torch.equal(_out(small, inputs), _out(back, inputs))
+
+
+def _zero_removed(original: torch.nn.Module, small: torch.nn.Module) -> torch.nn.Module:
+    """The original with every slice the pruned model lacks zeroed, found from the values: each kept row
+    (or column) of a pruned 2-D weight equals exactly one of the original's (random weights), so the removed
+    ones are the rest; a bias follows its weight's rows. An oracle that does not read fxprune's plan."""
+    masked = copy.deepcopy(original)
+    small_p = dict(small.named_parameters())
+    with torch.no_grad():
+        for name, p in masked.named_parameters():
+            q = small_p[name]
+            if p.shape == q.shape or p.ndim != 2:
+                continue
+            (dim,) = [d for d in range(2) if p.shape[d] != q.shape[d]]
+            rows, kept = p.movedim(dim, 0), q.movedim(dim, 0)
+            hit = (rows[None, :, :] == kept[:, None, :]).all(-1)  # [kept, original]
+            assert (hit.sum(1) == 1).all(), name
+            removed = torch.tensor(sorted(set(range(p.shape[dim])) - set(hit.nonzero()[:, 1].tolist())))
+            p.index_fill_(dim, removed, 0.0)
+            bias = dict(masked.named_parameters()).get(name.rpartition(".")[0] + ".bias")
+            if bias is not None and dim == 0 and bias.shape[0] == p.shape[0]:
+                bias.index_fill_(0, removed, 0.0)
+    return masked
+
+
+@pytest.mark.parametrize("name", ["llama", "phi3", "gpt2", "bert"])
+def test_pruner_removes_heads_and_mlp_channels_of_chosen_layers(name):
+    """``Pruner(prune_num_heads, head_pruning_ratio, pruning_ratio_dict)``: half the heads of every layer,
+    a quarter of layer 0's MLP only; the result is the model's own class and equals the original with the
+    removed slices (found from the values) zeroed."""
+    fam, model, _, _ = _case(name)
+    inputs = _inputs(name)
+    up0 = model.get_submodule(fam.mlp(0, [0])[1][0][0].rpartition(".")[0])  # its outputs: the MLP width
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = fxprune.Pruner(model, inputs, pruning_ratio=0.0, pruning_ratio_dict={up0: 0.25},
+                                prune_num_heads=True, head_pruning_ratio=0.5, prune_head_dims=False)
+        small = pruner.step()
+    assert type(small) is type(model)
+    assert fam.widths(small, 0) == (I - I // 4, H * HD // 2)
+    assert fam.widths(small, 1) == (I, H * HD // 2)
+    want = _out(_zero_removed(model, small), inputs)
+    assert torch.allclose(_out(small, inputs), want, atol=1e-5)
+
+
+def test_pruner_target_params_on_a_decoder():
+    fam, model, _, _ = _case("llama")
+    inputs = _inputs("llama")
+    from fxprune.count import count_params
+
+    before = count_params(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = fxprune.Pruner(model, inputs, target_params=0.7 * before, prune_num_heads=True,
+                               prune_head_dims=False).step()
+    assert type(small) is type(model)
+    after = count_params(small)
+    assert 0.6 * before < after <= 0.7 * before
