@@ -331,3 +331,42 @@ def test_pruner_target_params_on_a_decoder():
     assert type(small) is type(model)
     after = count_params(small)
     assert 0.6 * before < after <= 0.7 * before
+
+
+@pytest.mark.parametrize("rows, named", [
+    (_rng(0, HD), "heads 0 of model.layers.0.self_attn.q_proj"),  # one query head: GQA needs it in every kv group
+    ([3, 19, 35, 51], "head dims 3 of heads 0..3"),              # head dim 3 without its RoPE partner 11
+    (_rng(16, 4), "head dims 0..3 of heads 1"),                  # 4 dims of kv head 1: in every head, with partners
+])
+def test_a_plan_that_breaks_a_head_raises_naming_it_when_strict(rows, named):
+    _, model, _, _ = _case("llama")
+    inputs = _inputs("llama")
+    key = "model.layers.0.self_attn.q_proj.weight:0" if rows[0] != 16 else "model.layers.0.self_attn.k_proj.weight:0"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(fxprune.PlanError, match=named.replace(".", r"\.")):
+        fxprune.prune(model, {key: rows}, inputs, strict=True)
+    with pytest.warns(UserWarning, match="a valid plan also removes"):  # not strict: closed, and said so
+        small = fxprune.prune(model, {key: rows}, inputs)
+    # q/k lose head dims that v keeps: only a GraphModule carries that (warned); it is smaller either way
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen3", "phi3"])
+def test_hidden_size_pruned_everywhere_reports_the_norm_statistics(name):
+    """The hidden size: embeddings, every projection, the RMSNorm weights and ``lm_head`` lose the same
+    channels. The norms' statistics change (mean of squares over fewer channels), so verify recomputes them
+    and says which nodes; the config says the new ``hidden_size`` and the head size it no longer derives."""
+    _, model, _, _ = _case(name)
+    inputs = _inputs(name)
+    gone = [0, 7, 33, 60]
+    small, said = _prune(model, {"model.embed_tokens.weight:1": gone}, inputs)
+    assert type(small) is type(model) and not said
+    assert small.model.embed_tokens.embedding_dim == D - 4 and small.lm_head.in_features == D - 4
+    assert small.model.norm.weight.shape == (D - 4,)
+    assert small.config.hidden_size == D - 4 and fxprune.hf.config_mismatches(small) == []
+    report = fxprune.verify(model, small, {"model.embed_tokens.weight:1": gone}, inputs)
+    assert report.max_abs_diff < 1e-4 and report.recomputed  # the norms, recomputed and named
+    assert all("norm" in k or "pow" in k or "mean" in k for k in report.recomputed), report.recomputed
+    with torch.no_grad():
+        assert small.generate(inputs.args[0][:1], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 11)
