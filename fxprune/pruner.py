@@ -576,10 +576,10 @@ def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
 def _valid_picks(graph: ChannelGraph, picked: List[Tuple["_Cand", int]]) -> List[Tuple[str, List[int]]]:
     """Each group's picks cut to the longest prefix its expansion allows
     (:func:`fxprune.select.valid_prefix`)."""
-    by_group: Dict[int, Tuple[str, List[Tuple[str, List[int]]]]] = {}
+    by_group: Dict[int, Tuple[Group, List[Tuple[str, List[int]]]]] = {}
     for c, i in picked:
-        by_group.setdefault(id(c.group), (c.group.key, []))[1].append(c.group.all_classes[i])
-    return [cls for key, picks in by_group.values() for cls in valid_prefix(graph, picks, key)]
+        by_group.setdefault(id(c.group), (c.group, []))[1].append(c.group.all_classes[i])
+    return [cls for g, picks in by_group.values() for cls in valid_prefix(graph, picks, g.key, g)]
 
 
 def _groups_inside_heads(graph: ChannelGraph) -> set:
