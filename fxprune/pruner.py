@@ -97,7 +97,10 @@ class Pruner:
         isomorphic: with ``global_pruning``, rank only among structurally identical groups.
         prune_num_heads, head_pruning_ratio: remove whole attention heads (heads are found from the
             graph's ``view``/``reshape`` factors, never passed by hand).
-        prune_head_dims: when False, groups inside attention heads are not pruned by dimension.
+        prune_head_dims: when False, groups inside attention heads are not pruned by dimension. The default
+            (None) is True, except for a Hugging Face transformers model: its attention modules hold one
+            ``head_dim`` for q, k and v, and its config recomputes the attention scale from it, so a model
+            with head dims removed loads only through ``fxprune.hf.from_pretrained``.
         target_macs, target_params: a budget instead of a ratio: a fraction (``<= 1``) of the
             original count or an absolute count; classes are removed in ranking order until the
             budget is met (within one class).
@@ -109,7 +112,7 @@ class Pruner:
                  max_pruning_ratio: float = 1.0, iterative_steps: int = 1,
                  iterative_pruning_ratio_scheduler: Callable[[float, int], List[float]] = linear_scheduler,
                  round_to: Optional[int] = None, ignored_layers: Optional[Sequence[Any]] = None,
-                 isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: bool = True,
+                 isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: Optional[bool] = None,
                  head_pruning_ratio: float = 0.0, target_macs: Optional[float] = None,
                  target_params: Optional[float] = None, strict: bool = False):
         from . import importance as imp_mod
@@ -139,6 +142,11 @@ class Pruner:
         self.round_to = round_to
         self.isomorphic = isomorphic
         self.prune_num_heads = prune_num_heads
+        if prune_head_dims is None:
+            prune_head_dims = not _is_transformers(model)
+            if not prune_head_dims:
+                log.info("Pruner: %s is a transformers model; head dims are kept (prune_head_dims=True prunes "
+                         "them)", type(model).__name__)
         self.prune_head_dims = prune_head_dims
         self.head_pruning_ratio = head_pruning_ratio
         self.target_macs, self.target_params = target_macs, target_params
@@ -538,6 +546,12 @@ def _tensor(model: nn.Module, name: str) -> Optional[torch.Tensor]:
         return None
     t = getattr(mod, attr, None)
     return t if isinstance(t, torch.Tensor) else None
+
+
+def _is_transformers(model: nn.Module) -> bool:
+    """A Hugging Face ``PreTrainedModel`` (checked by its base classes' module, without importing transformers)."""
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(model).__mro__)
 
 
 def _out_dim(model: nn.Module, owner: str, attr: str) -> int:

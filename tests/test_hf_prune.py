@@ -370,3 +370,29 @@ def test_hidden_size_pruned_everywhere_reports_the_norm_statistics(name):
     assert all("norm" in k or "pow" in k or "mean" in k for k in report.recomputed), report.recomputed
     with torch.no_grad():
         assert small.generate(inputs.args[0][:1], max_new_tokens=3, do_sample=False, pad_token_id=0).shape == (1, 11)
+
+
+def test_pruner_default_on_a_decoder_round_trips_through_transformers():
+    """``Pruner(model, inputs, pruning_ratio)`` on a transformers decoder keeps head dims (one ``head_dim``
+    serves q, k and v, and the config would recompute the attention scale): MLP and hidden size lose a
+    quarter, and stock ``save_pretrained``/``from_pretrained`` round-trip. ``prune_head_dims=True`` still
+    removes head dims, and then ``fxprune.hf`` carries the original scale."""
+    _, model, _, _ = _case("llama")
+    inputs = _inputs("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = fxprune.Pruner(model, inputs, pruning_ratio=0.25, importance="l2").step()
+        dims = fxprune.Pruner(model, inputs, pruning_ratio=0.25, importance="l2", prune_head_dims=True).step()
+    assert (small.config.intermediate_size, small.config.hidden_size, small.config.head_dim) == (96, 48, HD)
+    assert fxprune.hf.config_mismatches(small) == []
+    with tempfile.TemporaryDirectory() as d:
+        small.save_pretrained(d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            back = T.AutoModelForCausalLM.from_pretrained(d).eval()
+    assert torch.equal(_out(small, inputs), _out(back, inputs))
+    assert dims.config.head_dim < HD and any("scaling" in s for s in fxprune.hf.config_mismatches(dims))
+    with tempfile.TemporaryDirectory() as d:
+        fxprune.hf.save_pretrained(dims, d)
+        back = fxprune.hf.from_pretrained(d)
+    assert torch.equal(_out(dims, inputs), _out(back, inputs))
