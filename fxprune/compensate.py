@@ -91,6 +91,11 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
         idx = torch.from_numpy(np.asarray(removed, dtype=np.int64))
         m = mean.to(torch.float64)[idx]
         delta = w.detach().to(torch.float64).index_select(1, idx.to(w.device)).cpu() @ m
+        gone = graph.removed(exp.mask, _param_key(graph, name), 0)
+        if len(gone):  # output features the plan removes too: the pruned bias has only the kept ones
+            keep = np.ones(w.shape[0], bool)
+            keep[gone] = False
+            delta = delta[torch.from_numpy(np.nonzero(keep)[0])]
         out.append(Compensation(name, idx, m, delta))
     for what, names in (("have no entry in `compensate` and are not compensated", missing),
                         ("are not nn.Linear layers and are not compensated (nn.Linear only)", unsupported)):
