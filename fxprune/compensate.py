@@ -36,7 +36,7 @@ from torch import nn
 
 from .errors import PlanError, RewriteError
 
-__all__ = ["Compensation", "plan_compensation", "apply_compensation", "input_fills"]
+__all__ = ["Compensation", "plan_compensation", "apply_compensation", "input_fills", "add_saved_biases"]
 
 log = logging.getLogger(__name__)
 
@@ -217,3 +217,23 @@ def _declare_biases(original: nn.Module, small: nn.Module, added: List[str]) -> 
                       f"{type(small).__name__} that its config cannot declare ({', '.join(unloadable[:3])}"
                       f"{', ...' if len(unloadable) > 3 else ''}): save_pretrained stores them, but the stock "
                       "class's from_pretrained drops them; keep the state_dict or use fxprune.save", stacklevel=4)
+
+
+def add_saved_biases(model: nn.Module, keys: List[str]) -> List[str]:
+    """Give every ``nn.Linear`` of ``model`` without a bias one (zeros) where ``keys`` (a saved state dict's)
+    hold ``<layer>.bias``: a model rebuilt by replaying a plan lacks the biases compensation created, and
+    loading the saved weights fills them. Returns the layers changed.
+
+    Example:
+        >>> import torch, fxprune.compensate as c
+        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3, bias=False))
+        >>> c.add_saved_biases(m, ["0.weight", "0.bias"]), m[0].bias.shape
+        (['0'], torch.Size([3]))
+    """
+    done = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and mod.bias is None and (f"{name}.bias" if name else "bias") in keys:
+            mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype, device=mod.weight.device),
+                                    requires_grad=mod.weight.requires_grad)
+            done.append(name)
+    return done
