@@ -3,8 +3,8 @@
 Forward-recorded criteria (:class:`~fxprune.importance.ActivationImportance`,
 :class:`~fxprune.importance.FluctuationImportance`) see every batch under ``no_grad``; gradient criteria
 (:class:`~fxprune.importance.TaylorImportance`, :class:`~fxprune.importance.HessianImportance`) get one
-``accumulate_grad`` per batch after the backward of ``loss_fn(model, batch)``. For a Hugging Face causal LM the
-loss defaults to the language-model loss of the batch's own tokens.
+``accumulate_grad`` per batch after the backward of ``loss_fn(model, batch)``. For a Hugging Face causal LM
+the loss defaults to the language-model loss of the batch's own tokens.
 
 Example:
     >>> import torch, fxprune
@@ -36,7 +36,7 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 
 def _call(model: nn.Module, batch: Any) -> Any:
-    """Call ``model`` on one batch: a tensor, a tuple of positional inputs, a dict of keywords or ``Inputs``."""
+    """Call ``model`` on one batch: a tensor, a tuple of positional inputs, a dict of keywords, ``Inputs``."""
     if isinstance(batch, dict):
         return model(**batch)
     return call_model(model, batch)
@@ -57,8 +57,9 @@ def _ids_and_kwargs(batch: Any) -> Tuple[torch.Tensor, Dict[str, Any]]:
     else:
         ids, kwargs = None, {}
     if not isinstance(ids, torch.Tensor):
-        raise PlanError(f"the default causal-LM loss needs token ids in each batch (a tensor, a tuple starting "
-                        f"with one, a dict with 'input_ids' or fxprune.Inputs); got {type(batch).__name__}")
+        raise PlanError(f"the default causal-LM loss needs token ids in each batch (a tensor, a tuple "
+                        f"starting with one, a dict with 'input_ids' or fxprune.Inputs); got "
+                        f"{type(batch).__name__}")
     return ids, kwargs
 
 
@@ -144,8 +145,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
         progress: a tqdm bar on stderr (a log line every ~10 % without tqdm).
 
     The model runs in eval mode (no dropout, no BatchNorm statistics updated); its training flags and every
-    parameter's ``.grad`` are restored afterwards. A criterion with nothing to record (magnitude) is returned as
-    it is, with a warning.
+    parameter's ``.grad`` are restored afterwards. A criterion with nothing to record (magnitude) is returned
+    as it is, with a warning.
     """
     from .importance import get_importance
 
@@ -162,8 +163,8 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
         raise PlanError(f"max_batches must be a positive integer, got {max_batches}")
     if gradient and not recorded and loss_fn is None:
         if not is_causal_lm(model):
-            raise PlanError(f"{name} needs a loss to differentiate and {type(model).__name__} has none fxprune "
-                            "knows (only Hugging Face causal LMs have a default): pass "
+            raise PlanError(f"{name} needs a loss to differentiate and {type(model).__name__} has none "
+                            "fxprune knows (only Hugging Face causal LMs have a default): pass "
                             "loss_fn=lambda model, batch: <scalar loss>")
         loss_fn = lm_loss
     params = list(model.parameters())

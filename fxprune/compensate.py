@@ -45,7 +45,7 @@ _LINEAR_FNS = (F.linear, torch.ops.aten.linear.default)
 
 @dataclass
 class Compensation:
-    """One compensated layer: its removed input channels, their means, and the bias change ``W[:, R] @ m_R``."""
+    """One compensated layer: its removed input channels, their means, the bias change ``W[:, R] @ m_R``."""
 
     name: str
     removed: torch.Tensor
@@ -85,9 +85,9 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
             continue
         mean = torch.as_tensor(means[name]).detach().reshape(-1)
         if mean.numel() != w.shape[1]:
-            raise PlanError(f"compensate: the mean input of {name!r} has {mean.numel()} entries but the layer "
-                            f"has {w.shape[1]} input features: the means were recorded on another model (or "
-                            f"before an earlier pruning step)")
+            raise PlanError(f"compensate: the mean input of {name!r} has {mean.numel()} entries but the "
+                            f"layer has {w.shape[1]} input features: the means were recorded on another model "
+                            f"(or before an earlier pruning step)")
         idx = torch.from_numpy(np.asarray(removed, dtype=np.int64))
         m = mean.to(torch.float64)[idx]
         delta = w.detach().to(torch.float64).index_select(1, idx.to(w.device)).cpu() @ m
@@ -101,16 +101,18 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
                         ("are not nn.Linear layers and are not compensated (nn.Linear only)", unsupported)):
         if names:
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            warnings.warn(f"fxprune: bias compensation: {len(names)} layer(s) whose inputs the plan removes {what}:"
-                          f" {shown}", stacklevel=4)
+            warnings.warn(f"fxprune: bias compensation: {len(names)} layer(s) whose inputs the plan removes "
+                          f"{what}: {shown}", stacklevel=4)
     return out
 
 
 def _linear_nodes(gm: torch.fx.GraphModule, name: str) -> List[torch.fx.Node]:
     """The functional linear calls of ``gm`` whose weight is the parameter ``<name>.weight``."""
     target = f"{name}.weight" if name else "weight"
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in _LINEAR_FNS and len(n.args) > 1
-            and isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "get_attr" and n.args[1].target == target]
+    return [n for n in gm.graph.nodes
+            if n.op == "call_function" and n.target in _LINEAR_FNS and len(n.args) > 1
+            and isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "get_attr"
+            and n.args[1].target == target]
 
 
 def input_fills(graph: Any, comps: List[Compensation]) -> Dict[str, tuple]:
@@ -152,7 +154,7 @@ def apply_compensation(original: nn.Module, small: nn.Module, comps: List[Compen
         except AttributeError:
             mod = None
         if not isinstance(mod, nn.Linear):
-            raise RewriteError(f"compensate: the pruned model has no linear layer {c.name!r} to carry the bias")
+            raise RewriteError(f"compensate: the pruned model has no linear layer {c.name!r} for the bias")
         if mod.bias is None:
             added.append(c.name)
         mod.bias = _new_bias(mod.bias, c.delta, mod.weight)
@@ -174,7 +176,8 @@ def _graph_bias(gm: torch.fx.GraphModule, node: torch.fx.Node, c: Compensation) 
         setattr(bowner, bname[2], _new_bias(getattr(bowner, bname[2]), c.delta, weight))
         return
     if b is not None:
-        raise RewriteError(f"compensate: the bias of {c.name!r} is computed in the graph, not a parameter", node)
+        raise RewriteError(f"compensate: the bias of {c.name!r} is computed in the graph, not a parameter",
+                           node)
     attr = "bias"
     while hasattr(owner, attr):
         attr += "_"
@@ -188,8 +191,8 @@ def _graph_bias(gm: torch.fx.GraphModule, node: torch.fx.Node, c: Compensation) 
 
 def _declare_biases(original: nn.Module, small: nn.Module, added: List[str]) -> None:
     """Let ``from_pretrained`` of the stock class load the biases compensation added: switch the config flag
-    that creates them (``mlp_bias`` for ``*.mlp.*``, ``attention_bias`` for ``*.self_attn.*``), with zero biases
-    for every other layer that flag gives one; warn where the class has no such flag."""
+    that creates them (``mlp_bias`` for ``*.mlp.*``, ``attention_bias`` for ``*.self_attn.*``), with zero
+    biases for every other layer that flag gives one; warn where the class has no such flag."""
     cfg = getattr(small, "config", None)
     if cfg is None or not hasattr(small, "save_pretrained"):
         return
@@ -215,8 +218,9 @@ def _declare_biases(original: nn.Module, small: nn.Module, added: List[str]) -> 
     if unloadable:
         warnings.warn(f"fxprune: bias compensation added a bias to {len(unloadable)} layer(s) of "
                       f"{type(small).__name__} that its config cannot declare ({', '.join(unloadable[:3])}"
-                      f"{', ...' if len(unloadable) > 3 else ''}): save_pretrained stores them, but the stock "
-                      "class's from_pretrained drops them; keep the state_dict or use fxprune.save", stacklevel=4)
+                      f"{', ...' if len(unloadable) > 3 else ''}): save_pretrained stores them, but the "
+                      "stock class's from_pretrained drops them; keep the state_dict or use fxprune.save",
+                      stacklevel=4)
 
 
 def add_saved_biases(model: nn.Module, keys: List[str]) -> List[str]:
@@ -233,7 +237,8 @@ def add_saved_biases(model: nn.Module, keys: List[str]) -> List[str]:
     done = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Linear) and mod.bias is None and (f"{name}.bias" if name else "bias") in keys:
-            mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype, device=mod.weight.device),
-                                    requires_grad=mod.weight.requires_grad)
+            w = mod.weight
+            mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=w.dtype, device=w.device),
+                                    requires_grad=w.requires_grad)
             done.append(name)
     return done

@@ -35,8 +35,8 @@ from .errors import PlanError
 
 __all__ = [
     "ActivationImportance", "BNScaleImportance", "FPGMImportance", "FluctuationImportance",
-    "GroupHessianImportance", "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance", "Importance",
-    "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
+    "GroupHessianImportance", "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance",
+    "Importance", "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
     "LayerRole", "get_importance", "layer_roles", "normalize", "reduce_scores", "register_importance",
 ]
 

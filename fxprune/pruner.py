@@ -118,7 +118,8 @@ class Pruner:
                  round_to: Optional[int] = None, ignored_layers: Optional[Sequence[Any]] = None,
                  isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: bool = True,
                  head_pruning_ratio: float = 0.0, target_macs: Optional[float] = None,
-                 target_params: Optional[float] = None, strict: bool = False, bias_compensation: bool = False):
+                 target_params: Optional[float] = None, strict: bool = False,
+                 bias_compensation: bool = False):
         from . import importance as imp_mod
 
         _check_ratio("pruning_ratio", pruning_ratio)
@@ -142,12 +143,14 @@ class Pruner:
             importance = imp_mod.get_importance(importance)
         if self._auto:
             warnings.warn(f"fxprune: Pruner on {type(model).__name__}, a causal language model: ranking by "
-                          "FluctuationImportance (FLAP) with the example inputs as the calibration set, not by "
-                          "weight magnitude; calibrating on real text scores better: imp = fxprune.calibrate("
-                          "model, batches, 'fluctuation'); Pruner(model, inputs, importance=imp)", stacklevel=2)
+                          "FluctuationImportance (FLAP) with the example inputs as the calibration set, not "
+                          "by weight magnitude; calibrating on real text scores better: imp = "
+                          "fxprune.calibrate(model, batches, 'fluctuation'); Pruner(model, inputs, "
+                          "importance=imp)", stacklevel=2)
         if bias_compensation and not callable(getattr(importance, "input_means", None)):
-            raise PlanError(f"bias_compensation needs the mean inputs an importance records (ActivationImportance,"
-                            f" FluctuationImportance); {type(importance).__name__} records none")
+            raise PlanError(f"bias_compensation needs the mean inputs an importance records "
+                            f"(ActivationImportance, FluctuationImportance); {type(importance).__name__} "
+                            "records none")
         self.bias_compensation = bias_compensation
         self.importance = importance
         self.pruning_ratio = pruning_ratio
@@ -481,8 +484,8 @@ class Pruner:
         if self.bias_compensation:
             means = self.importance.input_means()
             if not means:
-                raise PlanError(f"bias_compensation: {type(self.importance).__name__} has recorded no inputs; "
-                                "calibrate it first (fxprune.calibrate(model, batches, importance))")
+                raise PlanError(f"bias_compensation: {type(self.importance).__name__} has recorded no "
+                                "inputs; calibrate it first (fxprune.calibrate(model, batches, importance))")
         small = _prune(self.model, plan, self.example_inputs, compensate=means)
         rec = record_of(small, create=False)
         applied = rec.last if rec is not None and rec.applied else None
@@ -556,7 +559,7 @@ class _Guard:
 
 
 def _is_hf_causal_lm(model: nn.Module) -> bool:
-    """A transformers ``PreTrainedModel`` with a causal-LM head (its class is in the causal-LM auto mapping)."""
+    """A transformers ``PreTrainedModel`` with a causal-LM head (its class in the causal-LM auto mapping)."""
     import sys
 
     tf = sys.modules.get("transformers")

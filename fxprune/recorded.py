@@ -42,10 +42,11 @@ def _channel_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class ActivationImportance(LayerImportance):
     """Mean ``|input|`` per input channel of conv / linear layers, seen on calibration batches.
 
-    Record with ``with imp.compute_importance(model): model(batch)`` (several batches accumulate; :meth:`reset`
-    forgets them) or :func:`fxprune.calibrate`. A class is scored from the group's in-channel entries (conv
-    weight dim 1, transposed conv dim 0, linear dim 1); the channels of a grouped conv that share a weight column
-    add up. :meth:`input_means` gives the signed mean input of every recorded layer (for bias compensation).
+    Record with ``with imp.compute_importance(model): model(batch)`` (several batches accumulate;
+    :meth:`reset` forgets them) or :func:`fxprune.calibrate`. A class is scored from the group's in-channel
+    entries (conv weight dim 1, transposed conv dim 0, linear dim 1); the channels of a grouped conv that
+    share a weight column add up. :meth:`input_means` gives the signed mean input of every recorded layer
+    (for bias compensation).
 
     Example:
         >>> import torch, fxprune, fxprune.importance as imp
@@ -59,7 +60,8 @@ class ActivationImportance(LayerImportance):
     """
 
     def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 target_types: tuple[type, ...] = _CONV_LINEAR, layer_normalizer: Normalizer | str = "default"):
+                 target_types: tuple[type, ...] = _CONV_LINEAR,
+                 layer_normalizer: Normalizer | str = "default"):
         super().__init__(group_reduction, normalizer, False, target_types, layer_normalizer)
         self.reset()
 
@@ -120,7 +122,7 @@ class ActivationImportance(LayerImportance):
 
     def fallback_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module | None
                        ) -> torch.Tensor | None:
-        """Classes that no conv/linear reads as input (a projection of ``nn.MultiheadAttention``): L2 magnitude."""
+        """Classes no conv/linear reads as input (an ``nn.MultiheadAttention`` projection): L2 magnitude."""
         return _rows(tensor, dim).pow(2).sum(1)
 
     def _in_dim(self, name: str, module: nn.Module) -> int:
@@ -136,19 +138,21 @@ class ActivationImportance(LayerImportance):
         if dim != self._in_dim(name, module):
             return None
         if prefix not in stat:
-            self._tell(f"unseen:{prefix}", "%s: module %r saw no calibration input; its channels are scored by L2 "
-                       "magnitude instead", type(self).__name__, prefix, level=logging.WARNING)
+            self._tell(f"unseen:{prefix}", "%s: module %r saw no calibration input; its channels are scored "
+                       "by L2 magnitude instead", type(self).__name__, prefix, level=logging.WARNING)
             return None
         value = stat[prefix]
         seen = getattr(module, "in_features" if role is not None and issubclass(role.kind, nn.Linear) else
                        "in_channels", None)
         if value.numel() % tensor.shape[dim] or (isinstance(seen, int) and seen != value.numel()):
-            _check_stale(type(self).__name__, name, (value.numel(),), (seen or tensor.shape[dim],), "the input of ")
+            _check_stale(type(self).__name__, name, (value.numel(),), (seen or tensor.shape[dim],),
+                         "the input of ")
         if value.numel() != tensor.shape[dim]:  # grouped conv: input channel c uses weight column c % (C / g)
             value = value.reshape(-1, tensor.shape[dim]).sum(0)
         return value
 
-    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module
+                    ) -> torch.Tensor | None:
         means = {k: s / self._n[k] for k, s in self._sum.items()}
         return self._channel_stat(name, dim, tensor, module, means)
 
@@ -204,7 +208,8 @@ class FluctuationImportance(ActivationImportance):
         """``{module qualified name: population variance of each input channel}``."""
         return {k: m2 / self._n[k] for k, m2 in self._m2.items()}
 
-    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module
+                    ) -> torch.Tensor | None:
         var = self._channel_stat(name, dim, tensor, module, self.variances())
         if var is None:
             return None

@@ -329,7 +329,8 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
         return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
     from .compensate import apply_compensation, plan_compensation
 
-    comps = plan_compensation(graph, graph.expand(plan), model, compensate)  # before inplace slices the weights
+    # before an inplace prune slices the weights
+    comps = plan_compensation(graph, graph.expand(plan), model, compensate)
     small = graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
     apply_compensation(model, small, comps)
     return small

@@ -69,7 +69,8 @@ class _MaskedInterpreter(torch.fx.Interpreter):
                  fills: Optional[Dict[str, Tuple]] = None):
         super().__init__(graph.gm, garbage_collect_values=not keep_env)
         self.vctx = _VCtx(graph, exp)
-        self.fills = fills or {}  # node -> (input channels, means, weight): a compensated layer reads means there
+        # node -> (input channels, means, weight): where a compensated layer reads the means
+        self.fills = fills or {}
         self.masks: Dict[str, List[Tuple[Tuple[int, ...], int, torch.Tensor]]] = {}
         self.recomputed: Dict[str, str] = {}
         for node in graph.gm.graph.nodes:

@@ -41,7 +41,7 @@ def _inputs_of(model: nn.Module, layer: str, batches) -> np.ndarray:
     return np.concatenate(rows)
 
 
-# -- criteria ---------------------------------------------------------------------------------------------------
+# -- criteria ------------------------------------------------------------------------------------------------
 def test_fluctuation_score_is_input_variance_times_weight_column_norm():
     m, batches = _mlp(), _batches()
     f = imp.FluctuationImportance(normalizer=None)
@@ -135,7 +135,7 @@ def test_calibrate_gradient_criterion_without_a_loss_is_a_plan_error():
         fxprune.calibrate(m, batches, "l2", progress=False)
 
 
-# -- bias compensation ------------------------------------------------------------------------------------------
+# -- bias compensation ---------------------------------------------------------------------------------------
 def _mean_filled(model: nn.Module, layer: str, removed, mean: torch.Tensor) -> nn.Module:
     """The original with ``layer``'s inputs ``removed`` replaced by their mean (the oracle)."""
     ref = copy.deepcopy(model)
@@ -203,7 +203,7 @@ def test_pruner_bias_compensation_needs_recorded_means():
         torch.testing.assert_close(small(x), oracle(x), atol=1e-6, rtol=1e-6)
 
 
-# -- Hugging Face causal LM -------------------------------------------------------------------------------------
+# -- Hugging Face causal LM ----------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra; not installed")
 
 
