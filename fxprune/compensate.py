@@ -58,6 +58,15 @@ def _param_key(graph: Any, name: str) -> tuple:
     return ("param", graph.ctx.canonical.get(full, full))
 
 
+def _in_dim(mod: nn.Module) -> int | None:
+    """The input-feature dim of a layer's weight (None for a module that is not a linear or conv layer)."""
+    if isinstance(mod, nn.Linear):
+        return 1
+    if isinstance(mod, nn.modules.conv._ConvNd):
+        return 0 if mod.transposed else 1
+    return 0 if type(mod).__name__ == "Conv1D" else None  # Hugging Face GPT-2's transposed linear
+
+
 def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str, torch.Tensor]
                       ) -> List[Compensation]:
     """The compensations a plan calls for: every ``nn.Linear`` of ``model`` whose input features the expanded
@@ -71,17 +80,17 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
     unsupported: List[str] = []
     for name, mod in model.named_modules():
         w = getattr(mod, "weight", None)
-        if not isinstance(w, torch.Tensor) or w.ndim < 2:
+        in_dim = _in_dim(mod)
+        if not isinstance(w, torch.Tensor) or in_dim is None:
             continue
-        removed = graph.removed(exp.mask, _param_key(graph, name), 1)
+        removed = graph.removed(exp.mask, _param_key(graph, name), in_dim)
         if not len(removed):
-            continue
-        if not isinstance(mod, nn.Linear) or type(mod).forward is not nn.Linear.forward:
-            if name in means:
-                unsupported.append(f"{name} ({type(mod).__name__})")
             continue
         if name not in means:
             missing.append(name)
+            continue
+        if not isinstance(mod, nn.Linear) or type(mod).forward is not nn.Linear.forward:
+            unsupported.append(f"{name} ({type(mod).__name__})")
             continue
         mean = torch.as_tensor(means[name]).detach().reshape(-1)
         if mean.numel() != w.shape[1]:

@@ -287,3 +287,16 @@ def test_pruner_default_on_a_causal_lm_is_fluctuation_not_magnitude():
     assert default.plan.to_json() == by_hand.plan.to_json() != l2.plan.to_json()
     plain = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     assert type(fxprune.Pruner(plain, torch.randn(1, 4)).importance) is imp.MagnitudeImportance
+
+
+def test_conv_layers_are_named_not_compensated():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Conv2d(6, 2, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    means = fxprune.calibrate(m, [x], "activation", progress=False).input_means()
+    plan = fxprune.PrunePlan({"0.weight:0": [1, 3]})
+    with pytest.warns(UserWarning, match=r"not nn.Linear layers .*: 2 \(Conv2d\)"):
+        small = fxprune.prune(m, plan, x, compensate=means)
+    assert small.get_submodule("2").bias.shape == (2,)
+    with torch.no_grad():  # not compensated: the zeroed original
+        torch.testing.assert_close(small(x), fxprune.prune(m, plan, x)(x))
