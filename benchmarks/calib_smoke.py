@@ -65,7 +65,7 @@ def main() -> None:
     inputs = fxprune.Inputs(ids[:, :16], use_cache=False)
     rows = [{"criterion": "dense", "compensate": False, "ppl": perplexity(model, evals)}]
     print(f"dense ppl {rows[0]['ppl']:.2f}  (load {time.time() - t0:.0f} s)", flush=True)
-    means = fxprune.calibrate(model, calib, "activation", progress=False).input_means()  # for l2 / taylor
+    means = None  # activation means, for criteria that record none (l2, taylor)
     ratio = {layer.mlp.gate_proj: args.ratio for layer in model.model.layers}
     for name in args.criteria:
         t = time.time()
@@ -76,6 +76,8 @@ def main() -> None:
             warnings.simplefilter("ignore")
             pruner = fxprune.Pruner(model, inputs, importance=imp, pruning_ratio=0.0, pruning_ratio_dict=ratio)
             plan = fxprune.PrunePlan(pruner.plan) if pruner.step() is not None else None
+        if not hasattr(imp, "input_means") and means is None:
+            means = fxprune.calibrate(model, calib, "activation", progress=False).input_means()
         own = imp.input_means() if hasattr(imp, "input_means") else means
         for comp in (False, True):
             with warnings.catch_warnings():
@@ -86,9 +88,9 @@ def main() -> None:
             rows.append({"criterion": name, "compensate": comp, "ppl": ppl, "mlp_width": width})
             print(f"{name:12s} compensate={comp!s:5s} width {width}  ppl {ppl:10.2f}  ({time.time() - t:.0f} s)",
                   flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "rows": rows, "torch": torch.__version__}, f, indent=1)
+            if args.out:  # after every row: a long run cut short keeps what it measured
+                with open(args.out, "w") as f:
+                    json.dump({"args": vars(args), "rows": rows, "torch": torch.__version__}, f, indent=1)
 
 
 if __name__ == "__main__":
