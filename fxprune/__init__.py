@@ -49,4 +49,8 @@ from .saving import load, save  # noqa: E402  (portable saved models: torch.expo
 
 __all__ += ["save", "load", "SerializationError"]
 
+from .calibrate import calibrate, lm_loss  # noqa: E402  (calibration batches -> importance statistics)
+
+__all__ += ["calibrate", "lm_loss"]
+
 __version__ = "0.1.0"

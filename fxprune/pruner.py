@@ -83,7 +83,10 @@ class Pruner:
     Args:
         model: the model to prune (never mutated; each step returns a new, smaller model).
         example_inputs: a tensor or a tuple of positional inputs.
-        importance: an :mod:`fxprune.importance` criterion (default: L2 magnitude), or its name.
+        importance: an :mod:`fxprune.importance` criterion, or its name. Default: L2 magnitude, except for a
+            Hugging Face causal LM: :class:`~fxprune.importance.FluctuationImportance` calibrated on the
+            example inputs (recalibrated on the current model before each step; a warning says so, as real
+            text through :func:`fxprune.calibrate` scores better).
         pruning_ratio: share of each group's removable classes to remove (of its initial count).
         global_pruning: rank all groups' normalised scores together instead of per group.
         pruning_ratio_dict: ``{module or tuple of modules: ratio}`` for groups whose key parameter lies
@@ -104,6 +107,10 @@ class Pruner:
         target_macs, target_params: a budget instead of a ratio: a fraction (``<= 1``) of the
             original count or an absolute count; classes are removed in ranking order until the
             budget is met (within one class).
+        bias_compensation: every linear layer that loses input channels gets their mean contribution added
+            to its bias (``fxprune.prune(..., compensate=means)``), the means being those the importance
+            recorded (:class:`~fxprune.importance.ActivationImportance`, ``FluctuationImportance``).
+            :attr:`plan` replays the architecture; pass the same means to ``prune`` to replay the biases.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None,
@@ -114,7 +121,8 @@ class Pruner:
                  round_to: Optional[int] = None, ignored_layers: Optional[Sequence[Any]] = None,
                  isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: Optional[bool] = None,
                  head_pruning_ratio: float = 0.0, target_macs: Optional[float] = None,
-                 target_params: Optional[float] = None, strict: bool = False):
+                 target_params: Optional[float] = None, strict: bool = False,
+                 bias_compensation: bool = False):
         from . import importance as imp_mod
 
         _check_ratio("pruning_ratio", pruning_ratio)
@@ -130,10 +138,23 @@ class Pruner:
         self.model = model
         self.original = model
         self.example_inputs = example_inputs
+        self._auto_calibrated: Optional[nn.Module] = None  # the model a default criterion was calibrated on
+        self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
-            importance = imp_mod.MagnitudeImportance(p=2)
+            importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)
         elif isinstance(importance, str):
             importance = imp_mod.get_importance(importance)
+        if self._auto:
+            warnings.warn(f"fxprune: Pruner on {type(model).__name__}, a causal language model: ranking by "
+                          "FluctuationImportance (FLAP) with the example inputs as the calibration set, not "
+                          "by weight magnitude; calibrating on real text scores better: imp = "
+                          "fxprune.calibrate(model, batches, 'fluctuation'); Pruner(model, inputs, "
+                          "importance=imp)", stacklevel=2)
+        if bias_compensation and not callable(getattr(importance, "input_means", None)):
+            raise PlanError(f"bias_compensation needs the mean inputs an importance records "
+                            f"(ActivationImportance, FluctuationImportance); {type(importance).__name__} "
+                            "records none")
+        self.bias_compensation = bias_compensation
         self.importance = importance
         self.pruning_ratio = pruning_ratio
         self.global_pruning = global_pruning
@@ -257,6 +278,12 @@ class Pruner:
 
     # -- selection ------------------------------------------------------------------------------
     def _analyze(self) -> ChannelGraph:
+        if self._auto and self._auto_calibrated is not self.model:  # the default criterion: current model
+            from .calibrate import calibrate
+
+            self.importance.reset()
+            calibrate(self.model, [self.example_inputs], self.importance, progress=False)
+            self._auto_calibrated = self.model
         graph = analyze(self.model, self.example_inputs, strict=self.strict)
         for g in graph.groups:  # whole heads (per attention) and head dims count separately
             self._init_classes.setdefault((False, g.key), len(g.all_classes))
@@ -461,7 +488,13 @@ class Pruner:
     def _apply(self, plan: PrunePlan) -> nn.Module:
         if not len(plan):
             return self.model
-        small = _prune(self.model, plan, self.example_inputs)
+        means = None
+        if self.bias_compensation:
+            means = self.importance.input_means()
+            if not means:
+                raise PlanError(f"bias_compensation: {type(self.importance).__name__} has recorded no "
+                                "inputs; calibrate it first (fxprune.calibrate(model, batches, importance))")
+        small = _prune(self.model, plan, self.example_inputs, compensate=means)
         rec = record_of(small, create=False)
         applied = rec.last if rec is not None and rec.applied else None
         if applied is None:  # a model pruned by a fallback frontend records the expansion on the module
@@ -531,6 +564,21 @@ class _Guard:
         self.used.add(i)
         self.taken += 1
         return True
+
+
+def _is_hf_causal_lm(model: nn.Module) -> bool:
+    """A transformers ``PreTrainedModel`` with a causal-LM head (its class in the causal-LM auto mapping)."""
+    import sys
+
+    tf = sys.modules.get("transformers")
+    if tf is None or not isinstance(model, tf.PreTrainedModel):
+        return False
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as names
+    except ImportError:
+        names = {}
+    known = {c for v in names.values() for c in ((v,) if isinstance(v, str) else v)}
+    return type(model).__name__ in known or type(model).__name__.endswith("ForCausalLM")
 
 
 def _check_ratio(what: str, r: float) -> None:

@@ -274,7 +274,8 @@ def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
 
 @no_gc
 def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool = False,
-          strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
+          strict: bool = False, output: str = "auto", frontend: str = "auto",
+          compensate: Optional[Dict[str, torch.Tensor]] = None) -> torch.nn.Module:
     """Remove the channels of ``plan`` and return a smaller GraphModule.
 
     ``model`` may be an ``nn.Module`` (traced here) or a GraphModule. The model is not modified unless
@@ -293,6 +294,11 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     ``"auto"`` gives the module when the model was captured by ``torch.export`` (``frontend``, see
     :func:`fxprune.analyze`) and the GraphModule otherwise.
 
+    ``compensate``: ``{linear layer name: mean input vector}`` in ``model``'s coordinates (from
+    ``importance.input_means()``): every such layer whose inputs the plan removes gets ``W[:, removed] @
+    mean[removed]`` added to its bias, a bias created where it had none (:mod:`fxprune.compensate`); check it
+    with ``fxprune.verify(..., compensate=means)``.
+
     Example:
         >>> import torch, torchvision, fxprune
         >>> m = torchvision.models.resnet18()
@@ -308,12 +314,12 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
             warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
                           stacklevel=2)
             return model
-    return _prune(model, plan, example_inputs, inplace, strict, output, frontend, closure=True)
+    return _prune(model, plan, example_inputs, inplace, strict, output, frontend, compensate, closure=True)
 
 
 def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace: bool = False,
            strict: bool = False, output: str = "auto", frontend: str = "auto",
-           closure: bool = False) -> torch.nn.Module:
+           compensate: Optional[Dict[str, torch.Tensor]] = None, closure: bool = False) -> torch.nn.Module:
     """:func:`prune` without its "already applied" check: the Pruner's next step may read like the last
     one (the same indices, now in the pruned model's coordinates) and must still be applied. ``closure``
     reports a hand-written plan that a valid one must extend (:func:`report_closure`)."""
@@ -322,7 +328,15 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
     graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
     if closure:
         report_closure(graph, plan, model, strict)
-    return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
+    if compensate is None:
+        return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
+    from .compensate import apply_compensation, plan_compensation
+
+    # before an inplace prune slices the weights
+    comps = plan_compensation(graph, graph.expand(plan), model, compensate)
+    small = graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
+    apply_compensation(model, small, comps)
+    return small
 
 
 
