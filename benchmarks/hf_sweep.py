@@ -40,8 +40,9 @@ DEFAULT_OUT = os.path.join(HERE, "results", "hf_sweep.json")
 RATIO = 0.25
 # a parameter of a layer's MLP (a dense FFN or an expert): the word after the layer index
 _MLP = re.compile(r"(^|\.)(mlp|feed_forward|ffn|intermediate|DenseReluDense|experts?|fc1|fc2|c_fc|w[123]|"
-                  r"dense_h_to_4h|dense_4h_to_h|ff|moe|block_sparse_moe|shared_experts?)(\.|$)|^output\.dense\.")
-_LAYER = re.compile(r"^(.*?\.(?:layers|layer|h|block|blocks|decoder_layers)\.\d+\.)(.*)$")
+                  r"dense_h_to_4h|dense_4h_to_h|ff|moe|block_sparse_moe|shared_experts?|lin[12])(\.|$)"
+                  r"|^output\.dense\.")
+_LAYER = re.compile(r"^((?:.*?\.)?(?:layers|layer|h|block|blocks|decoder_layers|ffns)\.\d+\.)(.*)$")
 
 
 def _err(e: BaseException) -> str:
@@ -89,20 +90,21 @@ def _hidden(model, graph) -> str:
     return "yes" if g.pinned is None else f"pinned: {g.pinned}"[:300]
 
 
-def mlp_heads_plan(graph, ratio: float = RATIO):
+def mlp_heads_plan(graph, ratio: float = RATIO, skip: tuple = ()):
     """What ``Pruner(prune_num_heads=True, prune_head_dims=False)`` removes: ``ratio`` of every unpinned
     group's classes by L2 magnitude, whole heads (per attention, ``Group.head_parts()``) in a group that
     holds heads, and nothing from the groups those heads span (head dims: q/k rows, v rows), whose sizes a
-    model class usually cannot take apart from its head count."""
+    model class usually cannot take apart from its head count; nor from the groups keyed in ``skip``."""
     import numpy as np
 
     from fxprune import PrunePlan
     from fxprune.importance import MagnitudeImportance
     from fxprune.select import valid_prefix
-    inside = {graph.groups[j].key for g in graph.groups if g.head_classes for span in g.head_span for j in span}
+    inside = {graph.groups[j].key for g in graph.groups if g.head_classes
+              for span in g.head_span for j in span}
     imp, picks = MagnitudeImportance(p=2), []
     for g in graph.groups:
-        if g.pinned or (g.key in inside and not g.head_classes):
+        if g.pinned or (g.key in inside and not g.head_classes) or g.key in skip:
             continue
         for view in g.head_parts() if g.head_classes else [g]:
             n = int(np.floor(ratio * len(view.all_classes)))
@@ -117,7 +119,8 @@ def _prune(model, plan, inputs) -> tuple:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         small = fxprune.prune(model, plan, inputs)
-    said = sorted({" ".join(str(w.message).split())[:600] for w in caught if str(w.message).startswith("fxprune")})
+    said = sorted({" ".join(str(w.message).split())[:600] for w in caught
+                   if str(w.message).startswith("fxprune")})
     return small, said
 
 
@@ -135,22 +138,32 @@ def check_family(spec, res: dict) -> None:
         model(*inputs.args, **inputs.kwargs)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res["stage"] = "analyze"
-        t0 = time.perf_counter()
-        graph = fxprune.analyze(model, inputs)
-        res["export_s"] = round(time.perf_counter() - t0, 2)
-        res["frontend"] = graph.frontend
-        groups = graph.groups
-        res["groups"], res["unpinned"] = len(groups), sum(g.pinned is None for g in groups)
-        hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", 64)
-        res["mlp_prunable"], res["mlp_layers"], res["mlp_pins"] = mlp_layers(model, graph, hidden)
-        res["head_parts"] = sum(len(g.head_parts()) for g in groups if g.head_classes and g.pinned is None)
-        res["hidden"] = _hidden(model, graph)
-        res["stage"] = "plan"
-        plan = fxprune.plan_by_ratio(graph, RATIO, heads=True)
-        res["plan_keys"] = len(plan)
-    res["warnings"] = sorted({" ".join(str(w.message).split())[:600] for w in caught
-                              if str(w.message).startswith("fxprune")})
+        try:
+            res["stage"] = "analyze"
+            t0 = time.perf_counter()
+            try:
+                graph = fxprune.analyze(model, inputs)
+            except Exception:
+                try:  # the fx fallback's error hides the export error: ask the export frontend for it
+                    fxprune.analyze(model, inputs, frontend="export")
+                except Exception as e:  # noqa: BLE001 - recorded
+                    res["export_error"] = _err(e)
+                raise
+            res["export_s"] = round(time.perf_counter() - t0, 2)
+            res["frontend"] = graph.frontend
+            groups = graph.groups
+            res["groups"], res["unpinned"] = len(groups), sum(g.pinned is None for g in groups)
+            hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", 64)
+            res["mlp_prunable"], res["mlp_layers"], res["mlp_pins"] = mlp_layers(model, graph, hidden)
+            res["head_parts"] = sum(len(g.head_parts()) for g in groups
+                                    if g.head_classes and g.pinned is None)
+            res["hidden"] = _hidden(model, graph)
+            res["stage"] = "plan"
+            plan = fxprune.plan_by_ratio(graph, RATIO, heads=True)
+            res["plan_keys"] = len(plan)
+        finally:  # the export error a fallback hides is in these warnings
+            res["warnings"] = sorted({" ".join(str(w.message).split())[:600] for w in caught
+                                      if str(w.message).startswith("fxprune")})
     res["stage"] = "prune"
     small, said = _prune(model, plan, inputs)
     res["warnings"] += said
@@ -180,7 +193,8 @@ def check_family(spec, res: dict) -> None:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out = own.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
-            res["generate"] = "ok" if out.shape[-1] > (0 if spec.family == "t5" else 4) else f"shape {out.shape}"
+            grew = out.shape[-1] > (0 if spec.family == "t5" else 4)
+            res["generate"] = "ok" if grew else f"shape {out.shape}"
         except Exception as e:  # noqa: BLE001 - recorded
             res["generate"] = "error: " + _err(e)
     res["stage"] = "config"
@@ -316,9 +330,9 @@ def render(doc: dict) -> str:
            f"hidden size: {c['hidden']}",
            f"- greedy `generate` on the pruned model: {c['generate_ok']}; `config_mismatches` empty: "
            f"{c['config_describes']}", "",
-           "| family | class | frontend | export s | groups (unpinned) | MLP layers prunable | attentions with "
-           "whole heads | hidden | result | params before → after | verify max\\|Δ\\| | generate | config.json "
-           "describes it |", "|---" * 13 + "|"]
+           "| family | class | frontend | export s | groups (unpinned) | MLP layers prunable | attentions "
+           "with whole heads | hidden | result | params before → after | verify max\\|Δ\\| | generate | "
+           "config.json describes it |", "|---" * 13 + "|"]
     for r in rows:
         fam = r["model"][3:]
         if "error" in r and "frontend" not in r:
@@ -335,16 +349,20 @@ def render(doc: dict) -> str:
                 f" (without head dims: {r['result_no_head_dims']})" if "result_no_head_dims" in r else ""),
             f"{_short(r.get('params_before'))} → {_short(r.get('params_after'))}",
             f"{vd:.1e}" if vd is not None else ("**failed**" if "result" in r else "–"),
-            (r.get("generate") or "–")[:40], "–" if cfg is None else ("yes" if not cfg else "no")]) + " |")
+            (r.get("generate") or "–")[:40],
+            "–" if cfg is None else ("yes" if not cfg else "no")]) + " |")
     out += ["", "## Why: every family that failed, came back as a GraphModule, or left an MLP pinned", ""]
     for r in rows:
         notes = []
         if "error" in r:
             notes.append(f"failed at `{r.get('stage')}`: {r['error']}")
+        if "export_error" in r:
+            notes.append(f"with `frontend=\"export\"`: {r['export_error']}")
         if r.get("result") not in (None, "own class"):
             notes += [w for w in r.get("warnings", []) if "GraphModule" in w][:1]
         if r.get("result_no_head_dims") not in (None, "own class"):
-            notes += ["without head dims: " + w for w in r.get("warnings_no_head_dims", []) if "GraphModule" in w][:1]
+            notes += ["without head dims: " + w for w in r.get("warnings_no_head_dims", [])
+                      if "GraphModule" in w][:1]
         if r.get("mlp_layers") and not _mlp_ok(r):
             notes.append(f"MLP pinned in {r['mlp_layers'] - r['mlp_prunable']} of {r['mlp_layers']} layers: "
                          + "; ".join(r.get("mlp_pins", [])[:2]))
@@ -393,7 +411,8 @@ def main(argv=None) -> int:
         doc = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "commit": commit, "torch": torch.__version__, "transformers": transformers.__version__,
                "load": " ".join(load), "timeout": a.timeout, "wall_s": round(time.time() - t0),
-               "command": "python benchmarks/hf_sweep.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "command": "python benchmarks/hf_sweep.py "
+                          + " ".join(argv if argv is not None else sys.argv[1:]),
                "rows": {n: rows[n] for n in names if n in rows}}
         doc["counts"] = counts(list(doc["rows"].values()))
         with open(a.out, "w") as f:

@@ -10,7 +10,7 @@ transformers is imported only when a model is built: the catalogue itself stays 
     >>> spec = [s for s in hf_specs() if s.name == "hf/llama"][0]
     >>> spec.source, spec.model_name, spec.input_shape
     ('hf', 'LlamaForCausalLM', (1, 8))
-    >>> "hf/bert" in {s.name for s in hf_specs()}
+    >>> {"hf/bert_model", "hf/vit", "hf/t5"} <= {s.name for s in hf_specs()}
     True
 """
 from __future__ import annotations
@@ -87,16 +87,19 @@ HF_EXTRA: dict[str, tuple[str, dict[str, Any]]] = {
 _VISION = "a multimodal model: its causal LM takes image/audio inputs or a composite (text + vision) config"
 HF_SKIPPED: dict[str, str] = {
     **{t: _VISION for t in ("fuyu gemma3 gemma3n gemma4 gemma4_unified gemma4_unified_assistant got_ocr2 "
-                            "llama4 mllama moss_transcribe_diarize musicgen musicgen_melody qwen3_5 qwen3_5_moe "
+                            "llama4 mllama moss_transcribe_diarize musicgen musicgen_melody qwen3_5 "
+                            "qwen3_5_moe "
                             "qwen4_exp phi4_multimodal git emu3 dots3_note moshi").split()},
     **{t: "the same class as " + c for t, c in (
         ("exaone", "llama (LlamaForCausalLM)"), ("internlm3", "llama (LlamaForCausalLM)"),
         ("iquestcoder", "llama (LlamaForCausalLM)"), ("gpt-sw3", "gpt2 (GPT2LMHeadModel)"),
         ("sarvam_mla", "deepseek_v3"), ("sarvam_moe", "glm4_moe")
     )},
-    "gemma4_assistant": "refuses a tiny config: its draft-model config rejects every per-layer input size but 0, "
+    "gemma4_assistant": "refuses a tiny config: its draft-model config rejects every per-layer input size "
+                        "but 0, "
                         "and its text sub-config's default is 256",
-    "blt": "byte latent transformer: a composite config (patcher + encoder + decoder), no tiny top-level fields",
+    "blt": "byte latent transformer: a composite config (patcher + encoder + decoder), no tiny top-level "
+           "fields",
     "xmod": "needs a language id per input (set_default_language / lang_ids): not an ids-only decoder",
     "cohere_compass_text": "refuses a tiny config: KeyError 'full_attention' building its layer types",
     "gemma3n_text": "refuses a tiny config: per-layer KV-sharing layer types must match 35 default layers",
@@ -108,8 +111,10 @@ HF_SKIPPED: dict[str, str] = {
     "zamba": "refuses a tiny config: its layers_block_type pattern must match the layer count",
     "zamba2": "refuses a tiny config: its layers_block_type pattern and hybrid_layer_ids must match",
     "inkling2_text": "refuses a tiny config: 15.8 M parameters at hidden 64 (fixed relative-position tables)",
-    "inkling2_loop_text": "refuses a tiny config: 14.5 M parameters at hidden 64 (fixed relative-position tables)",
-    "kimi_linear": "refuses a tiny config: 4.4 M parameters at hidden 64 (linear-attention heads fixed at 128)",
+    "inkling2_loop_text": "refuses a tiny config: 14.5 M parameters at hidden 64 (fixed relative-position "
+                          "tables)",
+    "kimi_linear": "refuses a tiny config: 4.4 M parameters at hidden 64 (linear-attention heads fixed at "
+                   "128)",
 }
 # BertLMHeadModel (model_type bert) is "bert_lm", BertModel of issue 11 "bert_model"
 _TYPE = {"bert_lm": "bert", "bert_model": "bert"}  # spec family -> transformers model_type

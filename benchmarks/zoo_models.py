@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HF_EXTRA", "HF_FAMILIES", "HF_SKIPPED", "HF_TINY", "LISTS", "TIMM_FAMILIES", "TIMM_SKIPPED", "Spec",
-           "build", "detection_targets", "get_spec", "hf_config", "specs", "timm_family_modules"]
+__all__ = ["HF_EXTRA", "HF_FAMILIES", "HF_SKIPPED", "HF_TINY", "LISTS", "TIMM_FAMILIES", "TIMM_SKIPPED",
+           "Spec", "build", "detection_targets", "get_spec", "hf_config", "specs", "timm_family_modules"]
 
 IMG = (1, 3, 64, 64)
 VIDEO = (1, 3, 8, 64, 64)

@@ -133,7 +133,8 @@ class Scores(nn.Module):
 def test_baddbmm_contracted_dim_is_prunable():
     torch.manual_seed(0)
     zero = {f"{n}.{p}": (0, REMOVED) for n in "qk" for p in ("weight", "bias")}
-    _check(Scores(), torch.randn(1, 4, 3), {"q.weight:0": REMOVED}, zero, {"q.weight": (6, 3), "k.weight": (6, 3)})
+    _check(Scores(), torch.randn(1, 4, 3), {"q.weight:0": REMOVED}, zero,
+           {"q.weight": (6, 3), "k.weight": (6, 3)})
 
 
 def test_numpy_t_reverses_dims():
