@@ -91,7 +91,7 @@ def model_widths(model: nn.Module) -> Dict[str, List[int]]:
 def _has(cfg: Any, field: str) -> bool:
     try:
         return getattr(cfg, field) is not None
-    except AttributeError:
+    except Exception:  # AttributeError, or a per-layer field read globally
         return False
 
 
@@ -109,7 +109,11 @@ def sync_config(model: nn.Module) -> Dict[str, Any]:
             continue
         # head_dim is written even where the config has no such field: the Llama family reads
         # getattr(config, "head_dim", hidden_size // num_attention_heads)
-        if (hasattr(cfg, field) or field == "head_dim") and getattr(cfg, field, None) != values[0]:
+        try:
+            present, old = hasattr(cfg, field), getattr(cfg, field, None)
+        except Exception:  # a field some configs hold per layer (Gemma 4's head_dim) refuses a global read
+            continue
+        if (present or field == "head_dim") and old != values[0]:
             changes[field] = values[0]
     if "head_dim" in changes and not _has(cfg, "head_dim"):
         hidden = changes.get("hidden_size", getattr(cfg, "hidden_size", None))
@@ -146,9 +150,9 @@ def _buildable(cls: type, cfg: Any, changes: Dict[str, Any]) -> Any:
         if not attempt:
             return None
         new = copy.deepcopy(cfg)
-        for f, v in attempt.items():
-            setattr(new, f, v)
         try:
+            for f, v in attempt.items():  # a read-only property (FalconConfig.head_dim) raises here
+                setattr(new, f, v)
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 cls(copy.deepcopy(new))
