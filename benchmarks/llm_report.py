@@ -28,7 +28,8 @@ def best_tp(doc: dict, budget: str) -> dict | None:
 
 
 def best_fx(doc: dict, budget: str) -> dict | None:
-    rows = [r for r in doc["smollm"]["rows"] if r["budget"] == budget and "ppl" in r and "config_stale" not in r]
+    rows = [r for r in doc["smollm"]["rows"]
+            if r["budget"] == budget and "ppl" in r and "config_stale" not in r]
     return min(rows, key=lambda r: r["ppl"]) if rows else None
 
 
@@ -36,29 +37,31 @@ def smollm_markdown(doc: dict) -> list[str]:
     s = doc["smollm"]
     dense = s["dense"]["ppl"]
     d = s["data"]
-    lines = [f"### SmolLM2-135M-Instruct (Q4_1 GGUF, float32) — perplexity on {d['eval'][0]} × {d['eval'][1]} "
-             f"tokens of {d['text']}",
+    lines = [f"### SmolLM2-135M-Instruct (Q4_1 GGUF, float32) — perplexity on {d['eval'][0]} × "
+             f"{d['eval'][1]} tokens of {d['text']}",
              "",
              f"Dense: perplexity **{dense:.2f}**, {s['dense']['params']:,} parameters. Calibration: "
-             f"{d['calib'][0]} × {d['calib'][1]} tokens from the start of the text (evaluation windows at its end). "
-             "No fine-tuning. '+comp' = bias compensation (mean contribution of the removed channels folded into "
-             "the next layer's bias).", ""]
+             f"{d['calib'][0]} × {d['calib'][1]} tokens from the start of the text (evaluation windows at "
+             "its end). No fine-tuning. '+comp' = bias compensation (mean contribution of the removed channels "
+             "folded into the next layer's bias).", ""]
     budgets = list(s.get("budgets", {}))
     lines += ["| budget | MLP ratio / heads | criterion | params removed | fxprune | fxprune +comp |",
               "|---|---|---|---:|---:|---:|"]
     crits = list(dict.fromkeys(r["criterion"] for r in s["rows"]))
     for b in budgets:
         w = s["budgets"][b]
-        shape = f"{w['mlp_ratio']:.1%}" + (f" + {w['head_ratio'] * 9:.0f}/9 q heads" if w["head_ratio"] else "")
+        heads = f" + {w['head_ratio'] * 9:.0f}/9 q heads" if w["head_ratio"] else ""
+        shape = f"{w['mlp_ratio']:.1%}{heads}"
         for c in crits:
-            plain = next((r for r in s["rows"] if r["budget"] == b and r["criterion"] == c and not r["compensate"]),
-                         None)
-            comp = next((r for r in s["rows"] if r["budget"] == b and r["criterion"] == c and r["compensate"]), None)
-            share = next((f"{r['removed_share']:.1%}" for r in (plain, comp) if r and "removed_share" in r), "—")
+            mine = [r for r in s["rows"] if r["budget"] == b and r["criterion"] == c]
+            plain = next((r for r in mine if not r["compensate"]), None)
+            comp = next((r for r in mine if r["compensate"]), None)
+            share = next((f"{r['removed_share']:.1%}" for r in mine if "removed_share" in r), "—")
             lines.append(f"| {b} | {shape} | {c} | {share} | {_ppl(plain, dense)} | {_ppl(comp, dense)} |")
     if s["tp"]:
         lines += ["", "Torch-Pruning 1.6.1 (its LLM recipe, `benchmarks/llm_tp.py`):", "",
-                  "| budget | criterion | variant | params removed | perplexity | time s (build / calib / prune) |",
+                  "| budget | criterion | variant | params removed | perplexity | "
+                  "time s (build / calib / prune) |",
                   "|---|---|---|---:|---:|---|"]
         for r in s["tp"]:
             if "ppl" in r:
@@ -66,22 +69,24 @@ def smollm_markdown(doc: dict) -> list[str]:
                 t = f"{r['build_s']:.1f} / {r['calib_s']:.1f} / {r['prune_s']:.1f}"
                 share = f"{r['removed_share']:.1%}"
             else:
-                res, t, share = "**fails**: " + r["error"].splitlines()[0][:160], f"{r['wall_s']:.0f} (wall)", "—"
+                res = "**fails**: " + r["error"].splitlines()[0][:160]
+                t, share = f"{r['wall_s']:.0f} (wall)", "—"
             lines.append(f"| {r['budget']} | {r['criterion']} | {_tp_variant(r)} | {share} | {res} | {t} |")
     lines += ["", "Targets:", ""]
     fx20 = best_fx(doc, "mlp20")
     if fx20:
         ok = fx20["ppl"] <= 1.5 * dense
         lines.append(f"- mlp20, perplexity ≤ 1.5× dense ({1.5 * dense:.2f}): best fxprune {fx20['ppl']:.2f} "
-                     f"({fx20['criterion']}{' +comp' if fx20['compensate'] else ''}) — **{'met' if ok else 'not met'}**")
+                     f"({fx20['criterion']}{' +comp' if fx20['compensate'] else ''}) — "
+                     f"**{'met' if ok else 'not met'}**")
     for b in budgets:
         fx, tp = best_fx(doc, b), best_tp(doc, b)
         if fx is None:
             lines.append(f"- {b}: no fxprune result")
             continue
         if tp is None:
-            lines.append(f"- {b}: Torch-Pruning has no result with this structure (see its rows); best fxprune "
-                         f"{fx['ppl']:.2f}")
+            lines.append(f"- {b}: Torch-Pruning has no result with this structure (see its rows); best "
+                         f"fxprune {fx['ppl']:.2f}")
             continue
         ok = fx["ppl"] < tp["ppl"]
         lines.append(f"- {b}: best fxprune {fx['ppl']:.2f} ({fx['criterion']}"
@@ -89,7 +94,8 @@ def smollm_markdown(doc: dict) -> list[str]:
                      f"({tp['criterion']}) — **{'below' if ok else 'NOT below'}**")
     errs = [r for r in s["rows"] if "error" in r]
     for r in errs:
-        lines.append(f"- fxprune error {r['criterion']}/{r['budget']}/{'comp' if r['compensate'] else 'plain'}: "
+        kind = "comp" if r["compensate"] else "plain"
+        lines.append(f"- fxprune error {r['criterion']}/{r['budget']}/{kind}: "
                      f"{r['error'].splitlines()[0][:200]}")
     return lines
 
@@ -154,13 +160,14 @@ def plot(doc: dict, path: str) -> None:
                         label=f"fxprune {c}{' +comp' if comp else ''}")
             for r in rows:
                 if r["budget"].startswith("all"):
-                    ax.plot(100 * r["removed_share"], r["ppl"], "*" if not comp else "P", color=cmap(i), ms=10)
+                    ax.plot(100 * r["removed_share"], r["ppl"], "P" if comp else "*", color=cmap(i), ms=10)
     for j, c in enumerate(dict.fromkeys(r["criterion"] for r in s["tp"])):
         rows = sorted((r["removed_share"], r["ppl"]) for r in s["tp"]
                       if r["criterion"] == c and "ppl" in r and "note" not in r)
         if rows:
             xs, ys = zip(*rows)
-            ax.plot([100 * x for x in xs], ys, "--s", color=cmap(len(crits) + j), ms=4, label=f"Torch-Pruning {c}")
+            ax.plot([100 * x for x in xs], ys, "--s", color=cmap(len(crits) + j), ms=4,
+                    label=f"Torch-Pruning {c}")
     ax.axhline(s["dense"]["ppl"], color="k", lw=0.8, label=f"dense ({s['dense']['ppl']:.1f})")
     ax.axhline(1.5 * s["dense"]["ppl"], color="k", lw=0.8, ls=":", label="1.5× dense")
     ax.set_yscale("log")

@@ -1,21 +1,23 @@
 #!/usr/bin/env python
 """Torch-Pruning 1.6.1 worker of ``benchmarks/llm.py``: its LLM recipe on SmolLM2-135M, one configuration.
 
-Run as a subprocess (``python benchmarks/llm_tp.py '<json config>'``) so that a hang or a memory blow-up costs
-one configuration: the parent enforces a timeout and an address-space cap. Prints one JSON line (``RESULT {...}``).
+Run as a subprocess (``python benchmarks/llm_tp.py '<json config>'``) so that a hang or a memory blow-up
+costs one configuration: the parent enforces a timeout and an address-space cap. Prints one JSON line
+(``RESULT {...}``).
 
 The recipe (Torch-Pruning's ``examples/LLMs/prune_llm.py``, re-expressed): ``MetaPruner`` with
 ``num_heads={q_proj: heads, k_proj: kv heads, v_proj: kv heads}``, ``prune_num_heads=True``,
 ``prune_head_dims=False`` (RoPE untouched), ``head_pruning_ratio`` per layer, ``global_pruning=False``,
 ``output_transform=lambda out: out.logits``; afterwards the attention attributes and the config fields
-(``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size``) are updated by hand, as the example does.
-To prune the same structure as fxprune (MLP width, or heads + MLP width, never the hidden size), the layers
-that write the residual stream (``o_proj``, ``down_proj``) and ``lm_head`` are in ``ignored_layers`` (their input
-channels are still pruned), and ``k_proj``/``v_proj`` too (GQA: query heads go, KV heads stay).
+(``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size``) are updated by hand, as the example
+does. To prune the same structure as fxprune (MLP width, or heads + MLP width, never the hidden size), the
+layers that write the residual stream (``o_proj``, ``down_proj``) and ``lm_head`` are in ``ignored_layers``
+(their input channels are still pruned); without heads, the attention projections too.
 
-``patch_rope``: Torch-Pruning's grouping never finishes on transformers 5's Llama, whose ``rotate_half`` concatenates
-with ``dim=-1`` (see ``shared/reference/torch-pruning.md``); with it set, ``rotate_half`` is replaced by the same
-computation with a positive ``dim`` before the pruner is built (the numbers do not change).
+``patch_rope``: Torch-Pruning's grouping never finishes on transformers 5's Llama, whose ``rotate_half``
+concatenates with ``dim=-1`` (see ``shared/reference/torch-pruning.md``); with it set, ``rotate_half`` is
+replaced by the same computation with a positive ``dim`` before the pruner is built (same numbers). ``attn``:
+an attention implementation to set first (``"eager"``: GQA's ``repeat_kv`` instead of SDPA's ``enable_gqa``).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ import llm_data  # noqa: E402
 
 
 def patch_rotate_half() -> None:
-    """``rotate_half`` with ``torch.cat(..., dim=x.ndim - 1)``: the same numbers, a dim Torch-Pruning reads."""
+    """``rotate_half`` with ``torch.cat(..., dim=x.ndim - 1)``: same numbers, a dim Torch-Pruning reads."""
     from transformers.models.llama import modeling_llama
 
     def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +48,7 @@ def patch_rotate_half() -> None:
 
 
 def fix_attributes(model, pruner) -> None:
-    """What Torch-Pruning's LLM example does by hand after ``step()``: per-layer head counts and config fields."""
+    """What Torch-Pruning's LLM example does by hand after ``step()``: head counts and config fields."""
     cfg = model.config
     for layer in model.model.layers:
         att = layer.self_attn
