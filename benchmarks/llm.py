@@ -86,6 +86,19 @@ def budget_widths(model, budget: str) -> tuple[float, float]:
     return channels / c.intermediate_size, heads
 
 
+def fx_head_ratio(model, q_share: float) -> float:
+    """fxprune's ``head_pruning_ratio`` that removes ``q_share`` of the query heads. Under GQA a layer's head
+    classes are its KV groups plus its query positions within a group (9/3 heads: 3 + 3 classes); dropping a
+    class drops 3 query heads either way (a KV group with its queries, or one query of every group)."""
+    c = model.config
+    if not q_share:
+        return 0.0
+    kv, per = c.num_key_value_heads, c.num_attention_heads // c.num_key_value_heads
+    if kv == c.num_attention_heads:
+        return q_share
+    return round(q_share * c.num_attention_heads / per) / (kv + per)
+
+
 def structure(model) -> dict:
     """Per-layer widths of a Llama model and whether its config agrees with them."""
     layers = model.model.layers
@@ -94,9 +107,12 @@ def structure(model) -> dict:
          "q_heads": [L.self_attn.q_proj.out_features // hd for L in layers],
          "kv_heads": [L.self_attn.k_proj.out_features // hd for L in layers]}
     c = model.config
-    stale = [f"{k}={getattr(c, k)} but layer 0 has {v[0]}" for k, v in
-             (("intermediate_size", s["intermediate"]), ("num_attention_heads", s["q_heads"]),
-              ("num_key_value_heads", s["kv_heads"])) if getattr(c, k) != v[0]]
+    fields = (("intermediate_size", s["intermediate"]), ("num_attention_heads", s["q_heads"]),
+              ("num_key_value_heads", s["kv_heads"]))
+    # widths that differ per layer cannot be said by config.json (fxprune warns: fxprune.hf.save_pretrained)
+    s["per_layer_widths"] = sorted(k for k, v in fields if len(set(v)) > 1)
+    stale = [f"{k}={getattr(c, k)} but every layer has {v[0]}" for k, v in fields
+             if len(set(v)) == 1 and getattr(c, k) != v[0]]
     if stale:
         s["config_stale"] = "; ".join(stale)
     return s
@@ -202,7 +218,7 @@ def smollm_rows(args, doc, write) -> None:
                     t0 = time.time()
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        small, plan = fx_prune(model, inputs, imp, mlp, r, h)
+                        small, plan = fx_prune(model, inputs, imp, mlp, r, fx_head_ratio(model, h))
                         if comp:
                             small = fxprune.prune(model, plan, inputs, compensate=means)
                     row["prune_s"] = time.time() - t0
@@ -240,10 +256,10 @@ def tp_configs(args, budgets: dict) -> list[dict]:
                 out.append({"budget": b, "criterion": crit, "mlp_ratio": r, "head_ratio": 0.0,
                             "patch_rope": False})
                 continue
-            eager = {"patch_rope": True, "attn": "eager"}
-            for variant in ({"patch_rope": False}, {"patch_rope": True}, eager):
-                if crit != args.tp_criteria[0] and variant != eager:
-                    continue  # the failure modes are criterion-independent: shown once
+            variants = ({"patch_rope": False}, {"patch_rope": True}, {"patch_rope": True, "attn": "eager"})
+            for variant in variants:
+                if crit != args.tp_criteria[0]:
+                    continue  # the failure modes do not depend on the criterion: shown once
                 out.append({"budget": b, "criterion": crit, "mlp_ratio": r, "head_ratio": h, **variant})
     return out
 
@@ -257,18 +273,23 @@ def run_tp(cfg: dict, args) -> dict:
 
     full = {**cfg, "calib": args.calib, "eval": args.eval, "threads": args.threads}
     row = {**cfg, "load_start": uptime()}
+    # the recipe as shipped on heads is the known hang: a shorter limit (built in ~1 s once RoPE is patched)
+    limit = args.tp_hang_timeout if cfg["head_ratio"] and not cfg["patch_rope"] else args.tp_timeout
     t0 = time.time()
     try:
         p = subprocess.run([sys.executable, os.path.join(HERE, "llm_tp.py"), json.dumps(full)],
-                           capture_output=True, text=True, timeout=args.tp_timeout, preexec_fn=cap, cwd=ROOT)
+                           capture_output=True, text=True, timeout=limit, preexec_fn=cap, cwd=ROOT)
         line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             row["error"] = f"worker exited {p.returncode} without a result: {p.stderr.strip()[-500:]}"
         else:
             row.update(json.loads(line[7:]))
-    except subprocess.TimeoutExpired:
-        row["error"] = (f"timeout: no result after {args.tp_timeout} s (address space capped at "
-                        f"{args.tp_mem_gb} GB)")
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        stages = [ln[6:] for ln in out.splitlines() if ln.startswith("STAGE ")]
+        row["error"] = (f"timeout: no result after {limit} s (address space capped at {args.tp_mem_gb} GB); "
+                        f"last stage reached: {stages[-1] if stages else 'none'}")
+        row["stages"] = stages
     row["wall_s"] = time.time() - t0
     row["load_end"] = uptime()
     return row
@@ -296,24 +317,29 @@ def tp_rows(args, doc, write) -> None:
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="smollm,minilm", help="smollm, minilm or both")
+    ap.add_argument("--parts", default=None, help="smollm, minilm or both (default both)")
     ap.add_argument("--criteria", default=",".join(CRITERIA), help=f"comma list from {CRITERIA}")
-    ap.add_argument("--budgets", default=",".join(BUDGETS), help=f"comma list from {BUDGETS}")
+    ap.add_argument("--budgets", default=None, help=f"comma list from {BUDGETS} (default all)")
     ap.add_argument("--no-compensation", dest="compensation", action="store_false",
                     help="only the uncompensated runs")
     ap.add_argument("--tp-criteria", default=",".join(TP_CRITERIA), help="Torch-Pruning criteria ('' = none)")
-    ap.add_argument("--tp-timeout", type=int, default=90, help="seconds per Torch-Pruning run")
+    ap.add_argument("--tp-timeout", type=int, default=600, help="seconds per Torch-Pruning run")
+    ap.add_argument("--tp-hang-timeout", type=int, default=180,
+                    help="seconds for the as-shipped recipe on heads (the known non-terminating grouping)")
     ap.add_argument("--tp-mem-gb", type=float, default=8.0, help="address-space cap of a Torch-Pruning run")
     ap.add_argument("--calib", default="16x256", help="calibration windows NxLEN (start of the text)")
     ap.add_argument("--eval", default="4x512", help="evaluation windows NxLEN (end of the text)")
     ap.add_argument("--minilm-calib", type=int, default=32, help="MiniLM calibration documents")
-    ap.add_argument("--quick", action="store_true", help="calib 4x128, eval 2x256, mlp20 only, no MiniLM")
+    ap.add_argument("--quick", action="store_true",
+                    help="calib 4x128, eval 2x256; unless given: --budgets mlp20 --parts smollm")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "llm.json"))
     ap.add_argument("--replot", action="store_true", help="only rewrite .md/.png from an existing --out")
     args = ap.parse_args(argv)
     if args.quick:
-        args.calib, args.eval, args.budgets, args.parts = "4x128", "2x256", "mlp20", "smollm"
+        args.calib, args.eval = "4x128", "2x256"
+    args.budgets = args.budgets or ("mlp20" if args.quick else ",".join(BUDGETS))
+    args.parts = args.parts or ("smollm" if args.quick else "smollm,minilm")
     args.criteria = [c for c in args.criteria.split(",") if c]
     args.tp_criteria = [c for c in args.tp_criteria.split(",") if c]
     args.budgets = [b for b in args.budgets.split(",") if b]

@@ -17,7 +17,7 @@ def _ppl(r: dict | None, dense: float) -> str:
         return "—"
     if "ppl" not in r:
         return "error"
-    stale = " (config stale)" if "config_stale" in r else ""
+    stale = " (config stale)" if "config_stale" in r else " (per-layer widths)" if r.get("per_layer_widths") else ""
     return f"{r['ppl']:.2f} ({r['ppl'] / dense:.2f}×){stale}"
 
 

@@ -71,6 +71,7 @@ def run(cfg: dict) -> dict:
     if cfg["patch_rope"]:
         patch_rotate_half()
     model = llm_data.load_smollm2()
+    print("STAGE model loaded", flush=True)
     if cfg.get("attn"):
         model.set_attn_implementation(cfg["attn"])
     calib, evals = llm_data.token_windows(cfg["calib"], cfg["eval"])
@@ -99,6 +100,7 @@ def run(cfg: dict) -> dict:
             num_heads=num_heads if heads else {}, prune_num_heads=heads, prune_head_dims=False,
             head_pruning_ratio=cfg["head_ratio"], output_transform=lambda o: o.logits)
     out["build_s"] = time.time() - t0
+    print(f"STAGE MetaPruner built in {out['build_s']:.1f} s", flush=True)
     t0 = time.time()
     if crit == "taylor":  # Torch-Pruning reads .grad: the summed loss over the calibration windows
         model.zero_grad(set_to_none=True)
@@ -116,6 +118,7 @@ def run(cfg: dict) -> dict:
     model.zero_grad(set_to_none=True)
     fix_attributes(model, pruner)
     out["prune_s"] = time.time() - t0
+    print(f"STAGE pruned in {out['prune_s']:.1f} s", flush=True)
     out["params"] = sum(p.numel() for p in model.parameters())
     out["intermediate"] = [L.mlp.gate_proj.out_features for L in layers]
     out["q_heads"] = [L.self_attn.q_proj.out_features // L.self_attn.head_dim for L in layers]
