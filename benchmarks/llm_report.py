@@ -17,7 +17,8 @@ def _ppl(r: dict | None, dense: float) -> str:
         return "—"
     if "ppl" not in r:
         return "error"
-    stale = " (config stale)" if "config_stale" in r else " (per-layer widths)" if r.get("per_layer_widths") else ""
+    stale = (" (config stale)" if "config_stale" in r else
+             " (per-layer widths)" if r.get("per_layer_widths") else "")
     return f"{r['ppl']:.2f} ({r['ppl'] / dense:.2f}×){stale}"
 
 
@@ -42,8 +43,8 @@ def smollm_markdown(doc: dict) -> list[str]:
              "",
              f"Dense: perplexity **{dense:.2f}**, {s['dense']['params']:,} parameters. Calibration: "
              f"{d['calib'][0]} × {d['calib'][1]} tokens from the start of the text (evaluation windows at "
-             "its end). No fine-tuning. '+comp' = bias compensation (mean contribution of the removed channels "
-             "folded into the next layer's bias).", ""]
+             "its end). No fine-tuning. '+comp' = bias compensation (mean contribution of the removed "
+             "channels folded into the next layer's bias).", ""]
     budgets = list(s.get("budgets", {}))
     lines += ["| budget | MLP ratio / heads | criterion | params removed | fxprune | fxprune +comp |",
               "|---|---|---|---:|---:|---:|"]
