@@ -313,6 +313,27 @@ def tp_rows(args, doc, write) -> None:
         write()
 
 
+def reuse_tp(args, doc) -> None:
+    """Torch-Pruning's rows from an earlier run on the same windows and budgets (its perplexities do not
+    depend on fxprune; its times were measured under that run's load, recorded with them)."""
+    with open(args.tp_from) as f:
+        old = json.load(f)
+    s = doc["smollm"]
+    if tuple(old["config"]["calib"]) != args.calib or tuple(old["config"]["eval"]) != args.eval:
+        raise SystemExit(f"--tp-from {args.tp_from}: other windows ({old['config']['calib']}, "
+                         f"{old['config']['eval']})")
+    if abs(old["smollm"]["dense"]["ppl"] - s["dense"]["ppl"]) > 1e-6 * s["dense"]["ppl"]:
+        raise SystemExit(f"--tp-from {args.tp_from}: dense perplexity {old['smollm']['dense']['ppl']} "
+                         "differs")
+    rows = [r for r in old["smollm"]["tp"] if r["budget"] in s["budgets"]
+            and abs(r["mlp_ratio"] - s["budgets"][r["budget"]]["mlp_ratio"]) < 1e-9]
+    s["tp"] = rows
+    doc["meta"]["tp_from"] = {"path": os.path.relpath(args.tp_from, ROOT), "date": old["meta"]["date"],
+                              "commit": old["meta"]["commit"], "uptime_start": old["meta"]["uptime_start"],
+                              "uptime_end": old["meta"].get("uptime_end"), "rows": len(rows)}
+    log(f"[tp] {len(rows)} Torch-Pruning rows from {args.tp_from} ({old['meta']['date']})")
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 def parse(argv=None):
@@ -327,6 +348,8 @@ def parse(argv=None):
     ap.add_argument("--tp-hang-timeout", type=int, default=180,
                     help="seconds for the as-shipped recipe on heads (the known non-terminating grouping)")
     ap.add_argument("--tp-mem-gb", type=float, default=8.0, help="address-space cap of a Torch-Pruning run")
+    ap.add_argument("--tp-from", default=None, metavar="JSON",
+                    help="take the Torch-Pruning rows from an earlier run's JSON (same windows) instead")
     ap.add_argument("--calib", default="16x256", help="calibration windows NxLEN (start of the text)")
     ap.add_argument("--eval", default="4x512", help="evaluation windows NxLEN (end of the text)")
     ap.add_argument("--minilm-calib", type=int, default=32, help="MiniLM calibration documents")
@@ -383,7 +406,9 @@ def main(argv=None) -> int:
 
     if "smollm" in args.parts:
         smollm_rows(args, doc, write)
-        if args.tp_criteria:
+        if args.tp_from:
+            reuse_tp(args, doc)
+        elif args.tp_criteria:
             tp_rows(args, doc, write)
     if "minilm" in args.parts:
         import llm_minilm

@@ -136,6 +136,11 @@ def markdown(doc: dict) -> str:
     lines = [f"LLM pruning quality (benchmarks/llm.py), {meta['date']}, commit {meta['commit']}, "
              f"{meta['cpu_count']} cores, {meta['threads']} thread(s), wall {meta.get('wall_s', 0):.0f} s.",
              f"Load at start: `{meta['uptime_start']}`; at end: `{meta.get('uptime_end', '?')}`.", ""]
+    if "tp_from" in meta:
+        t = meta["tp_from"]
+        lines += [f"Torch-Pruning rows from an earlier run of the same script on the same windows: "
+                  f"`{t['path']}` ({t['date']}, commit {t['commit']}, load at start "
+                  f"`{t['uptime_start']}`).", ""]
     if "smollm" in doc:
         lines += smollm_markdown(doc)
     if "minilm" in doc:
