@@ -167,7 +167,8 @@ def fx_prune(model, inputs, imp, mlp_modules, mlp_ratio: float, head_ratio: floa
     return pr.step(), pr.plan
 
 
-def smollm_rows(args, doc, write) -> None:
+def smollm_rows(args, doc, write):
+    """fxprune's rows; returns the dense model and the windows (for Torch-Pruning's runs)."""
     import fxprune
     t0 = time.time()
     model = llm_data.load_smollm2()
@@ -242,6 +243,7 @@ def smollm_rows(args, doc, write) -> None:
                     if "ppl" in row else f"ERROR {row['error']}"))
                 write()
         del imp
+    return model, calib, evals
 
 
 # ---------------------------------------------------------------------------------------------- Torch-Pruning
@@ -264,14 +266,14 @@ def tp_configs(args, budgets: dict) -> list[dict]:
     return out
 
 
-def run_tp(cfg: dict, args) -> dict:
+def run_tp(cfg: dict, args, snapshot: str | None = None) -> dict:
     import resource
 
     def cap():
         lim = int(args.tp_mem_gb * 2 ** 30)
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
-    full = {**cfg, "calib": args.calib, "eval": args.eval, "threads": args.threads}
+    full = {**cfg, "calib": args.calib, "eval": args.eval, "threads": args.threads, "snapshot": snapshot}
     row = {**cfg, "load_start": uptime()}
     # the recipe as shipped on heads is the known hang: a shorter limit (built in ~1 s once RoPE is patched)
     limit = args.tp_hang_timeout if cfg["head_ratio"] and not cfg["patch_rope"] else args.tp_timeout
@@ -295,22 +297,35 @@ def run_tp(cfg: dict, args) -> dict:
     return row
 
 
-def tp_rows(args, doc, write) -> None:
+def tp_rows(args, doc, write, model, calib, evals) -> None:
+    """Every Torch-Pruning configuration in its own process, which loads ``model`` and the windows from a
+    snapshot file."""
+    import tempfile
     budgets = {b: (v["mlp_ratio"], v["head_ratio"]) for b, v in doc["smollm"]["budgets"].items()}
     dense = doc["smollm"]["dense"]
-    for cfg in tp_configs(args, budgets):
-        row = run_tp(cfg, args)
-        if "ppl" in row:
-            row["removed_share"] = 1 - row["params"] / dense["params"]
-            row["ppl_ratio"] = row["ppl"] / dense["ppl"]
-            if cfg["head_ratio"] > 0 and all(q == 9 for q in row["q_heads"]):
-                row["note"] = "no query head removed"
-        doc["smollm"]["tp"].append(row)
-        tag = "+".join(k for k in ("patch_rope", "attn") if cfg.get(k)) or "as shipped"
-        log(f"[tp/{cfg['criterion']}/{cfg['budget']}/{tag}] " + (
-            f"ppl {row['ppl']:.2f}, removed {row['removed_share']:.1%} {row.get('note', '')}" if "ppl" in row
-            else f"ERROR {row['error'][:300]}"))
-        write()
+    fd, snapshot = tempfile.mkstemp(prefix="fxprune-llm-", suffix=".pt")
+    os.close(fd)
+    try:
+        llm_data.save_snapshot(model, {"calib": calib, "eval": evals}, snapshot)
+        for cfg in tp_configs(args, budgets):
+            tp_row(cfg, args, snapshot, dense, doc, write)
+    finally:
+        os.unlink(snapshot)
+
+
+def tp_row(cfg: dict, args, snapshot: str, dense: dict, doc: dict, write) -> None:
+    row = run_tp(cfg, args, snapshot)
+    if "ppl" in row:
+        row["removed_share"] = 1 - row["params"] / dense["params"]
+        row["ppl_ratio"] = row["ppl"] / dense["ppl"]
+        if cfg["head_ratio"] > 0 and all(q == 9 for q in row["q_heads"]):
+            row["note"] = "no query head removed"
+    doc["smollm"]["tp"].append(row)
+    tag = "+".join(k for k in ("patch_rope", "attn") if cfg.get(k)) or "as shipped"
+    log(f"[tp/{cfg['criterion']}/{cfg['budget']}/{tag}] " + (
+        f"ppl {row['ppl']:.2f}, removed {row['removed_share']:.1%} {row.get('note', '')}" if "ppl" in row
+        else f"ERROR {row['error'][:300]}"))
+    write()
 
 
 def reuse_tp(args, doc) -> None:
@@ -405,11 +420,12 @@ def main(argv=None) -> int:
         llm_report.write_outputs(doc, args.out)
 
     if "smollm" in args.parts:
-        smollm_rows(args, doc, write)
+        model, calib, evals = smollm_rows(args, doc, write)
         if args.tp_from:
             reuse_tp(args, doc)
         elif args.tp_criteria:
-            tp_rows(args, doc, write)
+            tp_rows(args, doc, write, model, calib, evals)
+        del model
     if "minilm" in args.parts:
         import llm_minilm
         doc["minilm"] = llm_minilm.run(args, make_importance, calibrate, log)

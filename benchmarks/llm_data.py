@@ -47,6 +47,23 @@ def load_smollm2():
     return model.eval()
 
 
+def save_snapshot(model, windows: dict, path: str) -> None:
+    """The de-quantised model and the token windows in one file, so that a worker process starts in seconds
+    (de-quantising the GGUF and building its tokenizer take a minute on a loaded machine)."""
+    cfg = {k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    torch.save({"config": cfg, "state_dict": model.state_dict(), "windows": windows}, path)
+
+
+def load_snapshot(path: str):
+    """``(model, windows)`` from :func:`save_snapshot`: the same weights, bit for bit."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    snap = torch.load(path, weights_only=False)
+    cfg = LlamaConfig.from_dict(snap["config"])
+    model = LlamaForCausalLM(cfg)
+    model.load_state_dict(snap["state_dict"])
+    return model.eval(), snap["windows"]
+
+
 def smollm2_tokens() -> torch.Tensor:
     """``lee_background.cor`` (300 news documents, 75,680 tokens) tokenised as one ``[1, T]`` sequence."""
     from transformers import AutoTokenizer

@@ -70,11 +70,15 @@ def run(cfg: dict) -> dict:
     out: dict = {"patch_rope": cfg["patch_rope"]}
     if cfg["patch_rope"]:
         patch_rotate_half()
-    model = llm_data.load_smollm2()
+    if cfg.get("snapshot"):
+        model, windows = llm_data.load_snapshot(cfg["snapshot"])
+        calib, evals = windows["calib"], windows["eval"]
+    else:
+        model = llm_data.load_smollm2()
+        calib, evals = llm_data.token_windows(cfg["calib"], cfg["eval"])
     print("STAGE model loaded", flush=True)
     if cfg.get("attn"):
         model.set_attn_implementation(cfg["attn"])
-    calib, evals = llm_data.token_windows(cfg["calib"], cfg["eval"])
     ex = calib[0][:, :cfg.get("example_len", 16)]
     layers = model.model.layers
     mlp = [m for L in layers for m in (L.mlp.gate_proj, L.mlp.up_proj)]
