@@ -47,11 +47,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [ROOT, HERE]  # this checkout's fxprune, not whichever one the environment installed
 import llm_data  # noqa: E402
 import llm_report  # noqa: E402
 
-ROOT = os.path.dirname(HERE)
 CRITERIA = ["l2", "activation", "taylor", "fluctuation"]
 BUDGETS = ["mlp10", "mlp20", "mlp30", "all20", "mlp-p20"]
 TP_CRITERIA = ["l2", "taylor"]
@@ -410,6 +410,7 @@ def main(argv=None) -> int:
     doc = {"meta": {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "machine": platform.platform(), "cpu_count": os.cpu_count(), "threads": args.threads,
                     "commit": commit.stdout.strip(), "uptime_start": uptime(), "versions": versions,
+                    "fxprune_file": fxprune.__file__,
                     "fxprune_has": {k: hasattr(fxprune, k) for k in ("calibrate",)}},
            "config": {k: v for k, v in vars(args).items()}}
     t_start = time.time()
