@@ -328,6 +328,33 @@ def tp_row(cfg: dict, args, snapshot: str, dense: dict, doc: dict, write) -> Non
     write()
 
 
+def merge(paths: list[str]) -> dict:
+    """One document from several runs on the same windows: their SmolLM2 rows, Torch-Pruning rows and MiniLM
+    rows side by side (each row keeps its own times and load); every run's meta is kept."""
+    docs = []
+    for p in paths:
+        with open(p) as f:
+            docs.append(json.load(f))
+    doc = {"meta": dict(docs[0]["meta"]), "config": docs[0]["config"]}
+    doc["meta"]["runs"] = [{"path": os.path.relpath(p, ROOT), **d["meta"]} for p, d in zip(paths, docs)]
+    doc["meta"]["wall_s"] = max(d["meta"].get("wall_s", 0) for d in docs)
+    doc["meta"]["uptime_end"] = docs[-1]["meta"].get("uptime_end")
+    for d in docs:
+        if "smollm" in d:
+            s = d["smollm"]
+            if "smollm" not in doc:
+                doc["smollm"] = {**s, "rows": [], "tp": []}
+            if (s["data"]["calib"], s["data"]["eval"]) != (doc["smollm"]["data"]["calib"],
+                                                           doc["smollm"]["data"]["eval"]):
+                raise SystemExit("--merge: runs on different windows")
+            doc["smollm"]["rows"] += s["rows"]
+            doc["smollm"]["tp"] += s["tp"]
+            doc["smollm"]["budgets"].update(s.get("budgets", {}))
+        if "minilm" in d:
+            doc["minilm"] = d["minilm"]
+    return doc
+
+
 def reuse_tp(args, doc) -> None:
     """Torch-Pruning's rows from an earlier run on the same windows and budgets (its perplexities do not
     depend on fxprune; its times were measured under that run's load, recorded with them)."""
@@ -373,6 +400,8 @@ def parse(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "llm.json"))
     ap.add_argument("--replot", action="store_true", help="only rewrite .md/.png from an existing --out")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="combine runs on the same windows (e.g. one per criterion, side by side) into --out")
     args = ap.parse_args(argv)
     if args.quick:
         args.calib, args.eval = "4x128", "2x256"
@@ -392,6 +421,9 @@ def parse(argv=None):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.merge:
+        print(llm_report.write_outputs(merge(args.merge), args.out))
+        return 0
     if args.replot:
         with open(args.out) as f:
             doc = json.load(f)
