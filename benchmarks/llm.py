@@ -430,6 +430,8 @@ def main(argv=None) -> int:
         print(llm_report.write_outputs(doc, args.out))
         return 0
     torch.set_num_threads(args.threads)
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed run still removes its snapshot file
     import fxprune
     from importlib.metadata import version
     versions = {"torch": torch.__version__, "fxprune": getattr(fxprune, "__version__", None)}
