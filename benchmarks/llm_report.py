@@ -136,6 +136,11 @@ def markdown(doc: dict) -> str:
     lines = [f"LLM pruning quality (benchmarks/llm.py), {meta['date']}, commit {meta['commit']}, "
              f"{meta['cpu_count']} cores, {meta['threads']} thread(s), wall {meta.get('wall_s', 0):.0f} s.",
              f"Load at start: `{meta['uptime_start']}`; at end: `{meta.get('uptime_end', '?')}`.", ""]
+    for r in meta.get("runs", []):
+        lines += [f"- merged from `{r['path']}`: {r['date']}, commit {r['commit']}, fxprune "
+                  f"`{r.get('fxprune_file', '?')}`, wall {r.get('wall_s', 0):.0f} s, load `{r['uptime_start']}`"]
+    if meta.get("runs"):
+        lines.append("")
     if "tp_from" in meta:
         t = meta["tp_from"]
         lines += [f"Torch-Pruning rows from an earlier run of the same script on the same windows: "
