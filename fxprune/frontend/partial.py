@@ -62,7 +62,7 @@ from torch.utils import _pytree as pytree
 
 from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
 from ..plan import PrunePlan, make_key, parse_key
-from .export import call_model
+from .export import call_model, split_inputs
 from .fx import propagate_shapes
 
 __all__ = ["Part", "PartialGraph", "analyze_partial", "apply_partial", "verify_partial"]
@@ -209,7 +209,8 @@ def _record(model: torch.nn.Module, example_inputs: Any) -> _Recording:
             h.remove()
         for m, t in flags.items():
             m.training = t
-    model_io = {id(t) for t in pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)}
+    leaves = pytree.tree_leaves((split_inputs(example_inputs), out))
+    model_io = {id(t) for t in leaves if isinstance(t, torch.Tensor)}
     return _Recording(calls, inside, watch, uses, model_io)
 
 
