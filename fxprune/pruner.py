@@ -568,10 +568,7 @@ class _Guard:
 
 def _is_hf_causal_lm(model: nn.Module) -> bool:
     """A transformers ``PreTrainedModel`` with a causal-LM head (its class in the causal-LM auto mapping)."""
-    import sys
-
-    tf = sys.modules.get("transformers")
-    if tf is None or not isinstance(model, tf.PreTrainedModel):
+    if not _is_transformers(model):
         return False
     try:
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as names
