@@ -127,6 +127,18 @@ def assert_state_unchanged(model: torch.nn.Module, snap: dict[str, Any]) -> None
     assert modules == snap["modules"], "submodules of the model were added, removed or replaced"
 
 
+def tiny_llama() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A 2-layer transformers Llama (hidden 64, 4 heads over 2 kv heads, MLP 128, vocab 100) in eval mode,
+    seeded, and 8 token ids for it."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                                   max_position_embeddings=64)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 8))
+
+
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 import fxprune
 import fxprune.importance as imp
-from helpers import assert_state_unchanged, state_snapshot
+from helpers import assert_state_unchanged, state_snapshot, tiny_llama
 
 
 def _mlp(bias2: bool = True) -> nn.Module:
@@ -208,14 +208,9 @@ transformers = pytest.importorskip("transformers", reason="transformers is in th
 
 
 def _llama():
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
-                                   max_position_embeddings=64)
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model, ids = tiny_llama()
     g = torch.Generator().manual_seed(3)
-    calib = [torch.randint(0, 100, (2, 12), generator=g) for _ in range(3)]
-    return model, torch.randint(0, 100, (1, 8), generator=g), calib
+    return model, ids, [torch.randint(0, 100, (2, 12), generator=g) for _ in range(3)]
 
 
 def test_llama_mlp_fluctuation_with_compensation(tmp_path):

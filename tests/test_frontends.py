@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import fxprune
 from fxprune.errors import FallbackWarning
-from helpers import assert_state_unchanged, state_snapshot
+from helpers import assert_state_unchanged, state_snapshot, tiny_llama
 
 
 class Block(nn.Module):
@@ -186,16 +186,8 @@ def test_autograd_frontend_records_the_whole_value_gate():
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra; not installed")
 
 
-def _llama():
-    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
-                                   max_position_embeddings=64)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 8))
-
-
 def test_llama_mlp_pruned_into_its_own_class_and_generates_like_the_zeroed_original():
-    model, ids = _llama()
+    model, ids = tiny_llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     snap = state_snapshot(model)
     graph = fxprune.analyze(model, inputs)
@@ -222,7 +214,7 @@ def test_llama_mlp_pruned_into_its_own_class_and_generates_like_the_zeroed_origi
 
 
 def test_llama_head_dims_need_the_graph_target():
-    model, ids = _llama()
+    model, ids = tiny_llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     graph = fxprune.analyze(model, inputs)
     g = graph.group_of("model.layers.0.self_attn.v_proj.weight", 0)
@@ -238,7 +230,7 @@ def test_llama_head_dims_need_the_graph_target():
 
 
 def test_llama_uniform_head_dims_are_written_back_into_the_class_and_config():
-    model, ids = _llama()
+    model, ids = tiny_llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     graph = fxprune.analyze(model, inputs)
     qk = graph.group_of("model.layers.0.self_attn.q_proj.weight", 0)  # every attention (shared RoPE)
@@ -265,7 +257,7 @@ def test_llama_uniform_head_dims_are_written_back_into_the_class_and_config():
 
 
 def test_llama_mlp_config_round_trips_through_save_pretrained(tmp_path):
-    model, ids = _llama()
+    model, ids = tiny_llama()
     plan = fxprune.PrunePlan({f"model.layers.{i}.mlp.gate_proj.weight:0": list(range(0, 128, 2)) for i in range(2)})
     small = fxprune.prune(model, plan, fxprune.Inputs(ids, use_cache=False))
     assert (small.config.intermediate_size, model.config.intermediate_size) == (64, 128)
@@ -277,7 +269,7 @@ def test_llama_mlp_config_round_trips_through_save_pretrained(tmp_path):
 
 
 def test_llama_whole_kv_groups_removed_into_the_class_config_and_back():
-    model, ids = _llama()
+    model, ids = tiny_llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     g = fxprune.analyze(model, inputs).group_of("model.layers.0.self_attn.q_proj.weight", 0)
     q0 = "model.layers.0.self_attn.q_proj.weight:0"
@@ -303,7 +295,7 @@ def test_llama_whole_kv_groups_removed_into_the_class_config_and_back():
 
 def test_llama_same_query_head_of_every_kv_group_removed():
     """GQA: query head 1 of both kv groups goes (q heads 1 and 3); k and v keep both kv heads."""
-    model, ids = _llama()
+    model, ids = tiny_llama()
     inputs = fxprune.Inputs(ids, use_cache=False)
     rows = list(range(16, 32)) + list(range(48, 64))
     plan = fxprune.PrunePlan({f"model.layers.{i}.self_attn.q_proj.weight:0": rows for i in range(2)})

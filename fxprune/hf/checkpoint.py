@@ -30,7 +30,6 @@ import importlib
 import json
 import logging
 import os
-import warnings
 from typing import Any, Dict
 
 import torch
@@ -45,12 +44,6 @@ log = logging.getLogger(__name__)
 
 _META = "fxprune.json"
 _BUFFERS = "fxprune_buffers.safetensors"
-
-
-def _stock(cls: type, cfg: Any) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return cls(copy.deepcopy(cfg))
 
 
 def _config_fields(m: nn.Module, shared: Any) -> Dict[str, Any]:
@@ -72,7 +65,7 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str
                         f"{type(model).__name__}")
     model.save_pretrained(directory, **kwargs)
     _native_names(model, directory)
-    stock = stock_build(model)
+    stock = stock_build(type(model), model.config)
     stock_sd = stock.state_dict()
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()
               if k not in stock_sd or stock_sd[k].shape != v.shape}
@@ -169,7 +162,7 @@ def from_pretrained(directory: str) -> nn.Module:
     mod_name, _, qual = info["class"].rpartition(".")
     cls = getattr(importlib.import_module(mod_name), qual)
     cfg = AutoConfig.from_pretrained(directory)
-    model = _stock(cls, cfg)
+    model = stock_build(cls, cfg, device="cpu")
     for key, shape in info["shapes"].items():
         owner, leaf = _resolve(model, key)
         old = getattr(owner, leaf)
