@@ -25,9 +25,9 @@ import torch.fx
 from torch.fx.node import map_arg
 
 from .analyze import ChannelGraph, Expansion, analyze
+from .context import RewriteCtx
 from .errors import FxpruneError, PlanError, RewriteError
 from .gcpause import no_gc
-from .lower import TRef
 from .plan import PrunePlan, parse_key
 from .record import compose, record_of
 from .registry import lookup
@@ -36,44 +36,6 @@ from .rules._util import call_args
 __all__ = ["prune", "apply_plan", "RewriteCtx"]
 
 log = logging.getLogger(__name__)
-
-
-class RewriteCtx:
-    """What a rule's ``rewrite`` sees: original shapes, removed indices, and the new modules."""
-
-    def __init__(self, graph: ChannelGraph, exp: Expansion, new_modules: Dict[str, torch.nn.Module]):
-        self.graph, self.exp, self.new_modules = graph, exp, new_modules
-        self._lctx = graph.ctx
-
-    def tensor(self, arg: Any) -> Optional[TRef]:
-        return self._lctx.tensor(arg)
-
-    def param(self, node: torch.fx.Node, attr: str) -> Optional[TRef]:
-        t = getattr(self._lctx.modules[node.target], attr, None)
-        if not isinstance(t, torch.Tensor):
-            return None
-        name = f"{node.target}.{attr}"
-        return TRef(("param", self._lctx.canonical.get(name, name)), tuple(t.shape))
-
-    def out_elems(self, node: torch.fx.Node) -> List[TRef]:
-        val = node.meta.get("val")
-        if isinstance(val, (tuple, list)):
-            return [TRef(("value", node.name, (i,)), tuple(v.shape)) for i, v in enumerate(val)
-                    if isinstance(v, torch.Tensor)]
-        ref = self.tensor(node)
-        return [ref] if ref is not None else []
-
-    def removed(self, ref: TRef, d: int) -> np.ndarray:
-        return self.graph.removed(self.exp.mask, ref.key, d % ref.ndim)
-
-    def new_shape(self, ref: TRef) -> Tuple[int, ...]:
-        count = getattr(self.graph, "removed_count", None)
-        if count is None:  # a graph without per-dim counts
-            return tuple(s - len(self.removed(ref, d)) for d, s in enumerate(ref.shape))
-        return tuple(s - count(self.exp.mask, ref.key, d) for d, s in enumerate(ref.shape))
-
-    def module(self, node: torch.fx.Node) -> torch.nn.Module:
-        return self.new_modules[node.target]
 
 
 def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
@@ -215,7 +177,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
             if node.kwargs:  # rewrites read arguments by position: move keywords to their slots (a copy)
                 node.args, node.kwargs = call_args(node)
             try:
-                rule.rewrite(node, rctx)
+                rule.rewrite(rctx.at(node), node)
             except FxpruneError:
                 raise
             except Exception as e:
