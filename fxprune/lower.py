@@ -27,12 +27,12 @@ from torch.fx.node import map_aggregate
 
 from . import index_map
 from .context import TRef
-from .errors import FxpruneError, InternalError, UnsupportedOpError
-from .ir import ChannelIR, DimNode, Solution, ValueKey
+from .errors import FxpruneError, InternalError, UnsupportedOpError, user_stacklevel
+from .ir import ChannelIR, DimNode, Solution
 from .record import record_of
 from .registry import lookup
 
-__all__ = ["TRef", "LowerCtx", "lower_graph", "node_label", "target_name", "share_warnings"]
+__all__ = ["TRef", "LowerCtx", "lower_nodes", "lower_graph", "node_label", "target_name", "share_warnings"]
 
 log = logging.getLogger(__name__)
 
@@ -327,16 +327,15 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
-    """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
-    factors a dim is a grid constraint, not a choice of one factor)."""
+def lower_nodes(gm: torch.fx.GraphModule, strict: bool = False) -> LowerCtx:
+    """Lower every node of a shape-annotated GraphModule through its op rule (the IR, not yet solved);
+    ops without a rule are named in one warning per model."""
     from . import rules  # noqa: F401  (registers every rule family)
 
     ctx = LowerCtx(gm, strict)
     for i, node in enumerate(gm.graph.nodes):
         ctx.node_index = i
         ctx.lower_node(node)
-    sol = ctx.ir.settle()
     warned = _warned(gm)
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:
@@ -344,6 +343,12 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
         lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"
                           for k, v in new.items())
         warnings.warn(f"fxprune: no rule for {len(new)} op(s); every dim they touch is pinned: {lines}",
-                      stacklevel=3)
-    return ctx, sol
+                      stacklevel=user_stacklevel())
+    return ctx
 
+
+def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
+    """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
+    factors a dim is a grid constraint, not a choice of one factor)."""
+    ctx = lower_nodes(gm, strict)
+    return ctx, ctx.ir.settle()

@@ -42,8 +42,8 @@ class Rule:
 RULES: Dict[Tuple[str, Any], Rule] = {}
 
 
-def register(op: str, targets: Iterable[Any], name: str, lower: "LowerFn", rewrite: Optional["RewriteFn"] = None,
-             masked_eval: Optional["MaskedFn"] = None) -> Rule:
+def register(op: str, targets: Iterable[Any], name: str, lower: "LowerFn",
+             rewrite: Optional["RewriteFn"] = None, masked_eval: Optional["MaskedFn"] = None) -> Rule:
     """Register one rule for several targets of the same FX ``op``; a later registration wins."""
     rule = Rule(name, lower, rewrite, masked_eval)
     for t in targets:

@@ -22,9 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.graph_module import _copy_attr
 from torch.fx.node import map_arg
 
-from .analyze import ChannelGraph, Expansion, analyze
+from .analyze import ChannelGraph, Expansion
 from .context import RewriteCtx
 from .errors import FxpruneError, PlanError, RewriteError
 from .gcpause import no_gc
@@ -152,10 +153,13 @@ def _freeze_size_reads(graph: torch.fx.Graph, rctx: RewriteCtx) -> None:
             log.debug("size read %s used by %s frozen to its original value %s", node.name, user.name, const)
 
 
-def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
-               inplace: bool = False, exp: Optional[Expansion] = None) -> torch.fx.GraphModule:
+def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inplace: bool = False,
+               exp: Optional[Expansion] = None, into: Optional[torch.fx.GraphModule] = None
+               ) -> torch.fx.GraphModule:
     """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`. ``exp`` is the
-    plan already expanded (a part of a larger IR: the parts frontend expands over all parts at once)."""
+    plan already expanded (a part of a larger IR: the parts frontend expands over all parts at once).
+    ``into``: this GraphModule receives the pruned graph, submodules and tensors (it is mutated and
+    returned; :class:`fxprune.passes.ApplyPass`) instead of a new GraphModule being built."""
     if exp is None:
         exp = graph.expand(plan)
     new_root, pairs = _clone_tree(root, graph, exp)
@@ -194,7 +198,8 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
                 for i, v in enumerate(node.meta["val"]))
         node.meta.pop("tensor_meta", None)
     try:
-        small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__)
+        small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__) if into is None else \
+            _install(into, new_root, new_graph)
     except Exception as e:
         raise RewriteError(f"building the pruned GraphModule failed: {e}") from e
     # Keep every original qualified name, also of modules the graph does not use.
@@ -220,6 +225,17 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
         small._parameters.update(root._parameters)
         small._buffers.update(root._buffers)
     return small
+
+
+def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``."""
+    gm._modules, gm._parameters, gm._buffers = {}, {}, {}
+    gm._non_persistent_buffers_set = set()
+    for node in graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            _copy_attr(root, gm, node.target)
+    gm.graph = graph
+    return gm
 
 
 def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
@@ -277,8 +293,14 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
            strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
     """:func:`prune` without its "already applied" check: the Pruner's next step may read like the last
     one (the same indices, now in the pruned model's coordinates) and must still be applied."""
+    from .passes import prune_passes
+    from .passes.manager import run
+
     if output not in ("auto", "graph", "module"):
         raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
-    graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
-    return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
-
+    small = run(prune_passes(plan, example_inputs, strict=strict, frontend=frontend, output=output,
+                             inplace=inplace, cleanup=False, again=True, fresh=True), model)
+    rec = record_of(small, create=False)
+    if rec is not None:
+        rec.drop_state()
+    return small

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from typing import Any, List
 
-import torch
 import torch.nn as nn
 
 from .. import index_map

@@ -1,0 +1,104 @@
+"""ExpandPass: close a plan to whole classes and valid sub-grids; ApplyPass: prune by it."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.fx
+from torch.fx.passes.infra.pass_base import PassBase, PassResult
+
+from fxprune.errors import InternalError, PlanError
+from fxprune.plan import PrunePlan
+from fxprune.record import record_of
+
+from ._modules import detached
+
+__all__ = ["ExpandPass", "ApplyPass"]
+
+OUTPUTS = ("auto", "graph", "module")
+
+
+def _analysis(gm: torch.nn.Module, who: str) -> Any:
+    rec = record_of(gm)
+    graph = rec.analysis(gm) if rec is not None else None
+    if graph is None:
+        raise InternalError(f"{who} needs SolvePass (or a TracePass that found the analysis) to run first on "
+                            "this GraphModule")
+    return graph
+
+
+def _plan(plan: Any) -> PrunePlan:
+    return plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
+
+
+class ExpandPass(PassBase):
+    """Expand the plan over the analysis (``record.expansion``); a plan that is not valid raises
+    :class:`~fxprune.errors.PlanError` here, before anything changes. Skipped, like :class:`ApplyPass`, when
+    the plan was already applied to this GraphModule (unless ``again``)."""
+
+    def __init__(self, plan: Any, again: bool = False):
+        super().__init__()
+        self.plan, self.again = _plan(plan), again
+
+    def call(self, gm: torch.nn.Module) -> PassResult:
+        rec = record_of(gm)
+        key = self.plan.to_json()
+        if not self.again and key in rec.applied:
+            return PassResult(gm, False)
+        rec.expansion = (key, _analysis(gm, "ExpandPass").expand(self.plan))
+        return PassResult(gm, False)
+
+
+class ApplyPass(PassBase):
+    """Prune the GraphModule it is given by ``plan``: its parameters and buffers are replaced by sliced
+    copies, its graph by the rewritten one (module attributes and graph constants updated by the op rules),
+    in place. The model it was traced from is left as it is unless ``inplace=True`` (then its modules get
+    the pruned tensors and attributes too, once everything succeeded).
+
+    A plan already applied to this GraphModule is not applied again (``PassResult.modified`` is False)
+    unless ``again``. ``output="module"`` (or ``"auto"`` after the export or parts frontends) returns a
+    pruned copy of the user's own class instead (:mod:`fxprune.targets.module`); it carries no record.
+
+    Example:
+        >>> import torch, fxprune
+        >>> from torch.fx.passes.infra.pass_manager import PassManager
+        >>> from fxprune.passes import ApplyPass, prune_passes
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
+        >>> gm = torch.fx.symbolic_trace(m)
+        >>> plan = fxprune.PrunePlan({"0.weight:0": [1]})
+        >>> out = PassManager(prune_passes(plan, torch.randn(1, 3, 8, 8)))(gm).graph_module
+        >>> out is gm, gm.get_submodule("0").out_channels, m[0].out_channels, ApplyPass(plan)(gm).modified
+        (True, 7, 8, False)
+    """
+
+    def __init__(self, plan: Any, example_inputs: Any = None, output: str = "auto", inplace: bool = False,
+                 again: bool = False):
+        super().__init__()
+        if output not in OUTPUTS:
+            raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
+        self.plan, self.example_inputs, self.output = _plan(plan), example_inputs, output
+        self.inplace, self.again = inplace, again
+
+    def call(self, gm: torch.nn.Module) -> PassResult:
+        from fxprune.rewrite import apply_plan
+
+        rec = record_of(gm)
+        key = self.plan.to_json()
+        if not self.again and key in rec.applied:
+            return PassResult(gm, False)
+        graph = _analysis(gm, "ApplyPass")
+        exp = rec.expansion[1] if rec.expansion is not None and rec.expansion[0] == key else None
+        root = rec.source(gm)
+        if self.output == "module" or getattr(graph, "frontend", "fx") != "fx" or \
+                not isinstance(gm, torch.fx.GraphModule):
+            small = graph.apply(self.plan, root, self.example_inputs, inplace=self.inplace,
+                                output=self.output)
+            out_rec = record_of(small, create=False)
+            if out_rec is not None:
+                out_rec.before = (graph, self.plan)
+            return PassResult(small, True)
+        if graph.gm is gm:  # the analysis keeps describing the graph it was made from
+            graph.gm = graph.ctx.gm = detached(gm, own_graph=True)
+        apply_plan(graph, self.plan, root, inplace=self.inplace, exp=exp, into=gm)
+        record_of(gm).before = (graph, self.plan)
+        return PassResult(gm, True)
