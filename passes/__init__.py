@@ -34,10 +34,6 @@ from .verify import VerifyPass
 __all__ = ["TracePass", "LowerPass", "SolvePass", "ExpandPass", "ApplyPass", "VerifyPass", "CleanupPass",
            "PrunePassManager", "analysis_passes", "prune_passes"]
 
-for _cls in (TracePass, LowerPass, SolvePass, ExpandPass, ApplyPass, VerifyPass):
-    _cls.compiles = True  # each leaves its GraphModule compiled: PrunePassManager need not recompile
-
-
 def analysis_passes(example_inputs: Any, strict: bool = False, frontend: str = "auto",
                     fresh: bool = False) -> List[PassBase]:
     """Trace, Lower, Solve: the analysis ends in ``gm.meta["fxprune"].graph``."""

@@ -36,6 +36,8 @@ class ExpandPass(PassBase):
     :class:`~fxprune.errors.PlanError` here, before anything changes. Skipped, like :class:`ApplyPass`, when
     the plan was already applied to this GraphModule (unless ``again``)."""
 
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
+
     def __init__(self, plan: Any, again: bool = False):
         super().__init__()
         self.plan, self.again = _plan(plan), again
@@ -71,6 +73,8 @@ class ApplyPass(PassBase):
         (True, 7, 8, False)
     """
 
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
+
     def __init__(self, plan: Any, example_inputs: Any = None, output: str = "auto", inplace: bool = False,
                  again: bool = False):
         super().__init__()
@@ -97,8 +101,10 @@ class ApplyPass(PassBase):
             if out_rec is not None:
                 out_rec.before = (graph, self.plan)
             return PassResult(small, True)
+        if exp is None:
+            exp = graph.expand(self.plan)
         if graph.gm is gm:  # the analysis keeps describing the graph it was made from
             graph.gm = graph.ctx.gm = detached(gm, own_graph=True)
         apply_plan(graph, self.plan, root, inplace=self.inplace, exp=exp, into=gm)
         record_of(gm).before = (graph, self.plan)
-        return PassResult(gm, True)
+        return PassResult(gm, bool(exp.plan))  # a plan that removes nothing leaves the same graph

@@ -23,6 +23,8 @@ class LowerPass(PassBase):
         (False, True)
     """
 
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
+
     def __init__(self, strict: bool = False):
         super().__init__()
         self.strict = strict
@@ -50,6 +52,8 @@ class SolvePass(PassBase):
         >>> gm.meta["fxprune"].graph
         ChannelGraph(3 groups, 1 prunable)
     """
+
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
 
     def call(self, gm: torch.fx.GraphModule) -> PassResult:
         from fxprune.analyze import ChannelGraph, warn_if_nothing_prunable

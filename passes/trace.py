@@ -46,6 +46,8 @@ class TracePass(PassBase):
         ('Sequential', 'fx', True)
     """
 
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
+
     def __init__(self, example_inputs: Any, frontend: str = "auto", strict: bool = False,
                  fresh: bool = False):
         super().__init__()

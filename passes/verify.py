@@ -30,6 +30,8 @@ class VerifyPass(PassBase):
         True
     """
 
+    compiles = True  # leaves its module compiled: PrunePassManager need not recompile
+
     def __init__(self, example_inputs: Any, atol: float = 1e-4, rtol: float = 1e-4):
         super().__init__()
         from fxprune.frontend import Inputs, normalize_inputs
