@@ -523,7 +523,8 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     :mod:`fxprune.frontend.partial`: a :class:`~fxprune.frontend.partial.PartialGraph` with the same
     interface, and one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one real forward recorded at
     the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then export, then parts.
-    ``graph.frontend`` says which one ran.
+    ``graph.frontend`` says which one ran. This runs :func:`fxprune.passes.analysis_passes` (Trace, Lower,
+    Solve); the result is cached for ``model`` and these inputs (:mod:`fxprune.cache`).
     """
     from .passes import analysis_passes
     from .passes.manager import run

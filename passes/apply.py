@@ -58,8 +58,9 @@ class ApplyPass(PassBase):
     the pruned tensors and attributes too, once everything succeeded).
 
     A plan already applied to this GraphModule is not applied again (``PassResult.modified`` is False)
-    unless ``again``. ``output="module"`` (or ``"auto"`` after the export or parts frontends) returns a
-    pruned copy of the user's own class instead (:mod:`fxprune.targets.module`); it carries no record.
+    unless ``again``. ``output="module"``, and any output after the export or parts frontends, returns a new
+    pruned model instead (:meth:`ChannelGraph.apply <fxprune.analyze.ChannelGraph.apply>`: the user's own
+    class, :mod:`fxprune.targets.module`, or an exported graph's new GraphModule).
 
     Example:
         >>> import torch, fxprune
