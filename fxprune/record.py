@@ -45,7 +45,7 @@ class GraphRecord:
     lowered: Any = field(default=None, repr=False)       # the LowerCtx, before it is solved
     graph: Any = field(default=None, repr=False)         # the analysis (a ChannelGraph) ...
     analysed: Any = field(default=None, repr=False)      # ... of this fx.Graph (stale once it changes)
-    expansion: Any = field(default=None, repr=False)     # (plan JSON, Expansion) from ExpandPass
+    expansion: Any = field(default=None, repr=False)     # (PrunePlan, Expansion) from ExpandPass
     before: Any = field(default=None, repr=False)        # (analysis, Expansion) the last ApplyPass used
 
     def __getitem__(self, key: str) -> Any:

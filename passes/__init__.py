@@ -24,6 +24,8 @@ from typing import Any, List
 
 from torch.fx.passes.infra.pass_base import PassBase
 
+from fxprune.plan import PrunePlan
+
 from .apply import ApplyPass, ExpandPass
 from .cleanup import CleanupPass
 from .lower import LowerPass, SolvePass
@@ -46,6 +48,7 @@ def prune_passes(plan: Any, example_inputs: Any, strict: bool = False, frontend:
     """The whole pipeline: Trace, Lower, Solve, Expand, Apply, then Verify (``verify=True``) and Cleanup
     (``cleanup=True``). ``again`` applies a plan even when the record says it was applied already;
     ``fresh`` never mutates a GraphModule given to the pipeline (see :class:`TracePass`)."""
+    plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)  # one object: Apply finds Expand's result
     passes: List[PassBase] = analysis_passes(example_inputs, strict, frontend, fresh)
     passes += [ExpandPass(plan, again), ApplyPass(plan, example_inputs, output, inplace, again)]
     if verify:

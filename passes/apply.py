@@ -31,6 +31,11 @@ def _plan(plan: Any) -> PrunePlan:
     return plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
 
 
+def _applied(rec: Any, plan: PrunePlan) -> bool:
+    """Whether the record lists ``plan`` as applied (JSON only when there is something to compare)."""
+    return bool(rec.applied) and plan.to_json() in rec.applied
+
+
 class ExpandPass(PassBase):
     """Expand the plan over the analysis (``record.expansion``); a plan that is not valid raises
     :class:`~fxprune.errors.PlanError` here, before anything changes. Skipped, like :class:`ApplyPass`, when
@@ -44,10 +49,9 @@ class ExpandPass(PassBase):
 
     def call(self, gm: torch.nn.Module) -> PassResult:
         rec = record_of(gm)
-        key = self.plan.to_json()
-        if not self.again and key in rec.applied:
+        if not self.again and _applied(rec, self.plan):
             return PassResult(gm, False)
-        rec.expansion = (key, _analysis(gm, "ExpandPass").expand(self.plan))
+        rec.expansion = (self.plan, _analysis(gm, "ExpandPass").expand(self.plan))
         return PassResult(gm, False)
 
 
@@ -88,11 +92,12 @@ class ApplyPass(PassBase):
         from fxprune.rewrite import apply_plan
 
         rec = record_of(gm)
-        key = self.plan.to_json()
-        if not self.again and key in rec.applied:
+        if not self.again and _applied(rec, self.plan):
             return PassResult(gm, False)
         graph = _analysis(gm, "ApplyPass")
-        exp = rec.expansion[1] if rec.expansion is not None and rec.expansion[0] == key else None
+        exp = None
+        if rec.expansion is not None and (rec.expansion[0] is self.plan or rec.expansion[0] == self.plan):
+            exp = rec.expansion[1]
         root = rec.source(gm)
         if self.output == "module" or getattr(graph, "frontend", "fx") != "fx" or \
                 not isinstance(gm, torch.fx.GraphModule):
