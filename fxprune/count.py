@@ -21,11 +21,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .frontend.export import call_model
+
 __all__ = ["count", "count_by_module", "count_params", "params_by_module"]
-
-
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -53,7 +51,7 @@ def _flop_counts(model: torch.nn.Module, example_inputs: Any) -> FlopCounterMode
         for p, _ in grads:
             p.requires_grad_(False)
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
-            model(*_as_tuple(example_inputs))
+            call_model(model, example_inputs)
     finally:
         for p, rg in grads:
             p.requires_grad_(rg)

@@ -17,12 +17,11 @@ Example:
 from __future__ import annotations
 
 import abc
-import contextlib
 import functools
 import logging
 import math
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +34,9 @@ from .analyze import Group
 from .errors import PlanError
 
 __all__ = [
-    "ActivationImportance", "BNScaleImportance", "FPGMImportance", "GroupHessianImportance",
-    "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance", "Importance",
-    "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
+    "ActivationImportance", "BNScaleImportance", "FPGMImportance", "FluctuationImportance",
+    "GroupHessianImportance", "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance",
+    "Importance", "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
     "LayerRole", "get_importance", "layer_roles", "normalize", "reduce_scores", "register_importance",
 ]
 
@@ -745,88 +744,6 @@ class HessianImportance(LayerImportance):
 GroupHessianImportance = HessianImportance
 
 
-class ActivationImportance(LayerImportance):
-    """Mean ``|input|`` per input channel of conv / linear layers, seen on calibration batches.
-
-    Record with ``with imp.compute_importance(model): model(batch)`` (several batches accumulate; :meth:`reset`
-    forgets them). A class is scored from the group's in-channel entries (conv weight dim 1, transposed conv
-    dim 0, linear dim 1); the channels of a grouped conv that share a weight column add up.
-
-    Example:
-        >>> import torch, fxprune, fxprune.importance as imp
-        >>> m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
-        >>> g = fxprune.analyze(m, torch.randn(1, 2)).group_of("0.weight", 0)
-        >>> a = imp.ActivationImportance(normalizer=None)
-        >>> with a.compute_importance(m):
-        ...     _ = m(torch.randn(8, 2))
-        >>> bool((a(g, m) >= 0).all())
-        True
-    """
-
-    def __init__(self, group_reduction: str | None = "mean", normalizer: Normalizer = "mean",
-                 target_types: tuple[type, ...] = _CONV_LINEAR, layer_normalizer: Normalizer | str = "default"):
-        super().__init__(group_reduction, normalizer, False, target_types, layer_normalizer)
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget every recorded batch."""
-        self._sum: dict[str, torch.Tensor] = {}
-        self._n: dict[str, int] = {}
-        self._roles: dict[str, LayerRole] = {}
-
-    @contextlib.contextmanager
-    def compute_importance(self, model: nn.Module) -> Iterator[ActivationImportance]:
-        """Record input statistics of every target module of ``model`` while the block runs."""
-        handles = [mod.register_forward_pre_hook(functools.partial(self._record, name))
-                   for name, mod in model.named_modules() if isinstance(mod, self.target_types)]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-
-    @torch.no_grad()
-    def _record(self, name: str, module: nn.Module, args: tuple) -> None:
-        if not args or not isinstance(args[0], torch.Tensor):
-            return
-        x = args[0].detach()
-        cdim = -1 if isinstance(module, nn.Linear) else x.ndim - len(module.kernel_size) - 1
-        rows = x.abs().movedim(cdim, -1).reshape(-1, x.shape[cdim]).double()
-        self._sum[name] = self._sum[name] + rows.sum(0) if name in self._sum else rows.sum(0)
-        self._n[name] = self._n.get(name, 0) + rows.shape[0]
-
-    def _layer_rows(self, group: Group, model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        if not self._sum:
-            raise PlanError("ActivationImportance has no calibration data: run "
-                            "`with imp.compute_importance(model): model(batch)` before scoring")
-        self._roles = layer_roles(model)
-        return super()._layer_rows(group, model)
-
-    def fallback_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module | None
-                       ) -> torch.Tensor | None:
-        """Classes that no conv/linear reads as input (a projection of ``nn.MultiheadAttention``): L2 magnitude."""
-        return _rows(tensor, dim).pow(2).sum(1)
-
-    def layer_score(self, name: str, dim: int, tensor: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
-        role = self._roles.get(name)
-        in_dim = 0 if (role.transposed if role is not None else getattr(module, "transposed", False)) else 1
-        prefix = name.rpartition(".")[0]
-        if dim != in_dim:
-            return None
-        if prefix not in self._sum:
-            self._tell(f"unseen:{prefix}", "ActivationImportance: module %r saw no calibration input; its "
-                       "channels are scored by L2 magnitude instead", prefix, level=logging.WARNING)
-            return None
-        mean = self._sum[prefix] / self._n[prefix]
-        seen = getattr(module, "in_features" if role is not None and issubclass(role.kind, nn.Linear) else
-                       "in_channels", None)
-        if mean.numel() % tensor.shape[dim] or (isinstance(seen, int) and seen != mean.numel()):
-            _check_stale(type(self).__name__, name, (mean.numel(),), (seen or tensor.shape[dim],), "the input of ")
-        if mean.numel() != tensor.shape[dim]:  # grouped conv: input channel c uses weight column c % (C / g)
-            mean = mean.reshape(-1, tensor.shape[dim]).sum(0)
-        return mean
-
-
 class RandomImportance(Importance):
     """Uniform random scores, reproducible with ``seed``.
 
@@ -850,6 +767,9 @@ class RandomImportance(Importance):
         return torch.rand(n, generator=self.generator) if n else None
 
 
+# the criteria recorded from calibration batches live in their own module (they need this one's base classes)
+from .recorded import ActivationImportance, FluctuationImportance  # noqa: E402
+
 # ----------------------------------------------------------------------------------------------- registry
 
 _REGISTRY: dict[str, Callable[..., Importance]] = {
@@ -862,6 +782,7 @@ _REGISTRY: dict[str, Callable[..., Importance]] = {
     "taylor": TaylorImportance,
     "hessian": HessianImportance,
     "activation": ActivationImportance,
+    "fluctuation": FluctuationImportance,
     "random": RandomImportance,
 }
 

@@ -83,7 +83,10 @@ class Pruner:
     Args:
         model: the model to prune (never mutated; each step returns a new, smaller model).
         example_inputs: a tensor or a tuple of positional inputs.
-        importance: an :mod:`fxprune.importance` criterion (default: L2 magnitude), or its name.
+        importance: an :mod:`fxprune.importance` criterion, or its name. Default: L2 magnitude, except for a
+            Hugging Face causal LM: :class:`~fxprune.importance.FluctuationImportance` calibrated on the
+            example inputs (recalibrated on the current model before each step; a warning says so, as real
+            text through :func:`fxprune.calibrate` scores better).
         pruning_ratio: share of each group's removable classes to remove (of its initial count).
         global_pruning: rank all groups' normalised scores together instead of per group.
         pruning_ratio_dict: ``{module or tuple of modules: ratio}`` for groups whose key parameter lies
@@ -97,10 +100,17 @@ class Pruner:
         isomorphic: with ``global_pruning``, rank only among structurally identical groups.
         prune_num_heads, head_pruning_ratio: remove whole attention heads (heads are found from the
             graph's ``view``/``reshape`` factors, never passed by hand).
-        prune_head_dims: when False, groups inside attention heads are not pruned by dimension.
+        prune_head_dims: when False, groups inside attention heads are not pruned by dimension. The default
+            (None) is True, except for a Hugging Face transformers model: its attention modules hold one
+            ``head_dim`` for q, k and v, and its config recomputes the attention scale from it, so a model
+            with head dims removed loads only through ``fxprune.hf.from_pretrained``.
         target_macs, target_params: a budget instead of a ratio: a fraction (``<= 1``) of the
             original count or an absolute count; classes are removed in ranking order until the
             budget is met (within one class).
+        bias_compensation: every linear layer that loses input channels gets their mean contribution added
+            to its bias (``fxprune.prune(..., compensate=means)``), the means being those the importance
+            recorded (:class:`~fxprune.importance.ActivationImportance`, ``FluctuationImportance``).
+            :attr:`plan` replays the architecture; pass the same means to ``prune`` to replay the biases.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, importance: Any = None,
@@ -109,9 +119,10 @@ class Pruner:
                  max_pruning_ratio: float = 1.0, iterative_steps: int = 1,
                  iterative_pruning_ratio_scheduler: Callable[[float, int], List[float]] = linear_scheduler,
                  round_to: Optional[int] = None, ignored_layers: Optional[Sequence[Any]] = None,
-                 isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: bool = True,
+                 isomorphic: bool = False, prune_num_heads: bool = False, prune_head_dims: Optional[bool] = None,
                  head_pruning_ratio: float = 0.0, target_macs: Optional[float] = None,
-                 target_params: Optional[float] = None, strict: bool = False):
+                 target_params: Optional[float] = None, strict: bool = False,
+                 bias_compensation: bool = False):
         from . import importance as imp_mod
 
         _check_ratio("pruning_ratio", pruning_ratio)
@@ -127,10 +138,23 @@ class Pruner:
         self.model = model
         self.original = model
         self.example_inputs = example_inputs
+        self._auto_calibrated: Optional[nn.Module] = None  # the model a default criterion was calibrated on
+        self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
-            importance = imp_mod.MagnitudeImportance(p=2)
+            importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)
         elif isinstance(importance, str):
             importance = imp_mod.get_importance(importance)
+        if self._auto:
+            warnings.warn(f"fxprune: Pruner on {type(model).__name__}, a causal language model: ranking by "
+                          "FluctuationImportance (FLAP) with the example inputs as the calibration set, not "
+                          "by weight magnitude; calibrating on real text scores better: imp = "
+                          "fxprune.calibrate(model, batches, 'fluctuation'); Pruner(model, inputs, "
+                          "importance=imp)", stacklevel=2)
+        if bias_compensation and not callable(getattr(importance, "input_means", None)):
+            raise PlanError(f"bias_compensation needs the mean inputs an importance records "
+                            f"(ActivationImportance, FluctuationImportance); {type(importance).__name__} "
+                            "records none")
+        self.bias_compensation = bias_compensation
         self.importance = importance
         self.pruning_ratio = pruning_ratio
         self.global_pruning = global_pruning
@@ -139,6 +163,11 @@ class Pruner:
         self.round_to = round_to
         self.isomorphic = isomorphic
         self.prune_num_heads = prune_num_heads
+        if prune_head_dims is None:
+            prune_head_dims = not _is_transformers(model)
+            if not prune_head_dims:
+                log.info("Pruner: %s is a transformers model; head dims are kept (prune_head_dims=True prunes "
+                         "them)", type(model).__name__)
         self.prune_head_dims = prune_head_dims
         self.head_pruning_ratio = head_pruning_ratio
         self.target_macs, self.target_params = target_macs, target_params
@@ -249,6 +278,12 @@ class Pruner:
 
     # -- selection ------------------------------------------------------------------------------
     def _analyze(self) -> ChannelGraph:
+        if self._auto and self._auto_calibrated is not self.model:  # the default criterion: current model
+            from .calibrate import calibrate
+
+            self.importance.reset()
+            calibrate(self.model, [self.example_inputs], self.importance, progress=False)
+            self._auto_calibrated = self.model
         graph = analyze(self.model, self.example_inputs, strict=self.strict)
         for g in graph.groups:  # whole heads (per attention) and head dims count separately
             self._init_classes.setdefault((False, g.key), len(g.all_classes))
@@ -453,7 +488,13 @@ class Pruner:
     def _apply(self, plan: PrunePlan) -> nn.Module:
         if not len(plan):
             return self.model
-        small = _prune(self.model, plan, self.example_inputs)
+        means = None
+        if self.bias_compensation:
+            means = self.importance.input_means()
+            if not means:
+                raise PlanError(f"bias_compensation: {type(self.importance).__name__} has recorded no "
+                                "inputs; calibrate it first (fxprune.calibrate(model, batches, importance))")
+        small = _prune(self.model, plan, self.example_inputs, compensate=means)
         rec = record_of(small, create=False)
         applied = rec.last if rec is not None and rec.applied else None
         if applied is None:  # a model pruned by a fallback frontend records the expansion on the module
@@ -525,6 +566,18 @@ class _Guard:
         return True
 
 
+def _is_hf_causal_lm(model: nn.Module) -> bool:
+    """A transformers ``PreTrainedModel`` with a causal-LM head (its class in the causal-LM auto mapping)."""
+    if not _is_transformers(model):
+        return False
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as names
+    except ImportError:
+        names = {}
+    known = {c for v in names.values() for c in ((v,) if isinstance(v, str) else v)}
+    return type(model).__name__ in known or type(model).__name__.endswith("ForCausalLM")
+
+
 def _check_ratio(what: str, r: float) -> None:
     if not 0.0 <= r < 1.0:
         raise PlanError(f"{what} must be in [0, 1), got {r}")
@@ -540,13 +593,20 @@ def _tensor(model: nn.Module, name: str) -> Optional[torch.Tensor]:
     return t if isinstance(t, torch.Tensor) else None
 
 
+def _is_transformers(model: nn.Module) -> bool:
+    """A Hugging Face ``PreTrainedModel`` (checked by its base classes' module, without importing transformers)."""
+    return any(c.__module__.startswith("transformers.") and c.__name__ == "PreTrainedModel"
+               for c in type(model).__mro__)
+
+
 def _out_dim(model: nn.Module, owner: str, attr: str) -> int:
-    """The output-channel dim of a module's parameter (1 for transposed-conv weights, else 0)."""
+    """The output-channel dim of a module's parameter (1 for transposed-conv weights and Hugging Face's
+    ``Conv1D``, whose weight is ``[in, out]``; else 0)."""
     try:
         mod = model.get_submodule(owner) if owner else model
     except AttributeError:
         return 0
-    if attr == "weight" and isinstance(mod, nn.modules.conv._ConvTransposeNd):
+    if attr == "weight" and (isinstance(mod, nn.modules.conv._ConvTransposeNd) or type(mod).__name__ == "Conv1D"):
         return 1
     return 0
 
@@ -575,10 +635,10 @@ def _head_groups(graph: ChannelGraph) -> Dict[str, int]:
 def _valid_picks(graph: ChannelGraph, picked: List[Tuple["_Cand", int]]) -> List[Tuple[str, List[int]]]:
     """Each group's picks cut to the longest prefix its expansion allows
     (:func:`fxprune.select.valid_prefix`)."""
-    by_group: Dict[int, Tuple[str, List[Tuple[str, List[int]]]]] = {}
+    by_group: Dict[int, Tuple[Group, List[Tuple[str, List[int]]]]] = {}
     for c, i in picked:
-        by_group.setdefault(id(c.group), (c.group.key, []))[1].append(c.group.all_classes[i])
-    return [cls for key, picks in by_group.values() for cls in valid_prefix(graph, picks, key)]
+        by_group.setdefault(id(c.group), (c.group, []))[1].append(c.group.all_classes[i])
+    return [cls for g, picks in by_group.values() for cls in valid_prefix(graph, picks, g.key, g)]
 
 
 def _groups_inside_heads(graph: ChannelGraph) -> set:

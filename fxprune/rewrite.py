@@ -27,7 +27,7 @@ from torch.fx.node import map_arg
 
 from .analyze import ChannelGraph, Expansion
 from .context import RewriteCtx
-from .errors import FxpruneError, PlanError, RewriteError
+from .errors import FxpruneError, PlanError, RewriteError, user_stacklevel
 from .gcpause import no_gc
 from .plan import PrunePlan, parse_key
 from .record import compose, record_of
@@ -252,7 +252,8 @@ def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
 
 @no_gc
 def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool = False,
-          strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
+          strict: bool = False, output: str = "auto", frontend: str = "auto",
+          compensate: Optional[Dict[str, torch.Tensor]] = None) -> torch.nn.Module:
     """Remove the channels of ``plan`` and return a smaller GraphModule.
 
     ``model`` may be an ``nn.Module`` (traced here) or a GraphModule. The model is not modified unless
@@ -271,6 +272,11 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
     ``"auto"`` gives the module when the model was captured by ``torch.export`` (``frontend``, see
     :func:`fxprune.analyze`) and the GraphModule otherwise.
 
+    ``compensate``: ``{linear layer name: mean input vector}`` in ``model``'s coordinates (from
+    ``importance.input_means()``): every such layer whose inputs the plan removes gets ``W[:, removed] @
+    mean[removed]`` added to its bias, a bias created where it had none (:mod:`fxprune.compensate`); check it
+    with ``fxprune.verify(..., compensate=means)``.
+
     Example:
         >>> import torch, torchvision, fxprune
         >>> m = torchvision.models.resnet18()
@@ -286,21 +292,88 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
             warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
                           stacklevel=2)
             return model
-    return _prune(model, plan, example_inputs, inplace, strict, output, frontend)
+    return _prune(model, plan, example_inputs, inplace, strict, output, frontend, compensate, closure=True)
 
 
 def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace: bool = False,
-           strict: bool = False, output: str = "auto", frontend: str = "auto") -> torch.nn.Module:
+           strict: bool = False, output: str = "auto", frontend: str = "auto",
+           compensate: Optional[Dict[str, torch.Tensor]] = None, closure: bool = False) -> torch.nn.Module:
     """:func:`prune` without its "already applied" check: the Pruner's next step may read like the last
-    one (the same indices, now in the pruned model's coordinates) and must still be applied."""
+    one (the same indices, now in the pruned model's coordinates) and must still be applied. ``closure``
+    reports a hand-written plan that a valid one must extend (:func:`report_closure`)."""
     from .passes import prune_passes
     from .passes.manager import run
 
     if output not in ("auto", "graph", "module"):
         raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
     small = run(prune_passes(plan, example_inputs, strict=strict, frontend=frontend, output=output,
-                             inplace=inplace, cleanup=False, again=True, fresh=True), model)
+                             inplace=inplace, cleanup=False, again=True, fresh=True, compensate=compensate,
+                             closure=closure), model)
     rec = record_of(small, create=False)
     if rec is not None:
         rec.drop_state()
     return small
+
+
+def _spans(idx: List[int]) -> str:
+    """``[0, 1, 2, 7]`` -> ``"0..2, 7"``."""
+    out, start = [], None
+    for i, v in enumerate(idx):
+        if start is None:
+            start = v
+        if i + 1 == len(idx) or idx[i + 1] != v + 1:
+            out.append(f"{start}..{v}" if v > start else str(v))
+            start = None
+    return ", ".join(out[:8]) + (", ..." if len(out) > 8 else "")
+
+
+def _heads_of(model: torch.nn.Module, key: str, idx: List[int]) -> str:
+    """`` (heads 0, 2)`` when ``key`` is a head-major dim of an attention module's projection."""
+    from .hf.attention import attention_widths
+
+    name, dim = parse_key(key)
+    path = name.rpartition(".")[0]
+    parent = path.rpartition(".")[0]
+    try:
+        mod = model.get_submodule(parent) if parent else model
+    except AttributeError:
+        return ""
+    w = attention_widths(mod) if isinstance(mod, torch.nn.Module) else None
+    if w is None:
+        return ""
+    hd = w.head_dim
+    heads = sorted({i // hd for i in idx})
+    if len(idx) == len(heads) * hd:  # whole heads only
+        return f" (heads {_spans(heads)} of {path})"
+    return f" (head dims {_spans(sorted({i % hd for i in idx}))} of heads {_spans(heads)} of {path})"
+
+
+def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: bool, exp: Any = None) -> None:
+    """Say when a valid plan removes more of an entry's own dim than the entry lists: whole heads, the same
+    query head in every GQA kv group, both halves of a RoPE pair, the columns a grouped conv shares go
+    together. ``strict=True`` raises :class:`~fxprune.errors.PlanError` instead of pruning more than asked.
+
+    Example:
+        >>> import torch, fxprune, warnings
+        >>> m = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, groups=2), torch.nn.Conv2d(8, 2, 1))
+        >>> fxprune.prune(m, {"0.weight:0": [0]}, torch.randn(1, 4, 3, 3), strict=True)
+        Traceback (most recent call last):
+        ...
+        fxprune.errors.PlanError: plan entry '0.weight:0' lists 0 but a valid plan also removes 4 from it: ...
+    """
+    exp = graph.expand(plan) if exp is None else exp
+    grown = []
+    for key, idx in plan.items():
+        extra = sorted(set(exp.plan.get(key, [])) - set(idx))
+        if extra:
+            grown.append(f"plan entry {key!r} lists {_spans(list(idx))}{_heads_of(model, key, list(idx))} but a valid "
+                         f"plan also removes {_spans(extra)}{_heads_of(model, key, extra)} from it")
+    if not grown:
+        return
+    why = ("; ".join(grown[:3]) + (f"; and {len(grown) - 3} more entries" if len(grown) > 3 else "")
+           + ": channels of one class go together (whole heads, the same query head in every kv group, both "
+           "halves of a RoPE pair, the inputs a grouped conv shares)")
+    if strict:
+        raise PlanError(why + ". Remove those too, or prune with strict=False to have the plan closed.")
+    warnings.warn("fxprune: " + why + "; pruning the closed plan (strict=True raises instead)",
+                  stacklevel=user_stacklevel())

@@ -171,6 +171,10 @@ def load(path: str | os.PathLike, model: Optional[torch.nn.Module] = None,
         small = prune(small, PrunePlan(entry), inputs)
     if small is model:
         raise SerializationError(f"{str(d / PLAN)!r} holds no plan to replay")
+    from .compensate import add_saved_biases
+
+    with safetensors.safe_open(str(d / WEIGHTS), "pt") as f:  # biases that bias compensation created
+        add_saved_biases(small, list(f.keys()))
     missing, unexpected = safetensors.torch.load_model(small, str(d / WEIGHTS), strict=False)
     if missing or unexpected:
         raise SerializationError(f"the saved weights do not fit the replayed model: missing {missing[:5]}, "

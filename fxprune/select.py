@@ -209,16 +209,17 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> Pru
     for g, n_remove in todo:
         gi = _GroupIndex(g)
         scores = np.sqrt(_scores(g, gi, sums))
-        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)], g.key))
+        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)], g.key, g))
     return PrunePlan.union(picked)
 
 
-def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]],
-                 where: str = "") -> List[Tuple[str, List[int]]]:
+def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]], where: str = "",
+                 group: Optional[Group] = None) -> List[Tuple[str, List[int]]]:
     """The longest prefix of one group's picks (best first) that a plan may remove. Counting each class's
     indices cannot see everything: grids chained through reshapes and grouped convolutions may close a set
     of classes to more than their union (EfficientViT's multi-scale attention), so the set is expanded
     once and, when it would empty a dim, cut back by bisection; a cut is warned about, naming ``where``.
+    Given the ``group`` the picks come from, a group without grids is returned as it is (nothing to close).
 
     Example:
         >>> import torch, fxprune
@@ -227,6 +228,9 @@ def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]],
         >>> len(valid_prefix(graph, graph.group_of("0.weight", 0).all_classes))   # all 3 would empty it
         2
     """
+    if group is not None and group.ancestors is None:
+        return picks  # no grid: classes are exact closures, and the caller counted every dim
+
     def ok(k: int) -> bool:
         try:
             graph.expand(PrunePlan.union(picks[:k]))

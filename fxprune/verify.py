@@ -46,9 +46,12 @@ class VerifyReport:
 
 
 class _MaskedInterpreter(torch.fx.Interpreter):
-    def __init__(self, graph: ChannelGraph, exp: Expansion, keep_env: bool = False):
+    def __init__(self, graph: ChannelGraph, exp: Expansion, keep_env: bool = False,
+                 fills: Optional[Dict[str, Tuple]] = None):
         super().__init__(graph.gm, garbage_collect_values=not keep_env)
         self.vctx = MaskedCtx(graph, exp)
+        # node -> (input channels, means, weight): where a compensated layer reads the means
+        self.fills = fills or {}
         self.masks: Dict[str, List[Tuple[Tuple[int, ...], int, torch.Tensor]]] = {}
         self.recomputed: Dict[str, str] = {}
         for node in graph.gm.graph.nodes:
@@ -73,6 +76,16 @@ class _MaskedInterpreter(torch.fx.Interpreter):
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
         # plain containers: a wrapped helper may mutate a list argument (torchvision's swin3d window size)
         return super().call_function(target, _plain(args), _plain(kwargs))
+
+    def fetch_args_kwargs_from_env(self, n: torch.fx.Node) -> Tuple[Tuple, Dict]:
+        args, kwargs = super().fetch_args_kwargs_from_env(n)
+        fill = self.fills.get(n.name)
+        if fill is not None:  # a compensated linear layer: its removed inputs are their means, not zero
+            idx, values, weight = fill
+            x = args[0].clone()
+            x[..., idx.to(x.device)] = values.to(device=x.device, dtype=x.dtype)
+            args = (x,) + ((weight,) if weight is not None else tuple(args[1:2])) + tuple(args[2:])
+        return args, kwargs
 
     def run_node(self, n: torch.fx.Node) -> Any:
         rule = self.special.get(n.name)
@@ -120,9 +133,11 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def masked_run(graph: ChannelGraph, exp: Expansion, args: Tuple[Any, ...]) -> Any:
-    """Run the analysed graph with the removed channels zeroed."""
-    return _MaskedInterpreter(graph, exp).run(*args)
+def masked_run(graph: ChannelGraph, exp: Expansion, args: Tuple[Any, ...],
+               fills: Optional[Dict[str, Tuple]] = None) -> Any:
+    """Run the analysed graph with the removed channels zeroed (and, at the nodes in ``fills``, the removed
+    input channels of a compensated layer set to their means)."""
+    return _MaskedInterpreter(graph, exp, fills=fills).run(*args)
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -139,18 +154,21 @@ def _ok(diff: float, ref: torch.Tensor, atol: float, rtol: float) -> bool:
 
 
 def verify(original: torch.nn.Module, small: torch.nn.Module, plan: Any, example_inputs: Any,
-           atol: float = 1e-4, rtol: float = 1e-4) -> VerifyReport:
+           atol: float = 1e-4, rtol: float = 1e-4,
+           compensate: Optional[Dict[str, torch.Tensor]] = None) -> VerifyReport:
     """Check ``small`` against ``original`` with the plan's channels zeroed; raise VerificationError.
 
     Both models run in eval mode under ``no_grad`` (their training flags are restored). The tolerance
-    is ``atol + rtol * max|reference|`` per output tensor.
+    is ``atol + rtol * max|reference|`` per output tensor. With ``compensate`` (the means given to
+    ``fxprune.prune``), every compensated linear layer reads its removed input channels as their means instead
+    of zero in the reference (other members of the removed classes are zeroed as usual).
     """
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
-    return _verify(original, small, plan, example_inputs, atol, rtol)
+    return _verify(original, small, plan, example_inputs, atol, rtol, compensate)
 
 
 def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, example_inputs: Any,
-            atol: float, rtol: float) -> VerifyReport:
+            atol: float, rtol: float, compensate: Optional[Dict[str, torch.Tensor]] = None) -> VerifyReport:
     args = example_inputs if isinstance(example_inputs, Inputs) else normalize_inputs(example_inputs)
     flags = {m: m.training for mod in (original, small) for m in mod.modules()}
     try:
@@ -160,18 +178,24 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
             with warnings.catch_warnings():  # prune already warned about a tracing fallback
                 warnings.simplefilter("ignore", FallbackWarning)
                 graph = analyze(original, args)
-            return graph.verify(small, plan, args, atol, rtol)
+            if compensate is None:
+                return graph.verify(small, plan, args, atol, rtol)
+            from .compensate import input_fills, plan_compensation
+
+            comps = plan_compensation(graph, graph.expand(plan), original, compensate)
+            return verify_graph(graph, small, plan, args, atol, rtol, input_fills(graph, comps))
     finally:
         for m, t in flags.items():
             m.training = t
 
 
 def verify_graph(graph: ChannelGraph, small: torch.nn.Module, plan: PrunePlan, args: Any,
-                 atol: float, rtol: float) -> VerifyReport:
+                 atol: float, rtol: float,
+                 fills: Optional[Dict[str, Tuple]] = None) -> VerifyReport:
     """``small`` against the masked run of one analysed graph (:meth:`ChannelGraph.verify`); the models
-    are in eval mode under ``no_grad`` already."""
+    are in eval mode under ``no_grad`` already. ``fills``: see :func:`masked_run`."""
     exp = graph.expand(plan)
-    interp = _MaskedInterpreter(graph, exp)
+    interp = _MaskedInterpreter(graph, exp, fills=fills)
     gargs = graph_args(graph.gm, args)
     ref = _plain(interp.run(*gargs))
     # an exported graph (and its graph target) takes and returns flat leaves; the user's class does not
@@ -196,7 +220,7 @@ def verify_graph(graph: ChannelGraph, small: torch.nn.Module, plan: PrunePlan, a
             if not _ok(d, r, atol, rtol):
                 bad.append((i, d))
     if bad:
-        node, nd = _first_bad_node(graph, exp, small, gargs, atol, rtol)
+        node, nd = _first_bad_node(graph, exp, small, gargs, atol, rtol, fills)
         raise VerificationError(
             f"pruned model differs from the masked original: output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}"
             + (f"; first differing node {node.name} (max |Δ| = {nd:.3g})" if node is not None else ""),
@@ -205,10 +229,10 @@ def verify_graph(graph: ChannelGraph, small: torch.nn.Module, plan: PrunePlan, a
 
 
 def _first_bad_node(graph: ChannelGraph, exp: Expansion, small: torch.nn.Module, args: Tuple[Any, ...],
-                    atol: float, rtol: float):
+                    atol: float, rtol: float, fills: Optional[Dict] = None):
     if not isinstance(small, torch.fx.GraphModule):
         return None, 0.0
-    ref_i = _MaskedInterpreter(graph, exp, keep_env=True)
+    ref_i = _MaskedInterpreter(graph, exp, keep_env=True, fills=fills)
     ref_i.run(*args)
     small_i = torch.fx.Interpreter(small, garbage_collect_values=False)
     small_i.run(*args)

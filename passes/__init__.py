@@ -44,13 +44,17 @@ def analysis_passes(example_inputs: Any, strict: bool = False, frontend: str = "
 
 def prune_passes(plan: Any, example_inputs: Any, strict: bool = False, frontend: str = "auto",
                  output: str = "auto", inplace: bool = False, verify: bool = False, cleanup: bool = True,
-                 again: bool = False, fresh: bool = False) -> List[PassBase]:
+                 again: bool = False, fresh: bool = False, compensate: Any = None,
+                 closure: bool = False) -> List[PassBase]:
     """The whole pipeline: Trace, Lower, Solve, Expand, Apply, then Verify (``verify=True``) and Cleanup
     (``cleanup=True``). ``again`` applies a plan even when the record says it was applied already;
-    ``fresh`` never mutates a GraphModule given to the pipeline (see :class:`TracePass`)."""
+    ``fresh`` never mutates a GraphModule given to the pipeline (see :class:`TracePass`); ``closure`` says
+    when the plan had to be closed (:class:`ExpandPass`); ``compensate`` folds removed inputs' means into
+    biases (:class:`ApplyPass`)."""
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)  # one object: Apply finds Expand's result
     passes: List[PassBase] = analysis_passes(example_inputs, strict, frontend, fresh)
-    passes += [ExpandPass(plan, again), ApplyPass(plan, example_inputs, output, inplace, again)]
+    passes += [ExpandPass(plan, again, closure, strict),
+               ApplyPass(plan, example_inputs, output, inplace, again, compensate)]
     if verify:
         passes.append(VerifyPass(example_inputs))
     if cleanup:

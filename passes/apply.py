@@ -39,19 +39,26 @@ def _applied(rec: Any, plan: PrunePlan) -> bool:
 class ExpandPass(PassBase):
     """Expand the plan over the analysis (``record.expansion``); a plan that is not valid raises
     :class:`~fxprune.errors.PlanError` here, before anything changes. Skipped, like :class:`ApplyPass`, when
-    the plan was already applied to this GraphModule (unless ``again``)."""
+    the plan was already applied to this GraphModule (unless ``again``). With ``closure``, a plan that had to
+    grow is named in a warning (``strict``: a PlanError; :func:`fxprune.rewrite.report_closure`)."""
 
     compiles = True  # leaves its module compiled: PrunePassManager need not recompile
 
-    def __init__(self, plan: Any, again: bool = False):
+    def __init__(self, plan: Any, again: bool = False, closure: bool = False, strict: bool = False):
         super().__init__()
-        self.plan, self.again = _plan(plan), again
+        self.plan, self.again, self.closure, self.strict = _plan(plan), again, closure, strict
 
     def call(self, gm: torch.nn.Module) -> PassResult:
+        from fxprune.rewrite import report_closure
+
         rec = record_of(gm)
         if not self.again and _applied(rec, self.plan):
             return PassResult(gm, False)
-        rec.expansion = (self.plan, _analysis(gm, "ExpandPass").expand(self.plan))
+        graph = _analysis(gm, "ExpandPass")
+        exp = graph.expand(self.plan)
+        if self.closure:
+            report_closure(graph, self.plan, rec.source(gm), self.strict, exp)
+        rec.expansion = (self.plan, exp)
         return PassResult(gm, False)
 
 
@@ -62,7 +69,9 @@ class ApplyPass(PassBase):
     the pruned tensors and attributes too, once everything succeeded).
 
     A plan already applied to this GraphModule is not applied again (``PassResult.modified`` is False)
-    unless ``again``. ``output="module"``, and any output after the export or parts frontends, returns a new
+    unless ``again``. ``compensate`` (layer name -> mean input, :func:`fxprune.calibrate`) adds the mean
+    contribution of each removed input feature to its layer's bias (:mod:`fxprune.compensate`).
+    ``output="module"``, and any output after the export or parts frontends, returns a new
     pruned model instead (:meth:`ChannelGraph.apply <fxprune.analyze.ChannelGraph.apply>`: the user's own
     class, :mod:`fxprune.targets.module`, or an exported graph's new GraphModule).
 
@@ -81,12 +90,12 @@ class ApplyPass(PassBase):
     compiles = True  # leaves its module compiled: PrunePassManager need not recompile
 
     def __init__(self, plan: Any, example_inputs: Any = None, output: str = "auto", inplace: bool = False,
-                 again: bool = False):
+                 again: bool = False, compensate: Any = None):
         super().__init__()
         if output not in OUTPUTS:
             raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
         self.plan, self.example_inputs, self.output = _plan(plan), example_inputs, output
-        self.inplace, self.again = inplace, again
+        self.inplace, self.again, self.compensate = inplace, again, compensate
 
     def call(self, gm: torch.nn.Module) -> PassResult:
         from fxprune.rewrite import apply_plan
@@ -99,6 +108,12 @@ class ApplyPass(PassBase):
         if rec.expansion is not None and (rec.expansion[0] is self.plan or rec.expansion[0] == self.plan):
             exp = rec.expansion[1]
         root = rec.source(gm)
+        comps = None
+        if self.compensate is not None:  # read the weights before an inplace prune slices them
+            from fxprune.compensate import plan_compensation
+
+            exp = graph.expand(self.plan) if exp is None else exp
+            comps = plan_compensation(graph, exp, root, self.compensate)
         if self.output == "module" or getattr(graph, "frontend", "fx") != "fx" or \
                 not isinstance(gm, torch.fx.GraphModule):
             small = graph.apply(self.plan, root, self.example_inputs, inplace=self.inplace,
@@ -106,6 +121,7 @@ class ApplyPass(PassBase):
             out_rec = record_of(small, create=False)
             if out_rec is not None:
                 out_rec.before = (graph, self.plan)
+            self._compensate(root, small, comps)
             return PassResult(small, True)
         if exp is None:
             exp = graph.expand(self.plan)
@@ -113,4 +129,12 @@ class ApplyPass(PassBase):
             graph.gm = graph.ctx.gm = detached(gm, own_graph=True)
         apply_plan(graph, self.plan, root, inplace=self.inplace, exp=exp, into=gm)
         record_of(gm).before = (graph, self.plan)
+        self._compensate(root, gm, comps)
         return PassResult(gm, bool(exp.plan))  # a plan that removes nothing leaves the same graph
+
+    @staticmethod
+    def _compensate(root: torch.nn.Module, small: torch.nn.Module, comps: Any) -> None:
+        if comps:
+            from fxprune.compensate import apply_compensation
+
+            apply_compensation(root, small, comps)

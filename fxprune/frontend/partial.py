@@ -60,7 +60,8 @@ from torch.utils import _pytree as pytree
 
 from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
 from ..plan import PrunePlan, make_key, parse_key
-from .fx import normalize_inputs, propagate_shapes
+from .export import call_model, split_inputs
+from .fx import propagate_shapes
 
 __all__ = ["Part", "PartialGraph", "analyze_partial", "apply_partial", "verify_partial"]
 
@@ -151,7 +152,7 @@ class _Recording:
     model_io: set[int] = field(default_factory=set)
 
 
-def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
+def _record(model: torch.nn.Module, example_inputs: Any) -> _Recording:
     """One real forward in eval mode: first-call arguments of every module, and where tensors are used."""
     calls: dict[int, _Call] = {}
     stack: list[int] = []
@@ -195,7 +196,7 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
             handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
         model.eval()
         with torch.no_grad(), _UseTracker(ids, stack, inside, watch, uses):
-            out = model(*args)
+            out = call_model(model, example_inputs)  # positional and keyword inputs (fxprune.Inputs)
     except FxpruneError:
         raise
     except Exception as e:
@@ -206,7 +207,8 @@ def _record(model: torch.nn.Module, args: tuple[Any, ...]) -> _Recording:
             h.remove()
         for m, t in flags.items():
             m.training = t
-    model_io = {id(t) for t in pytree.tree_leaves((args, out)) if isinstance(t, torch.Tensor)}
+    leaves = pytree.tree_leaves((split_inputs(example_inputs), out))
+    model_io = {id(t) for t in leaves if isinstance(t, torch.Tensor)}
     return _Recording(calls, inside, watch, uses, model_io)
 
 
@@ -568,8 +570,7 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
     Warns once (:class:`~fxprune.errors.FallbackWarning`) naming the modules whose Python ``forward``
     stays as it is. ``strict=True`` raises on ops without a rule, as :func:`fxprune.analyze` does.
     """
-    args = normalize_inputs(example_inputs)
-    rec = _record(model, args)
+    rec = _record(model, example_inputs)
     if frontend == "autograd":
         call = rec.calls.get(id(model))
         if call is None:

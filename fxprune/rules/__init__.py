@@ -8,6 +8,7 @@ from . import (  # noqa: F401
     elementwise,
     embedding,
     flip_one_hot,
+    hf_ops,
     index_copy,
     inplace_act,
     linear,

@@ -90,6 +90,19 @@ def lower_keep(ctx, node) -> None:
                 ctx.couple(x, d, out, d)
 
 
+def lower_diff(ctx, node) -> None:
+    """``torch.diff(x, n, dim)``: differences along ``dim`` (pinned: its size changes); other dims go through.
+    Transformers computes one on position ids to detect packed sequences."""
+    x = ctx.tensor(arg(node, 0, "input"))
+    if x is None or arg(node, 3, "prepend") is not None or arg(node, 4, "append") is not None:
+        return
+    along = norm_dims(arg(node, 2, "dim", -1), x.ndim)
+    for _, out in ctx.out_elems():
+        for d in range(x.ndim):
+            if d not in along and out.ndim == x.ndim:
+                ctx.couple(x, d, out, d)
+
+
 def _fns(names):
     return tuple(f for mod in (torch, F) for n in names if callable(f := getattr(mod, n, None)))
 
@@ -101,3 +114,5 @@ register("call_method", _MEANS, "mean", lower_reduce, masked_eval=masked_mean)
 register("call_function", _fns(_KEEP), "softmax-like", lower_keep)
 register("call_method", _KEEP, "softmax-like", lower_keep)
 register("call_module", (nn.Softmax, nn.LogSoftmax, nn.Softmin), "softmax-like", lower_keep)
+register("call_function", (torch.diff, torch.ops.aten.diff.default), "diff", lower_diff)
+register("call_method", ("diff",), "diff", lower_diff)

@@ -104,6 +104,14 @@ def _sync_from_graph(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
         _shape_attrs(m)
 
 
+# int attributes never read from graph constants: layer indices (``layer_idx == 2`` must not look like a
+# head count of 2) and the sizes _shape_attrs already read from the sliced parameters (a Conv1D's
+# ``x.view(-1, 64)`` literal is its input width, not its ``nf``)
+_NOT_SIZES = frozenset({"layer_idx", "layer_id", "block_idx", "idx", "in_features", "out_features", "nf", "nx",
+                        "in_channels", "out_channels", "num_features", "num_channels", "num_embeddings",
+                        "embedding_dim"})
+
+
 def _module_path(node: torch.fx.Node) -> str | None:
     """The qualified name of the innermost module whose forward made ``node`` (export records it)."""
     stack = node.meta.get("nn_module_stack")
@@ -134,7 +142,8 @@ def carry_constants(model: torch.nn.Module, before: torch.fx.Graph, after: torch
         for o, n in zip(old, new):
             if type(o) is not int or type(n) is not int or o == n or o <= 1:
                 continue
-            attrs = [k for k, v in vars(mod).items() if type(v) is int and v == o and not k.startswith("_")]
+            attrs = [k for k, v in vars(mod).items()
+                     if type(v) is int and v == o and not k.startswith("_") and k not in _NOT_SIZES]
             if len(attrs) == 1:
                 proposals.setdefault((path, attrs[0]), set()).add(n)
     done: Dict[str, int] = {}
