@@ -18,7 +18,7 @@ from __future__ import annotations
 import collections
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx
