@@ -18,14 +18,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.fx
-from torch.utils._pytree import tree_leaves
 
-from . import cache
-from .errors import PlanError, TraceError
-from .frontend import trace
+from .errors import PlanError, user_stacklevel
 from .gcpause import no_gc, paused_gc
 from .ir import DimNode, Solution
-from .lower import LowerCtx, _warned, lower_graph
+from .lower import LowerCtx, _warned
 from .plan import PrunePlan, make_key, parse_key
 from .record import record_of
 
@@ -484,7 +481,7 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"
 
 
-def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> None:
+def warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> None:
     """One warning when no group can lose a channel: which frontend ran and what pins the most weights."""
     groups = graph.groups
     if not groups or any(g.pinned is None for g in groups):
@@ -502,7 +499,7 @@ def _warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> No
     top = sorted(weight.items(), key=lambda kv: -kv[1])[:3]
     pins = "; ".join(f"{why} ({100 * n / total:.0f} % of the grouped weights)" for why, n in top)
     warnings.warn(f"fxprune: nothing in {type(model).__name__} can be pruned (frontend {graph.frontend!r}, "
-                  f"{len(groups)} groups, all pinned). Largest pins: {pins}", stacklevel=3)
+                  f"{len(groups)} groups, all pinned). Largest pins: {pins}", stacklevel=user_stacklevel())
 
 
 @no_gc
@@ -526,38 +523,14 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     :mod:`fxprune.frontend.partial`: a :class:`~fxprune.frontend.partial.PartialGraph` with the same
     interface, and one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one real forward recorded at
     the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then export, then parts.
-    ``graph.frontend`` says which one ran.
+    ``graph.frontend`` says which one ran. This runs :func:`fxprune.passes.analysis_passes` (Trace, Lower,
+    Solve); the result is cached for ``model`` and these inputs (:mod:`fxprune.cache`).
     """
-    if frontend not in ("auto", "fx", "export", "parts", "autograd"):
-        raise TraceError("frontend must be one of 'auto', 'fx', 'export', 'parts', 'autograd', "
-                         f"got {frontend!r}")
-    key = cache.fingerprint(model, example_inputs, strict, frontend)
-    # the parts frontend records one real forward, whose branches may depend on the input values: its
-    # analysis is reused only for the same input tensors (prune and verify after analyze)
-    parts_key = None if key is None else (key, tuple(id(t) for t in tree_leaves(example_inputs)))
-    hit = cache.lookup(model, key) or cache.lookup(model, parts_key)
-    if hit is not None:
-        return hit
-    cause: Optional[TraceError] = None
-    if frontend not in ("parts", "autograd"):
-        try:
-            gm = trace(model, example_inputs, frontend=frontend)
-        except TraceError as e:
-            # neither tracer took the whole model: analyse its traceable submodules instead
-            if frontend != "auto" or e.__cause__ is None or isinstance(model, torch.fx.GraphModule):
-                raise
-            cause = e
-        else:
-            ctx, sol = lower_graph(gm, strict=strict)
-            graph = ChannelGraph(gm, ctx, sol)
-            graph.frontend = record_of(gm).frontend
-            _warn_if_nothing_prunable(graph, model)
-            cache.store(model, key, graph)
-            return graph
-    from .frontend.partial import analyze_partial
-    part = analyze_partial(model, example_inputs, strict=strict,
-                           cause=cause or TraceError("frontend='parts' was asked for"), frontend=frontend)
-    part.frontend = "autograd" if frontend == "autograd" else "parts"
-    _warn_if_nothing_prunable(part, model)
-    cache.store(model, parts_key, part)
-    return part
+    from .passes import analysis_passes
+    from .passes.manager import run
+
+    gm = run(analysis_passes(example_inputs, strict=strict, frontend=frontend), model)
+    rec = record_of(gm)
+    graph = rec.analysis(gm)
+    rec.drop_state()  # the analysis (cached for ``model``) keeps no pass state
+    return graph

@@ -13,6 +13,8 @@ Example:
 """
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional
 
 import torch.fx
@@ -92,3 +94,17 @@ class InternalError(FxpruneError):
 
 class FallbackWarning(UserWarning):
     """``symbolic_trace`` failed on the model: only its traceable submodules are analysed and pruned."""
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+             os.path.join("torch", "fx", "passes", "infra") + os.sep)
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for ``warnings.warn`` called here that points at the first frame outside fxprune (and
+    the pass manager running its passes): the user's call."""
+    f, level = sys._getframe(1), 1
+    while f is not None and (os.path.abspath(f.f_code.co_filename).startswith(_INTERNAL[0])
+                             or _INTERNAL[1] in f.f_code.co_filename):
+        f, level = f.f_back, level + 1
+    return level

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import warnings
 import weakref
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,26 +26,15 @@ import torch.fx
 from torch.fx.node import map_aggregate
 
 from . import index_map
-from .errors import FxpruneError, InternalError, UnsupportedOpError
-from .ir import ChannelIR, DimNode, Solution, ValueKey
+from .context import TRef
+from .errors import FxpruneError, InternalError, UnsupportedOpError, user_stacklevel
+from .ir import ChannelIR, DimNode, Solution
 from .record import record_of
 from .registry import lookup
 
-__all__ = ["TRef", "LowerCtx", "lower_graph", "node_label", "target_name", "share_warnings"]
+__all__ = ["TRef", "LowerCtx", "lower_nodes", "lower_graph", "node_label", "target_name", "share_warnings"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TRef:
-    """A tensor value of the graph (or a parameter/buffer) and its shape."""
-
-    key: ValueKey
-    shape: Tuple[int, ...]
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
 
 def target_name(t: Any) -> str:
@@ -102,7 +90,7 @@ def _warned(gm: torch.nn.Module) -> set:
 
 
 class LowerCtx:
-    """What a rule sees while lowering one node."""
+    """What a rule sees while lowering one node (a :class:`fxprune.context.LowerContext`)."""
 
     def __init__(self, gm: torch.fx.GraphModule, strict: bool):
         self.gm = gm
@@ -135,7 +123,7 @@ class LowerCtx:
         if not isinstance(val, torch.Tensor):
             return None
         if arg.op == "get_attr" and arg.target in self.canonical:
-            return self._param_ref(arg.target, val)
+            return self.param_ref(arg.target, val)
         return TRef(("value", arg.name, ()), tuple(val.shape))
 
     def elem(self, node: torch.fx.Node, path: Tuple[int, ...]) -> Optional[TRef]:
@@ -157,17 +145,20 @@ class LowerCtx:
         """Every tensor in the current node's output, with its path (``()`` for a plain tensor)."""
         return [(p, r) for p, r in _tensor_paths(self, self.node)]
 
-    def module(self) -> torch.nn.Module:
-        return self.modules[self.node.target]
+    def module(self, node: Optional[torch.fx.Node] = None) -> torch.nn.Module:
+        return self.modules[(node or self.node).target]
 
-    def param(self, attr: str) -> Optional[TRef]:
-        """Parameter/buffer ``attr`` of the current call_module node's module (None when absent)."""
-        t = getattr(self.module(), attr, None)
+    def param(self, attr: str, node: Optional[torch.fx.Node] = None) -> Optional[TRef]:
+        """Parameter/buffer ``attr`` of a call_module node's module (the current node's by default; None
+        when absent)."""
+        node = node or self.node
+        t = getattr(self.modules[node.target], attr, None)
         if not isinstance(t, torch.Tensor):
             return None
-        return self._param_ref(f"{self.node.target}.{attr}", t)
+        return self.param_ref(f"{node.target}.{attr}", t)
 
-    def _param_ref(self, qualname: str, t: torch.Tensor) -> TRef:
+    def param_ref(self, qualname: str, t: torch.Tensor) -> TRef:
+        """The TRef of the parameter/buffer ``t`` at ``qualname`` (a path into a module a rule walks)."""
         name = self.canonical.get(qualname, qualname)
         self.first_use.setdefault(name, self.node_index)
         return TRef(("param", name), tuple(t.shape))
@@ -336,16 +327,15 @@ def _arg_tensors(ctx: LowerCtx, node: torch.fx.Node) -> List[TRef]:
     return refs
 
 
-def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
-    """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
-    factors a dim is a grid constraint, not a choice of one factor)."""
+def lower_nodes(gm: torch.fx.GraphModule, strict: bool = False) -> LowerCtx:
+    """Lower every node of a shape-annotated GraphModule through its op rule (the IR, not yet solved);
+    ops without a rule are named in one warning per model."""
     from . import rules  # noqa: F401  (registers every rule family)
 
     ctx = LowerCtx(gm, strict)
     for i, node in enumerate(gm.graph.nodes):
         ctx.node_index = i
         ctx.lower_node(node)
-    sol = ctx.ir.settle()
     warned = _warned(gm)
     new = {k: v for k, v in ctx.unknown.items() if k not in warned}
     if new:
@@ -353,6 +343,12 @@ def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCt
         lines = "; ".join(f"{k} (nodes {', '.join(v[:3])}{'...' if len(v) > 3 else ''})"
                           for k, v in new.items())
         warnings.warn(f"fxprune: no rule for {len(new)} op(s); every dim they touch is pinned: {lines}",
-                      stacklevel=3)
-    return ctx, sol
+                      stacklevel=user_stacklevel())
+    return ctx
 
+
+def lower_graph(gm: torch.fx.GraphModule, strict: bool = False) -> Tuple[LowerCtx, Solution]:
+    """Lower every node of a shape-annotated GraphModule and solve the IR (one pass: a reshape that
+    factors a dim is a grid constraint, not a choice of one factor)."""
+    ctx = lower_nodes(gm, strict)
+    return ctx, ctx.ir.settle()

@@ -3,7 +3,8 @@
 Like ShapeProp's ``tensor_meta``, one typed record instead of loose keys: the frontend that traced the graph,
 the tensors it stowed away as constants, the input spec of an exported graph, and, once pruned, the
 expanded plan in the coordinates of the model first traced and every plan applied so far. Passes keep their
-working state in it too (``lowered``, ``graph``); a pruned copy never inherits that.
+working state in it too (``model``, ``lowered``, ``graph``, ``expansion``, ``before``: see
+:mod:`fxprune.passes`); a pruned copy never inherits that.
 
 Example:
     >>> import torch, fxprune
@@ -38,8 +39,14 @@ class GraphRecord:
     applied: List[str] = field(default_factory=list)     # every plan applied (JSON), in order
     last: Dict[str, List[int]] = field(default_factory=dict)  # the last plan, expanded, in the coordinates
     #                                                           of the graph it was applied to
-    lowered: Any = field(default=None, repr=False)       # pass state: (LowerCtx, Solution)
-    graph: Any = field(default=None, repr=False)         # pass state: the ChannelGraph
+    # pass state (fxprune.passes), dropped by drop_state() and never inherited by a pruned copy:
+    model: Any = field(default=None, repr=False)         # weakref to the module traced (the root to copy)
+    cache_key: Any = field(default=None, repr=False)     # the analysis cache's key for that module
+    lowered: Any = field(default=None, repr=False)       # the LowerCtx, before it is solved
+    graph: Any = field(default=None, repr=False)         # the analysis (a ChannelGraph) ...
+    analysed: Any = field(default=None, repr=False)      # ... of this fx.Graph (stale once it changes)
+    expansion: Any = field(default=None, repr=False)     # (PrunePlan, Expansion) from ExpandPass
+    before: Any = field(default=None, repr=False)        # (analysis, Expansion) the last ApplyPass used
 
     def __getitem__(self, key: str) -> Any:
         if key not in {f.name for f in fields(self)}:
@@ -51,6 +58,20 @@ class GraphRecord:
 
     def get(self, key: str, default: Any = None) -> Any:
         return getattr(self, key, default) if key in self else default
+
+    def analysis(self, gm: torch.nn.Module) -> Any:
+        """The analysis this record holds for ``gm``'s current graph, or None."""
+        return self.graph if self.graph is not None and self.analysed is getattr(gm, "graph", gm) else None
+
+    def source(self, default: Any = None) -> Any:
+        """The module that was traced (``model``), or ``default`` when unknown or gone."""
+        m = self.model() if self.model is not None else None
+        return default if m is None else m
+
+    def drop_state(self) -> None:
+        """Forget the pass state."""
+        self.model = self.cache_key = self.lowered = self.graph = self.analysed = None
+        self.expansion = self.before = None
 
     def derived(self) -> "GraphRecord":
         """The record a copy pruned from this graph starts from (no pass state)."""

@@ -13,7 +13,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .context import LowerFn, MaskedFn, RewriteFn
 
 __all__ = ["Rule", "register", "lookup", "RULES"]
 
@@ -22,24 +25,25 @@ __all__ = ["Rule", "register", "lookup", "RULES"]
 class Rule:
     """How one op family couples dims (``lower``) and how its constants change (``rewrite``).
 
-    ``lower(ctx, node)`` declares couplings and pins on a :class:`fxprune.lower.LowerCtx`.
-    ``rewrite(node, rctx)`` (optional) updates the node's constant arguments or its module's attributes
-    after parameters were sliced. ``masked_eval(node, args, kwargs, rctx)`` (optional) computes the node
-    over kept channels only, for ops whose statistics depend on the pruned dim (LayerNorm), for verify.
+    All three take the context first and the node second (:mod:`fxprune.context`):
+    ``lower(ctx, node)`` declares couplings and pins on a :class:`~fxprune.context.LowerContext`;
+    ``rewrite(ctx, node)`` (optional) updates the node's constant arguments or its module's attributes
+    after parameters were sliced (a :class:`~fxprune.context.RewriteContext`); ``masked_eval(ctx, node,
+    args, kwargs)`` (optional) computes the node over kept channels only, for ops whose statistics depend on
+    the pruned dim (LayerNorm), for verify (a :class:`~fxprune.context.MaskedContext`).
     """
 
     name: str
-    lower: Callable[..., None]
-    rewrite: Optional[Callable[..., None]] = None
-    masked_eval: Optional[Callable[..., Any]] = None
+    lower: "LowerFn"
+    rewrite: Optional["RewriteFn"] = None
+    masked_eval: Optional["MaskedFn"] = None
 
 
 RULES: Dict[Tuple[str, Any], Rule] = {}
 
 
-def register(op: str, targets: Iterable[Any], name: str, lower: Callable[..., None],
-             rewrite: Optional[Callable[..., None]] = None,
-             masked_eval: Optional[Callable[..., Any]] = None) -> Rule:
+def register(op: str, targets: Iterable[Any], name: str, lower: "LowerFn",
+             rewrite: Optional["RewriteFn"] = None, masked_eval: Optional["MaskedFn"] = None) -> Rule:
     """Register one rule for several targets of the same FX ``op``; a later registration wins."""
     rule = Rule(name, lower, rewrite, masked_eval)
     for t in targets:

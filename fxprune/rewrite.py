@@ -22,12 +22,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.fx
+from torch.fx.graph_module import _copy_attr
 from torch.fx.node import map_arg
 
-from .analyze import ChannelGraph, Expansion, analyze
-from .errors import FxpruneError, PlanError, RewriteError
+from .analyze import ChannelGraph, Expansion
+from .context import RewriteCtx
+from .errors import FxpruneError, PlanError, RewriteError, user_stacklevel
 from .gcpause import no_gc
-from .lower import TRef
 from .plan import PrunePlan, parse_key
 from .record import compose, record_of
 from .registry import lookup
@@ -36,44 +37,6 @@ from .rules._util import call_args
 __all__ = ["prune", "apply_plan", "RewriteCtx"]
 
 log = logging.getLogger(__name__)
-
-
-class RewriteCtx:
-    """What a rule's ``rewrite`` sees: original shapes, removed indices, and the new modules."""
-
-    def __init__(self, graph: ChannelGraph, exp: Expansion, new_modules: Dict[str, torch.nn.Module]):
-        self.graph, self.exp, self.new_modules = graph, exp, new_modules
-        self._lctx = graph.ctx
-
-    def tensor(self, arg: Any) -> Optional[TRef]:
-        return self._lctx.tensor(arg)
-
-    def param(self, node: torch.fx.Node, attr: str) -> Optional[TRef]:
-        t = getattr(self._lctx.modules[node.target], attr, None)
-        if not isinstance(t, torch.Tensor):
-            return None
-        name = f"{node.target}.{attr}"
-        return TRef(("param", self._lctx.canonical.get(name, name)), tuple(t.shape))
-
-    def out_elems(self, node: torch.fx.Node) -> List[TRef]:
-        val = node.meta.get("val")
-        if isinstance(val, (tuple, list)):
-            return [TRef(("value", node.name, (i,)), tuple(v.shape)) for i, v in enumerate(val)
-                    if isinstance(v, torch.Tensor)]
-        ref = self.tensor(node)
-        return [ref] if ref is not None else []
-
-    def removed(self, ref: TRef, d: int) -> np.ndarray:
-        return self.graph.removed(self.exp.mask, ref.key, d % ref.ndim)
-
-    def new_shape(self, ref: TRef) -> Tuple[int, ...]:
-        count = getattr(self.graph, "removed_count", None)
-        if count is None:  # a graph without per-dim counts
-            return tuple(s - len(self.removed(ref, d)) for d, s in enumerate(ref.shape))
-        return tuple(s - count(self.exp.mask, ref.key, d) for d, s in enumerate(ref.shape))
-
-    def module(self, node: torch.fx.Node) -> torch.nn.Module:
-        return self.new_modules[node.target]
 
 
 def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
@@ -190,10 +153,13 @@ def _freeze_size_reads(graph: torch.fx.Graph, rctx: RewriteCtx) -> None:
             log.debug("size read %s used by %s frozen to its original value %s", node.name, user.name, const)
 
 
-def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
-               inplace: bool = False, exp: Optional[Expansion] = None) -> torch.fx.GraphModule:
+def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inplace: bool = False,
+               exp: Optional[Expansion] = None, into: Optional[torch.fx.GraphModule] = None
+               ) -> torch.fx.GraphModule:
     """Prune ``root`` (the module ``graph`` was traced from) by ``plan``; see :func:`prune`. ``exp`` is the
-    plan already expanded (a part of a larger IR: the parts frontend expands over all parts at once)."""
+    plan already expanded (a part of a larger IR: the parts frontend expands over all parts at once).
+    ``into``: this GraphModule receives the pruned graph, submodules and tensors (it is mutated and
+    returned; :class:`fxprune.passes.ApplyPass`) instead of a new GraphModule being built."""
     if exp is None:
         exp = graph.expand(plan)
     new_root, pairs = _clone_tree(root, graph, exp)
@@ -215,7 +181,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
             if node.kwargs:  # rewrites read arguments by position: move keywords to their slots (a copy)
                 node.args, node.kwargs = call_args(node)
             try:
-                rule.rewrite(node, rctx)
+                rule.rewrite(rctx.at(node), node)
             except FxpruneError:
                 raise
             except Exception as e:
@@ -232,7 +198,8 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
                 for i, v in enumerate(node.meta["val"]))
         node.meta.pop("tensor_meta", None)
     try:
-        small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__)
+        small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__) if into is None else \
+            _install(into, new_root, new_graph)
     except Exception as e:
         raise RewriteError(f"building the pruned GraphModule failed: {e}") from e
     # Keep every original qualified name, also of modules the graph does not use.
@@ -258,6 +225,17 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module,
         small._parameters.update(root._parameters)
         small._buffers.update(root._buffers)
     return small
+
+
+def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
+    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``."""
+    gm._modules, gm._parameters, gm._buffers = {}, {}, {}
+    gm._non_persistent_buffers_set = set()
+    for node in graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            _copy_attr(root, gm, node.target)
+    gm.graph = graph
+    return gm
 
 
 def _commit(pairs: Dict[str, Tuple[torch.nn.Module, torch.nn.Module]]) -> None:
@@ -323,21 +301,18 @@ def _prune(model: torch.nn.Module, plan: PrunePlan, example_inputs: Any, inplace
     """:func:`prune` without its "already applied" check: the Pruner's next step may read like the last
     one (the same indices, now in the pruned model's coordinates) and must still be applied. ``closure``
     reports a hand-written plan that a valid one must extend (:func:`report_closure`)."""
+    from .passes import prune_passes
+    from .passes.manager import run
+
     if output not in ("auto", "graph", "module"):
         raise PlanError(f"output must be 'auto', 'graph' or 'module', got {output!r}")
-    graph = analyze(model, example_inputs, strict=strict, frontend=frontend)
-    if closure:
-        report_closure(graph, plan, model, strict)
-    if compensate is None:
-        return graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
-    from .compensate import apply_compensation, plan_compensation
-
-    # before an inplace prune slices the weights
-    comps = plan_compensation(graph, graph.expand(plan), model, compensate)
-    small = graph.apply(plan, model, example_inputs, inplace=inplace, output=output)
-    apply_compensation(model, small, comps)
+    small = run(prune_passes(plan, example_inputs, strict=strict, frontend=frontend, output=output,
+                             inplace=inplace, cleanup=False, again=True, fresh=True, compensate=compensate,
+                             closure=closure), model)
+    rec = record_of(small, create=False)
+    if rec is not None:
+        rec.drop_state()
     return small
-
 
 
 def _spans(idx: List[int]) -> str:
@@ -373,7 +348,7 @@ def _heads_of(model: torch.nn.Module, key: str, idx: List[int]) -> str:
     return f" (head dims {_spans(sorted({i % hd for i in idx}))} of heads {_spans(heads)} of {path})"
 
 
-def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: bool) -> None:
+def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: bool, exp: Any = None) -> None:
     """Say when a valid plan removes more of an entry's own dim than the entry lists: whole heads, the same
     query head in every GQA kv group, both halves of a RoPE pair, the columns a grouped conv shares go
     together. ``strict=True`` raises :class:`~fxprune.errors.PlanError` instead of pruning more than asked.
@@ -386,7 +361,7 @@ def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: 
         ...
         fxprune.errors.PlanError: plan entry '0.weight:0' lists 0 but a valid plan also removes 4 from it: ...
     """
-    exp = graph.expand(plan)
+    exp = graph.expand(plan) if exp is None else exp
     grown = []
     for key, idx in plan.items():
         extra = sorted(set(exp.plan.get(key, [])) - set(idx))
@@ -400,4 +375,5 @@ def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: 
            "halves of a RoPE pair, the inputs a grouped conv shares)")
     if strict:
         raise PlanError(why + ". Remove those too, or prune with strict=False to have the plan closed.")
-    warnings.warn("fxprune: " + why + "; pruning the closed plan (strict=True raises instead)", stacklevel=4)
+    warnings.warn("fxprune: " + why + "; pruning the closed plan (strict=True raises instead)",
+                  stacklevel=user_stacklevel())

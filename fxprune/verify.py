@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from .analyze import ChannelGraph, Expansion, analyze
 from .errors import FallbackWarning, VerificationError
 from .frontend import Inputs, call_graph, call_model, graph_args, normalize_inputs
-from .lower import TRef
+from .context import MaskedCtx, TRef
 from .plan import PrunePlan
 from .record import record_of
 from .registry import lookup
@@ -45,30 +45,11 @@ class VerifyReport:
     recomputed: Dict[str, str] = field(default_factory=dict)
 
 
-class _VCtx:
-    def __init__(self, graph: ChannelGraph, exp: Expansion):
-        self.graph, self.exp = graph, exp
-
-    def tensor(self, arg: Any) -> Optional[TRef]:
-        return self.graph.ctx.tensor(arg)
-
-    def kept(self, ref: TRef, d: int) -> Optional[torch.Tensor]:
-        removed = self.graph.removed(self.exp.mask, ref.key, d)
-        if not len(removed):
-            return None
-        keep = torch.ones(ref.shape[d], dtype=torch.bool)
-        keep[torch.from_numpy(removed)] = False
-        return keep.nonzero().flatten()
-
-    def module(self, node: torch.fx.Node) -> torch.nn.Module:
-        return self.graph.ctx.modules[node.target]
-
-
 class _MaskedInterpreter(torch.fx.Interpreter):
     def __init__(self, graph: ChannelGraph, exp: Expansion, keep_env: bool = False,
                  fills: Optional[Dict[str, Tuple]] = None):
         super().__init__(graph.gm, garbage_collect_values=not keep_env)
-        self.vctx = _VCtx(graph, exp)
+        self.vctx = MaskedCtx(graph, exp)
         # node -> (input channels, means, weight): where a compensated layer reads the means
         self.fills = fills or {}
         self.masks: Dict[str, List[Tuple[Tuple[int, ...], int, torch.Tensor]]] = {}
@@ -114,7 +95,7 @@ class _MaskedInterpreter(torch.fx.Interpreter):
             with self._set_current_node(n):
                 args, kwargs = self.fetch_args_kwargs_from_env(n)
                 args, kwargs = normalize_call(n.op, n.target, args, kwargs)  # positional, as rules read them
-                result = rule.masked_eval(n, args, kwargs, self.vctx)
+                result = rule.masked_eval(self.vctx.at(n), n, args, kwargs)
         for path, d, idx in self.masks.get(n.name, ()):
             result = _set_path(result, path, lambda t: t.index_fill(d, idx.to(t.device), 0))
         return result
@@ -256,7 +237,7 @@ def _first_bad_node(graph: ChannelGraph, exp: Expansion, small: torch.nn.Module,
     small_i = torch.fx.Interpreter(small, garbage_collect_values=False)
     small_i.run(*args)
     small_env = {n.name: v for n, v in small_i.env.items()}
-    vctx = _VCtx(graph, exp)
+    vctx = MaskedCtx(graph, exp)
     for n, v in ref_i.env.items():
         o = small_env.get(n.name)
         if not isinstance(v, torch.Tensor) or not isinstance(o, torch.Tensor):

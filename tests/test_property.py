@@ -339,7 +339,9 @@ def test_pruner_step_reuses_its_graph_module_analysis(monkeypatch):
     step's GraphModule once, and give the same plan and tensors as steps that analyse twice."""
     import sys
 
-    analyze_mod, pruner_mod = sys.modules["fxprune.analyze"], sys.modules["fxprune.pruner"]
+    import fxprune.passes.trace  # noqa: F401  (TracePass calls fxprune.trace)
+
+    analyze_mod, pruner_mod = sys.modules["fxprune.passes.trace"], sys.modules["fxprune.pruner"]
     ops = [("conv", 0, 6, 3, 1), ("bn", 1), ("act", 2, "relu"), ("conv", 3, 8, 3, 2), ("add", 4, 4)]
 
     def run(reuse: bool):

@@ -322,7 +322,7 @@ def literal_pins(gm: torch.fx.GraphModule, ctx: Any,
                     n.args, n.kwargs = call_args(n)
                 before = _consts(n)
                 try:
-                    rules[n].rewrite(n, rctx)  # type: ignore[union-attr]
+                    rules[n].rewrite(rctx.at(n), n)  # type: ignore[union-attr]
                     after = _consts(n)
                 except Exception:  # noqa: BLE001 - a rewrite that cannot follow this plan: the literal stays
                     after = None

@@ -47,8 +47,6 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
-import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -687,11 +685,8 @@ def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]
 
 def _user_level() -> int:
     """``stacklevel`` of the first frame outside fxprune, so the warning points at the user's call."""
-    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-    f, level = sys._getframe(1), 1
-    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg):
-        f, level = f.f_back, level + 1
-    return level
+    from ..errors import user_stacklevel
+    return user_stacklevel() + 1
 
 
 # ------------------------------------------------------------------------------------------- graph

@@ -41,11 +41,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..lower import TRef
+from ..context import TRef
 from ..modules import PrunedMultiheadAttention
 from ..registry import register
 from ._util import arg, set_arg
-from .recurrent import masked_module
 
 __all__: List[str] = []
 
@@ -95,7 +94,7 @@ def lower_sdpa(ctx, node) -> None:
                 ctx.couple(mask, d, out, od)
 
 
-def rewrite_sdpa(node, rctx) -> None:
+def rewrite_sdpa(rctx, node) -> None:
     q = rctx.tensor(arg(node, 0, "query"))
     if arg(node, 6, "scale") is None and q is not None and len(rctx.removed(q, -1)):
         set_arg(node, 6, "scale", 1.0 / math.sqrt(q.shape[-1]))
@@ -126,7 +125,7 @@ def _mparam(ctx, m: nn.Module, path: str) -> Optional[TRef]:
         t = getattr(m, path, None)
     if not isinstance(t, torch.Tensor):
         return None
-    return ctx._param_ref(f"{ctx.node.target}.{path}", t)
+    return ctx.param_ref(f"{ctx.node.target}.{path}", t)
 
 
 def lower_mha(ctx, node) -> None:
@@ -193,10 +192,10 @@ def lower_mha(ctx, node) -> None:
     ctx.mark_stat("attention evaluated with its removed projection rows zeroed")
 
 
-def masked_mha(node, args, kwargs, vctx) -> Any:
+def masked_mha(vctx, node, args, kwargs) -> Any:
     """The original module with removed q/k/v/out_proj slices zeroed; averaged attention weights are
     averaged over the kept heads only (a head with zero q and k would still add uniform weights)."""
-    m = masked_module(node, vctx)
+    m = vctx.masked_module(node)
     qk = _units(node, vctx.module(node))[0]
     kept = vctx.kept(qk, 0)
     args, kwargs = list(args), dict(kwargs)
@@ -212,16 +211,8 @@ def masked_mha(node, args, kwargs, vctx) -> Any:
     return out, w.index_select(-3, kept.to(w.device)).mean(dim=-3)
 
 
-def _replace_module(rctx, old: nn.Module, new: nn.Module) -> None:
-    for name, mod in list(rctx.new_modules.items()):
-        if mod is old:
-            parent, _, child = name.rpartition(".")
-            setattr(rctx.new_modules[parent], child, new)
-            rctx.new_modules[name] = new
-
-
-def rewrite_mha(node, rctx) -> None:
-    orig = rctx.graph.ctx.modules[node.target]
+def rewrite_mha(rctx, node) -> None:
+    orig = rctx.original(node)
     m = rctx.module(node)
     h, dq, dv, scale = _sizes(orig)
     qk, v = _units(node, orig)
@@ -229,7 +220,7 @@ def rewrite_mha(node, rctx) -> None:
     same = [tuple(p.shape) for p in m.parameters()] == [tuple(p.shape) for p in orig.parameters()]
     if same and isinstance(m, type(orig)):
         return
-    _replace_module(rctx, m, PrunedMultiheadAttention.from_module(m, h, dq, dv, scale))
+    rctx.replace_module(m, PrunedMultiheadAttention.from_module(m, h, dq, dv, scale))
 
 
 _MHA = (nn.MultiheadAttention, PrunedMultiheadAttention)

@@ -69,7 +69,7 @@ def lower_split(ctx, node) -> None:
         off += r.shape[dim]
 
 
-def rewrite_split(node, rctx) -> None:
+def rewrite_split(rctx, node) -> None:
     name = node.target if isinstance(node.target, str) else node.target.__name__
     if name == "unbind":
         return
@@ -153,7 +153,7 @@ def _gather_index(i) -> Optional[int]:
     return None
 
 
-def rewrite_getitem(node, rctx) -> None:
+def rewrite_getitem(rctx, node) -> None:
     src, idx = node.args
     x = rctx.tensor(src)
     if x is None:

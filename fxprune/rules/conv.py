@@ -14,7 +14,7 @@ import numpy as np
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..lower import TRef
+from ..context import TRef
 from ..registry import register
 from ._util import arg, set_arg
 
@@ -79,9 +79,9 @@ def lower_conv_module(ctx, node) -> None:
                 m.groups, isinstance(m, _CONVT), getattr(m, "_fxprune_grouped", False))
 
 
-def rewrite_conv_module(node, rctx) -> None:
+def rewrite_conv_module(rctx, node) -> None:
     m = rctx.module(node)
-    x, w = rctx.tensor(arg(node, 0, "input")), rctx.param(node, "weight")
+    x, w = rctx.tensor(arg(node, 0, "input")), rctx.param("weight", node)
     transposed = isinstance(m, _CONVT)
     groups = _new_groups(rctx, node, x, w, transposed, m.groups)
     if m.groups > 1 and groups == 1:
@@ -102,7 +102,7 @@ def lower_conv_fn(ctx, node) -> None:
     _lower_conv(ctx, x, w, b, ctx.out(), groups, transposed)
 
 
-def rewrite_conv_fn(node, rctx) -> None:
+def rewrite_conv_fn(rctx, node) -> None:
     groups = arg(node, 6, "groups", 1)
     if isinstance(groups, int) and groups > 1:
         x, w = rctx.tensor(arg(node, 0, "input")), rctx.tensor(arg(node, 1, "weight"))

@@ -32,7 +32,7 @@ def lower_fresh(ctx, node) -> None:
     """Nothing to couple: the output's dims are pinned after the rule (constants of the graph)."""
 
 
-def rewrite_sizes(node, rctx) -> None:
+def rewrite_sizes(rctx, node) -> None:
     """Freeze size arguments that read a pruned dim to their original values (the output is pinned)."""
     def freeze(a: torch.fx.Node):
         val = a.meta.get("val")

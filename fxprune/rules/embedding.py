@@ -18,7 +18,7 @@ def lower_embedding_module(ctx, node) -> None:
     _lower(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.out())
 
 
-def rewrite_embedding_module(node, rctx) -> None:
+def rewrite_embedding_module(rctx, node) -> None:
     m = rctx.module(node)
     m.embedding_dim = m.weight.shape[1]
 

@@ -24,9 +24,9 @@ def lower_linear_module(ctx, node) -> None:
     _lower_linear(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.param("bias"), ctx.out())
 
 
-def rewrite_linear_module(node, rctx) -> None:
+def rewrite_linear_module(rctx, node) -> None:
     m = rctx.module(node)
-    m.out_features, m.in_features = rctx.new_shape(rctx.param(node, "weight"))
+    m.out_features, m.in_features = rctx.new_shape(rctx.param("weight", node))
 
 
 def lower_linear_fn(ctx, node) -> None:

@@ -33,7 +33,7 @@ def lower_lrn(ctx, node) -> None:
     ctx.mark_stat("LocalResponseNorm normalises by neighbouring channels")
 
 
-def masked_lrn(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_lrn(vctx, node, args, kwargs) -> torch.Tensor:
     """LocalResponseNorm over the kept channels only, scattered back to the full shape."""
     x = args[0]
     kept = vctx.kept(vctx.tensor(arg(node, 0, "input")), 1)
@@ -74,7 +74,7 @@ def lower_narrow(ctx, node) -> None:
         ctx.couple(x, dim, out, dim, (sel, np.arange(len(sel), dtype=np.int64)))
 
 
-def rewrite_narrow(node, rctx) -> None:
+def rewrite_narrow(rctx, node) -> None:
     x, out = rctx.tensor(arg(node, 0, "input")), rctx.tensor(node)
     dim, start = arg(node, 1, "dim"), arg(node, 2, "start")
     if x is None or out is None or not isinstance(dim, int) or not isinstance(start, int):

@@ -53,7 +53,7 @@ def lower_embedding_bag(ctx, node) -> None:
         ctx.couple(out, -1, w, 1)
 
 
-def rewrite_embedding_bag(node, rctx) -> None:
+def rewrite_embedding_bag(rctx, node) -> None:
     m = rctx.module(node)
     m.embedding_dim = m.weight.shape[1]
 
@@ -73,7 +73,7 @@ def lower_bilinear(ctx, node) -> None:
         ctx.couple(b, 0, w, 0)
 
 
-def rewrite_bilinear(node, rctx) -> None:
+def rewrite_bilinear(rctx, node) -> None:
     m = rctx.module(node)
     m.out_features, m.in1_features, m.in2_features = m.weight.shape
 

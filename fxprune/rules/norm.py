@@ -39,7 +39,7 @@ def lower_bn_module(ctx, node) -> None:
             ctx.couple(ref, 0, x, cd)
 
 
-def rewrite_bn_module(node, rctx) -> None:
+def rewrite_bn_module(rctx, node) -> None:
     m = rctx.module(node)
     x = rctx.tensor(arg(node, 0, "input"))
     m.num_features = rctx.new_shape(x)[_channel_dim(m, x)]
@@ -69,7 +69,7 @@ def lower_bn_fn(ctx, node) -> None:
         ctx.mark_stat("batch statistics over every dim but the channels")
 
 
-def masked_bn_fn(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_bn_fn(vctx, node, args, kwargs) -> torch.Tensor:
     """Batch/instance norm with input statistics over the kept entries only, scattered back."""
     x = args[0]
     kept = [vctx.kept(vctx.tensor(arg(node, 0, "input")), d) for d in range(x.ndim)]
@@ -107,7 +107,7 @@ def lower_gn_module(ctx, node) -> None:
               ctx.param("bias"), grouped=getattr(m, "_fxprune_grouped", False))
 
 
-def rewrite_gn_module(node, rctx) -> None:
+def rewrite_gn_module(rctx, node) -> None:
     m = rctx.module(node)
     k = m.num_channels // m.num_groups
     m.num_channels = rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[1]
@@ -123,7 +123,7 @@ def lower_gn_fn(ctx, node) -> None:
                   ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias")))
 
 
-def rewrite_gn_fn(node, rctx) -> None:
+def rewrite_gn_fn(rctx, node) -> None:
     groups = arg(node, 1, "num_groups")
     x = rctx.tensor(arg(node, 0, "input"))
     k = x.shape[1] // groups
@@ -149,7 +149,7 @@ def lower_ln_module(ctx, node) -> None:
     _lower_ln(ctx, ctx.tensor(arg(node, 0, "input")), ctx.out(), _ln_k(shape), [ctx.param("weight"), ctx.param("bias")])
 
 
-def rewrite_ln_module(node, rctx) -> None:
+def rewrite_ln_module(rctx, node) -> None:
     m = rctx.module(node)
     k = _ln_k(m.normalized_shape)
     m.normalized_shape = tuple(rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[-k:])
@@ -162,7 +162,7 @@ def lower_ln_fn(ctx, node) -> None:
                   [ctx.tensor(arg(node, 2, "weight")), ctx.tensor(arg(node, 3, "bias"))])
 
 
-def rewrite_ln_fn(node, rctx) -> None:
+def rewrite_ln_fn(rctx, node) -> None:
     k = _ln_k(arg(node, 1, "normalized_shape"))
     new = tuple(rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[-k:])
     set_arg(node, 1, "normalized_shape", list(new) if isinstance(arg(node, 1, "normalized_shape"), list) else new)
@@ -170,7 +170,7 @@ def rewrite_ln_fn(node, rctx) -> None:
 
 
 
-def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_ln(vctx, node, args, kwargs) -> torch.Tensor:
     """LayerNorm/RMSNorm over the kept channels only, scattered back to the full shape."""
     x = args[0]
     ref = vctx.tensor(arg(node, 0, "input"))
@@ -194,7 +194,7 @@ def masked_ln(node, args, kwargs, vctx) -> torch.Tensor:
     return scatter_kept(x.shape, y, kept)
 
 
-def masked_gn(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_gn(vctx, node, args, kwargs) -> torch.Tensor:
     """GroupNorm(1, C) over the kept channels only, scattered back to the full shape."""
     x = args[0]
     kept = [None, vctx.kept(vctx.tensor(arg(node, 0, "input")), 1)] + [None] * (x.ndim - 2)
@@ -218,7 +218,7 @@ def lower_prelu(ctx, node) -> None:
         ctx.couple(w, 0, x, 1 if x.ndim >= 2 else 0)
 
 
-def rewrite_prelu(node, rctx) -> None:
+def rewrite_prelu(rctx, node) -> None:
     m = rctx.module(node)
     m.num_parameters = m.weight.shape[0]
 

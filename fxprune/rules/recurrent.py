@@ -26,22 +26,20 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, List
 
-import torch
 import torch.nn as nn
 
 from .. import index_map
-from ..lower import TRef
+from ..context import TRef, pseudo
 from ..registry import register
 from ._util import arg
 
-__all__ = ["masked_module", "masked_call"]
+__all__ = ["masked_call"]
 
 def _hidden(node, m: nn.Module) -> TRef:
     """The pseudo value holding the node's hidden units (one dim of size ``hidden_size``)."""
-    return TRef(("value", node.name, ("hidden",)), (m.hidden_size,))
+    return pseudo(node, "hidden", (m.hidden_size,))
 
 
 def _states(ctx, node, pos: int, name: str) -> List[TRef]:
@@ -96,7 +94,7 @@ def lower_rnn(ctx, node) -> None:
     ctx.mark_stat("recurrent module evaluated with its removed weight slices zeroed")
 
 
-def rewrite_rnn(node, rctx) -> None:
+def rewrite_rnn(rctx, node) -> None:
     m = rctx.module(node)
     if getattr(m, "proj_size", 0) > 0:
         m.input_size = m.weight_ih_l0.shape[1]
@@ -124,31 +122,14 @@ def lower_cell(ctx, node) -> None:
     ctx.mark_stat("recurrent cell evaluated with its removed weight slices zeroed")
 
 
-def rewrite_cell(node, rctx) -> None:
+def rewrite_cell(rctx, node) -> None:
     m = rctx.module(node)
     m.input_size, m.hidden_size = m.weight_ih.shape[1], m.weight_hh.shape[1]
 
 
-def masked_module(node, vctx) -> nn.Module:
-    """A copy of the node's original module with every weight slice the plan removes set to zero."""
-    m = copy.deepcopy(vctx.module(node))
-    canon = vctx.graph.ctx.canonical
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            q = f"{node.target}.{name}"
-            key = ("param", canon.get(q, q))
-            for d in range(p.ndim):
-                removed = vctx.graph.removed(vctx.exp.mask, key, d)
-                if len(removed):
-                    p.index_fill_(d, torch.from_numpy(removed).to(p.device), 0)
-    if isinstance(m, nn.RNNBase):
-        m._init_flat_weights()
-    return m
-
-
-def masked_call(node, args, kwargs, vctx) -> Any:
+def masked_call(vctx, node, args, kwargs) -> Any:
     """``masked_eval`` for modules whose removed channels are internal: run the zeroed copy."""
-    return masked_module(node, vctx)(*args, **kwargs)
+    return vctx.masked_module(node)(*args, **kwargs)
 
 
 register("call_module", (nn.LSTM, nn.GRU, nn.RNN), "recurrent", lower_rnn, rewrite_rnn, masked_call)

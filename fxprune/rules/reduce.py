@@ -60,7 +60,7 @@ def _name(node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
 
-def masked_mean(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_mean(vctx, node, args, kwargs) -> torch.Tensor:
     """The mean over the kept entries of every reduced dim (what the pruned model computes)."""
     x, ref = args[0], vctx.tensor(arg(node, 0, "input"))
     dims = norm_dims(args[1] if len(args) > 1 else kwargs.get("dim"), x.ndim)

@@ -47,7 +47,7 @@ def lower_rms_norm(ctx, node) -> None:
     ctx.mark_stat(f"RMSNorm normalises over the last {_k(shape)} dim(s)")
 
 
-def rewrite_rms_norm(node, rctx) -> None:
+def rewrite_rms_norm(rctx, node) -> None:
     old = arg(node, 1, "normalized_shape")
     new = tuple(rctx.new_shape(rctx.tensor(arg(node, 0, "input")))[-_k(old):])
     set_arg(node, 1, "normalized_shape", list(new) if isinstance(old, list) else new)
@@ -55,7 +55,7 @@ def rewrite_rms_norm(node, rctx) -> None:
 
 
 
-def masked_rms_norm(node, args, kwargs, vctx) -> torch.Tensor:
+def masked_rms_norm(vctx, node, args, kwargs) -> torch.Tensor:
     """RMSNorm over the kept channels only, scattered back to the full shape."""
     x = args[0]
     kept = [vctx.kept(vctx.tensor(arg(node, 0, "input")), d) for d in range(x.ndim)]

@@ -14,7 +14,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from ..lower import TRef
+from ..context import TRef
 from ..registry import register
 from ._util import arg, fixed_size, reads_pruned, set_arg
 
@@ -65,7 +65,7 @@ def _rewrite_sizes(sizes, old: Tuple[int, ...], new: Tuple[int, ...], rctx):
     return type(sizes)(out) if isinstance(sizes, (list, tuple)) else out
 
 
-def rewrite_view(node, rctx) -> None:
+def rewrite_view(rctx, node) -> None:
     """Replace constant sizes of ``view``/``reshape``/``expand`` by the pruned ones."""
     out = rctx.tensor(node)
     old, new = out.shape, rctx.new_shape(out)
@@ -82,7 +82,7 @@ def rewrite_view(node, rctx) -> None:
         node.kwargs = {**node.kwargs, k: _rewrite_sizes(node.kwargs[k], old, new, rctx)}
 
 
-def rewrite_unflatten(node, rctx) -> None:
+def rewrite_unflatten(rctx, node) -> None:
     x, out = rctx.tensor(arg(node, 0, "input")), rctx.tensor(node)
     old, new = out.shape, rctx.new_shape(out)
     if old == new:
@@ -97,7 +97,7 @@ def rewrite_unflatten(node, rctx) -> None:
     set_arg(node, 2, "sizes", _rewrite_sizes(sizes, old[d:d + len(sizes)], new[d:d + len(sizes)], rctx))
 
 
-def rewrite_squeeze(node, rctx) -> None:
+def rewrite_squeeze(rctx, node) -> None:
     """A bare ``squeeze()`` names the dims it squeezed in the original, so a dim that pruning brings to
     size 1 is not squeezed too (the pruned model would change its output's shape)."""
     if arg(node, 1, "dim") is not None or node.target in (torch.unsqueeze, "unsqueeze", "unsqueeze_"):
@@ -185,7 +185,7 @@ def _copies(node, r: int) -> TRef:
     return TRef(("value", node.name, ("copies",)), (r,))
 
 
-def rewrite_repeat_interleave(node, rctx) -> None:
+def rewrite_repeat_interleave(rctx, node) -> None:
     """The repeat count is the pruned output's size over the pruned input's (copies removed)."""
     x, out, dim = rctx.tensor(arg(node, 0, "input")), rctx.tensor(node), arg(node, 2, "dim")
     if x is None or out is None or not isinstance(dim, int) or not x.shape[dim]:

@@ -195,7 +195,7 @@ def lower_window_attention(ctx, node) -> None:
                    np.arange(2 * n_qk, dtype=np.int64))
 
 
-def rewrite_window_attention(node, rctx) -> None:
+def rewrite_window_attention(rctx, node) -> None:
     names = _names(node)
     qkv_node = _get(node, names, "qkv_weight")
     qkv_w = rctx.tensor(qkv_node)
@@ -213,7 +213,7 @@ def rewrite_window_attention(node, rctx) -> None:
     for name in ("qkv_weight", "proj_weight"):  # the nn.Linear that owns the weight, for its repr
         w = _get(node, names, name)
         is_attr = getattr(w, "op", "") == "get_attr"
-        mod = rctx.new_modules.get(w.target.rpartition(".")[0]) if is_attr else None
+        mod = rctx.module_at(w.target.rpartition(".")[0]) if is_attr else None
         if isinstance(mod, torch.nn.Linear):
             mod.out_features, mod.in_features = rctx.new_shape(rctx.tensor(w))
 

@@ -319,7 +319,7 @@ def apply_recorded(graph: Any, exp: Any, module: torch.nn.Module) -> None:
         if node.kwargs:
             node.args, node.kwargs = call_args(node)
         try:
-            rule.rewrite(node, rctx)
+            rule.rewrite(rctx.at(node), node)
         except Exception as e:
             raise RewriteError(f"rewriting {rule.name} of a recorded graph failed: {type(e).__name__}: {e}",
                                before) from e
