@@ -19,8 +19,8 @@ Example:
     >>> from fxprune.scores import ScoreImportance
     >>> m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     >>> g = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
-    >>> StructureImportance()(g, m).tolist()           # first classes score highest: the last go first
-    [1.0, 0.6666666865348816, 0.3333333432737289]
+    >>> [round(v, 3) for v in StructureImportance()(g, m).tolist()]   # the last classes go first
+    [1.0, 0.667, 0.333]
     >>> ScoreImportance({"0.weight:0": torch.tensor([3., 1., 2.])})(g, m).tolist()
     [3.0, 1.0, 2.0]
 """
