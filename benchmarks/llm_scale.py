@@ -78,10 +78,10 @@ def child(shape: str) -> dict:
     rss_before = _peak_mb()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         graph = fxprune.analyze(model, x)
         groups = graph.groups
-        t_analyze = time.perf_counter() - t0
+        t_analyze, c_analyze = time.perf_counter() - t0, time.process_time() - c0
     rss_after = _peak_mb()
     n_layers, kv = spec["num_hidden_layers"], spec["num_key_value_heads"]
     found = {"mlp": 0, "vo": 0, "head_parts": 0, "kv_groups": 0}
@@ -114,7 +114,8 @@ def child(shape: str) -> dict:
     c = getattr(small, "config", None)
     return {
         "shape": shape, "config": SHAPES[shape], "params": sum(p.numel() for p in model.parameters()),
-        "build_s": round(t_build, 2), "analyze_s": round(t_analyze, 2), "groups": len(groups),
+        "build_s": round(t_build, 2), "analyze_s": round(t_analyze, 2),
+        "analyze_cpu_s": round(c_analyze, 2), "groups": len(groups),
         "unpinned_groups": sum(g.pinned is None for g in groups), "found": found,
         "expected": {"mlp": n_layers, "vo": n_layers, "head_parts": n_layers, "kv_groups": n_layers * kv,
                      "hidden": True},
@@ -148,7 +149,7 @@ def run_meta(args: argparse.Namespace) -> list:
             row["rep"], row["loadavg_before"], row["loadavg_after"] = rep, load, os.getloadavg()
             rows.append(row)
             f = row["found"]
-            print(f"{shape:11s} rep {rep}: analyze {row['analyze_s']:6.2f} s  peak RSS "
+            print(f"{shape:11s} rep {rep}: analyze {row['analyze_s']:6.2f} s (CPU {row['analyze_cpu_s']:.2f} s)  peak RSS "
                   f"{row['rss_peak_mb'].get('VmHWM_mb', row['rss_peak_mb']['ru_maxrss_mb']):7.0f} MB  "
                   f"(before analyze {row['rss_before_analyze_mb'].get('VmRSS_mb', 0):.0f} MB)  "
                   f"mlp {f['mlp']}  v/o {f['vo']}  head parts {f['head_parts']}  kv groups {f['kv_groups']}  "
@@ -158,10 +159,10 @@ def run_meta(args: argparse.Namespace) -> list:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
-    print(f"\n{'shape':11s} {'params':>7s} {'analyze s':>10s} {'peak MB':>8s} {'plan s':>7s} {'step s':>8s}  Pruner(0.2, heads 0.25) on meta")
+    print(f"\n{'shape':11s} {'params':>7s} {'analyze s':>10s} {'CPU s':>6s} {'peak MB':>8s} {'plan s':>7s} {'step s':>8s}  Pruner(0.2, heads 0.25) on meta")
     for r in rows:
         p = r["pruned"]
-        print(f"{r['shape']:11s} {r['params'] / 1e9:6.2f}B {r['analyze_s']:10.2f} "
+        print(f"{r['shape']:11s} {r['params'] / 1e9:6.2f}B {r['analyze_s']:10.2f} {r['analyze_cpu_s']:6.2f} "
               f"{r['rss_peak_mb'].get('VmHWM_mb', r['rss_peak_mb']['ru_maxrss_mb']):8.0f} "
               f"{r['plan_by_ratio_0.2_s']:7.2f} {r['pruner_step_s']:8.2f}  {p['type']}: hidden {p['hidden_size']}, "
               f"intermediate {p['intermediate_size']}, heads {p['num_attention_heads']}/{p['num_key_value_heads']}, "

@@ -19,7 +19,8 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "MetaTensorError", "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
+    "PlanError", "MetaTensorError",
+    "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
     "describe_node",
 ]
 

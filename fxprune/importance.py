@@ -397,9 +397,9 @@ class LayerImportance(Importance):
                  pos: torch.Tensor, module: nn.Module | None, score: Callable | None = None) -> bool:
         hit = pos >= 0
         if t.is_meta:  # shapes only: no value-based criterion can score it
-            raise MetaTensorError(f"{type(self).__name__} needs the values of {name!r}, which lives on the meta "
-                                  "device; rank by structure (importance='structure') or pass scores computed "
-                                  "elsewhere (fxprune.Pruner.from_scores)")
+            raise MetaTensorError(f"{type(self).__name__} needs the values of {name!r}, which lives on the "
+                                  "meta device; rank by structure (importance='structure') or pass scores "
+                                  "computed elsewhere (fxprune.Pruner.from_scores)")
         per = (score or self.layer_score)(name, dim, t, module)
         if per is None:
             return False
@@ -775,7 +775,7 @@ class RandomImportance(Importance):
 # the criteria recorded from calibration batches live in their own module (they need this one's base classes)
 from .recorded import ActivationImportance, FluctuationImportance  # noqa: E402
 # criteria that need no values (models on the meta device): structure-only ranking, scores from elsewhere
-from .scores import ScoreImportance, StructureImportance, has_meta_tensors  # noqa: E402
+from .scores import ScoreImportance, StructureImportance  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- registry
 

@@ -139,12 +139,12 @@ class Pruner:
         self.original = model
         self.example_inputs = example_inputs
         self._auto_calibrated: Optional[nn.Module] = None  # the model a default criterion was calibrated on
-        if importance is None and imp_mod.has_meta_tensors(model):
+        if importance is None and _on_meta(model):
             # no values to rank by: keep each group's first classes (deterministic, replays on real weights)
             importance = imp_mod.StructureImportance()
             warnings.warn(f"fxprune: Pruner on {type(model).__name__}, whose weights are on the meta device: "
-                          "every group keeps its first classes and loses its last ones (importance='structure'); "
-                          "rank by scores computed elsewhere with fxprune.Pruner.from_scores", stacklevel=2)
+                          "every group keeps its first classes and loses its last ones "
+                          "(importance='structure'); rank by scores computed elsewhere with fxprune.Pruner.from_scores", stacklevel=2)
         self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
             importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)
@@ -506,8 +506,8 @@ class Pruner:
             return count(model, self.example_inputs)[0]
         macs = plan_size(graph, PrunePlan({}), "macs")
         if macs is None:
-            raise MetaTensorError(f"target_macs: {type(model).__name__} is on the meta device and its analysis "
-                                  "does not model the MACs of every op; give target_params instead")
+            raise MetaTensorError(f"target_macs: {type(model).__name__} is on the meta device and its "
+                                  "analysis does not model the MACs of every op; give target_params instead")
         return macs
 
     def _removal_order(self, cands: List["_Cand"]) -> List[Tuple[str, List[int]]]:

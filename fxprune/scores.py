@@ -146,8 +146,8 @@ class ScoreImportance(Importance):
         covered = torch.stack(masks).any(0)
         if not bool(covered.all()):
             missing = group.all_classes[int((~covered).nonzero()[0])]
-            raise PlanError(f"scores{self._where()} cover only {int(covered.sum())} of the {n} classes of group "
-                            f"{group.key}: the class {missing[0]} {missing[1][:8]} has no scored index; give "
+            raise PlanError(f"scores{self._where()} cover only {int(covered.sum())} of the {n} classes of "
+                            f"group {group.key}: the class {missing[0]} {missing[1][:8]} has no scored index; give "
                             "scores for a member that holds every class (e.g. the group's key)")
         return reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks)).to(torch.float32)
 
@@ -170,7 +170,8 @@ def check_scores(graph: ChannelGraph, scores: ScoreImportance, heads: bool = Fal
         key = make_key(name, dim)
         if name not in shapes:
             close = difflib.get_close_matches(name, list(shapes), n=1)
-            raise PlanError(f"scores key {key!r}{scores._where()}: the model has no parameter or buffer {name!r}"
+            raise PlanError(f"scores key {key!r}{scores._where()}: the model has no parameter or buffer "
+                            f"{name!r}"
                             + (f" (did you mean {close[0]!r}?)" if close else ""))
         if not 0 <= dim < len(shapes[name]):
             raise PlanError(f"scores key {key!r}{scores._where()}: {name} has {len(shapes[name])} dims")

@@ -193,7 +193,8 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
 
 
 @no_gc
-def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False, importance: Any = "auto") -> PrunePlan:
+def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False,
+                  importance: Any = "auto") -> PrunePlan:
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
     Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group. With
@@ -226,12 +227,13 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False, import
         scores = score(g)
         if scores is None:
             continue
-        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, _GroupIndex(g))],
-                                   g.key, g))
+        chosen = _greedy(scores, n_remove, _GroupIndex(g))
+        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in chosen], g.key, g))
     return PrunePlan.union(picked)
 
 
-def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any) -> Callable[[Group], Optional[np.ndarray]]:
+def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
+            ) -> Callable[[Group], Optional[np.ndarray]]:
     """``group -> one score per class`` (None: leave the group alone) for :func:`plan_by_ratio`."""
     from .scores import ScoreImportance, StructureImportance, _warn_unscored
 
@@ -240,8 +242,9 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any) -> Callab
         meta = [d.value[1] for g in groups for d in g.dims if d.is_param and d.size
                 and _scorable(params.get(d.value[1])) and params[d.value[1]].is_meta]
         if meta and importance == "l2":
-            raise MetaTensorError(f"plan_by_ratio: importance='l2' needs the values of {meta[0]!r}, which lives "
-                                  "on the meta device; use importance='structure' or scores computed elsewhere")
+            raise MetaTensorError(f"plan_by_ratio: importance='l2' needs the values of {meta[0]!r}, which "
+                                  "lives on the meta device; use importance='structure' or scores computed "
+                                  "elsewhere")
         if meta:
             warnings.warn("fxprune: plan_by_ratio: the weights are on the meta device; every group keeps its "
                           "first classes and loses its last ones (importance='structure'); pass scores "
@@ -257,8 +260,8 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any) -> Callab
         from .scores import check_scores
         _warn_unscored(check_scores(graph, imp) if groups else [], " (plan_by_ratio)")
     else:
-        raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict or a scores "
-                        f"file, got {type(importance).__name__}")
+        raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict or a "
+                        f"scores file, got {type(importance).__name__}")
 
     def score(g: Group) -> Optional[np.ndarray]:
         s = imp(g, graph.gm)

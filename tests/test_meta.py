@@ -1,4 +1,5 @@
-"""Models on the ``meta`` device: analysis, structure-only plans, scores from elsewhere, pruning without weights.
+"""Models on the ``meta`` device: analysis, structure-only plans, scores from elsewhere, pruning without
+weights.
 
 A tiny Llama with GQA (hidden 64, 2 layers, 4 heads, 2 kv heads, intermediate 96) is built twice from one
 config: on ``meta`` (no values) and on the CPU. Plans chosen on meta must equal the same plans chosen on the
@@ -46,8 +47,8 @@ def _widths(m: torch.nn.Module) -> dict:
 
 
 def _summary(graph) -> list:
-    return [(g.key, g.size, g.pinned is None, len(g.all_classes), [len(p.all_classes) for p in g.head_parts()])
-            for g in graph.groups]
+    return [(g.key, g.size, g.pinned is None, len(g.all_classes),
+             [len(p.all_classes) for p in g.head_parts()]) for g in graph.groups]
 
 
 def test_meta_analysis_finds_every_mlp_head_kv_group_and_hidden(models):
@@ -131,7 +132,8 @@ def test_from_scores_meta_equals_cpu_and_files(models, tmp_path):
     m, x, graph = models["meta"]
     cm, cx, _ = models["cpu"]
     gen = torch.Generator().manual_seed(1)
-    scores = {f"model.layers.{i}.mlp.up_proj.weight:0": torch.rand(INTER, generator=gen) for i in range(LAYERS)}
+    scores = {f"model.layers.{i}.mlp.up_proj.weight:0": torch.rand(INTER, generator=gen)
+              for i in range(LAYERS)}
     with pytest.warns(UserWarning, match="have no scores"):  # attention and hidden groups: left alone, said
         p = fxprune.Pruner.from_scores(m, x, scores, pruning_ratio=0.5, iterative_steps=2)
     with warnings.catch_warnings():
@@ -160,7 +162,8 @@ def test_bad_scores_are_named(models, tmp_path):
     with pytest.raises(fxprune.PlanError, match="95 scores for a dim of size 96"):
         fxprune.Pruner.from_scores(m, x, {"model.layers.0.mlp.up_proj.weight:0": torch.ones(INTER - 1)})
     with pytest.raises(fxprune.PlanError, match="NaN"):
-        fxprune.Pruner.from_scores(m, x, {"model.layers.0.mlp.up_proj.weight:0": torch.full((INTER,), float("nan"))})
+        nan = torch.full((INTER,), float("nan"))
+        fxprune.Pruner.from_scores(m, x, {"model.layers.0.mlp.up_proj.weight:0": nan})
     with pytest.raises(fxprune.PlanError, match="cannot read scores from .*missing.pt"):
         fxprune.Pruner.from_scores(m, x, tmp_path / "missing.pt")
 
