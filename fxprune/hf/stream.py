@@ -270,7 +270,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     (whether :func:`fxprune.hf.from_pretrained` is needed to load it) and ``plan`` (the expanded plan).
     """
     from ..analyze import analyze
-    from ..rewrite import prune
+    from ..rewrite import report_closure
     from .checkpoint import describe, write_description
     from .config import config_mismatches
 
@@ -279,14 +279,11 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     wmap, shards, index = _weight_map(src)
     model, cpu_buffers = meta_model(src)
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
+    _check_plan(src, plan, model, wmap, cpu_buffers)  # before the analysis: a typo costs no export
     inputs = _example_inputs(example_inputs)
     graph = analyze(model, inputs)
     canon = _canonical_names(graph, wmap)
     stored = set(canon.values())
-    for key in plan:
-        name = parse_key(key)[0]
-        if graph.ctx.canonical.get(name, name) not in stored:
-            raise PlanError(f"plan entry {key!r}: the checkpoint in {src} holds no tensor {name!r}")
     exp = graph.expand(plan)  # unknown keys, indices out of range, pinned or emptied groups raise here
     shapes = {n: tuple(t.shape) for n, t in list(model.named_parameters(remove_duplicate=False))
               + list(model.named_buffers(remove_duplicate=False))}
@@ -296,9 +293,8 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     lost = sorted(n for n in keeps if n not in stored and n not in cpu_buffers)
     if lost:
         raise PlanError(f"the plan slices {lost[:3]}, which the checkpoint in {src} does not hold")
-    small = prune(model, plan, inputs, strict=strict)
-    if not hasattr(small, "config"):
-        raise SerializationError(f"pruning the meta {type(model).__name__} did not give a transformers model")
+    report_closure(graph, plan, model, strict)
+    small = _prune_meta(graph, plan, exp, model)
     changes = {k: v for k, v in small.config.to_dict().items() if model.config.to_dict().get(k) != v}
     own = bool(config_mismatches(small)) or any(n in cpu_buffers for n in keeps)
 
@@ -316,7 +312,11 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
                 new_index["metadata"]["total_parameters"] = sum(p.numel() for p in small.parameters())
             with open(os.path.join(tmp, _INDEX), "w") as f:
                 json.dump(new_index, f, indent=2, sort_keys=True)
-        small.config.save_pretrained(tmp)
+        try:
+            small.config.save_pretrained(tmp)
+        except Exception as e:  # transformers validates the config it writes (hidden size vs heads)
+            raise SerializationError(f"the pruned config of {src} does not save: {type(e).__name__}: "
+                                     f"{str(e).strip().splitlines()[-1]}") from e
         if own:
             info, buffers = describe(small)
             real = {n: _slice(cpu_buffers[n], keeps.get(n, {})) for n in buffers}
@@ -343,6 +343,53 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     return {"shards": len(shards), "tensors": len(wmap), "sliced": sliced, "bytes_in": bytes_in,
             "bytes_out": bytes_out, "total_size": total, "config": changes, "fxprune_json": own,
             "plan": exp.plan}
+
+
+def _check_plan(src: str, plan: PrunePlan, model: nn.Module, wmap: Mapping[str, str],
+                cpu_buffers: Mapping[str, torch.Tensor]) -> None:
+    """Every plan key names a tensor the checkpoint holds (under any of its tied names), within its shape."""
+    import difflib
+
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(model.named_buffers(remove_duplicate=False))
+    names_of: Dict[int, set] = {}
+    for n, t in tensors.items():
+        names_of.setdefault(id(t), set()).add(n)
+    for key, idx in plan.items():
+        name, dim = parse_key(key)
+        t = tensors.get(name)
+        if t is None:
+            close = difflib.get_close_matches(name, list(wmap), n=2)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PlanError(f"plan entry {key!r}: the model in {src} has no tensor {name!r}{hint}")
+        if not names_of[id(t)] & set(wmap) and name not in cpu_buffers:
+            raise PlanError(f"plan entry {key!r}: the checkpoint in {src} holds no tensor {name!r}")
+        if not 0 <= dim < t.ndim:
+            raise PlanError(f"plan entry {key!r}: dim {dim} out of range for {name} of shape {list(t.shape)}")
+        if idx and idx[-1] >= t.shape[dim]:
+            raise PlanError(f"plan entry {key!r}: indices {[i for i in idx if i >= t.shape[dim]][:5]} out of "
+                            f"range for size {t.shape[dim]}")
+
+
+def _prune_meta(graph: Any, plan: PrunePlan, exp: Any, model: nn.Module) -> nn.Module:
+    """The module target of :func:`fxprune.prune` without its closing forward: a model on ``meta`` cannot run
+    (Hugging Face mask code calls ``.item()``). The copy of ``model`` with sliced (meta) tensors, layer
+    attributes set from the rewritten graph and its config synced; the streamed checkpoint's tests compare
+    it with pruning the loaded model, where that forward check runs."""
+    from ..rewrite import _clone_tree, apply_plan
+    from ..targets.module import carry_constants, changed_constants, sync_attributes
+    from .config import sync_config
+
+    if getattr(graph, "frontend", None) != "export":
+        raise SerializationError(f"the meta {type(model).__name__} was captured by the {graph.frontend!r} frontend; "
+                                 "streaming a checkpoint needs the export frontend (a transformers model)")
+    small_gm = apply_plan(graph, plan, graph.gm, exp=exp)
+    new_root, _ = _clone_tree(model, graph, exp)
+    sync_attributes(new_root, small_gm)
+    if changed_constants(graph.gm.graph, small_gm.graph):
+        carry_constants(new_root, graph.gm.graph, small_gm.graph)
+    sync_config(new_root)
+    return new_root.eval()
 
 
 def _check_shapes(src: str, wmap: Mapping[str, str], canon: Mapping[str, str],
