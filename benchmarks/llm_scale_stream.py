@@ -198,7 +198,8 @@ def run(args: Any = None) -> Dict[str, Any]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default=DEFAULTS["shape"])
-    ap.add_argument("--ratio", type=float, default=DEFAULTS["ratio"], help="share of every MLP's width removed")
+    ap.add_argument("--ratio", type=float, default=DEFAULTS["ratio"],
+                    help="share of every MLP's width removed")
     ap.add_argument("--shard-mb", dest="shard_mb", type=int, default=DEFAULTS["shard_mb"])
     ap.add_argument("--workdir", default=None, help="where the temporary checkpoints go (default: $TMPDIR)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")

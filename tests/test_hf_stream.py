@@ -185,8 +185,8 @@ def test_tensor_missing_from_checkpoint(tmp_path):
     sd = {k: v for k, v in m.state_dict().items() if k != "model.layers.0.mlp.up_proj.weight"}
     save_file(sd, str(src / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(fxprune.PlanError, match="holds no tensor 'model.layers.0.mlp.up_proj.weight'"):
-        fxprune.hf.prune_checkpoint(str(src), {"model.layers.0.mlp.up_proj.weight:0": [1]}, str(tmp_path / "d"),
-                                    progress=False)
+        fxprune.hf.prune_checkpoint(str(src), {"model.layers.0.mlp.up_proj.weight:0": [1]},
+                                    str(tmp_path / "d"), progress=False)
     assert not os.path.exists(tmp_path / "d")
 
 

@@ -123,7 +123,8 @@ def meta_model(src_dir: str) -> Tuple[nn.Module, Dict[str, torch.Tensor]]:
 
     cfg_path = os.path.join(src_dir, "config.json")
     if not os.path.exists(cfg_path):
-        raise SerializationError(f"{src_dir} has no config.json: the model cannot be built to plan the pruning")
+        raise SerializationError(f"{src_dir} has no config.json: the model cannot be built to plan the "
+                                 "pruning")
     try:
         cfg = transformers.AutoConfig.from_pretrained(src_dir)
     except Exception as e:
@@ -170,8 +171,8 @@ def _slice(t: torch.Tensor, keep: Mapping[int, torch.Tensor]) -> torch.Tensor:
 
 
 # -- writing ------------------------------------------------------------------------------------------
-def _write_shard(src_path: str, dst_path: str, canon: Dict[str, str], keeps: Dict[str, Dict[int, torch.Tensor]],
-                 tick: Any) -> Tuple[int, int]:
+def _write_shard(src_path: str, dst_path: str, canon: Dict[str, str],
+                 keeps: Dict[str, Dict[int, torch.Tensor]], tick: Any) -> Tuple[int, int]:
     """Stream one shard: the header from the new shapes, then each tensor's kept bytes as it is read.
     Returns (bytes written for tensors, tensors sliced)."""
     from safetensors import safe_open
@@ -207,8 +208,8 @@ def _write_shard(src_path: str, dst_path: str, canon: Dict[str, str], keeps: Dic
                 data = t.contiguous().reshape(-1).view(torch.uint8).numpy()
                 lo, hi = header[name]["data_offsets"]
                 if data.nbytes != hi - lo:
-                    raise SerializationError(f"{src_path}: tensor {name!r} gave {data.nbytes} bytes, its header "
-                                             f"says {hi - lo}")
+                    raise SerializationError(f"{src_path}: tensor {name!r} gave {data.nbytes} bytes, its "
+                                             f"header says {hi - lo}")
                 out.write(memoryview(data))
                 del t, data  # the tensor in hand is all this holds
                 tick()
@@ -222,7 +223,8 @@ class _Progress:
             try:
                 import sys
                 from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, desc="prune_checkpoint", unit="tensor", file=sys.stderr, leave=False)
+                self.bar = tqdm(total=total, desc="prune_checkpoint", unit="tensor", file=sys.stderr,
+                                leave=False)
             except ImportError:
                 pass
 
@@ -243,8 +245,8 @@ def _check_dirs(src: str, dst: str) -> None:
         raise SerializationError(f"checkpoint folder {src} does not exist")
     rs, rd = os.path.realpath(src), os.path.realpath(dst)
     if rd == rs or rd.startswith(rs + os.sep):
-        raise SerializationError(f"dst_dir {dst} is the source checkpoint {src} or inside it: write the pruned "
-                                 "checkpoint to a new folder")
+        raise SerializationError(f"dst_dir {dst} is the source checkpoint {src} or inside it: write the "
+                                 "pruned checkpoint to a new folder")
     if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
         raise SerializationError(f"dst_dir {dst} exists and is not an empty folder; it is not overwritten")
     if os.path.exists(os.path.join(src, "fxprune.json")):
@@ -253,7 +255,7 @@ def _check_dirs(src: str, dst: str) -> None:
 
 
 def _canonical_names(graph: Any, wmap: Mapping[str, str]) -> Dict[str, str]:
-    """Checkpoint tensor name -> the analysis's canonical name (a tied ``lm_head.weight`` -> the embedding)."""
+    """Checkpoint tensor name -> the analysis's canonical name (tied ``lm_head.weight`` -> the embedding)."""
     canon = graph.ctx.canonical
     return {k: canon.get(k, k) for k in wmap}
 
@@ -321,8 +323,8 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
             info, buffers = describe(small)
             real = {n: _slice(cpu_buffers[n], keeps.get(n, {})) for n in buffers}
             write_description(tmp, info, real)
-            warnings.warn(f"fxprune: {dst} holds fxprune.json (the config cannot describe the pruned layers); "
-                          "load it with fxprune.hf.from_pretrained", stacklevel=2)
+            warnings.warn(f"fxprune: {dst} holds fxprune.json (the config cannot describe the pruned "
+                          "layers); load it with fxprune.hf.from_pretrained", stacklevel=2)
         for name in sorted(os.listdir(src)):
             if name in _OWN or name in shards:
                 continue
@@ -381,8 +383,9 @@ def _prune_meta(graph: Any, plan: PrunePlan, exp: Any, model: nn.Module) -> nn.M
     from .config import sync_config
 
     if getattr(graph, "frontend", None) != "export":
-        raise SerializationError(f"the meta {type(model).__name__} was captured by the {graph.frontend!r} frontend; "
-                                 "streaming a checkpoint needs the export frontend (a transformers model)")
+        raise SerializationError(f"the meta {type(model).__name__} was captured by the {graph.frontend!r} "
+                                 "frontend; streaming a checkpoint needs the export frontend "
+                                 "(a transformers model)")
     small_gm = apply_plan(graph, plan, graph.gm, exp=exp)
     new_root, _ = _clone_tree(model, graph, exp)
     sync_attributes(new_root, small_gm)
