@@ -7,7 +7,8 @@ then, each in a fresh subprocess (peak RSS = the process's VmHWM):
 1. ``scores``: :func:`fxprune.hf.checkpoint_scores` streams the L2 norms of every MLP channel and
    :func:`fxprune.hf.plan_from_scores` picks 20 % of every layer's MLP width (the plan ``plan_by_ratio``
    would pick on the loaded model for those groups);
-2. ``prune``: :func:`fxprune.hf.prune_checkpoint` writes the pruned shards;
+2. ``prune``: :func:`fxprune.hf.prune_checkpoint` writes the pruned shards (also recorded: the resident memory
+   once the meta model is analysed, and the sampled anonymous / file-backed peaks while the shards stream);
 3. ``check``: loads the source with ``AutoModelForCausalLM.from_pretrained``, prunes it in memory with
    ``fxprune.prune``, loads the streamed result with ``from_pretrained(dst)`` and compares every tensor
    bit for bit, and the logits of one batch.
@@ -94,7 +95,26 @@ def write_synthetic(path: str, shape: str, shard_mb: int, seed: int) -> Dict[str
     return {"params": params, "shards": len(groups), "total_size": total}
 
 
-_SCORES = r"""
+# every subprocess samples its anonymous and file-backed resident memory (a lower bound of their peaks: the
+# sampler runs when the main thread releases the GIL, which torch ops and file writes do); VmHWM is exact
+_SAMPLER = r"""
+import threading, time as _t
+PEAK = {"RssAnon": 0, "RssFile": 0}
+def _sample():
+    while True:
+        for line in open("/proc/self/status"):
+            k = line.split(":")[0]
+            if k in PEAK:
+                PEAK[k] = max(PEAK[k], int(line.split()[1]))
+        _t.sleep(0.01)
+threading.Thread(target=_sample, daemon=True).start()
+def peaks():
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+    return {"peak_rss_mb": int(hwm) / 1024, "peak_anon_mb_sampled": PEAK["RssAnon"] / 1024,
+            "peak_file_mb_sampled": PEAK["RssFile"] / 1024}
+"""
+
+_SCORES = _SAMPLER + r"""
 import json, sys, time, numpy as np, fxprune
 src, ratio, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 t = time.perf_counter()
@@ -103,25 +123,35 @@ mlp = {k: v for k, v in sc.scores().items() if ".mlp." in k}
 plan = fxprune.hf.plan_from_scores(sc.graph, mlp, ratio)
 wall = time.perf_counter() - t
 open(out, "w").write(plan.to_json())
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-print(json.dumps({"wall_s": wall, "peak_rss_mb": int(hwm) / 1024, "groups": len(mlp), "entries": len(plan)}))
+print(json.dumps({"wall_s": wall, **peaks(), "groups": len(mlp), "entries": len(plan)}))
 """
 
-_PRUNE = r"""
+_PRUNE = _SAMPLER + r"""
 import json, sys, time, fxprune
 src, plan, dst = sys.argv[1], sys.argv[2], sys.argv[3]
 plan = fxprune.PrunePlan.from_json(open(plan).read())
+from fxprune.hf import stream
+_write, BEFORE = stream._write_shard, {}
+def _first(*a):  # memory once the meta model is analysed, before the first tensor is read
+    if not BEFORE:
+        BEFORE.update({l.split(":")[0]: int(l.split()[1]) / 1024 for l in open("/proc/self/status")
+                       if l.split(":")[0] in ("VmRSS", "RssAnon", "RssFile")})
+        BEFORE["t"] = time.perf_counter() - t
+        PEAK["RssAnon"] = PEAK["RssFile"] = 0  # from here on: the streaming's own peaks
+    return _write(*a)
+stream._write_shard = _first
 t = time.perf_counter()
 info = fxprune.hf.prune_checkpoint(src, plan, dst, progress=False)
 wall = time.perf_counter() - t
-status = {l.split(":")[0]: int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("Vm") or
-          l.startswith("Rss")}
-print(json.dumps({"wall_s": wall, "peak_rss_mb": status["VmHWM"] / 1024, "config": info["config"],
+streamed = {(k if k == "peak_rss_mb" else "streaming_" + k): v for k, v in peaks().items()}
+print(json.dumps({"wall_s": wall, **streamed, "analysis_s": BEFORE["t"],
+                  "before_streaming_rss_mb": BEFORE["VmRSS"], "before_streaming_anon_mb": BEFORE["RssAnon"],
+                  "config": info["config"],
                   "sliced": info["sliced"], "tensors": info["tensors"], "fxprune_json": info["fxprune_json"],
                   "total_size": info["total_size"]}))
 """
 
-_CHECK = r"""
+_CHECK = _SAMPLER + r"""
 import gc, json, sys, time, warnings, torch, transformers, fxprune
 src, plan, dst = sys.argv[1], sys.argv[2], sys.argv[3]
 plan = fxprune.PrunePlan.from_json(open(plan).read())
@@ -139,10 +169,8 @@ diff = sorted(k for k in a if k not in b or a[k].dtype != b[k].dtype or not torc
 diff += sorted(set(b) - set(a))
 with torch.no_grad():
     same_logits = torch.equal(ref(ids).logits, back(ids).logits)
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
 print(json.dumps({"tensors_compared": len(a), "tensors_differing": diff[:5], "n_differing": len(diff),
-                  "logits_equal": same_logits, "wall_s": time.perf_counter() - t,
-                  "peak_rss_mb": int(hwm) / 1024}))
+                  "logits_equal": same_logits, "wall_s": time.perf_counter() - t, **peaks()}))
 """
 
 

@@ -301,6 +301,9 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     own = bool(config_mismatches(small)) or any(n in cpu_buffers for n in keeps)
 
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.fxprune-", dir=os.path.dirname(dst))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would be the final folder's mode
     bar = _Progress(len(wmap), progress)
     try:
         total, sliced = 0, 0
