@@ -113,6 +113,7 @@ def test_sharded_fp32_per_layer_widths(tmp_path):
     assert shards == _index_sizes(src)[2]  # the same shard files, smaller
     assert all(os.path.getsize(tmp_path / "dst" / s) <= os.path.getsize(src / s) for s in shards)
     assert os.path.exists(tmp_path / "dst" / "generation_config.json")
+    assert os.stat(tmp_path / "dst").st_mode & 0o777 == os.stat(src).st_mode & 0o777  # not mkdtemp's 0700
 
 
 def test_sharded_bf16_tied_uniform(tmp_path):

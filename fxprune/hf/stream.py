@@ -282,6 +282,9 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     model, cpu_buffers = meta_model(src)
     plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
     _check_plan(src, plan, model, wmap, cpu_buffers)  # before the analysis: a typo costs no export
+    if not len(plan):
+        warnings.warn(f"fxprune: the plan is empty; {src} is copied to {dst} with nothing pruned",
+                      stacklevel=2)
     inputs = _example_inputs(example_inputs)
     graph = analyze(model, inputs)
     canon = _canonical_names(graph, wmap)
@@ -428,7 +431,8 @@ def _check_shapes(src: str, wmap: Mapping[str, str], canon: Mapping[str, str],
 # -- scores ------------------------------------------------------------------------------------------
 class CheckpointScores:
     """Per-(tensor, dim) sums of squares streamed from a checkpoint, in the analysis's canonical names:
-    what :func:`fxprune.plan_by_ratio` computes from the loaded weights."""
+    what :func:`fxprune.plan_by_ratio` computes from the loaded weights (made by :func:`checkpoint_scores`,
+    whose example shows it)."""
 
     def __init__(self, graph: Any, sums: Dict[Tuple[str, int], np.ndarray]):
         self.graph, self.sums = graph, sums
@@ -456,7 +460,15 @@ class CheckpointScores:
 def plan_from_scores(graph: Any, scores: Any, ratio: float, heads: bool = False) -> PrunePlan:
     """Remove ``floor(ratio * n)`` of every scored group's ``n`` classes, lowest score first, with the same
     greedy and closure as :func:`fxprune.plan_by_ratio`. ``scores`` is ``{group key: per-class scores}``
-    (for instance activation statistics computed elsewhere) or the path of a JSON file holding that."""
+    (for instance activation statistics computed elsewhere) or the path of a JSON file holding that.
+
+    Example:
+        >>> import torch, fxprune
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = fxprune.analyze(m, torch.randn(1, 4))
+        >>> plan_from_scores(graph, {"0.weight:0": [5., 1., 2., 8., 3., 4., 7., 6.]}, 0.25)
+        PrunePlan({'0.weight:0': [1, 2]})
+    """
     from ..select import _GroupIndex, _greedy, valid_prefix
 
     if not 0.0 <= ratio < 1.0:
