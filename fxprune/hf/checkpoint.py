@@ -55,16 +55,10 @@ def _config_fields(m: nn.Module, shared: Any) -> Dict[str, Any]:
     return {k: v for k, v in cfg.to_dict().items() if base.get(k) != v and type(v) in (int, float, bool)}
 
 
-def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str, Any]:
-    """``model.save_pretrained(directory, **kwargs)`` plus ``fxprune.json``: what the config cannot say.
-    Returns the recorded description."""
-    from safetensors.torch import save_file
-
-    if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
-        raise PlanError(f"fxprune.hf.save_pretrained needs a transformers PreTrainedModel, got "
-                        f"{type(model).__name__}")
-    model.save_pretrained(directory, **kwargs)
-    _native_names(model, directory)
+def describe(model: nn.Module) -> tuple[Dict[str, Any], Dict[str, torch.Tensor]]:
+    """What ``fxprune.json`` records of ``model`` (shapes, attributes, module configs, buffer names) and its
+    non-persistent buffers. Reads shapes only: ``model`` may live on the ``meta`` device (its buffers are then
+    meta tensors, which a caller replaces; see :func:`fxprune.hf.prune_checkpoint`)."""
     stock = stock_build(type(model), model.config)
     stock_sd = stock.state_dict()
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()
@@ -90,12 +84,31 @@ def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str
                 buffers[f"{name}.{bname}" if name else bname] = b.detach().contiguous().clone()
     info = {"format": 1, "class": f"{type(model).__module__}.{type(model).__qualname__}", "shapes": shapes,
             "attributes": attrs, "module_configs": configs, "buffers": sorted(buffers)}
+    return info, buffers
+
+
+def write_description(directory: str, info: Dict[str, Any], buffers: Dict[str, torch.Tensor]) -> None:
+    """Write ``fxprune.json`` (and the buffers file) into ``directory``."""
+    from safetensors.torch import save_file
+
     with open(os.path.join(directory, _META), "w") as f:
         json.dump(info, f, indent=1, sort_keys=True)
     if buffers:
         save_file(buffers, os.path.join(directory, _BUFFERS))
+
+
+def save_pretrained(model: nn.Module, directory: str, **kwargs: Any) -> Dict[str, Any]:
+    """``model.save_pretrained(directory, **kwargs)`` plus ``fxprune.json``: what the config cannot say.
+    Returns the recorded description."""
+    if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
+        raise PlanError(f"fxprune.hf.save_pretrained needs a transformers PreTrainedModel, got "
+                        f"{type(model).__name__}")
+    model.save_pretrained(directory, **kwargs)
+    _native_names(model, directory)
+    info, buffers = describe(model)
+    write_description(directory, info, buffers)
     log.info("fxprune.hf.save_pretrained: %d reshaped tensors, %d modules with own attributes",
-             len(shapes), len(attrs))
+             len(info["shapes"]), len(info["attributes"]))
     return info
 
 
