@@ -308,17 +308,66 @@ class Pruner:
         return PrunePlan.union(valid_prefix(graph, plan, "this step's heads and channels together"))
 
     def _head_picks(self, graph: ChannelGraph) -> List[Tuple[str, List[int]]]:
-        """The head classes (whole heads, kv groups, query heads of every group) this step removes."""
-        heads = _head_groups(graph)
-        self.num_heads.update(heads)
-        cands = self._candidates(graph, heads=True)
+        """The head classes this step removes. ``head_pruning_ratio`` counts query heads: an attention
+        without GQA loses whole heads; a GQA attention loses the same query head of every kv group and/or
+        whole kv groups with their query heads (:meth:`_gqa_picks`)."""
         ratio = self.per_step_head_pruning_ratio[self.current_step]
         picked: List[Tuple[str, List[int]]] = []
-        for scope in self._scopes(cands):
+        plain: List[_Cand] = []
+        gqa_global: List[str] = []
+        for c in self._candidates(graph, heads=True):
+            layout = _gqa_layout(c.group)
+            if layout is None:
+                self.num_heads[_head_key(c.group)] = len(c.scores)
+                plain.append(c)
+                continue
+            picked.extend(self._gqa_picks(c, layout, ratio))
+            if self.global_pruning:
+                gqa_global.append(_head_key(c.group))
+        if gqa_global:
+            warnings.warn(f"fxprune: global_pruning ranks whole heads across attentions, but {len(gqa_global)} "
+                          f"GQA attention(s) (first: {gqa_global[0]}) are pruned each by head_pruning_ratio "
+                          "alone: their query heads only come off in whole kv groups or one per group",
+                          stacklevel=3)
+        for scope in self._scopes(plain):
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
-                self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
+                self.num_heads[_head_key(c.group)] -= 1
         return valid_prefix(graph, picked, "the heads chosen")
+
+    def _gqa_picks(self, c: "_Cand", layout: Tuple[List[int], List[int]],
+                   ratio: float) -> List[Tuple[str, List[int]]]:
+        """One GQA attention's picks for ``ratio`` of its original query heads.
+
+        The kept heads must stay a grid (every kept kv group keeps the same query heads), so with ``kv``
+        groups of ``per`` query heads, removing ``a`` query heads of every group and ``b`` whole groups
+        removes ``kv*per - (kv-b)*(per-a)`` query heads. Chosen: the largest such count not above what
+        the ratio asks (the Pruner's rounding, ``round_to`` and ``max_pruning_ratio`` included); on a tie,
+        the fewest kv groups, i.e. query heads first. Why: a kv group is shared by all its query heads,
+        so dropping one takes keys and values every one of them reads; a query head removes only its own
+        q rows and ``o_proj`` columns, and keeps ``num_key_value_heads`` (the kv cache's layout). Whole
+        groups go when the ratio asks for a count only they reach (6 query / 2 kv heads, ratio 1/2: one
+        group). Within each kind the lowest-scored classes go.
+        """
+        kv, pos = layout
+        n_kv, per = len(kv), len(pos)
+        now = n_kv * per
+        key = _head_key(c.group)
+        init = self._init_classes.setdefault((True, "query heads " + key), now)
+        want = now - self._keep(init, ratio)
+        self.num_heads[key] = now
+        if want <= 0:
+            self._note(c.group, f"already keep what the head ratio {ratio:g} of this step asks")
+            return []
+        removed, _, a, b = max((now - (n_kv - b) * (per - a), -b, a, b)
+                               for a in range(per) for b in range(n_kv) if now - (n_kv - b) * (per - a) <= want)
+        if removed == 0:
+            self._note(c.group, f"are GQA query heads ({n_kv} kv groups x {per}): removing {want} of {now} "
+                       "takes a whole query position (one per group) or kv group at least")
+            return []
+        self.num_heads[key] = now - removed
+        lowest = sorted(pos, key=lambda i: (c.scores[i], i))[:a] + sorted(kv, key=lambda i: (c.scores[i], i))[:b]
+        return [c.group.all_classes[i] for i in lowest]
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
@@ -654,3 +703,25 @@ def _groups_inside_heads(graph: ChannelGraph) -> set:
 def _head_key(part: Group) -> str:
     """Which attention a view of head classes stands for: the member key naming its first head."""
     return part.all_classes[0][0] if part.all_classes else part.key
+
+
+def _gqa_layout(part: Group) -> Optional[Tuple[List[int], List[int]]]:
+    """``(kv groups, query positions)``: the positions in ``part.all_classes`` of a GQA attention's two kinds
+    of head class, or None for any other attention. A kv group removes its k/v rows as well, so it takes
+    indices from every dim a query position (one query head of every group) takes and more; on the query
+    rows each kv group meets each query position in exactly one head, all of one size."""
+    counts, _ = class_dim_counts(part)
+    kinds: Dict[frozenset, List[int]] = {}
+    for i, cls in enumerate(counts):
+        kinds.setdefault(frozenset(d for d, _ in cls), []).append(i)
+    if len(kinds) != 2 or len({k for k, _ in part.all_classes}) != 1:
+        return None
+    (sa, a), (sb, b) = kinds.items()
+    kv, pos = (a, b) if sa > sb else (b, a) if sb > sa else (None, None)
+    if kv is None:
+        return None
+    rows = [set(idx) for _, idx in part.all_classes]
+    meets = {len(rows[i] & rows[j]) for i in kv for j in pos}
+    if len(meets) != 1 or 0 in meets or any(len(rows[i]) != len(pos) * min(meets) for i in kv):
+        return None
+    return kv, pos
