@@ -99,7 +99,12 @@ class Pruner:
             not change; groups holding them are skipped (their input channels may still shrink).
         isomorphic: with ``global_pruning``, rank only among structurally identical groups.
         prune_num_heads, head_pruning_ratio: remove whole attention heads (heads are found from the
-            graph's ``view``/``reshape`` factors, never passed by hand).
+            graph's ``view``/``reshape`` factors, never passed by hand). The ratio counts query heads of
+            each attention. Under GQA (``kv`` groups of ``per`` query heads sharing one key/value head) the
+            kept heads stay a grid: the same query head goes from every group first (9 query / 3 kv heads,
+            ratio 1/3: 6 / 3, every kv head kept), whole kv groups with their query heads only when the
+            ratio asks for a count that query heads alone cannot reach (6 / 2, ratio 1/2: 3 / 1); never
+            more than the ratio asks. :attr:`num_heads` holds each attention's query heads after a step.
         prune_head_dims: when False, groups inside attention heads are not pruned by dimension. The default
             (None) is True, except for a Hugging Face transformers model: its attention modules hold one
             ``head_dim`` for q, k and v, and its config recomputes the attention scale from it, so a model
@@ -315,19 +320,27 @@ class Pruner:
         picked: List[Tuple[str, List[int]]] = []
         plain: List[_Cand] = []
         gqa_global: List[str] = []
+        short: List[str] = []  # GQA attentions whose ratio asks for fewer query heads than one grid step
         for c in self._candidates(graph, heads=True):
             layout = _gqa_layout(c.group)
             if layout is None:
                 self.num_heads[_head_key(c.group)] = len(c.scores)
                 plain.append(c)
                 continue
-            picked.extend(self._gqa_picks(c, layout, ratio))
+            picks = self._gqa_picks(c, layout, ratio)
+            if picks is None:
+                short.append(_head_key(c.group))
+            picked.extend(picks or [])
             if self.global_pruning:
                 gqa_global.append(_head_key(c.group))
+        if short:
+            warnings.warn(f"fxprune: head_pruning_ratio {ratio:g} removes no head of {len(short)} GQA "
+                          f"attention(s) (first: {short[0]}): the least it can remove is one query head of "
+                          "every kv group or one whole kv group", stacklevel=3)
         if gqa_global:
-            warnings.warn(f"fxprune: global_pruning ranks whole heads across attentions, but {len(gqa_global)} "
-                          f"GQA attention(s) (first: {gqa_global[0]}) are pruned each by head_pruning_ratio "
-                          "alone: their query heads only come off in whole kv groups or one per group",
+            warnings.warn("fxprune: global_pruning ranks whole heads across attentions, but "
+                          f"{len(gqa_global)} GQA attention(s) (first: {gqa_global[0]}) are pruned each by "
+                          "head_pruning_ratio alone (whole kv groups or one query head per group)",
                           stacklevel=3)
         for scope in self._scopes(plain):
             for c, i in self._pick(scope, lambda g: ratio):
@@ -336,8 +349,9 @@ class Pruner:
         return valid_prefix(graph, picked, "the heads chosen")
 
     def _gqa_picks(self, c: "_Cand", layout: Tuple[List[int], List[int]],
-                   ratio: float) -> List[Tuple[str, List[int]]]:
-        """One GQA attention's picks for ``ratio`` of its original query heads.
+                   ratio: float) -> Optional[List[Tuple[str, List[int]]]]:
+        """One GQA attention's picks for ``ratio`` of its original query heads (None: the ratio asks for
+        heads, but fewer than the least a grid can lose).
 
         The kept heads must stay a grid (every kept kv group keeps the same query heads), so with ``kv``
         groups of ``per`` query heads, removing ``a`` query heads of every group and ``b`` whole groups
@@ -359,14 +373,18 @@ class Pruner:
         if want <= 0:
             self._note(c.group, f"already keep what the head ratio {ratio:g} of this step asks")
             return []
-        removed, _, a, b = max((now - (n_kv - b) * (per - a), -b, a, b)
-                               for a in range(per) for b in range(n_kv) if now - (n_kv - b) * (per - a) <= want)
+        fits = [(now - (n_kv - b) * (per - a), -b, a, b) for a in range(per) for b in range(n_kv)]
+        removed, _, a, b = max(f for f in fits if f[0] <= want)
         if removed == 0:
             self._note(c.group, f"are GQA query heads ({n_kv} kv groups x {per}): removing {want} of {now} "
                        "takes a whole query position (one per group) or kv group at least")
-            return []
+            return None
         self.num_heads[key] = now - removed
-        lowest = sorted(pos, key=lambda i: (c.scores[i], i))[:a] + sorted(kv, key=lambda i: (c.scores[i], i))[:b]
+
+        def rank(kind: List[int]) -> List[int]:
+            return sorted(kind, key=lambda i: (float(c.scores[i]), i))
+
+        lowest = rank(pos)[:a] + rank(kv)[:b]
         return [c.group.all_classes[i] for i in lowest]
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
