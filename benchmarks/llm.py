@@ -86,19 +86,6 @@ def budget_widths(model, budget: str) -> tuple[float, float]:
     return channels / c.intermediate_size, heads
 
 
-def fx_head_ratio(model, q_share: float) -> float:
-    """fxprune's ``head_pruning_ratio`` that removes ``q_share`` of the query heads. Under GQA a layer's head
-    classes are its KV groups plus its query positions within a group (9/3 heads: 3 + 3 classes); dropping a
-    class drops 3 query heads either way (a KV group with its queries, or one query of every group)."""
-    c = model.config
-    if not q_share:
-        return 0.0
-    kv, per = c.num_key_value_heads, c.num_attention_heads // c.num_key_value_heads
-    if kv == c.num_attention_heads:
-        return q_share
-    return round(q_share * c.num_attention_heads / per) / (kv + per)
-
-
 def structure(model) -> dict:
     """Per-layer widths of a Llama model and whether its config agrees with them."""
     layers = model.model.layers
@@ -188,15 +175,27 @@ def smollm_rows(args, doc, write):
     budgets = {b: budget_widths(model, b) for b in args.budgets}
     doc["smollm"]["budgets"] = {b: {"mlp_ratio": r, "head_ratio": h} for b, (r, h) in budgets.items()}
     means, means_err = (None, "not asked") if not args.compensation else (None, None)
-    if args.compensation:
-        t0 = time.time()
-        try:
-            means, means_err = input_means(model, calib)
-        except Exception as e:
-            means_err = f"{type(e).__name__}: {e}"
-        doc["smollm"]["means_s"] = time.time() - t0
-        if means_err:
-            log(f"[smollm] WARNING: no bias compensation: {means_err}")
+
+    def need_means(imp):
+        """The signed mean inputs for compensation: those ``imp`` recorded (activation and fluctuation record
+        them on the same windows), else one activation pass, once."""
+        nonlocal means, means_err
+        own = getattr(imp, "input_means", None)
+        if means is None and not means_err and own is not None and own():
+            means = own()
+            doc["smollm"]["means_from"] = type(imp).__name__
+        if means is None and not means_err:
+            t0 = time.time()
+            try:
+                means, means_err = input_means(model, calib)
+            except Exception as e:
+                means_err = f"{type(e).__name__}: {e}"
+            doc["smollm"]["means_s"] = time.time() - t0
+            doc["smollm"]["means_from"] = "fxprune.calibrate(model, windows, 'activation')"
+            if means_err:
+                log(f"[smollm] WARNING: no bias compensation: {means_err}")
+        return means
+
     for crit in args.criteria:
         t0 = time.time()
         try:
@@ -214,12 +213,12 @@ def smollm_rows(args, doc, write):
                 row = {"criterion": crit, "budget": b, "compensate": comp, "calibration": how,
                        "calib_s": calib_s, "load_start": uptime()}
                 try:
-                    if comp and means is None:
+                    if comp and need_means(imp) is None:
                         raise RuntimeError(f"no bias compensation: {means_err}")
                     t0 = time.time()
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
-                        small, plan = fx_prune(model, inputs, imp, mlp, r, fx_head_ratio(model, h))
+                        small, plan = fx_prune(model, inputs, imp, mlp, r, h)
                         if comp:
                             small = fxprune.prune(model, plan, inputs, compensate=means)
                     row["prune_s"] = time.time() - t0

@@ -99,7 +99,12 @@ class Pruner:
             not change; groups holding them are skipped (their input channels may still shrink).
         isomorphic: with ``global_pruning``, rank only among structurally identical groups.
         prune_num_heads, head_pruning_ratio: remove whole attention heads (heads are found from the
-            graph's ``view``/``reshape`` factors, never passed by hand).
+            graph's ``view``/``reshape`` factors, never passed by hand). The ratio counts query heads of
+            each attention. Under GQA (``kv`` groups of ``per`` query heads sharing one key/value head) the
+            kept heads stay a grid: the same query head goes from every group first (9 query / 3 kv heads,
+            ratio 1/3: 6 / 3, every kv head kept), whole kv groups with their query heads only when the
+            ratio asks for a count that query heads alone cannot reach (6 / 2, ratio 1/2: 3 / 1); never
+            more than the ratio asks. :attr:`num_heads` holds each attention's query heads after a step.
         prune_head_dims: when False, groups inside attention heads are not pruned by dimension. The default
             (None) is True, except for a Hugging Face transformers model: its attention modules hold one
             ``head_dim`` for q, k and v, and its config recomputes the attention scale from it, so a model
@@ -348,17 +353,79 @@ class Pruner:
         return PrunePlan.union(valid_prefix(graph, plan, "this step's heads and channels together"))
 
     def _head_picks(self, graph: ChannelGraph) -> List[Tuple[str, List[int]]]:
-        """The head classes (whole heads, kv groups, query heads of every group) this step removes."""
-        heads = _head_groups(graph)
-        self.num_heads.update(heads)
-        cands = self._candidates(graph, heads=True)
+        """The head classes this step removes. ``head_pruning_ratio`` counts query heads: an attention
+        without GQA loses whole heads; a GQA attention loses the same query head of every kv group and/or
+        whole kv groups with their query heads (:meth:`_gqa_picks`)."""
         ratio = self.per_step_head_pruning_ratio[self.current_step]
         picked: List[Tuple[str, List[int]]] = []
-        for scope in self._scopes(cands):
+        plain: List[_Cand] = []
+        gqa_global: List[str] = []
+        short: List[str] = []  # GQA attentions whose ratio asks for fewer query heads than one grid step
+        for c in self._candidates(graph, heads=True):
+            layout = _gqa_layout(c.group)
+            if layout is None:
+                self.num_heads[_head_key(c.group)] = len(c.scores)
+                plain.append(c)
+                continue
+            picks = self._gqa_picks(c, layout, ratio)
+            if picks is None:
+                short.append(_head_key(c.group))
+            picked.extend(picks or [])
+            if self.global_pruning:
+                gqa_global.append(_head_key(c.group))
+        if short:
+            warnings.warn(f"fxprune: head_pruning_ratio {ratio:g} removes no head of {len(short)} GQA "
+                          f"attention(s) (first: {short[0]}): the least it can remove is one query head of "
+                          "every kv group or one whole kv group", stacklevel=3)
+        if gqa_global:
+            warnings.warn("fxprune: global_pruning ranks whole heads across attentions, but "
+                          f"{len(gqa_global)} GQA attention(s) (first: {gqa_global[0]}) are pruned each by "
+                          "head_pruning_ratio alone (whole kv groups or one query head per group)",
+                          stacklevel=3)
+        for scope in self._scopes(plain):
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])
-                self.num_heads[_head_key(c.group)] -= 1  # one head class: a head, a kv group or a query head
+                self.num_heads[_head_key(c.group)] -= 1
         return valid_prefix(graph, picked, "the heads chosen")
+
+    def _gqa_picks(self, c: "_Cand", layout: Tuple[List[int], List[int]],
+                   ratio: float) -> Optional[List[Tuple[str, List[int]]]]:
+        """One GQA attention's picks for ``ratio`` of its original query heads (None: the ratio asks for
+        heads, but fewer than the least a grid can lose).
+
+        The kept heads must stay a grid (every kept kv group keeps the same query heads), so with ``kv``
+        groups of ``per`` query heads, removing ``a`` query heads of every group and ``b`` whole groups
+        removes ``kv*per - (kv-b)*(per-a)`` query heads. Chosen: the largest such count not above what
+        the ratio asks (the Pruner's rounding, ``round_to`` and ``max_pruning_ratio`` included); on a tie,
+        the fewest kv groups, i.e. query heads first. Why: a kv group is shared by all its query heads,
+        so dropping one takes keys and values every one of them reads; a query head removes only its own
+        q rows and ``o_proj`` columns, and keeps ``num_key_value_heads`` (the kv cache's layout). Whole
+        groups go when the ratio asks for a count only they reach (6 query / 2 kv heads, ratio 1/2: one
+        group). Within each kind the lowest-scored classes go.
+        """
+        kv, pos = layout
+        n_kv, per = len(kv), len(pos)
+        now = n_kv * per
+        key = _head_key(c.group)
+        init = self._init_classes.setdefault((True, "query heads " + key), now)
+        want = now - self._keep(init, ratio)
+        self.num_heads[key] = now
+        if want <= 0:
+            self._note(c.group, f"already keep what the head ratio {ratio:g} of this step asks")
+            return []
+        fits = [(now - (n_kv - b) * (per - a), -b, a, b) for a in range(per) for b in range(n_kv)]
+        removed, _, a, b = max(f for f in fits if f[0] <= want)
+        if removed == 0:
+            self._note(c.group, f"are GQA query heads ({n_kv} kv groups x {per}): removing {want} of {now} "
+                       "takes a whole query position (one per group) or kv group at least")
+            return None
+        self.num_heads[key] = now - removed
+
+        def rank(kind: List[int]) -> List[int]:
+            return sorted(kind, key=lambda i: (float(c.scores[i]), i))
+
+        lowest = rank(pos)[:a] + rank(kv)[:b]
+        return [c.group.all_classes[i] for i in lowest]
 
     def _candidates(self, graph: ChannelGraph, heads: bool = False) -> List["_Cand"]:
         """Scored groups: their head classes with ``heads`` (whole heads, kv groups), else their
@@ -736,3 +803,25 @@ def _groups_inside_heads(graph: ChannelGraph) -> set:
 def _head_key(part: Group) -> str:
     """Which attention a view of head classes stands for: the member key naming its first head."""
     return part.all_classes[0][0] if part.all_classes else part.key
+
+
+def _gqa_layout(part: Group) -> Optional[Tuple[List[int], List[int]]]:
+    """``(kv groups, query positions)``: the positions in ``part.all_classes`` of a GQA attention's two kinds
+    of head class, or None for any other attention. A kv group removes its k/v rows as well, so it takes
+    indices from every dim a query position (one query head of every group) takes and more; on the query
+    rows each kv group meets each query position in exactly one head, all of one size."""
+    counts, _ = class_dim_counts(part)
+    kinds: Dict[frozenset, List[int]] = {}
+    for i, cls in enumerate(counts):
+        kinds.setdefault(frozenset(d for d, _ in cls), []).append(i)
+    if len(kinds) != 2 or len({k for k, _ in part.all_classes}) != 1:
+        return None
+    (sa, a), (sb, b) = kinds.items()
+    kv, pos = (a, b) if sa > sb else (b, a) if sb > sa else (None, None)
+    if kv is None:
+        return None
+    rows = [set(idx) for _, idx in part.all_classes]
+    meets = {len(rows[i] & rows[j]) for i in kv for j in pos}
+    if len(meets) != 1 or 0 in meets or any(len(rows[i]) != len(pos) * min(meets) for i in kv):
+        return None
+    return kv, pos

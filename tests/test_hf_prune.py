@@ -396,3 +396,77 @@ def test_pruner_default_on_a_decoder_round_trips_through_transformers():
         fxprune.hf.save_pretrained(dims, d)
         back = fxprune.hf.from_pretrained(d)
     assert torch.equal(_out(dims, inputs), _out(back, inputs))
+
+
+def _gqa_llama(heads: int, kv: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(**{**_DEC, "hidden_size": heads * 8, "num_attention_heads": heads,
+                           "num_key_value_heads": kv, "head_dim": 8})
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+def _removed_rows(original: torch.Tensor, kept: torch.Tensor, size: int) -> List[int]:
+    """Which blocks of ``size`` rows of ``original`` are missing from ``kept`` (rows matched by value)."""
+    hit = (original[None, :, :] == kept[:, None, :]).all(-1).any(0)
+    return [b for b in range(original.shape[0] // size) if not hit[b * size:(b + 1) * size].any()]
+
+
+@pytest.mark.parametrize("heads,kv,ratio,q_kept,kv_kept", [
+    (9, 3, 1 / 3, 6, 3),   # SmolLM2's 9 / 3: one query head of every kv group, every kv head kept
+    (6, 2, 1 / 2, 3, 1),   # 3 query heads: only a whole kv group (with its 3 queries) removes exactly 3
+    (6, 2, 1 / 3, 4, 2),   # 2 query heads: one of each group
+])
+def test_head_pruning_ratio_counts_query_heads_under_gqa(heads, kv, ratio, q_kept, kv_kept):
+    """``head_pruning_ratio`` is a share of query heads; the kept heads stay a grid (the same query head of
+    every group, or whole kv groups). Exact widths and config, the removed heads (found from the weights'
+    values) form that grid, equal outputs to the original with those heads zeroed, and a transformers-only
+    save/load round trip."""
+    model = _gqa_llama(heads, kv)
+    inputs = _inputs("llama")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = fxprune.Pruner(model, inputs, importance="l2", pruning_ratio=0.0, prune_num_heads=True,
+                                head_pruning_ratio=ratio, prune_head_dims=False)
+        small = pruner.step()
+    per = heads // kv
+    assert type(small) is type(model)
+    assert (small.config.num_attention_heads, small.config.num_key_value_heads) == (q_kept, kv_kept)
+    assert sorted(pruner.num_heads.values()) == [q_kept, q_kept]
+    zero: Slices = []
+    for i, (a, b) in enumerate(zip(model.model.layers, small.model.layers)):
+        sa, sb = a.self_attn, b.self_attn
+        assert (sb.q_proj.out_features, sb.k_proj.out_features, sb.v_proj.out_features,
+                sb.o_proj.in_features) == (q_kept * 8, kv_kept * 8, kv_kept * 8, q_kept * 8)
+        gone_q = _removed_rows(sa.q_proj.weight, sb.q_proj.weight, 8)
+        gone_kv = _removed_rows(sa.k_proj.weight, sb.k_proj.weight, 8)
+        assert _removed_rows(sa.v_proj.weight, sb.v_proj.weight, 8) == gone_kv
+        # a grid: whole removed kv groups with all their queries, plus the same positions in every other group
+        positions = {h % per for h in gone_q if h // per not in gone_kv}
+        want_q = {g * per + j for g in range(kv) for j in range(per) if g in gone_kv or j in positions}
+        assert set(gone_q) == want_q and len(gone_kv) == kv - kv_kept
+        assert len(positions) == per - q_kept // kv_kept
+        p = f"model.layers.{i}.self_attn."
+        rows = [r for h in gone_q for r in _rng(h * 8, 8)]
+        kv_rows = [r for g in gone_kv for r in _rng(g * 8, 8)]
+        zero += [(p + "q_proj.weight", 0, rows), (p + "o_proj.weight", 1, rows)]
+        zero += [(p + "k_proj.weight", 0, kv_rows), (p + "v_proj.weight", 0, kv_rows)] if kv_rows else []
+    want = _out(_zeroed(model, zero), inputs)
+    assert torch.allclose(_out(small, inputs), want, atol=1e-5)
+    assert not torch.allclose(_out(model, inputs), want, atol=1e-3)  # the removed heads mattered
+    assert model.config.num_attention_heads == heads  # the user's model is untouched
+    with tempfile.TemporaryDirectory() as d:
+        small.save_pretrained(d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            back = T.AutoModelForCausalLM.from_pretrained(d).eval()
+    assert torch.equal(_out(small, inputs), _out(back, inputs))
+
+
+def test_head_pruning_ratio_below_one_grid_step_removes_no_gqa_head_and_says_so():
+    """9 query / 3 kv heads, ratio 0.1 (one query head): no grid loses exactly one; nothing is removed, with
+    a warning naming the attention."""
+    model = _gqa_llama(9, 3)
+    with pytest.warns(UserWarning, match=r"head_pruning_ratio 0.1 removes no head of 2 GQA .*layers\.0"):
+        small = fxprune.Pruner(model, _inputs("llama"), importance="l2", pruning_ratio=0.0,
+                               prune_num_heads=True, head_pruning_ratio=0.1, prune_head_dims=False).step()
+    assert small.model.layers[0].self_attn.q_proj.out_features == 72
