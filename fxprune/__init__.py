@@ -15,6 +15,7 @@ from .errors import (
     FallbackWarning,
     FxpruneError,
     InternalError,
+    MetaTensorError,
     PlanError,
     RewriteError,
     ShapeInfoError,
@@ -33,7 +34,8 @@ __all__ = [
     "Inputs", "trace", "analyze", "prune", "verify", "plan_by_ratio", "PrunePlan", "ChannelGraph", "Group",
     "Pruner", "Proposal", "linear_scheduler", "importance",
     "VerifyReport", "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError",
-    "CouplingConflictError", "FallbackWarning", "PlanError", "RewriteError", "VerificationError", "InternalError",
+    "CouplingConflictError", "FallbackWarning", "PlanError",
+    "MetaTensorError", "RewriteError", "VerificationError", "InternalError",
 ]
 
 from . import importance  # noqa: E402  (criteria; fxprune.importance.MagnitudeImportance, ...)

@@ -19,7 +19,8 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
+    "PlanError", "MetaTensorError",
+    "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
     "describe_node",
 ]
 
@@ -72,6 +73,11 @@ class CouplingConflictError(FxpruneError):
 
 class PlanError(FxpruneError):
     """A PrunePlan is invalid for this model (unknown key, bad indices, pinned or emptied group)."""
+
+
+class MetaTensorError(PlanError):
+    """A criterion needs tensor values, but a parameter it reads lives on the ``meta`` device (no data);
+    rank by structure (``importance="structure"``) or by scores computed elsewhere instead."""
 
 
 class RewriteError(FxpruneError):

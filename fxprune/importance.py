@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from .analyze import Group
-from .errors import PlanError
+from .errors import MetaTensorError, PlanError
 
 __all__ = [
     "ActivationImportance", "BNScaleImportance", "FPGMImportance", "FluctuationImportance",
     "GroupHessianImportance", "GroupMagnitudeImportance", "GroupTaylorImportance", "HessianImportance",
     "Importance", "LAMPImportance", "LayerImportance", "MagnitudeImportance", "RandomImportance", "TaylorImportance",
+    "ScoreImportance", "StructureImportance",
     "LayerRole", "get_importance", "layer_roles", "normalize", "reduce_scores", "register_importance",
 ]
 
@@ -395,6 +396,10 @@ class LayerImportance(Importance):
     def _add_row(self, rows: list, masks: list, n: int, name: str, dim: int, t: torch.Tensor,
                  pos: torch.Tensor, module: nn.Module | None, score: Callable | None = None) -> bool:
         hit = pos >= 0
+        if t.is_meta:  # shapes only: no value-based criterion can score it
+            raise MetaTensorError(f"{type(self).__name__} needs the values of {name!r}, which lives on the "
+                                  "meta device; rank by structure (importance='structure') or pass scores "
+                                  "computed elsewhere (fxprune.Pruner.from_scores)")
         per = (score or self.layer_score)(name, dim, t, module)
         if per is None:
             return False
@@ -769,6 +774,8 @@ class RandomImportance(Importance):
 
 # the criteria recorded from calibration batches live in their own module (they need this one's base classes)
 from .recorded import ActivationImportance, FluctuationImportance  # noqa: E402
+# criteria that need no values (models on the meta device): structure-only ranking, scores from elsewhere
+from .scores import ScoreImportance, StructureImportance  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------- registry
 
@@ -784,6 +791,7 @@ _REGISTRY: dict[str, Callable[..., Importance]] = {
     "activation": ActivationImportance,
     "fluctuation": FluctuationImportance,
     "random": RandomImportance,
+    "structure": StructureImportance,
 }
 
 

@@ -33,7 +33,7 @@ from . import cache
 from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
 from .gcpause import no_gc
-from .errors import PlanError
+from .errors import MetaTensorError, PlanError
 from .record import record_of
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import _prune
@@ -139,6 +139,12 @@ class Pruner:
         self.original = model
         self.example_inputs = example_inputs
         self._auto_calibrated: Optional[nn.Module] = None  # the model a default criterion was calibrated on
+        if importance is None and _on_meta(model):
+            # no values to rank by: keep each group's first classes (deterministic, replays on real weights)
+            importance = imp_mod.StructureImportance()
+            warnings.warn(f"fxprune: Pruner on {type(model).__name__}, whose weights are on the meta device: "
+                          "every group keeps its first classes and loses its last ones "
+                          "(importance='structure'); rank by scores computed elsewhere with fxprune.Pruner.from_scores", stacklevel=2)
         self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
             importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)
@@ -192,8 +198,42 @@ class Pruner:
         self._kept: Dict[Tuple[str, int], np.ndarray] = {}  # (param, dim) -> original indices still kept
         self._plan: Dict[str, List[int]] = {}
         self.num_heads: Dict[str, int] = {}
-        self._baseline: Optional[Tuple[int, int]] = None
+        self._baseline: Optional[Dict[str, int]] = None  # metric -> count of the original model
         self._why: Dict[str, List[str]] = {}  # reason -> groups that lose nothing this step
+
+    @classmethod
+    def from_scores(cls, model: nn.Module, example_inputs: Any, scores: Any, group_reduction: str = "sum",
+                    **kwargs: Any) -> "Pruner":
+        """A Pruner ranking by scores computed elsewhere, without reading any weight (the model may live on
+        the ``meta`` device): ``scores`` is ``{"<param>:<dim>": 1-D tensor}`` in the original model's
+        coordinates, or a file written by :func:`fxprune.scores.save_scores` (``.safetensors`` or
+        ``torch.save``). A class scores the ``group_reduction`` of its indices' scores over the keyed dims
+        of its group (:class:`~fxprune.scores.ScoreImportance`). Every key is checked against the model
+        (:class:`~fxprune.PlanError` names a wrong key or length); groups no key reaches are left as they
+        are, named in one warning. ``kwargs`` are the other :class:`Pruner` options.
+
+        Example:
+            >>> import torch, fxprune
+            >>> with torch.device("meta"):
+            ...     m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            >>> x = torch.randn(1, 4, device="meta")
+            >>> s = {"0.weight:0": torch.tensor([5., 1., 6., 2., 7., 3., 8., 4.])}
+            >>> pruner = fxprune.Pruner.from_scores(m, x, s, pruning_ratio=0.5)
+            >>> small = pruner.step()
+            >>> w = small.get_submodule("0").weight
+            >>> pruner.plan["0.weight:0"], w.shape, w.device.type
+            ([1, 3, 5, 7], torch.Size([4, 4]), 'meta')
+        """
+        from .scores import ScoreImportance, _warn_unscored, check_scores
+
+        if "importance" in kwargs:
+            raise PlanError("Pruner.from_scores ranks by the given scores; do not pass importance as well")
+        imp = ScoreImportance(scores, group_reduction=group_reduction)
+        pruner = cls(model, example_inputs, importance=imp, **kwargs)
+        graph = pruner._analyze()
+        imp.kept = _KeptIndices(pruner, graph)  # later steps score the indices still kept
+        _warn_unscored(check_scores(graph, imp, heads=pruner.prune_num_heads), " (Pruner.from_scores)")
+        return pruner
 
     # -- public ---------------------------------------------------------------------------------
     @property
@@ -437,22 +477,38 @@ class Pruner:
 
     # -- budget -----------------------------------------------------------------------------------
     def _select_budget(self) -> PrunePlan:
-        from .count import count
-
-        if self._baseline is None:
-            self._baseline = count(self.original, self.example_inputs)
         metric = "macs" if self.target_macs is not None else "params"
-        final = resolve_target(self.target_macs if metric == "macs" else self.target_params,
-                               self._baseline[0 if metric == "macs" else 1], metric)
-        base = self._baseline[0 if metric == "macs" else 1]
-        target = base - (base - final) * self.current_step / self.iterative_steps
         graph = self._analyze()
+        if self._baseline is None:
+            self._baseline = {}
+        if metric not in self._baseline:  # counted once, on the original model (the first budget step)
+            self._baseline[metric] = self._measure(graph, self.original, metric)
+        base = self._baseline[metric]
+        final = resolve_target(self.target_macs if metric == "macs" else self.target_params, base, metric)
+        target = base - (base - final) * self.current_step / self.iterative_steps
         order = self._removal_order(self._candidates(graph))
-        plan = fit_budget(graph, self.model, self.example_inputs, order, metric, target,
-                          baseline=base if self.model is self.original else None)
+        now = base if self.model is self.original else (self._measure(graph, self.model, metric)
+                                                         if _on_meta(self.model) else None)
+        plan = fit_budget(graph, self.model, self.example_inputs, order, metric, target, baseline=now)
         if not len(plan) and order:
             self._why = {f"the model already meets {metric} <= {target:,} at this step": []}
         return plan
+
+    def _measure(self, graph: ChannelGraph, model: nn.Module, metric: str) -> int:
+        """MACs or parameters of ``model`` (analysed as ``graph``); on the meta device MACs come from the
+        analysis's shapes (a counted forward would need values)."""
+        from .count import count, count_params
+        from .ircount import plan_size
+
+        if metric == "params":
+            return count_params(model)
+        if not _on_meta(model):
+            return count(model, self.example_inputs)[0]
+        macs = plan_size(graph, PrunePlan({}), "macs")
+        if macs is None:
+            raise MetaTensorError(f"target_macs: {type(model).__name__} is on the meta device and its "
+                                  "analysis does not model the MACs of every op; give target_params instead")
+        return macs
 
     def _removal_order(self, cands: List["_Cand"]) -> List[Tuple[str, List[int]]]:
         """All removable classes in the order a budget search takes them."""
@@ -533,6 +589,27 @@ class Pruner:
         return out
 
 
+class _KeptIndices:
+    """``(param, dim) -> original indices still kept`` for every member the cumulative plan touches
+    (the plan names one member per class; expanding it on the original analysis names them all)."""
+
+    def __init__(self, pruner: "Pruner", graph: ChannelGraph):
+        self.pruner, self.graph = pruner, graph
+        self._sig, self._kept = 0, {}
+
+    def get(self, key: Tuple[str, int], default: Any = None) -> Any:
+        plan = self.pruner._plan
+        sig = sum(len(v) for v in plan.values())  # the plan only grows
+        if sig != self._sig:
+            self._kept = {}
+            for k, removed in self.graph.expand(PrunePlan(plan)).plan.items():
+                name, dim = parse_key(k)
+                size = self.graph._param_dim(name, dim).size
+                self._kept[(name, dim)] = np.setdiff1d(np.arange(size), np.asarray(removed, dtype=np.int64))
+            self._sig = sig
+        return self._kept.get(key, default)
+
+
 @dataclass
 class _Cand:
     group: Group
@@ -576,6 +653,11 @@ def _is_hf_causal_lm(model: nn.Module) -> bool:
         names = {}
     known = {c for v in names.values() for c in ((v,) if isinstance(v, str) else v)}
     return type(model).__name__ in known or type(model).__name__.endswith("ForCausalLM")
+
+
+def _on_meta(model: nn.Module) -> bool:
+    from .scores import has_meta_tensors
+    return has_meta_tensors(model)
 
 
 def _check_ratio(what: str, r: float) -> None:

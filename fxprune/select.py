@@ -10,14 +10,15 @@ Example:
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Iterable, List, Optional, Tuple
+import os
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
 from .analyze import ChannelGraph, Group
 from .gcpause import no_gc
-from .errors import PlanError
+from .errors import MetaTensorError, PlanError
 from .plan import PrunePlan
 
 __all__ = ["plan_by_ratio", "class_scores", "class_dim_counts", "valid_prefix"]
@@ -192,25 +193,80 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
 
 
 @no_gc
-def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False) -> PrunePlan:
+def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False,
+                  importance: Any = "auto") -> PrunePlan:
     """Remove ``floor(ratio * n)`` of the ``n`` removable classes of every unpinned group.
 
     Lowest L2 norm first; a class is skipped when taking it would empty some dim of the group. With
     ``heads``, a group that holds attention heads loses whole heads (:meth:`Group.heads`) instead of
     head dims; the other groups lose channels as without it.
+
+    ``importance`` ranks the classes: ``"l2"`` (the L2 norm above), ``"structure"`` (every group keeps its
+    first classes and loses its last ones; :class:`~fxprune.scores.StructureImportance`, needs no values),
+    scores computed elsewhere (``{"<param>:<dim>": 1-D tensor}`` or a scores file, see
+    :mod:`fxprune.scores`; a group without scores is left as it is, with a warning) or ``"auto"``: L2,
+    or structure with one warning when the weights are on the ``meta`` device. ``"l2"`` on meta weights
+    raises :class:`~fxprune.errors.MetaTensorError` naming the parameter.
+
+    Example:
+        >>> import torch, fxprune
+        >>> with torch.device("meta"):
+        ...     m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> graph = fxprune.analyze(m, torch.randn(1, 4, device="meta"))
+        >>> plan_by_ratio(graph, 0.25, importance="structure")["0.weight:0"]   # the last two of eight
+        [6, 7]
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
     groups = [g.heads() if heads and g.head_classes else g for g in graph.groups]
     todo = [(g, int(np.floor(ratio * len(g.all_classes)))) for g in groups if not g.pinned and g.all_classes]
     todo = [(g, n) for g, n in todo if n > 0]
-    sums = _needed_sums(graph, [g for g, _ in todo], _tensors(graph))
+    score = _ranker(graph, [g for g, _ in todo], importance)
     picked: List[Tuple[str, List[int]]] = []
     for g, n_remove in todo:
-        gi = _GroupIndex(g)
-        scores = np.sqrt(_scores(g, gi, sums))
-        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in _greedy(scores, n_remove, gi)], g.key, g))
+        scores = score(g)
+        if scores is None:
+            continue
+        chosen = _greedy(scores, n_remove, _GroupIndex(g))
+        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in chosen], g.key, g))
     return PrunePlan.union(picked)
+
+
+def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
+            ) -> Callable[[Group], Optional[np.ndarray]]:
+    """``group -> one score per class`` (None: leave the group alone) for :func:`plan_by_ratio`."""
+    from .scores import ScoreImportance, StructureImportance, _warn_unscored
+
+    params = _tensors(graph)
+    if isinstance(importance, str) and importance in ("auto", "l2"):
+        meta = [d.value[1] for g in groups for d in g.dims if d.is_param and d.size
+                and _scorable(params.get(d.value[1])) and params[d.value[1]].is_meta]
+        if meta and importance == "l2":
+            raise MetaTensorError(f"plan_by_ratio: importance='l2' needs the values of {meta[0]!r}, which "
+                                  "lives on the meta device; use importance='structure' or scores computed "
+                                  "elsewhere")
+        if meta:
+            warnings.warn("fxprune: plan_by_ratio: the weights are on the meta device; every group keeps its "
+                          "first classes and loses its last ones (importance='structure'); pass scores "
+                          "computed elsewhere to rank by them", stacklevel=4)
+            importance = "structure"
+        else:
+            sums = _needed_sums(graph, groups, params)
+            return lambda g: np.sqrt(_scores(g, _GroupIndex(g), sums))
+    if isinstance(importance, str) and importance == "structure":
+        imp: Any = StructureImportance()
+    elif isinstance(importance, (Mapping, str, os.PathLike)):
+        imp = ScoreImportance(importance)
+        from .scores import check_scores
+        _warn_unscored(check_scores(graph, imp) if groups else [], " (plan_by_ratio)")
+    else:
+        raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict or a "
+                        f"scores file, got {type(importance).__name__}")
+
+    def score(g: Group) -> Optional[np.ndarray]:
+        s = imp(g, graph.gm)
+        return None if s is None else s.to(torch.float64).numpy()
+    return score
 
 
 def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]], where: str = "",

@@ -21,12 +21,14 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.fx
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import RewriteError
@@ -193,7 +195,11 @@ def build_module(new_root: torch.nn.Module, small_gm: torch.fx.GraphModule, befo
     try:
         new_root.eval()
         small_gm.eval()
-        with torch.no_grad():
+        # on the meta device a forward may not read values (transformers' mask code does, unless traced):
+        # run both under fake tensors, which keep shapes and let such code take its tracing branch
+        on_meta = any(t.is_meta for t in new_root.parameters())
+        fake = FakeTensorMode(allow_non_fake_inputs=True) if on_meta else contextlib.nullcontext()
+        with torch.no_grad(), fake:
             got, _ = tree_flatten(run_module())
             want, _ = tree_flatten(run_graph())
         got = [t for t in got if isinstance(t, torch.Tensor)]
@@ -202,7 +208,9 @@ def build_module(new_root: torch.nn.Module, small_gm: torch.fx.GraphModule, befo
             problem = f"{len(got)} output tensors instead of {len(want)}"
         else:
             for i, (g, w) in enumerate(zip(got, want)):
-                if g.shape != w.shape or not torch.allclose(g.double(), w.double(), atol=1e-4, rtol=1e-4):
+                same = g.is_meta or w.is_meta or torch.allclose(  # meta: no values, shapes only
+                    g.double(), w.double(), atol=1e-4, rtol=1e-4)
+                if g.shape != w.shape or not same:
                     problem = f"output {i} differs from the graph target's"
                     break
     except Exception as e:  # the module's own forward still uses the old sizes
