@@ -151,6 +151,9 @@ def test_streamed_scores_choose_plan_by_ratio(tmp_path):
     path = tmp_path / "scores.json"
     path.write_text(json.dumps({k: v.tolist() for k, v in scores.scores().items()}))
     assert fxprune.hf.plan_from_scores(scores.graph, str(path), 0.25) == fxprune.plan_by_ratio(graph, 0.25)
+    # the same sums as a scores dict for fxprune.scores (plan_by_ratio(importance=), Pruner.from_scores)
+    by_file = fxprune.plan_by_ratio(graph, 0.25, importance=scores.per_dim())
+    assert by_file == fxprune.plan_by_ratio(graph, 0.25)
     # reversed scores pick other channels: the check can fail
     flipped = {k: -v for k, v in scores.scores().items()}
     assert fxprune.hf.plan_from_scores(scores.graph, flipped, 0.25) != fxprune.plan_by_ratio(graph, 0.25)

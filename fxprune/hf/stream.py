@@ -432,6 +432,13 @@ class CheckpointScores:
                 out[g.key] = self.class_scores(g)
         return out
 
+    def per_dim(self) -> Dict[str, torch.Tensor]:
+        """The streamed sums of squares as ``{"<param>:<dim>": 1-D float64 tensor}``: the scores format of
+        :mod:`fxprune.scores` (``save_scores``, ``plan_by_ratio(importance=...)``, ``Pruner.from_scores``),
+        whose per-class sum ranks the classes as the L2 norm does."""
+        return {f"{n}:{d}": torch.from_numpy(np.asarray(v, dtype=np.float64))
+                for (n, d), v in self.sums.items()}
+
     def plan_by_ratio(self, ratio: float, heads: bool = False) -> PrunePlan:
         """The plan :func:`fxprune.plan_by_ratio` picks on the loaded model with these weights."""
         return plan_from_scores(self.graph, self.scores(heads), ratio, heads=heads)
