@@ -52,6 +52,14 @@ def uptime() -> str:
         return f"uptime unavailable: {e}"
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=5).stdout.strip()
+    except Exception:  # not a git checkout
+        return ""
+
+
 def write_synthetic(path: str, shape: str, shard_mb: int, seed: int) -> Dict[str, Any]:
     """A Llama checkpoint of ``shape`` in bf16 with random weights, written one shard at a time."""
     import torch
@@ -200,7 +208,7 @@ def run(args: Any = None) -> Dict[str, Any]:
     work = tempfile.mkdtemp(prefix="fxprune-stream-", dir=a.workdir)
     src, dst, plan = os.path.join(work, "src"), os.path.join(work, "dst"), os.path.join(work, "plan.json")
     res: Dict[str, Any] = {"shape": a.shape, **SHAPES[a.shape], "ratio": a.ratio, "dtype": "bfloat16",
-                           "load_start": uptime(), "workdir": work}
+                           "load_start": uptime(), "workdir": work, "commit": _commit()}
     try:
         t = time.perf_counter()
         res["synthetic"] = write_synthetic(src, a.shape, a.shard_mb, a.seed)
