@@ -181,6 +181,18 @@ def test_bad_plan(small_src, tmp_path, plan, match):
     assert os.listdir(tmp_path) == []  # neither dst nor a temporary folder
 
 
+def test_config_that_does_not_save(small_src, tmp_path, monkeypatch):
+    """A hidden size that is no multiple of the heads: transformers refuses the config, before any shard."""
+    calls = []
+    monkeypatch.setattr(stream, "_write_shard", lambda *a: calls.append(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(fxprune.SerializationError, match="does not save"):
+            fxprune.hf.prune_checkpoint(str(small_src), {"model.embed_tokens.weight:1": [3]},
+                                        str(tmp_path / "d"), progress=False)
+    assert calls == [] and os.listdir(tmp_path) == []
+
+
 def test_tensor_missing_from_checkpoint(tmp_path):
     from safetensors.torch import save_file
     m = _llama(torch.float32, tied=False, layers=1)

@@ -311,6 +311,11 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would be the final folder's mode
     bar = _Progress(len(wmap), progress)
     try:
+        try:  # first: transformers validates the config it writes (hidden size vs heads)
+            small.config.save_pretrained(tmp)
+        except Exception as e:
+            raise SerializationError(f"the pruned config of {src} does not save: {type(e).__name__}: "
+                                     f"{str(e).strip().splitlines()[-1]}") from e
         total, sliced = 0, 0
         for shard in shards:
             n, s = _write_shard(os.path.join(src, shard), os.path.join(tmp, shard), canon, keeps, bar)
@@ -322,11 +327,6 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
                 new_index["metadata"]["total_parameters"] = sum(p.numel() for p in small.parameters())
             with open(os.path.join(tmp, _INDEX), "w") as f:
                 json.dump(new_index, f, indent=2, sort_keys=True)
-        try:
-            small.config.save_pretrained(tmp)
-        except Exception as e:  # transformers validates the config it writes (hidden size vs heads)
-            raise SerializationError(f"the pruned config of {src} does not save: {type(e).__name__}: "
-                                     f"{str(e).strip().splitlines()[-1]}") from e
         if own:
             info, buffers = describe(small)
             real = {n: _slice(cpu_buffers[n], keeps.get(n, {})) for n in buffers}
