@@ -18,7 +18,8 @@ Run (about 3 minutes on 2 cores; 2.2 GB + 1.8 GB on disk under ``--workdir``, re
     OMP_NUM_THREADS=1 PYTHONPATH=. nice -n 10 python benchmarks/llm_scale_stream.py \\
         --out benchmarks/results/llm_scale_stream.json
 
-``run(args)`` returns the same dict (``benchmarks/llm_scale.py`` imports it).
+``run(args)`` returns the same dict (``benchmarks/llm_scale.py --parts stream`` calls it; its extra options,
+such as ``--shape tiny``, reach this parser).
 """
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except Exception as e:  # a machine without uptime
         return f"uptime unavailable: {e}"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=5).stdout.strip()
+    except Exception:  # not a git checkout
+        return ""
 
 
 def write_synthetic(path: str, shape: str, shard_mb: int, seed: int) -> Dict[str, Any]:
@@ -190,13 +199,16 @@ def _dir_mb(path: str, only: str = ".safetensors") -> float:
 def run(args: Any = None) -> Dict[str, Any]:
     """Write the synthetic checkpoint, choose the plan from streamed scores, prune it streaming, check it
     against pruning the loaded model. ``args``: a Namespace or dict with the keys of ``DEFAULTS``."""
-    a = dict(DEFAULTS)
-    a.update(vars(args) if isinstance(args, argparse.Namespace) else dict(args or {}))
-    a = SimpleNamespace(**a)
+    if isinstance(args, argparse.Namespace) and hasattr(args, "extra"):
+        # benchmarks/llm_scale.py: its own options, and the rest (args.extra) for its parts to read
+        given = vars(_parser().parse_known_args(args.extra)[0])
+    else:
+        given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    a = SimpleNamespace(**{**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}})
     work = tempfile.mkdtemp(prefix="fxprune-stream-", dir=a.workdir)
     src, dst, plan = os.path.join(work, "src"), os.path.join(work, "dst"), os.path.join(work, "plan.json")
     res: Dict[str, Any] = {"shape": a.shape, **SHAPES[a.shape], "ratio": a.ratio, "dtype": "bfloat16",
-                           "load_start": uptime(), "workdir": work}
+                           "load_start": uptime(), "workdir": work, "commit": _commit()}
     try:
         t = time.perf_counter()
         res["synthetic"] = write_synthetic(src, a.shape, a.shard_mb, a.seed)
@@ -223,7 +235,7 @@ def run(args: Any = None) -> Dict[str, Any]:
     return res
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default=DEFAULTS["shape"])
     ap.add_argument("--ratio", type=float, default=DEFAULTS["ratio"],
@@ -234,7 +246,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-check", dest="check", action="store_false", help="skip the in-memory comparison")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "llm_scale_stream.json"))
-    res = run(ap.parse_args(argv))
+    return ap
+
+
+def main(argv=None) -> int:
+    res = run(_parser().parse_args(argv))
     print(json.dumps(res, indent=1))
     return 0 if res.get("bit_for_bit", True) else 1
 

@@ -151,6 +151,9 @@ def test_streamed_scores_choose_plan_by_ratio(tmp_path):
     path = tmp_path / "scores.json"
     path.write_text(json.dumps({k: v.tolist() for k, v in scores.scores().items()}))
     assert fxprune.hf.plan_from_scores(scores.graph, str(path), 0.25) == fxprune.plan_by_ratio(graph, 0.25)
+    # the same sums as a scores dict for fxprune.scores (plan_by_ratio(importance=), Pruner.from_scores)
+    by_file = fxprune.plan_by_ratio(graph, 0.25, importance=scores.per_dim())
+    assert by_file == fxprune.plan_by_ratio(graph, 0.25)
     # reversed scores pick other channels: the check can fail
     flipped = {k: -v for k, v in scores.scores().items()}
     assert fxprune.hf.plan_from_scores(scores.graph, flipped, 0.25) != fxprune.plan_by_ratio(graph, 0.25)
@@ -176,6 +179,18 @@ def test_bad_plan(small_src, tmp_path, plan, match):
         fxprune.hf.prune_checkpoint(str(small_src), plan, str(tmp_path / "dst"), progress=False)
     assert _digest(small_src) == before
     assert os.listdir(tmp_path) == []  # neither dst nor a temporary folder
+
+
+def test_config_that_does_not_save(small_src, tmp_path, monkeypatch):
+    """A hidden size that is no multiple of the heads: transformers refuses the config, before any shard."""
+    calls = []
+    monkeypatch.setattr(stream, "_write_shard", lambda *a: calls.append(a))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(fxprune.SerializationError, match="does not save"):
+            fxprune.hf.prune_checkpoint(str(small_src), {"model.embed_tokens.weight:1": [3]},
+                                        str(tmp_path / "d"), progress=False)
+    assert calls == [] and os.listdir(tmp_path) == []
 
 
 def test_tensor_missing_from_checkpoint(tmp_path):

@@ -272,7 +272,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     (whether :func:`fxprune.hf.from_pretrained` is needed to load it) and ``plan`` (the expanded plan).
     """
     from ..analyze import analyze
-    from ..rewrite import report_closure
+    from ..rewrite import prune
     from .checkpoint import describe, write_description
     from .config import config_mismatches
 
@@ -298,8 +298,10 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     lost = sorted(n for n in keeps if n not in stored and n not in cpu_buffers)
     if lost:
         raise PlanError(f"the plan slices {lost[:3]}, which the checkpoint in {src} does not hold")
-    report_closure(graph, plan, model, strict)
-    small = _prune_meta(graph, plan, exp, model)
+    small = prune(model, plan, inputs, strict=strict)  # the module target's check runs on fake tensors
+    if not hasattr(small, "config"):
+        raise SerializationError(f"pruning the meta {type(model).__name__} did not give its own class (see "
+                                 "the warning above): its config cannot be written")
     changes = {k: v for k, v in small.config.to_dict().items() if model.config.to_dict().get(k) != v}
     own = bool(config_mismatches(small)) or any(n in cpu_buffers for n in keeps)
 
@@ -309,6 +311,11 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would be the final folder's mode
     bar = _Progress(len(wmap), progress)
     try:
+        try:  # first: transformers validates the config it writes (hidden size vs heads)
+            small.config.save_pretrained(tmp)
+        except Exception as e:
+            raise SerializationError(f"the pruned config of {src} does not save: {type(e).__name__}: "
+                                     f"{str(e).strip().splitlines()[-1]}") from e
         total, sliced = 0, 0
         for shard in shards:
             n, s = _write_shard(os.path.join(src, shard), os.path.join(tmp, shard), canon, keeps, bar)
@@ -320,11 +327,6 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
                 new_index["metadata"]["total_parameters"] = sum(p.numel() for p in small.parameters())
             with open(os.path.join(tmp, _INDEX), "w") as f:
                 json.dump(new_index, f, indent=2, sort_keys=True)
-        try:
-            small.config.save_pretrained(tmp)
-        except Exception as e:  # transformers validates the config it writes (hidden size vs heads)
-            raise SerializationError(f"the pruned config of {src} does not save: {type(e).__name__}: "
-                                     f"{str(e).strip().splitlines()[-1]}") from e
         if own:
             info, buffers = describe(small)
             real = {n: _slice(cpu_buffers[n], keeps.get(n, {})) for n in buffers}
@@ -379,28 +381,6 @@ def _check_plan(src: str, plan: PrunePlan, model: nn.Module, wmap: Mapping[str, 
                             f"range for size {t.shape[dim]}")
 
 
-def _prune_meta(graph: Any, plan: PrunePlan, exp: Any, model: nn.Module) -> nn.Module:
-    """The module target of :func:`fxprune.prune` without its closing forward: a model on ``meta`` cannot run
-    (Hugging Face mask code calls ``.item()``). The copy of ``model`` with sliced (meta) tensors, layer
-    attributes set from the rewritten graph and its config synced; the streamed checkpoint's tests compare
-    it with pruning the loaded model, where that forward check runs."""
-    from ..rewrite import _clone_tree, apply_plan
-    from ..targets.module import carry_constants, changed_constants, sync_attributes
-    from .config import sync_config
-
-    if getattr(graph, "frontend", None) != "export":
-        raise SerializationError(f"the meta {type(model).__name__} was captured by the {graph.frontend!r} "
-                                 "frontend; streaming a checkpoint needs the export frontend "
-                                 "(a transformers model)")
-    small_gm = apply_plan(graph, plan, graph.gm, exp=exp)
-    new_root, _ = _clone_tree(model, graph, exp)
-    sync_attributes(new_root, small_gm)
-    if changed_constants(graph.gm.graph, small_gm.graph):
-        carry_constants(new_root, graph.gm.graph, small_gm.graph)
-    sync_config(new_root)
-    return new_root.eval()
-
-
 def _check_shapes(src: str, wmap: Mapping[str, str], canon: Mapping[str, str],
                   shapes: Mapping[str, Tuple[int, ...]]) -> None:
     """Every stored tensor has the shape the config gives it (read from the headers only)."""
@@ -451,6 +431,13 @@ class CheckpointScores:
             if not g.pinned and g.all_classes:
                 out[g.key] = self.class_scores(g)
         return out
+
+    def per_dim(self) -> Dict[str, torch.Tensor]:
+        """The streamed sums of squares as ``{"<param>:<dim>": 1-D float64 tensor}``: the scores format of
+        :mod:`fxprune.scores` (``save_scores``, ``plan_by_ratio(importance=...)``, ``Pruner.from_scores``),
+        whose per-class sum ranks the classes as the L2 norm does."""
+        return {f"{n}:{d}": torch.from_numpy(np.asarray(v, dtype=np.float64))
+                for (n, d), v in self.sums.items()}
 
     def plan_by_ratio(self, ratio: float, heads: bool = False) -> PrunePlan:
         """The plan :func:`fxprune.plan_by_ratio` picks on the loaded model with these weights."""
