@@ -76,6 +76,8 @@ def test_plan_by_ratio_on_meta_equals_cpu_and_prunes_without_weights(models):
     plan = fxprune.plan_by_ratio(graph, 0.25, importance="structure")
     assert plan == fxprune.plan_by_ratio(cgraph, 0.25, importance="structure")
     assert plan["model.layers.0.mlp.gate_proj.weight:0"] == list(range(72, 96))  # the last quarter
+    heads = fxprune.plan_by_ratio(graph, 0.5, heads=True, importance="structure")
+    assert heads == fxprune.plan_by_ratio(cgraph, 0.5, heads=True, importance="structure") and len(heads)
     with pytest.warns(UserWarning, match="meta device"):
         assert fxprune.plan_by_ratio(graph, 0.25) == plan  # auto: structure on meta, said once
     with pytest.raises(fxprune.MetaTensorError, match=r"model\.\S+\.weight"):
