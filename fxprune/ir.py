@@ -35,6 +35,8 @@ def _components(n: int, links: Sequence[Tuple[int, int]]) -> np.ndarray:
     adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
     return connected_components(adj, directed=False)[1]
 
+_I32 = 2 ** 31 - 1  # global index ids below this are stored as int32
+
 ValueKey = Tuple[Hashable, ...]  # ("param", qualname) or ("value", node_name, elem_path)
 
 
@@ -85,9 +87,10 @@ class ChannelIR:
 
     def couple(self, a: DimNode, b: DimNode, ia: np.ndarray, ib: np.ndarray) -> None:
         """Index ``ia[k]`` of ``a`` goes with index ``ib[k]`` of ``b``, for every k."""
-        if len(ia):
-            self._a.append(ia.astype(np.int64, copy=False) + a.base)
-            self._b.append(ib.astype(np.int64, copy=False) + b.base)
+        if len(ia):  # int32 ids while they fit: a 7B model has millions of coupled indices
+            dt = np.int32 if max(a.base + a.size, b.base + b.size) < _I32 else np.int64
+            self._a.append(ia.astype(dt) + dt(a.base))
+            self._b.append(ib.astype(dt) + dt(b.base))
             self._pairs.append((a.id, b.id))
         f = self.free[a.id] or self.free[b.id]
         self.free[a.id] = self.free[b.id] = f
@@ -166,19 +169,21 @@ class ChannelIR:
         """
         n, nd = self.total, len(self.dims)
         sizes = np.array([d.size for d in self.dims], dtype=np.int64)
-        owner = np.repeat(np.arange(nd), sizes) if nd else np.zeros(0, np.int64)
+        owner = np.repeat(np.arange(nd, dtype=np.int32), sizes) if nd else np.zeros(0, np.int32)
         dim_group = _components(nd, list(self._pairs) + [(p, f) for p, fs, _ in self.grids for f in fs])
         with_param = np.zeros(nd, bool)
         with_param[[dim_group[d.id] for d in self.dims if d.is_param]] = True
         keep_dim = with_param[dim_group]
         keep = keep_dim[owner]
         kept = np.nonzero(keep)[0]
-        remap = np.full(n, -1, dtype=np.int64)
-        remap[kept] = np.arange(len(kept), dtype=np.int64)
-        a = np.concatenate(self._a) if self._a else np.zeros(0, np.int64)
-        b = np.concatenate(self._b) if self._b else np.zeros(0, np.int64)
+        small = np.int32 if n < _I32 else np.int64
+        remap = np.full(n, -1, dtype=small)
+        remap[kept] = np.arange(len(kept), dtype=small)
+        a = np.concatenate(self._a) if self._a else np.zeros(0, small)
+        b = np.concatenate(self._b) if self._b else np.zeros(0, small)
         sel = keep[a]  # both ends of a coupling lie in one group
         a, b = remap[a[sel]], remap[b[sel]]
+        del sel, remap
         m = len(kept)
         adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)).tocsr()
         n_cls, cls = connected_components(adj, directed=False)

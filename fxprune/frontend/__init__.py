@@ -54,7 +54,7 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
         from .autograd import autograd_trace
         return autograd_trace(model, example_inputs)
     _, kwargs = split_inputs(example_inputs)
-    if frontend == "fx" or (frontend == "auto" and not kwargs):
+    if frontend == "fx" or (frontend == "auto" and not kwargs and not _never_symbolic(model)):
         try:
             gm = _fx.trace(model, normalize_inputs(example_inputs) if not isinstance(example_inputs, Inputs)
                            else example_inputs.args)
@@ -73,3 +73,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, frontend: str = "auto") -
             except TraceError as e2:  # both failed: the fx reason first, it names the Python construct
                 raise TraceError(f"{e} torch.export also failed: {e2}") from e.__cause__
     return export_trace(model, example_inputs)
+
+
+def _never_symbolic(model: torch.nn.Module) -> bool:
+    """A transformers model: ``symbolic_trace`` fails on every one (transformers 5 dropped its FX tracer), so
+    ``auto`` goes straight to export instead of tracing a 7B model's Python twice."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+               for c in type(model).__mro__)
