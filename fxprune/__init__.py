@@ -50,7 +50,9 @@ from .saving import load, save  # noqa: E402  (portable saved models: torch.expo
 __all__ += ["save", "load", "SerializationError"]
 
 from .calibrate import calibrate, lm_loss  # noqa: E402  (calibration batches -> importance statistics)
+from .errors import DistributedError  # noqa: E402
+from . import distributed  # noqa: E402  (statistics reduced over torch.distributed ranks)
 
-__all__ += ["calibrate", "lm_loss"]
+__all__ += ["calibrate", "lm_loss", "DistributedError", "distributed"]
 
 __version__ = "0.1.0"

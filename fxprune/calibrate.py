@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 import torch
 from torch import nn
 
+from .distributed import all_reduce_importance, resolve_group
 from .errors import PlanError
 from .frontend import Inputs, call_model
 
@@ -129,7 +130,7 @@ def _total(batches: Iterable[Any], max_batches: Optional[int]) -> Optional[int]:
 
 
 def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss_fn: Optional[LossFn] = None,
-              max_batches: Optional[int] = None, progress: bool = True) -> Any:
+              max_batches: Optional[int] = None, progress: bool = True, process_group: Any = None) -> Any:
     """Accumulate ``importance``'s statistics over ``batches``; return the importance.
 
     Args:
@@ -142,11 +143,25 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
         loss_fn: ``loss_fn(model, batch) -> scalar loss`` for gradient criteria; default for a Hugging Face
             causal LM: :func:`lm_loss`. Any other model needs one (:class:`~fxprune.errors.PlanError`).
         max_batches: stop after this many batches.
-        progress: a tqdm bar on stderr (a log line every ~10 % without tqdm).
+        progress: a tqdm bar on stderr (a log line every ~10 % without tqdm); on rank 0 only when reducing.
+        process_group: reduce the statistics over ``torch.distributed`` ranks once every rank has run its
+            own ``batches`` (its shard of the calibration data): ``"auto"`` reduces over the default group
+            when one with several ranks is initialised, a ``ProcessGroup`` over that group, ``None`` (the
+            default) never: each rank keeps its own statistics, with a warning when several ranks are
+            initialised. After the reduction every rank holds what one process running all the ranks'
+            batches holds (up to float rounding) and so ranks the same channels; ranks may have different
+            numbers of batches (even none) and see different layers. Every rank of the group must call
+            ``calibrate`` (it is a collective); different models or criteria, or a rank whose batches fail,
+            raise :class:`~fxprune.errors.DistributedError` on the other ranks instead of hanging. See
+            :mod:`fxprune.distributed`.
 
     The model runs in eval mode (no dropout, no BatchNorm statistics updated); its training flags and every
     parameter's ``.grad`` are restored afterwards. A criterion with nothing to record (magnitude) is returned
     as it is, with a warning.
+
+    ``process_group`` defaults to ``None`` rather than ``"auto"`` because a process that calibrates alone
+    under an initialised group (pruning on rank 0 only, a common pattern) would otherwise wait forever for
+    ranks that never call ``calibrate``.
     """
     from .importance import get_importance
 
@@ -167,10 +182,16 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
                             "fxprune knows (only Hugging Face causal LMs have a default): pass "
                             "loss_fn=lambda model, batch: <scalar loss>")
         loss_fn = lm_loss
+    group = resolve_group(process_group)
+    if group is None and process_group is None:
+        _warn_unreduced()
+    if group is not None and torch.distributed.get_rank(group) != 0:
+        progress = False
     params = list(model.parameters())
     grads = [p.grad for p in params]
     flags = {m: m.training for m in model.modules()}
     bar = _Progress(_total(batches, max_batches), progress, f"fxprune.calibrate ({name})")
+    failed: Optional[Exception] = None
     try:
         model.eval()
         with contextlib.ExitStack() as stack:
@@ -186,15 +207,36 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
                     _backward(model, params, batch, loss_fn)
                     importance.accumulate_grad(model)
                 bar.update()
+    except Exception as e:
+        if group is None:
+            raise
+        failed = e  # the other ranks must hear of it before they wait in the reduction
     finally:
         bar.close()
         for m, t in flags.items():
             m.training = t
         for p, g in zip(params, grads):
             p.grad = g
+    if group is not None:
+        return all_reduce_importance(importance, group, model=model, error=failed, batches=bar.done)
     if bar.done == 0:
         raise PlanError("fxprune.calibrate: `batches` gave no batch")
     return importance
+
+
+_warned_unreduced = False
+
+
+def _warn_unreduced() -> None:
+    """One warning per process: several ranks calibrate, each on its own data only."""
+    global _warned_unreduced
+    dist = torch.distributed
+    if _warned_unreduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    _warned_unreduced = True
+    warnings.warn(f"fxprune.calibrate: torch.distributed is initialised with {dist.get_world_size()} ranks but "
+                  "process_group=None: this rank's statistics are its own batches' only; pass "
+                  "process_group='auto' to sum them over the ranks before ranking", stacklevel=3)
 
 
 def _backward(model: nn.Module, params: list, batch: Any, loss_fn: LossFn) -> None:

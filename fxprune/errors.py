@@ -21,7 +21,8 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "RewriteError", "VerificationError", "SerializationError", "InternalError", "FallbackWarning",
+    "PlanError", "RewriteError", "VerificationError", "SerializationError", "InternalError", "DistributedError",
+    "FallbackWarning",
     "describe_node",
 ]
 
@@ -86,6 +87,11 @@ class VerificationError(FxpruneError):
 
 class SerializationError(FxpruneError):
     """A saved model could not be written or read back (``fxprune.save`` / ``fxprune.load``)."""
+
+
+class DistributedError(FxpruneError):
+    """The ranks of a ``torch.distributed`` group disagree (different models, criteria or statistics), or one
+    of them failed while the others waited for it (``fxprune.calibrate(..., process_group=...)``)."""
 
 
 class InternalError(FxpruneError):

@@ -663,6 +663,23 @@ class TaylorImportance(LayerImportance):
         self._sq: dict[tuple[str, int], torch.Tensor] = {}
         self._count: dict[str, int] = {}
 
+    def _stat_fields(self) -> dict[str, str]:
+        return {"_sq": "sum", "_count": "count"}
+
+    def all_reduce(self, group: object = None, *, model: nn.Module | None = None) -> TaylorImportance:
+        """Sum the accumulated samples of every rank of ``group`` (``torch.distributed``; ``None`` is the
+        default group, ``"auto"`` reduces only when one with several ranks is initialised): each rank then
+        scores as one process that accumulated all of them. See
+        :func:`fxprune.distributed.all_reduce_importance`.
+
+        Example:
+            >>> import fxprune.importance as imp
+            >>> imp.TaylorImportance().all_reduce("auto")._count
+            {}
+        """
+        from .distributed import all_reduce_importance
+        return all_reduce_importance(self, group, model=model)
+
     @torch.no_grad()
     def accumulate_grad(self, model: nn.Module) -> None:
         """Add one sample: for every parameter of ``model`` with a ``.grad`` and each of its dims, the squared
@@ -721,6 +738,21 @@ class HessianImportance(LayerImportance):
         """Forget every accumulated sample."""
         self._sq: dict[str, torch.Tensor] = {}
         self._count: dict[str, int] = {}
+
+    def _stat_fields(self) -> dict[str, str]:
+        return {"_sq": "sum", "_count": "count"}
+
+    def all_reduce(self, group: object = None, *, model: nn.Module | None = None) -> HessianImportance:
+        """Sum the accumulated squared gradients of every rank of ``group`` (as
+        :meth:`TaylorImportance.all_reduce`).
+
+        Example:
+            >>> import fxprune.importance as imp
+            >>> imp.HessianImportance().all_reduce("auto")._count
+            {}
+        """
+        from .distributed import all_reduce_importance
+        return all_reduce_importance(self, group, model=model)
 
     @torch.no_grad()
     def accumulate_grad(self, model: nn.Module) -> None:

@@ -95,6 +95,24 @@ class ActivationImportance(LayerImportance):
             store[name] = store[name] + v if name in store else v
         self._n[name] = self._n.get(name, 0) + rows.shape[0]
 
+    def _stat_fields(self) -> dict[str, str]:
+        """The statistics :meth:`all_reduce` sums over ranks (``"count"``: ints; ``"sum"``: tensors)."""
+        return {"_sum": "sum", "_signed": "sum", "_n": "count"}
+
+    def all_reduce(self, group: object = None, *, model: nn.Module | None = None) -> ActivationImportance:
+        """Sum this rank's statistics with every other rank's of ``group`` (a ``torch.distributed`` collective:
+        ``None`` is the default group, ``"auto"`` reduces only when one with several ranks is initialised):
+        each rank then holds what one process recording all the ranks' batches holds. See
+        :func:`fxprune.distributed.all_reduce_importance`.
+
+        Example:
+            >>> import torch, fxprune.importance as imp
+            >>> imp.ActivationImportance().all_reduce("auto")._n  # no process group: unchanged
+            {}
+        """
+        from .distributed import all_reduce_importance
+        return all_reduce_importance(self, group, model=model)
+
     def input_means(self) -> dict[str, torch.Tensor]:
         """``{module qualified name: signed mean input vector}`` over every recorded token / position.
 
@@ -200,6 +218,19 @@ class FluctuationImportance(ActivationImportance):
             self._mean[name] = self._mean[name] + delta * (nb / n)
             self._m2[name] = self._m2[name] + m2b + delta.pow(2) * (na * nb / n)
         super()._add(name, rows)
+
+    def _stat_fields(self) -> dict[str, str]:
+        # mean and squared deviations are merged in _finish_reduce, around the global mean
+        return {**super()._stat_fields(), "_mean": "merge", "_m2": "merge"}
+
+    def _finish_reduce(self, red, local: dict, specs: dict) -> None:
+        """Merge the ranks' variances (Chan et al.): ``M2 = sum_r M2_r + n_r (mean_r - mean)^2`` with the
+        global ``mean = sum x / n`` (``_signed`` and ``_n`` are already global here)."""
+        mean = {k: self._signed[k] / max(self._n[k], 1) for k in specs["_m2"]}
+        part = {k: m2 + local["_n"][k] * (local["_mean"][k] - mean[k].to(m2.device)).pow(2)
+                for k, m2 in local["_m2"].items()}
+        self._m2 = red.sum(part, specs["_m2"])
+        self._mean = {k: mean[k].to(self._m2[k].dtype) for k in sorted(specs["_m2"])}
 
     def input_means(self) -> dict[str, torch.Tensor]:
         return {k: m.float() for k, m in self._mean.items()}
