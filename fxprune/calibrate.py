@@ -234,8 +234,8 @@ def _warn_unreduced() -> None:
     if _warned_unreduced or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return
     _warned_unreduced = True
-    warnings.warn(f"fxprune.calibrate: torch.distributed is initialised with {dist.get_world_size()} ranks but "
-                  "process_group=None: this rank's statistics are its own batches' only; pass "
+    warnings.warn(f"fxprune.calibrate: torch.distributed is initialised with {dist.get_world_size()} ranks "
+                  "but process_group=None: this rank's statistics are its own batches' only; pass "
                   "process_group='auto' to sum them over the ranks before ranking", stacklevel=3)
 
 

@@ -1,10 +1,10 @@
 """Calibration statistics reduced over ``torch.distributed`` ranks.
 
-Each rank runs its own shard of the calibration batches through :func:`fxprune.calibrate` (or records by hand);
-:func:`all_reduce_importance` (``imp.all_reduce(group)``) then sums the per-layer statistics of every rank, so
-that each rank holds what one process would have recorded on all the batches (up to float rounding) and ranks
-the same channels. The sums are exact merges: activation sums and counts add up; the fluctuation criterion's
-per-rank variances are merged from their sums of squared deviations around the *global* mean (a second
+Each rank runs its own shard of the calibration batches through :func:`fxprune.calibrate` (or records by
+hand); :func:`all_reduce_importance` (``imp.all_reduce(group)``) then sums the per-layer statistics of every
+rank, so that each rank holds what one process would have recorded on all the batches (up to float rounding)
+and ranks the same channels. The sums are exact merges: activation sums and counts add up; the fluctuation
+criterion's per-rank variances are merged from their sums of squared deviations around the *global* mean (a second
 reduction, Chan et al.), never from sums of squares that cancel.
 
 Ranks need not see the same layers or the same number of batches: the ranks first exchange which statistics
@@ -20,7 +20,7 @@ Example:
     >>> import torch, fxprune
     >>> m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     >>> imp = fxprune.calibrate(m, [torch.randn(5, 4)], "activation", progress=False)
-    >>> imp.all_reduce() is imp  # without an initialised process group: nothing to reduce
+    >>> imp.all_reduce("auto") is imp  # no initialised process group: nothing to reduce
     True
 """
 from __future__ import annotations
@@ -80,7 +80,8 @@ def _stat_fields(imp: Any) -> Dict[str, str]:
     fields = getattr(imp, "_stat_fields", None)
     if not callable(fields):
         raise PlanError(f"{type(imp).__name__} keeps no statistics fxprune knows how to reduce over ranks "
-                        "(ActivationImportance, FluctuationImportance, TaylorImportance, HessianImportance do)")
+                        "(ActivationImportance, FluctuationImportance, TaylorImportance and "
+                        "HessianImportance do)")
     return fields()
 
 
@@ -118,12 +119,12 @@ def _agree(metas: List[dict], cls: str) -> None:
     failed = [(r, m["error"]) for r, m in enumerate(metas) if m["error"]]
     if failed:
         text = "; ".join(f"rank {r}: {e}" for r, e in failed)
-        raise DistributedError(f"fxprune: calibration failed on {len(failed)} of {len(metas)} ranks ({text}); "
-                               "no statistics were reduced")
+        raise DistributedError(f"fxprune: calibration failed on {len(failed)} of {len(metas)} ranks "
+                               f"({text}); no statistics were reduced")
     kinds = {m["cls"] for m in metas}
     if len(kinds) > 1:
-        raise DistributedError(f"the ranks hold different criteria ({', '.join(sorted(kinds))}): each rank must "
-                               f"reduce the same kind of importance as rank 0 ({cls})")
+        raise DistributedError(f"the ranks hold different criteria ({', '.join(sorted(kinds))}): each rank "
+                               f"must reduce the same kind of importance as rank 0 ({cls})")
     sigs = [m["model"] for m in metas]
     if any(s is None for s in sigs) and any(s is not None for s in sigs):
         raise DistributedError("some ranks passed model= and others did not: pass it on every rank")
@@ -142,8 +143,8 @@ def _agree(metas: List[dict], cls: str) -> None:
                 seen = first.setdefault((attr, k), (r, spec))
                 if seen[1] != spec:
                     raise DistributedError(
-                        f"{cls}: statistic {attr}[{k!r}] is {seen[1][0]} ({seen[1][1]}) on rank {seen[0]} and "
-                        f"{spec[0]} ({spec[1]}) on rank {r}: the ranks calibrate different models")
+                        f"{cls}: statistic {attr}[{k!r}] is {seen[1][0]} ({seen[1][1]}) on rank {seen[0]} "
+                        f"and {spec[0]} ({spec[1]}) on rank {r}: the ranks calibrate different models")
 
 
 def _sum_tensors(group: Any, device: torch.device, items: List[Tuple[Any, Optional[torch.Tensor], tuple, str]]
@@ -153,8 +154,8 @@ def _sum_tensors(group: Any, device: torch.device, items: List[Tuple[Any, Option
     for dtype_name in sorted({it[3] for it in items}):
         idx = [i for i, it in enumerate(items) if it[3] == dtype_name]
         dtype = _dtype(dtype_name)
-        parts = [(items[i][1].to(device, dtype).reshape(-1) if items[i][1] is not None
-                  else torch.zeros(int(torch.Size(items[i][2]).numel()), dtype=dtype, device=device)) for i in idx]
+        parts = [items[i][1].to(device, dtype).reshape(-1) if items[i][1] is not None
+                 else torch.zeros(torch.Size(items[i][2]).numel(), dtype=dtype, device=device) for i in idx]
         flat = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype, device=device)
         torch.distributed.all_reduce(flat, group=group)
         start = 0
@@ -183,7 +184,8 @@ class Reduction:
 
 def all_reduce_importance(imp: Any, group: Any = "auto", *, model: Optional[nn.Module] = None,
                           error: Optional[BaseException] = None, batches: Optional[int] = None) -> Any:
-    """Sum ``imp``'s calibration statistics over the ranks of ``group``; every rank then holds the global ones.
+    """Sum ``imp``'s calibration statistics over the ranks of ``group``: every rank then holds the global
+    ones.
 
     Args:
         imp: an :class:`~fxprune.importance.ActivationImportance`, ``FluctuationImportance``,
@@ -211,8 +213,9 @@ def all_reduce_importance(imp: Any, group: Any = "auto", *, model: Optional[nn.M
     fields = _stat_fields(imp)
     if group is None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise DistributedError("all_reduce(group=None) means the default group, but torch.distributed is not "
-                                   "initialised: call torch.distributed.init_process_group (or pass 'auto')")
+            raise DistributedError("all_reduce(group=None) means the default group, but torch.distributed is "
+                                   "not initialised: call torch.distributed.init_process_group (or pass "
+                                   "'auto')")
         group = _world()
     else:
         group = resolve_group(group)
@@ -222,8 +225,8 @@ def all_reduce_importance(imp: Any, group: Any = "auto", *, model: Optional[nn.M
         return imp
     cls = type(imp).__name__
     counts = {a for a, k in fields.items() if k == "count"}
-    meta = {"cls": cls, "error": None if error is None else f"{type(error).__name__}: {error}",
-            "model": None if model is None else hashlib.sha1(repr(model_signature(model)).encode()).hexdigest(),
+    sig = None if model is None else hashlib.sha1(repr(model_signature(model)).encode()).hexdigest()
+    meta = {"cls": cls, "error": None if error is None else f"{type(error).__name__}: {error}", "model": sig,
             "stats": _describe(imp, fields) if error is None else {}, "counts": sorted(counts),
             "batches": batches}
     metas: List[Any] = [None] * torch.distributed.get_world_size(group)
@@ -234,7 +237,8 @@ def all_reduce_importance(imp: Any, group: Any = "auto", *, model: Optional[nn.M
     if not any(m["error"] for m in metas) and all(h is not None for h in hashes) and len(set(hashes)) > 1:
         # the models differ: gather the signatures themselves to name the parameter that differs
         sigs: List[Any] = [None] * len(metas)
-        torch.distributed.all_gather_object(sigs, model_signature(model), group=group)  # type: ignore[arg-type]
+        mine = model_signature(model)  # type: ignore[arg-type]  (every rank passed one)
+        torch.distributed.all_gather_object(sigs, mine, group=group)
         for m, sig in zip(metas, sigs):
             m["model"] = sig
     _agree(metas, cls)

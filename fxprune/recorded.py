@@ -100,9 +100,9 @@ class ActivationImportance(LayerImportance):
         return {"_sum": "sum", "_signed": "sum", "_n": "count"}
 
     def all_reduce(self, group: object = None, *, model: nn.Module | None = None) -> ActivationImportance:
-        """Sum this rank's statistics with every other rank's of ``group`` (a ``torch.distributed`` collective:
-        ``None`` is the default group, ``"auto"`` reduces only when one with several ranks is initialised):
-        each rank then holds what one process recording all the ranks' batches holds. See
+        """Sum this rank's statistics with every other rank's of ``group`` (a ``torch.distributed``
+        collective: ``None`` is the default group, ``"auto"`` reduces only when one with several ranks is
+        initialised): each rank then holds what one process recording all the ranks' batches holds. See
         :func:`fxprune.distributed.all_reduce_importance`.
 
         Example:

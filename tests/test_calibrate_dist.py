@@ -1,8 +1,8 @@
 """``fxprune.calibrate(..., process_group=...)``: statistics of 2 gloo ranks, each on its own shard of the
 batches, reduced to what one process on all the batches records, and the same plans.
 
-One start of 2 ranks (``torch.multiprocessing.start_processes``, forkserver) runs every scenario; each rank saves
-what it got, and the tests compare it with one process calibrating on all the batches here.
+One start of 2 ranks (``torch.multiprocessing.start_processes``, forkserver) runs every scenario; each rank
+saves what it got, and the tests compare it with one process calibrating on all the batches here.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import fxprune
 WORLD = 2
 
 
-# ------------------------------------------------------------------------------------------------ models, data
+# ---------------------------------------------------------------------------------------------- models, data
 
 def tiny_llama() -> nn.Module:
     import transformers
@@ -76,7 +76,7 @@ def stats(imp) -> dict:
     out = {}
     for attr in imp._stat_fields():
         d = getattr(imp, attr)
-        out[attr] = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}
+        out[attr] = {k: v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v for k, v in d.items()}
     return out
 
 
