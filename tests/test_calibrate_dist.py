@@ -138,7 +138,8 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
             warnings.simplefilter("always")
             imp = fxprune.calibrate(models["branchy"], data["branchy"][rank:rank + 1], "activation",
                                     progress=False)
-        res["unreduced"] = {"n": imp._n["conv1"], "warnings": [str(w.message) for w in caught]}
+        res["unreduced"] = {"n": imp._n["conv1"], "warnings": [str(w.message) for w in caught],
+                            "files": [os.path.basename(w.filename) for w in caught]}
         # a rank whose batch fails: it re-raises its own error, the other rank a DistributedError
         bad = [data["branchy"][0]] + ([torch.randn(2, 5, 6, 6)] if rank == 1 else [])
         try:
@@ -244,6 +245,7 @@ def test_default_is_local_with_a_warning(ranks):
         got = ranks[r]["unreduced"]
         assert got["n"] == branchy_batches()[r].shape[0] * 36  # this rank's one batch only
         assert len(got["warnings"]) == 1 and "process_group=None" in got["warnings"][0], got["warnings"]
+        assert got["files"] == [os.path.basename(__file__)]  # points at the caller, not at fxprune
 
 
 def test_failing_rank_does_not_hang_the_others(ranks):
