@@ -10,8 +10,9 @@ plans and the one-process plan are identical, and how far the reduced statistics
 
 Each process runs one intra-op thread (2 ranks use the machine's 2 cores; the single process one). Wall times:
 ``calibrate_s`` is the ``fxprune.calibrate`` call (for the ranks: the slower rank, reduction included;
-``reduce_s`` is the reduction alone, measured as the call's time after the rank's last batch), ``plan_s`` the
-Pruner step, ``total_s`` includes starting the ranks (process start, imports, loading the model snapshot).
+``reduce_s`` is the reduction, the call's time after the last batch of the rank that finished last: a rank
+that finishes first also waits for the other, in its ``per_rank`` figure), ``plan_s`` the Pruner step,
+``total_s`` includes starting the ranks (process start, imports, loading the model snapshot).
 ``benchmarks/llm_scale.py`` imports :func:`run`.
 """
 from __future__ import annotations
@@ -43,7 +44,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--split", default="even", help="'even', or rank 0's number of batches (unequal shards)")
     p.add_argument("--ratio", type=float, default=0.2, help="share of MLP width the plan removes")
     p.add_argument("--out", default=OUT)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args._llm_scale_dist = True  # run() reads these names as they are (see _options)
+    return args
+
+
+def _options(args: Optional[argparse.Namespace]) -> argparse.Namespace:
+    """This module's options: its own parsed ``args`` as they are; from another benchmark's Namespace (e.g.
+    ``benchmarks/llm_scale.py``'s) only ``dist_<option>`` attributes (``dist_batches``, ``dist_out``, ...),
+    so that its ``--out`` or ``--model`` never steer this run; defaults for the rest."""
+    base = vars(parse_args([]))
+    if args is not None and getattr(args, "_llm_scale_dist", False):
+        return args
+    return argparse.Namespace(**{k: v if args is None or k.startswith("_") else getattr(args, "dist_" + k, v)
+                                 for k, v in base.items()})
 
 
 def uptime() -> str:
@@ -147,17 +161,15 @@ def _max_rel(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> float:
 
 
 def run(args: Optional[argparse.Namespace] = None) -> Dict[str, Any]:
-    """Run the comparison; returns (and writes to ``args.out``) the result as a dict."""
-    args = args if args is not None else parse_args([])
-    for k, v in vars(parse_args([])).items():
-        if not hasattr(args, k):
-            setattr(args, k, v)
+    """Run the comparison; returns (and writes to ``out``, unless it is empty) the result as a dict. ``args``:
+    :func:`parse_args`'s, None (the defaults) or another benchmark's, read through ``dist_<option>`` names."""
+    args = _options(args)
     torch.set_num_threads(1)
     import fxprune
+    flags = " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out" and not k.startswith("_"))
     doc: Dict[str, Any] = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                     "torch": torch.__version__, "load_start": uptime(),
-                                    "command": "python benchmarks/llm_scale_dist.py " + " ".join(
-                                        f"--{k} {v}" for k, v in vars(args).items() if k != "out")}}
+                                    "command": "python benchmarks/llm_scale_dist.py " + flags}}
     t0 = time.perf_counter()
     model, windows, name, note = load(args)
     parts = shards(len(windows), args.split)
@@ -188,7 +200,7 @@ def run(args: Optional[argparse.Namespace] = None) -> Dict[str, Any]:
         total = time.perf_counter() - t0
         ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(2)]
     dist_doc = {"total_s": total, "calibrate_s": max(r["calibrate_s"] for r in ranks),
-                "reduce_s": max(r["reduce_s"] for r in ranks), "plan_s": max(r["plan_s"] for r in ranks),
+                "reduce_s": min(r["reduce_s"] for r in ranks), "plan_s": max(r["plan_s"] for r in ranks),
                 "per_rank": [{k: r[k] for k in ("batches", "ready_s", "calibrate_s", "reduce_s", "plan_s")}
                              for r in ranks]}
     dist_doc["speedup_calibrate"] = single["calibrate_s"] / dist_doc["calibrate_s"]

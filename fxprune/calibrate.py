@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .distributed import all_reduce_importance, resolve_group
-from .errors import PlanError
+from .errors import PlanError, user_stacklevel
 from .frontend import Inputs, call_model
 
 __all__ = ["calibrate", "lm_loss"]
@@ -236,7 +236,8 @@ def _warn_unreduced() -> None:
     _warned_unreduced = True
     warnings.warn(f"fxprune.calibrate: torch.distributed is initialised with {dist.get_world_size()} ranks "
                   "but process_group=None: this rank's statistics are its own batches' only; pass "
-                  "process_group='auto' to sum them over the ranks before ranking", stacklevel=3)
+                  "process_group='auto' to sum them over the ranks before ranking",
+                  stacklevel=user_stacklevel())
 
 
 def _backward(model: nn.Module, params: list, batch: Any, loss_fn: LossFn) -> None:

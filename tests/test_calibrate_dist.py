@@ -133,6 +133,13 @@ def _worker(rank: int, init: str, out_dir: str) -> None:
             res["mismatch"] = "no error"
         except Exception as e:
             res["mismatch"] = f"{type(e).__name__}: {e}"
+        # the default process_group=None under an initialised group: this rank's statistics, one warning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            imp = fxprune.calibrate(models["branchy"], data["branchy"][rank:rank + 1], "activation",
+                                    progress=False)
+        res["unreduced"] = {"n": imp._n["conv1"], "warnings": [str(w.message) for w in caught],
+                            "files": [os.path.basename(w.filename) for w in caught]}
         # a rank whose batch fails: it re-raises its own error, the other rank a DistributedError
         bad = [data["branchy"][0]] + ([torch.randn(2, 5, 6, 6)] if rank == 1 else [])
         try:
@@ -231,6 +238,14 @@ def test_different_models_raise_a_typed_error_on_every_rank(ranks):
     for r in range(WORLD):
         assert ranks[r]["mismatch"].startswith("DistributedError: the ranks calibrate different models: "
                                                "parameter 'conv1.weight'"), ranks[r]["mismatch"]
+
+
+def test_default_is_local_with_a_warning(ranks):
+    for r in range(WORLD):
+        got = ranks[r]["unreduced"]
+        assert got["n"] == branchy_batches()[r].shape[0] * 36  # this rank's one batch only
+        assert len(got["warnings"]) == 1 and "process_group=None" in got["warnings"][0], got["warnings"]
+        assert got["files"] == [os.path.basename(__file__)]  # points at the caller, not at fxprune
 
 
 def test_failing_rank_does_not_hang_the_others(ranks):
