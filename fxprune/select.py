@@ -255,17 +255,19 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
             return lambda g: np.sqrt(_scores(g, _GroupIndex(g), sums))
     if isinstance(importance, str) and importance == "structure":
         imp: Any = StructureImportance()
+    elif callable(importance):  # an Importance, or any ``(group, model) -> one score per class or None``
+        imp = importance
     elif isinstance(importance, (Mapping, str, os.PathLike)):
         imp = ScoreImportance(importance)
         from .scores import check_scores
         _warn_unscored(check_scores(graph, imp) if groups else [], " (plan_by_ratio)")
     else:
-        raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict or a "
-                        f"scores file, got {type(importance).__name__}")
+        raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict, a "
+                        f"scores file or a criterion, got {type(importance).__name__}")
 
     def score(g: Group) -> Optional[np.ndarray]:
         s = imp(g, graph.gm)
-        return None if s is None else s.to(torch.float64).numpy()
+        return None if s is None else torch.as_tensor(s).to(torch.float64).numpy()
     return score
 
 

@@ -456,7 +456,7 @@ def plan_from_scores(graph: Any, scores: Any, ratio: float, heads: bool = False)
         >>> plan_from_scores(graph, {"0.weight:0": [5., 1., 2., 8., 3., 4., 7., 6.]}, 0.25)
         PrunePlan({'0.weight:0': [1, 2]})
     """
-    from ..select import _GroupIndex, _greedy, valid_prefix
+    from ..select import plan_by_ratio
 
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"ratio must be in [0, 1), got {ratio}")
@@ -470,20 +470,17 @@ def plan_from_scores(graph: Any, scores: Any, ratio: float, heads: bool = False)
     for g in graph.groups:
         g = g.heads() if heads and g.head_classes else g
         groups[g.key] = g
-    picked: List[Tuple[str, List[int]]] = []
+    arrays: Dict[str, np.ndarray] = {}
     for key, s in scores.items():
         g = groups.get(key)
         if g is None or g.pinned:
             raise PlanError(f"scores name group {key!r}, which is not a prunable group of this analysis")
-        s = np.asarray(s, dtype=np.float64)
-        if s.shape != (len(g.all_classes),):
-            raise PlanError(f"scores of group {key!r}: {s.shape[0] if s.ndim else 0} values for "
-                            f"{len(g.all_classes)} classes")
-        n = int(np.floor(ratio * len(g.all_classes)))
-        if n > 0:
-            chosen = _greedy(s, n, _GroupIndex(g))
-            picked.extend(valid_prefix(graph, [g.all_classes[i] for i in chosen], g.key, g))
-    return PrunePlan.union(picked)
+        arrays[key] = np.asarray(s, dtype=np.float64)
+        if arrays[key].shape != (len(g.all_classes),):
+            raise PlanError(f"scores of group {key!r}: {arrays[key].shape[0] if arrays[key].ndim else 0} "
+                            f"values for {len(g.all_classes)} classes")
+    # the greedy and closure of plan_by_ratio; groups without scores keep everything
+    return plan_by_ratio(graph, ratio, heads, importance=lambda g, _model: arrays.get(g.key))
 
 
 def checkpoint_scores(src_dir: str, graph_or_model: Any = None, criterion: str = "l2", *,
