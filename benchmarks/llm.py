@@ -329,15 +329,28 @@ def tp_row(cfg: dict, args, snapshot: str, dense: dict, doc: dict, write) -> Non
 
 def merge(paths: list[str]) -> dict:
     """One document from several runs on the same windows: their SmolLM2 rows, Torch-Pruning rows and MiniLM
-    rows side by side (each row keeps its own times and load); every run's meta is kept."""
-    docs = []
-    for p in paths:
+    rows side by side (each row keeps its own times and load); every run's meta is kept. ``PATH:b1,b2`` takes
+    only those budgets' rows of a run (an older run's rows on the other budgets superseded); where two runs
+    have the same row, the first path's is shown."""
+    docs, only = [], []
+    for spec in paths:
+        p, _, keep = spec.partition(":")
         with open(p) as f:
-            docs.append(json.load(f))
+            d = json.load(f)
+        if keep and "smollm" in d:
+            want = set(keep.split(","))
+            s = d["smollm"]
+            s["rows"] = [r for r in s["rows"] if r["budget"] in want]
+            s["tp"] = [r for r in s["tp"] if r["budget"] in want]
+            s["budgets"] = {b: v for b, v in s.get("budgets", {}).items() if b in want}
+        docs.append(d)
+        only.append(keep)
+    paths = [spec.partition(":")[0] for spec in paths]
     doc = {"meta": dict(docs[0]["meta"]), "config": docs[0]["config"]}
-    doc["meta"]["runs"] = [{"path": os.path.relpath(p, ROOT), **d["meta"]} for p, d in zip(paths, docs)]
+    doc["meta"]["runs"] = [{"path": os.path.relpath(p, ROOT), "budgets_taken": k or "all", **d["meta"]}
+                           for p, d, k in zip(paths, docs, only)]
     doc["meta"]["wall_s"] = max(d["meta"].get("wall_s", 0) for d in docs)
-    doc["meta"]["uptime_end"] = docs[-1]["meta"].get("uptime_end")
+    doc["meta"]["uptime_end"] = docs[0]["meta"].get("uptime_end")
     for d in docs:
         if "smollm" in d:
             s = d["smollm"]
@@ -351,6 +364,21 @@ def merge(paths: list[str]) -> dict:
             doc["smollm"]["budgets"].update(s.get("budgets", {}))
         if "minilm" in d:
             doc["minilm"] = d["minilm"]
+    if "smollm" in doc:
+        # one row per (criterion, budget, compensation): the first run's result; an error only where no run has
+        # a result (an older fxprune without compensation is not a failure of this one)
+        rows, seen = doc["smollm"]["rows"], set()
+        done = {(r["criterion"], r["budget"], r["compensate"]) for r in rows if "ppl" in r}
+        kept = []
+        for r in rows:
+            k = (r["criterion"], r["budget"], r["compensate"])
+            if k in seen or ("ppl" not in r and k in done):
+                continue
+            seen.add(k)
+            kept.append(r)
+        doc["smollm"]["rows"] = kept
+        b = doc["smollm"]["budgets"]
+        doc["smollm"]["budgets"] = {k: b[k] for k in sorted(b, key=lambda k: BUDGETS.index(k))}
     return doc
 
 

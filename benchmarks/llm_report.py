@@ -45,7 +45,7 @@ def smollm_markdown(doc: dict) -> list[str]:
              f"{d['calib'][0]} × {d['calib'][1]} tokens from the start of the text (evaluation windows at "
              "its end). No fine-tuning. '+comp' = bias compensation (mean contribution of the removed "
              "channels folded into the next layer's bias).", ""]
-    budgets = list(s.get("budgets", {}))
+    budgets = [b for b in s.get("budgets", {}) if any(r["budget"] == b for r in s["rows"] + s["tp"])]
     lines += ["| budget | MLP ratio / heads | criterion | params removed | fxprune | fxprune +comp |",
               "|---|---|---|---:|---:|---:|"]
     crits = list(dict.fromkeys(r["criterion"] for r in s["rows"]))
@@ -137,7 +137,8 @@ def markdown(doc: dict) -> str:
              f"{meta['cpu_count']} cores, {meta['threads']} thread(s), wall {meta.get('wall_s', 0):.0f} s.",
              f"Load at start: `{meta['uptime_start']}`; at end: `{meta.get('uptime_end', '?')}`.", ""]
     for r in meta.get("runs", []):
-        lines += [f"- merged from `{r['path']}`: {r['date']}, commit {r['commit']}, fxprune "
+        taken = f" ({r['budgets_taken']} rows)" if r.get("budgets_taken", "all") != "all" else ""
+        lines += [f"- merged from `{r['path']}`{taken}: {r['date']}, commit {r['commit']}, fxprune "
                   f"`{r.get('fxprune_file', '?')}`, wall {r.get('wall_s', 0):.0f} s, load `{r['uptime_start']}`"]
     if meta.get("runs"):
         lines.append("")

@@ -86,11 +86,7 @@ NOT_OWN: dict[str, str] = {
 }
 # Families where prune or verify raises (the error).
 PRUNE_FAILS: dict[str, str] = {
-    'afmoe': "view size is not compatible with input tensor's si",
-    'dory': "view size is not compatible with input tensor's si",
     'falcon': "property 'head_dim' of 'FalconConfig' object has n",
-    'gemma4_text': "'head_dim' is a per\\-layer attribute and may vary a",
-    'gemma4_unified_text': "'head_dim' is a per\\-layer attribute and may vary a",
     'rwkv': 'pruned model differs from the masked original: out',
 }
 # Families with MLP layers whose width stays pinned (MoE experts: transformers.grouped_mm_fallback,
