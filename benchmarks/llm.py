@@ -365,8 +365,8 @@ def merge(paths: list[str]) -> dict:
         if "minilm" in d:
             doc["minilm"] = d["minilm"]
     if "smollm" in doc:
-        # one row per (criterion, budget, compensation): the first run's result; an error only where no run has
-        # a result (an older fxprune without compensation is not a failure of this one)
+        # one row per (criterion, budget, compensation): the first run's result; an error only where no run
+        # has a result (an older fxprune without compensation is not a failure of this one)
         rows, seen = doc["smollm"]["rows"], set()
         done = {(r["criterion"], r["budget"], r["compensate"]) for r in rows if "ppl" in r}
         kept = []

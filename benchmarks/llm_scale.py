@@ -96,7 +96,8 @@ def child(shape: str) -> dict:
                 per_layer.add(len(p.all_classes))
                 # a class that removes k_proj rows removes a kv head (with its query group under GQA)
                 found["kv_groups"] += len({int(c) for name, dim, pos in p.index_classes()
-                                           if name.endswith("k_proj.weight") and dim == 0 for c in pos if c >= 0})
+                                           if name.endswith("k_proj.weight") and dim == 0
+                                           for c in pos if c >= 0})
     found["head_classes_per_layer"] = sorted(per_layer)
     found["hidden"] = graph.group_of("model.embed_tokens.weight", 1).pinned is None
     with warnings.catch_warnings(record=True) as caught_prune:
@@ -121,7 +122,8 @@ def child(shape: str) -> dict:
                      "hidden": True},
         "warnings": sorted({str(w.message)[:200] for w in caught}),
         "rss_after_import_mb": rss_import, "rss_before_analyze_mb": rss_before, "rss_peak_mb": rss_after,
-        "plan_by_ratio_0.2_s": round(t_plan, 2), "plan_by_ratio_0.2_removed": sum(len(v) for v in plan.values()),
+        "plan_by_ratio_0.2_s": round(t_plan, 2),
+        "plan_by_ratio_0.2_removed": sum(len(v) for v in plan.values()),
         "pruner_step_s": round(t_prune, 2),
         "pruner_warnings": sorted({str(w.message)[:300] for w in caught_prune}),
         "pruned": {"type": type(small).__name__, "hidden_size": getattr(c, "hidden_size", None),
@@ -149,7 +151,8 @@ def run_meta(args: argparse.Namespace) -> list:
             row["rep"], row["loadavg_before"], row["loadavg_after"] = rep, load, os.getloadavg()
             rows.append(row)
             f = row["found"]
-            print(f"{shape:11s} rep {rep}: analyze {row['analyze_s']:6.2f} s (CPU {row['analyze_cpu_s']:.2f} s)  peak RSS "
+            print(f"{shape:11s} rep {rep}: analyze {row['analyze_s']:6.2f} s "
+                  f"(CPU {row['analyze_cpu_s']:.2f} s)  peak RSS "
                   f"{row['rss_peak_mb'].get('VmHWM_mb', row['rss_peak_mb']['ru_maxrss_mb']):7.0f} MB  "
                   f"(before analyze {row['rss_before_analyze_mb'].get('VmRSS_mb', 0):.0f} MB)  "
                   f"mlp {f['mlp']}  v/o {f['vo']}  head parts {f['head_parts']}  kv groups {f['kv_groups']}  "
@@ -159,13 +162,15 @@ def run_meta(args: argparse.Namespace) -> list:
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
-    print(f"\n{'shape':11s} {'params':>7s} {'analyze s':>10s} {'CPU s':>6s} {'peak MB':>8s} {'plan s':>7s} {'step s':>8s}  Pruner(0.2, heads 0.25) on meta")
+    print(f"\n{'shape':11s} {'params':>7s} {'analyze s':>10s} {'CPU s':>6s} {'peak MB':>8s} {'plan s':>7s} "
+          f"{'step s':>8s}  Pruner(0.2, heads 0.25) on meta")
     for r in rows:
         p = r["pruned"]
         print(f"{r['shape']:11s} {r['params'] / 1e9:6.2f}B {r['analyze_s']:10.2f} {r['analyze_cpu_s']:6.2f} "
               f"{r['rss_peak_mb'].get('VmHWM_mb', r['rss_peak_mb']['ru_maxrss_mb']):8.0f} "
-              f"{r['plan_by_ratio_0.2_s']:7.2f} {r['pruner_step_s']:8.2f}  {p['type']}: hidden {p['hidden_size']}, "
-              f"intermediate {p['intermediate_size']}, heads {p['num_attention_heads']}/{p['num_key_value_heads']}, "
+              f"{r['plan_by_ratio_0.2_s']:7.2f} {r['pruner_step_s']:8.2f}  {p['type']}: "
+              f"hidden {p['hidden_size']}, intermediate {p['intermediate_size']}, "
+              f"heads {p['num_attention_heads']}/{p['num_key_value_heads']}, "
               f"{p['params'] / 1e9:.2f}B")
     print(f"-> {path}")
     return rows

@@ -4,8 +4,8 @@ Each rank runs its own shard of the calibration batches through :func:`fxprune.c
 hand); :func:`all_reduce_importance` (``imp.all_reduce(group)``) then sums the per-layer statistics of every
 rank, so that each rank holds what one process would have recorded on all the batches (up to float rounding)
 and ranks the same channels. The sums are exact merges: activation sums and counts add up; the fluctuation
-criterion's per-rank variances are merged from their sums of squared deviations around the *global* mean (a second
-reduction, Chan et al.), never from sums of squares that cancel.
+criterion's per-rank variances are merged from their sums of squared deviations around the *global* mean (a
+second reduction, Chan et al.), never from sums of squares that cancel.
 
 Ranks need not see the same layers or the same number of batches: the ranks first exchange which statistics
 they hold (names, shapes, counts) and reduce over the union in one agreed order, a rank filling zeros for a

@@ -21,8 +21,8 @@ import torch.fx
 
 __all__ = [
     "FxpruneError", "TraceError", "ShapeInfoError", "UnsupportedOpError", "CouplingConflictError",
-    "PlanError", "MetaTensorError", "RewriteError", "VerificationError", "SerializationError", "InternalError",
-    "DistributedError", "FallbackWarning",
+    "PlanError", "MetaTensorError", "RewriteError", "VerificationError", "SerializationError",
+    "InternalError", "DistributedError", "FallbackWarning",
     "describe_node",
 ]
 

@@ -149,7 +149,8 @@ class Pruner:
             importance = imp_mod.StructureImportance()
             warnings.warn(f"fxprune: Pruner on {type(model).__name__}, whose weights are on the meta device: "
                           "every group keeps its first classes and loses its last ones "
-                          "(importance='structure'); rank by scores computed elsewhere with fxprune.Pruner.from_scores", stacklevel=2)
+                          "(importance='structure'); rank by scores computed elsewhere with "
+                          "fxprune.Pruner.from_scores", stacklevel=2)
         self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
             importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)

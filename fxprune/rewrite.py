@@ -348,7 +348,8 @@ def _heads_of(model: torch.nn.Module, key: str, idx: List[int]) -> str:
     return f" (head dims {_spans(sorted({i % hd for i in idx}))} of heads {_spans(heads)} of {path})"
 
 
-def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: bool, exp: Any = None) -> None:
+def report_closure(graph: Any, plan: PrunePlan, model: torch.nn.Module, strict: bool,
+                   exp: Any = None) -> None:
     """Say when a valid plan removes more of an entry's own dim than the entry lists: whole heads, the same
     query head in every GQA kv group, both halves of a RoPE pair, the columns a grouped conv shares go
     together. ``strict=True`` raises :class:`~fxprune.errors.PlanError` instead of pruning more than asked.

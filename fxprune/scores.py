@@ -147,8 +147,8 @@ class ScoreImportance(Importance):
         if not bool(covered.all()):
             missing = group.all_classes[int((~covered).nonzero()[0])]
             raise PlanError(f"scores{self._where()} cover only {int(covered.sum())} of the {n} classes of "
-                            f"group {group.key}: the class {missing[0]} {missing[1][:8]} has no scored index; give "
-                            "scores for a member that holds every class (e.g. the group's key)")
+                            f"group {group.key}: the class {missing[0]} {missing[1][:8]} has no scored "
+                            "index; give scores for a member that holds every class (e.g. the group's key)")
         return reduce_scores(torch.stack(rows), self.group_reduction, torch.stack(masks)).to(torch.float32)
 
 

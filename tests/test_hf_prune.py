@@ -170,6 +170,16 @@ def _out(model: torch.nn.Module, inputs: fxprune.Inputs) -> torch.Tensor:
     return o.logits if hasattr(o, "logits") else o.last_hidden_state
 
 
+def _auto_round_trip(small: torch.nn.Module) -> torch.nn.Module:
+    """``small`` through transformers alone: ``save_pretrained``, then
+    ``AutoModelForCausalLM.from_pretrained``."""
+    with tempfile.TemporaryDirectory() as d:
+        small.save_pretrained(d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return T.AutoModelForCausalLM.from_pretrained(d).eval()
+
+
 def _zeroed(model: torch.nn.Module, slices: Slices) -> torch.nn.Module:
     masked = copy.deepcopy(model)
     params = dict(masked.named_parameters())
@@ -266,11 +276,7 @@ def test_uniform_pruning_round_trips_through_transformers_alone(name):
     assert (small.config.intermediate_size, small.config.num_attention_heads, small.config.num_key_value_heads) == (
         I - 2, H - H // KV, KV - 1)
     assert (model.config.intermediate_size, model.config.num_attention_heads) == (I, H)  # the user's config
-    with tempfile.TemporaryDirectory() as d:
-        small.save_pretrained(d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            back = T.AutoModelForCausalLM.from_pretrained(d).eval()
+    back = _auto_round_trip(small)
     assert type(back) is type(model)
     assert torch.equal(_out(small, inputs), _out(back, inputs))
 
@@ -385,11 +391,7 @@ def test_pruner_default_on_a_decoder_round_trips_through_transformers():
         dims = fxprune.Pruner(model, inputs, pruning_ratio=0.25, importance="l2", prune_head_dims=True).step()
     assert (small.config.intermediate_size, small.config.hidden_size, small.config.head_dim) == (96, 48, HD)
     assert fxprune.hf.config_mismatches(small) == []
-    with tempfile.TemporaryDirectory() as d:
-        small.save_pretrained(d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            back = T.AutoModelForCausalLM.from_pretrained(d).eval()
+    back = _auto_round_trip(small)
     assert torch.equal(_out(small, inputs), _out(back, inputs))
     assert dims.config.head_dim < HD and any("scaling" in s for s in fxprune.hf.config_mismatches(dims))
     with tempfile.TemporaryDirectory() as d:
@@ -454,11 +456,7 @@ def test_head_pruning_ratio_counts_query_heads_under_gqa(heads, kv, ratio, q_kep
     assert torch.allclose(_out(small, inputs), want, atol=1e-5)
     assert not torch.allclose(_out(model, inputs), want, atol=1e-3)  # the removed heads mattered
     assert model.config.num_attention_heads == heads  # the user's model is untouched
-    with tempfile.TemporaryDirectory() as d:
-        small.save_pretrained(d)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            back = T.AutoModelForCausalLM.from_pretrained(d).eval()
+    back = _auto_round_trip(small)
     assert torch.equal(_out(small, inputs), _out(back, inputs))
 
 
