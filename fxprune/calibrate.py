@@ -172,7 +172,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
     gradient = callable(getattr(importance, "accumulate_grad", None))
     if not recorded and not gradient:
         warnings.warn(f"fxprune.calibrate: {name} records nothing from data (it reads only the weights); "
-                      "the batches were not run", stacklevel=2)
+                      "the batches were not run", stacklevel=user_stacklevel())
         return importance
     if max_batches is not None and max_batches < 1:
         raise PlanError(f"max_batches must be a positive integer, got {max_batches}")

@@ -34,7 +34,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import PlanError, RewriteError
+from .errors import PlanError, RewriteError, user_stacklevel
 
 __all__ = ["Compensation", "plan_compensation", "apply_compensation", "input_fills", "add_saved_biases"]
 
@@ -111,7 +111,7 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
         if names:
             shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
             warnings.warn(f"fxprune: bias compensation: {len(names)} layer(s) whose inputs the plan removes "
-                          f"{what}: {shown}", stacklevel=4)
+                          f"{what}: {shown}", stacklevel=user_stacklevel())
     return out
 
 
@@ -229,7 +229,7 @@ def _declare_biases(original: nn.Module, small: nn.Module, added: List[str]) -> 
                       f"{type(small).__name__} that its config cannot declare ({', '.join(unloadable[:3])}"
                       f"{', ...' if len(unloadable) > 3 else ''}): save_pretrained stores them, but the "
                       "stock class's from_pretrained drops them; keep the state_dict or use fxprune.save",
-                      stacklevel=4)
+                      stacklevel=user_stacklevel())
 
 
 def add_saved_biases(model: nn.Module, keys: List[str]) -> List[str]:

@@ -114,8 +114,11 @@ _INTERNAL = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
 def user_stacklevel() -> int:
     """``stacklevel`` for ``warnings.warn`` called here that points at the first frame outside fxprune (and
     the pass manager running its passes): the user's call."""
+    passes = sys.modules.get("fxprune.passes")  # its own folder in a source checkout (package-dir mapping)
+    own = (_INTERNAL[0],) + ((os.path.dirname(os.path.abspath(passes.__file__)) + os.sep,)
+                             if passes is not None and getattr(passes, "__file__", None) else ())
     f, level = sys._getframe(1), 1
-    while f is not None and (os.path.abspath(f.f_code.co_filename).startswith(_INTERNAL[0])
+    while f is not None and (os.path.abspath(f.f_code.co_filename).startswith(own)
                              or _INTERNAL[1] in f.f_code.co_filename):
         f, level = f.f_back, level + 1
     return level

@@ -33,7 +33,7 @@ from . import cache
 from .analyze import ChannelGraph, Group, analyze
 from .budget import fit_budget, resolve_target
 from .gcpause import no_gc
-from .errors import MetaTensorError, PlanError
+from .errors import MetaTensorError, PlanError, user_stacklevel
 from .record import record_of
 from .plan import PrunePlan, make_key, parse_key
 from .rewrite import _prune
@@ -150,7 +150,7 @@ class Pruner:
             warnings.warn(f"fxprune: Pruner on {type(model).__name__}, whose weights are on the meta device: "
                           "every group keeps its first classes and loses its last ones "
                           "(importance='structure'); rank by scores computed elsewhere with "
-                          "fxprune.Pruner.from_scores", stacklevel=2)
+                          "fxprune.Pruner.from_scores", stacklevel=user_stacklevel())
         self._auto = importance is None and _is_hf_causal_lm(model)
         if importance is None:
             importance = imp_mod.FluctuationImportance() if self._auto else imp_mod.MagnitudeImportance(p=2)
@@ -161,7 +161,7 @@ class Pruner:
                           "FluctuationImportance (FLAP) with the example inputs as the calibration set, not "
                           "by weight magnitude; calibrating on real text scores better: imp = "
                           "fxprune.calibrate(model, batches, 'fluctuation'); Pruner(model, inputs, "
-                          "importance=imp)", stacklevel=2)
+                          "importance=imp)", stacklevel=user_stacklevel())
         if bias_compensation and not callable(getattr(importance, "input_means", None)):
             raise PlanError(f"bias_compensation needs the mean inputs an importance records "
                             f"(ActivationImportance, FluctuationImportance); {type(importance).__name__} "
@@ -276,7 +276,7 @@ class Pruner:
             shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
             parts.append(f"{len(keys)} group(s) {reason}" + (f" ({shown})" if keys else "") if keys else reason)
         warnings.warn(f"fxprune: Pruner step {self.current_step}/{self.iterative_steps} removes nothing: "
-                      + "; ".join(parts), stacklevel=3)
+                      + "; ".join(parts), stacklevel=user_stacklevel())
 
     def manual_prune_width(self, layer: nn.Module, amount: Union[float, Sequence[int]]) -> nn.Module:
         """Prune the output channels of one ``layer`` (a module of the current model, or of the original
@@ -377,12 +377,12 @@ class Pruner:
         if short:
             warnings.warn(f"fxprune: head_pruning_ratio {ratio:g} removes no head of {len(short)} GQA "
                           f"attention(s) (first: {short[0]}): the least it can remove is one query head of "
-                          "every kv group or one whole kv group", stacklevel=3)
+                          "every kv group or one whole kv group", stacklevel=user_stacklevel())
         if gqa_global:
             warnings.warn("fxprune: global_pruning ranks whole heads across attentions, but "
                           f"{len(gqa_global)} GQA attention(s) (first: {gqa_global[0]}) are pruned each by "
                           "head_pruning_ratio alone (whole kv groups or one query head per group)",
-                          stacklevel=3)
+                          stacklevel=user_stacklevel())
         for scope in self._scopes(plain):
             for c, i in self._pick(scope, lambda g: ratio):
                 picked.append(c.group.all_classes[i])

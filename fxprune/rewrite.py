@@ -290,7 +290,7 @@ def prune(model: torch.nn.Module, plan: Any, example_inputs: Any, inplace: bool 
         applied = getattr(model, "meta", {}).get("fxprune", {}).get("applied", [])
         if applied and applied[-1] == plan.to_json():
             warnings.warn("fxprune: this plan was already applied to this GraphModule; not pruning twice",
-                          stacklevel=2)
+                          stacklevel=user_stacklevel())
             return model
     return _prune(model, plan, example_inputs, inplace, strict, output, frontend, compensate, closure=True)
 

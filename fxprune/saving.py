@@ -33,7 +33,7 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from .errors import SerializationError
+from .errors import SerializationError, user_stacklevel
 from .plan import PrunePlan
 
 __all__ = ["save", "load"]
@@ -109,7 +109,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, example_inputs: Any = 
         program.unlink()  # never leave an older program beside new weights
     if inputs is None:
         warnings.warn(f"fxprune.save: no example inputs for {type(model).__name__}; {PROGRAM} not written "
-                      "(pass example_inputs=)", stacklevel=2)
+                      "(pass example_inputs=)", stacklevel=user_stacklevel())
         return
     try:
         ep = torch.export.export(model, inputs)
@@ -118,7 +118,7 @@ def save(model: torch.nn.Module, path: str | os.PathLike, example_inputs: Any = 
         msg = " ".join(str(e).split())[:300]
         warnings.warn(f"fxprune.save: torch.export could not export {type(model).__name__} "
                       f"({type(e).__name__}: {msg}); {PROGRAM} not written, {PLAN} and {WEIGHTS} were "
-                      "(fxprune.load(path, model=unpruned) rebuilds it)", stacklevel=2)
+                      "(fxprune.load(path, model=unpruned) rebuilds it)", stacklevel=user_stacklevel())
 
 
 def _read_meta(d: Path) -> dict:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .analyze import ChannelGraph, Group
-from .errors import PlanError
+from .errors import PlanError, user_stacklevel
 from .importance import Importance, reduce_scores
 from .plan import make_key, parse_key
 
@@ -250,5 +250,5 @@ def _warn_unscored(keys: List[str], where: str) -> None:
     if keys:
         shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
         warnings.warn(f"fxprune: {len(keys)} prunable group(s) have no scores{where} and are left as they "
-                      f"are: {shown}", stacklevel=3)
+                      f"are: {shown}", stacklevel=user_stacklevel())
 

@@ -18,7 +18,7 @@ import torch
 
 from .analyze import ChannelGraph, Group
 from .gcpause import no_gc
-from .errors import MetaTensorError, PlanError
+from .errors import MetaTensorError, PlanError, user_stacklevel
 from .plan import PrunePlan
 
 __all__ = ["plan_by_ratio", "class_scores", "class_dim_counts", "valid_prefix"]
@@ -248,7 +248,7 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
         if meta:
             warnings.warn("fxprune: plan_by_ratio: the weights are on the meta device; every group keeps its "
                           "first classes and loses its last ones (importance='structure'); pass scores "
-                          "computed elsewhere to rank by them", stacklevel=4)
+                          "computed elsewhere to rank by them", stacklevel=user_stacklevel())
             importance = "structure"
         else:
             sums = _needed_sums(graph, groups, params)
@@ -303,5 +303,5 @@ def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]], where:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
     warnings.warn(f"fxprune: {where or 'a group'} loses {lo} of the {len(picks)} classes chosen: more would "
-                  "expand, through its grids, to a plan that empties a dim", stacklevel=3)
+                  "expand, through its grids, to a plan that empties a dim", stacklevel=user_stacklevel())
     return picks[:lo]

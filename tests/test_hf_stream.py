@@ -244,3 +244,24 @@ def test_failure_while_writing_leaves_no_dst(small_src, tmp_path, monkeypatch):
         fxprune.hf.prune_checkpoint(str(small_src), {"model.layers.0.mlp.gate_proj.weight:0": [1]},
                                     str(tmp_path / "dst"), progress=False)
     assert len(calls) == 2 and os.listdir(tmp_path) == [] and _digest(small_src) == before
+
+
+@pytest.mark.zoo
+def test_1b_synthetic_checkpoint_streams_bit_for_bit(tmp_path):
+    """The issue's check at scale (``benchmarks/llm_scale_stream.py``, a TinyLlama-1.1B shape in bf16 shards
+    written shard by shard): 20 % of every MLP's width streamed out; ``from_pretrained`` of the result equals
+    pruning the loaded model, tensor for tensor and logits; the bytes saved are exactly the MLP slices."""
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import llm_scale_stream
+
+    res = llm_scale_stream.run({"shape": "1b", "workdir": str(tmp_path)})
+    s = llm_scale_stream.SHAPES["1b"]
+    assert 1.0e9 < res["synthetic"]["params"] < 1.2e9 and res["synthetic"]["shards"] > 1
+    kept = s["intermediate_size"] - int(0.2 * s["intermediate_size"])
+    assert res["prune"]["config"] == {"intermediate_size": kept}
+    gone = s["num_hidden_layers"] * 3 * s["hidden_size"] * (s["intermediate_size"] - kept) * 2  # bf16 bytes
+    assert res["synthetic"]["total_size"] - res["prune"]["total_size"] == gone
+    assert res["check"]["n_differing"] == 0 and res["check"]["logits_equal"] and res["bit_for_bit"]

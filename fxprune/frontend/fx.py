@@ -24,7 +24,7 @@ import torch.fx
 from torch.fx.passes.shape_prop import _extract_tensor_metadata
 from torch.utils._pytree import tree_map
 
-from ..errors import ShapeInfoError, TraceError
+from ..errors import ShapeInfoError, TraceError, user_stacklevel
 from ..record import record_of
 
 __all__ = ["trace", "propagate_shapes", "normalize_inputs"]
@@ -195,7 +195,8 @@ def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
     others = list(other.nodes) if other is not None else []
     if len(nodes) != len(others) or any((a.op, a.target) != (b.op, b.target) for a, b in zip(nodes, others)):
         warnings.warn(f"fxprune: {type(model).__name__}.forward takes another path in train and eval mode; "
-                      f"the traced graph, and a model pruned from it, follow {mode} mode", stacklevel=4)
+                      f"the traced graph, and a model pruned from it, follow {mode} mode",
+                      stacklevel=user_stacklevel())
         return
     reads: Dict[bool, torch.fx.Node] = {}
 

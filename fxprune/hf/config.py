@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from .attention import attention_widths, sync_attention
+from ..errors import user_stacklevel
 
 __all__ = ["sync_config", "config_mismatches", "model_widths", "scalar_attrs"]
 
@@ -137,7 +138,8 @@ def sync_config(model: nn.Module) -> Dict[str, Any]:
         warnings.warn(f"fxprune: config.json of the pruned {type(model).__name__} does not describe its layers: "
                       f"{why}; from_pretrained would build {'; '.join(bad[:3])}"
                       f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}. Save it with "
-                      "fxprune.hf.save_pretrained and load it with fxprune.hf.from_pretrained.", stacklevel=4)
+                      "fxprune.hf.save_pretrained and load it with fxprune.hf.from_pretrained.",
+                      stacklevel=user_stacklevel())
     return changes
 
 

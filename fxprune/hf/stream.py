@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import PlanError, SerializationError
+from ..errors import PlanError, SerializationError, user_stacklevel
 from ..plan import PrunePlan, parse_key
 
 __all__ = ["prune_checkpoint", "checkpoint_scores", "CheckpointScores", "plan_from_scores", "meta_model"]
@@ -284,7 +284,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     _check_plan(src, plan, model, wmap, cpu_buffers)  # before the analysis: a typo costs no export
     if not len(plan):
         warnings.warn(f"fxprune: the plan is empty; {src} is copied to {dst} with nothing pruned",
-                      stacklevel=2)
+                      stacklevel=user_stacklevel())
     inputs = _example_inputs(example_inputs)
     graph = analyze(model, inputs)
     canon = _canonical_names(graph, wmap)
@@ -332,7 +332,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
             real = {n: _slice(cpu_buffers[n], keeps.get(n, {})) for n in buffers}
             write_description(tmp, info, real)
             warnings.warn(f"fxprune: {dst} holds fxprune.json (the config cannot describe the pruned "
-                          "layers); load it with fxprune.hf.from_pretrained", stacklevel=2)
+                          "layers); load it with fxprune.hf.from_pretrained", stacklevel=user_stacklevel())
         for name in sorted(os.listdir(src)):
             if name in _OWN or name in shards:
                 continue
@@ -405,7 +405,7 @@ def _check_shapes(src: str, wmap: Mapping[str, str], canon: Mapping[str, str],
                                              f"built from config.json has {list(want)}")
     if unknown:
         warnings.warn(f"fxprune: {len(unknown)} tensors of {src} are not parameters of the model built from "
-                      f"its config ({unknown[:3]}); they are copied unchanged", stacklevel=3)
+                      f"its config ({unknown[:3]}); they are copied unchanged", stacklevel=user_stacklevel())
 
 
 # -- scores ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
-from ..errors import RewriteError
+from ..errors import RewriteError, user_stacklevel
 from ..record import record_of
 from ..hf.config import sync_config
 
@@ -270,7 +270,8 @@ def prune_to_module(graph: Any, plan: Any, model: torch.nn.Module, example_input
         if output != "auto" or inplace:
             raise
         # the graph target is still right and is called like the model: return it, saying why
-        warnings.warn(f"fxprune: returning a GraphModule, not {type(model).__name__}: {e}", stacklevel=3)
+        warnings.warn(f"fxprune: returning a GraphModule, not {type(model).__name__}: {e}",
+                      stacklevel=user_stacklevel())
         return small
     if pairs is not None and inplace:
         _commit(pairs)
