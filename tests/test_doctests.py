@@ -12,7 +12,8 @@ import fxprune
 import fxprune.passes
 
 _MODULES = sorted({m.name for pkg in (fxprune, fxprune.passes)
-                   for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")} | {"fxprune"})
+                   for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")}
+                  | {"fxprune", "fxprune.passes"})  # passes/ is its own folder in a source checkout
 
 
 @pytest.mark.parametrize("name", _MODULES)
