@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import sys
 import warnings
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -28,6 +27,7 @@ from torch import nn
 from .distributed import all_reduce_importance, resolve_group
 from .errors import PlanError, user_stacklevel
 from .frontend import Inputs, call_model
+from .progress import Progress
 
 __all__ = ["calibrate", "lm_loss"]
 
@@ -91,34 +91,6 @@ def is_causal_lm(model: nn.Module) -> bool:
         return "labels" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-class _Progress:
-    """A tqdm bar on stderr when tqdm is installed; else a log line every ~10 % (every 10 batches when the
-    number of batches is unknown)."""
-
-    def __init__(self, total: Optional[int], enabled: bool, desc: str):
-        self.total, self.enabled, self.desc, self.done, self.bar = total, enabled, desc, 0, None
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, desc=desc, file=sys.stderr, unit="batch", leave=False)
-
-    def update(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled:
-            step = max(1, self.total // 10) if self.total else 10
-            if self.done % step == 0 or self.done == self.total:
-                log.info("%s: %d%s batches", self.desc, self.done, f"/{self.total}" if self.total else "")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _total(batches: Iterable[Any], max_batches: Optional[int]) -> Optional[int]:
@@ -190,7 +162,7 @@ def calibrate(model: nn.Module, batches: Iterable[Any], importance: Any, *, loss
     params = list(model.parameters())
     grads = [p.grad for p in params]
     flags = {m: m.training for m in model.modules()}
-    bar = _Progress(_total(batches, max_batches), progress, f"fxprune.calibrate ({name})")
+    bar = Progress(_total(batches, max_batches), progress, f"fxprune.calibrate ({name})")
     failed: Optional[Exception] = None
     try:
         model.eval()

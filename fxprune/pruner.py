@@ -724,7 +724,7 @@ def _is_hf_causal_lm(model: nn.Module) -> bool:
 
 
 def _on_meta(model: nn.Module) -> bool:
-    from .scores import has_meta_tensors
+    from .scores import has_meta_tensors  # here: scores and importance import each other
     return has_meta_tensors(model)
 
 

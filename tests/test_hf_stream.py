@@ -265,3 +265,13 @@ def test_1b_synthetic_checkpoint_streams_bit_for_bit(tmp_path):
     gone = s["num_hidden_layers"] * 3 * s["hidden_size"] * (s["intermediate_size"] - kept) * 2  # bf16 bytes
     assert res["synthetic"]["total_size"] - res["prune"]["total_size"] == gone
     assert res["check"]["n_differing"] == 0 and res["check"]["logits_equal"] and res["bit_for_bit"]
+
+
+def test_plan_from_scores_names_the_groups_it_has_no_scores_for():
+    """Two prunable groups, scores for one: that one loses its lowest classes, the other is kept and named."""
+    m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6), torch.nn.ReLU(),
+                            torch.nn.Linear(6, 2))
+    graph = fxprune.analyze(m, torch.randn(1, 4))
+    with pytest.warns(UserWarning, match=r"1 prunable group\(s\) have no scores \(plan_from_scores\).*2\.weight:0"):
+        plan = stream.plan_from_scores(graph, {"0.weight:0": [5., 1., 2., 8., 3., 4., 7., 6.]}, 0.25)
+    assert plan == fxprune.PrunePlan({"0.weight:0": [1, 2]})

@@ -47,6 +47,7 @@ import torch.nn as nn
 
 from ..errors import PlanError, SerializationError, user_stacklevel
 from ..plan import PrunePlan, parse_key
+from ..progress import Progress
 
 __all__ = ["prune_checkpoint", "checkpoint_scores", "CheckpointScores", "plan_from_scores", "meta_model"]
 
@@ -216,30 +217,6 @@ def _write_shard(src_path: str, dst_path: str, canon: Dict[str, str],
     return offset, sliced
 
 
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.bar, self.done, self.total, self.enabled = None, 0, total, enabled
-        if enabled:
-            try:
-                import sys
-                from tqdm.auto import tqdm
-                self.bar = tqdm(total=total, desc="prune_checkpoint", unit="tensor", file=sys.stderr,
-                                leave=False)
-            except ImportError:
-                pass
-
-    def __call__(self) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        elif self.enabled and self.done % max(1, self.total // 10) == 0:
-            log.info("prune_checkpoint: %d/%d tensors", self.done, self.total)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _check_dirs(src: str, dst: str) -> None:
     if not os.path.isdir(src):
         raise SerializationError(f"checkpoint folder {src} does not exist")
@@ -309,7 +286,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would be the final folder's mode
-    bar = _Progress(len(wmap), progress)
+    bar = Progress(len(wmap), progress, "prune_checkpoint", unit="tensor")
     try:
         try:  # first: transformers validates the config it writes (hidden size vs heads)
             small.config.save_pretrained(tmp)
@@ -318,7 +295,7 @@ def prune_checkpoint(src_dir: str, plan: Any, dst_dir: str, *, progress: bool = 
                                      f"{str(e).strip().splitlines()[-1]}") from e
         total, sliced = 0, 0
         for shard in shards:
-            n, s = _write_shard(os.path.join(src, shard), os.path.join(tmp, shard), canon, keeps, bar)
+            n, s = _write_shard(os.path.join(src, shard), os.path.join(tmp, shard), canon, keeps, bar.update)
             total, sliced = total + n, sliced + s
         if index is not None:
             new_index = copy.deepcopy(index)
@@ -479,6 +456,10 @@ def plan_from_scores(graph: Any, scores: Any, ratio: float, heads: bool = False)
         if arrays[key].shape != (len(g.all_classes),):
             raise PlanError(f"scores of group {key!r}: {arrays[key].shape[0] if arrays[key].ndim else 0} "
                             f"values for {len(g.all_classes)} classes")
+    from ..scores import _warn_unscored
+
+    _warn_unscored([k for k, g in groups.items() if not g.pinned and g.all_classes and k not in arrays],
+                   " (plan_from_scores)")
     # the greedy and closure of plan_by_ratio; groups without scores keep everything
     return plan_by_ratio(graph, ratio, heads, importance=lambda g, _model: arrays.get(g.key))
 

@@ -197,7 +197,9 @@ def build_module(new_root: torch.nn.Module, small_gm: torch.fx.GraphModule, befo
         small_gm.eval()
         # on the meta device a forward may not read values (transformers' mask code does, unless traced):
         # run both under fake tensors, which keep shapes and let such code take its tracing branch
-        on_meta = any(t.is_meta for t in new_root.parameters())
+        from ..scores import has_meta_tensors  # here: scores <-> importance import each other
+
+        on_meta = has_meta_tensors(new_root)
         fake = FakeTensorMode(allow_non_fake_inputs=True) if on_meta else contextlib.nullcontext()
         with torch.no_grad(), fake:
             got, _ = tree_flatten(run_module())
