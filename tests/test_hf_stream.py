@@ -272,6 +272,7 @@ def test_plan_from_scores_names_the_groups_it_has_no_scores_for():
     m = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6), torch.nn.ReLU(),
                             torch.nn.Linear(6, 2))
     graph = fxprune.analyze(m, torch.randn(1, 4))
-    with pytest.warns(UserWarning, match=r"1 prunable group\(s\) have no scores \(plan_from_scores\).*2\.weight:0"):
+    want = r"1 prunable group\(s\) have no scores \(plan_from_scores\).*2\.weight:0"
+    with pytest.warns(UserWarning, match=want):
         plan = stream.plan_from_scores(graph, {"0.weight:0": [5., 1., 2., 8., 3., 4., 7., 6.]}, 0.25)
     assert plan == fxprune.PrunePlan({"0.weight:0": [1, 2]})
