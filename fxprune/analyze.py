@@ -558,8 +558,9 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     :mod:`fxprune.frontend.partial`, with one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one
     real forward recorded at the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then
     export, then parts. Every frontend gives a :class:`ChannelGraph`; ``graph.frontend`` says which one ran,
-    and ``graph.parts`` / ``graph.untraced`` what the parts frontend traced and left as Python. This runs :func:`fxprune.passes.analysis_passes` (Trace, Lower,
-    Solve); the result is cached for ``model`` and these inputs (:mod:`fxprune.cache`).
+    and ``graph.parts`` / ``graph.untraced`` what the parts frontend traced and left as Python. This runs
+    :func:`fxprune.passes.analysis_passes` (Trace, Lower, Solve); the result is cached for ``model`` and these
+    inputs (:mod:`fxprune.cache`).
     """
     from .passes import analysis_passes
     from .passes.manager import run

@@ -751,7 +751,8 @@ class PartsSource(GraphSource):
         self.recorded = [p.path for p in parts if p.recorded]  # regions recorded below Python
         self.stitched = len(stitched_pairs)
         # parts with a stitched interface: the Python between them sees the pruned widths
-        self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitched_pairs if dims for i in (pa, pb)}
+        self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitched_pairs if dims
+                               for i in (pa, pb)}
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         self._tensors = tensors
@@ -854,7 +855,8 @@ class PartsSource(GraphSource):
         target._fxprune_expanded = dict(exp.plan)
         return target
 
-    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float) -> Any:
+    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float,
+               rtol: float) -> Any:
         """``small`` against the model run with every pruned part masked (removed channels zeroed)."""
         return _verify_parts(self, graph, small, plan, args, atol, rtol)
 

@@ -1,4 +1,4 @@
-"""What a frontend captured, and how a plan reaches it: the ``source`` of a :class:`~fxprune.analyze.ChannelGraph`.
+"""What a frontend captured and how a plan reaches it: ``ChannelGraph.source``.
 
 Every frontend returns a :class:`~fxprune.analyze.ChannelGraph` over one channel IR; what differs is how the
 IR maps back onto the user's model. A model captured as one graph (the ``fx`` and ``export`` frontends)
@@ -35,7 +35,7 @@ class GraphSource:
     counts_from_ir = True
 
     def __init__(self) -> None:
-        self.parts: List[Any] = []                 # traced submodules (:class:`~fxprune.frontend.partial.Part`)
+        self.parts: List[Any] = []                 # traced submodules (fxprune.frontend.partial.Part)
         self.untraced: List[Tuple[str, str]] = []  # (module path, reason) of Python forwards left as they are
         self.recorded: List[str] = []              # module paths recorded below Python (autograd frontend)
         self.stitched = 0                          # part interfaces coupled across the Python between them
@@ -55,7 +55,8 @@ class GraphSource:
             return prune_to_module(graph, plan, model, example_inputs, output, inplace)
         return apply_plan(graph, plan, model, inplace=inplace)
 
-    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float) -> Any:
+    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float,
+               rtol: float) -> Any:
         """:meth:`ChannelGraph.verify <fxprune.analyze.ChannelGraph.verify>`: the masked run of the graph."""
         from ..verify import verify_graph
         return verify_graph(graph, small, plan, args, atol, rtol)
