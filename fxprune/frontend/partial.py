@@ -862,9 +862,11 @@ class PartsSource(GraphSource):
 
     def describe(self) -> str:
         """The parts story for ``repr(graph)``."""
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}" + ("" if k == 1 else "s")
         recorded = f", {len(self.recorded)} recorded below Python" if self.recorded else ""
-        return (f"; {len(self.parts)} traced parts{recorded}, {len(self.untraced)} untraced modules, "
-                f"{self.stitched} stitched interfaces")
+        return (f"; {n(len(self.parts), 'traced part')}{recorded}, {n(len(self.untraced), 'untraced module')}, "
+                f"{n(self.stitched, 'stitched interface')}")
 
 
 def _parts_graph(model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]], strict: bool,
