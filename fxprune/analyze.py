@@ -485,9 +485,12 @@ class ChannelGraph:
         :func:`fxprune.prune`."""
         return self.source.apply(self, plan, model, example_inputs, inplace, output)
 
-    def verify(self, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float) -> Any:
-        """``small`` against the original run with the plan's slices zeroed (:func:`fxprune.verify`)."""
-        return self.source.verify(self, small, plan, args, atol, rtol)
+    def verify(self, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float,
+               comps: Any = None) -> Any:
+        """``small`` against the original run with the plan's slices zeroed (:func:`fxprune.verify`);
+        ``comps`` (:func:`fxprune.compensate.plan_compensation`): those layers read their removed inputs as
+        the means instead."""
+        return self.source.verify(self, small, plan, args, atol, rtol, comps)
 
     def to_networkx(self, group: Optional[Any] = None):
         """The coupling graph over dim nodes (``networkx.MultiGraph``), whole or for one group (a

@@ -182,6 +182,31 @@ def test_autograd_frontend_records_the_whole_value_gate():
         torch.testing.assert_close(small(x), _zero_rows(model, plan)(x), atol=1e-5, rtol=1e-5)
 
 
+def test_compensated_parts_model_verifies_against_the_mean_filled_original():
+    """Bias compensation on a model pruned in parts: the pruned model equals the original whose removed
+    hidden channels read their means (a pre-hook, not the analysis), and verify(compensate=) agrees."""
+    torch.manual_seed(0)
+    model, x = ValueGate().eval(), torch.randn(4, 8)
+    means = {"a.down": torch.randn(16), "b.down": torch.randn(16)}
+    plan = {"a.up.weight:0": [0, 1], "b.up.weight:0": [3]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        small = fxprune.prune(model, plan, x, compensate=means)
+        assert type(small) is ValueGate and small.a.down.in_features == 14
+        ref = copy.deepcopy(model)
+        for layer, idx in (("a.down", [0, 1]), ("b.down", [3])):
+            def fill(_, args, idx=idx, mean=means[layer]):
+                h = args[0].clone()
+                h[..., idx] = mean[idx]
+                return (h,)
+            ref.get_submodule(layer).register_forward_pre_hook(fill)
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert fxprune.verify(model, small, plan, x, compensate=means).max_abs_diff < 1e-5
+        with pytest.raises(fxprune.VerificationError):
+            fxprune.verify(model, small, plan, x)  # the zeroed original is not what was built
+
+
 class Chain(nn.Module):
     """Every frontend takes it: whole (fx, export), in parts (its children), or recorded below Python."""
 

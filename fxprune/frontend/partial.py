@@ -855,10 +855,28 @@ class PartsSource(GraphSource):
         target._fxprune_expanded = dict(exp.plan)
         return target
 
-    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float,
-               rtol: float) -> Any:
-        """``small`` against the model run with every pruned part masked (removed channels zeroed)."""
-        return _verify_parts(self, graph, small, plan, args, atol, rtol)
+    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float,
+               comps: Any = None) -> Any:
+        """``small`` against the model run with every pruned part masked (removed channels zeroed; the
+        inputs of compensated layers, ``comps``, filled with their means)."""
+        return _verify_parts(self, graph, small, plan, args, atol, rtol, self._fills(comps or []))
+
+    def _fills(self, comps: list[Any]) -> dict[str, dict[str, tuple]]:
+        """Per part path, the mean fills (:func:`fxprune.compensate.input_fills`) of the compensated
+        layers in it, named as in the part's graph."""
+        import dataclasses
+
+        from ..compensate import input_fills
+
+        by_part: dict[str, list[Any]] = {}
+        for c in comps:
+            hit = self._owner.get(id(self._tensors.get(f"{c.name}.weight" if c.name else "weight")))
+            if hit is None:
+                raise PlanError(f"compensate: layer {c.name!r} is not in a traced submodule")
+            part, rel = hit
+            by_part.setdefault(part.path, []).append(dataclasses.replace(c, name=rel.rpartition(".")[0]))
+        return {path: input_fills(next(p for p in self.parts if p.path == path).graph, cs)
+                for path, cs in by_part.items()}
 
     def describe(self) -> str:
         """The parts story for ``repr(graph)``."""
@@ -891,7 +909,7 @@ _KEEP_ATTRS = ("training", "forward")
 # ------------------------------------------------------------------------------------------- verify
 
 def _verify_parts(source: PartsSource, graph: Any, small: torch.nn.Module, plan: Any, args: Any,
-                  atol: float, rtol: float):
+                  atol: float, rtol: float, fills: dict[str, dict[str, tuple]]):
     """Run the model with every pruned part masked (removed channels zeroed) and compare with ``small``."""
     from ..errors import VerificationError
     from ..verify import VerifyReport, _MaskedInterpreter
@@ -915,7 +933,7 @@ def _verify_parts(source: PartsSource, graph: Any, small: torch.nn.Module, plan:
             e = per_part.get(part.path)
             if e is None or not e.mask.any():
                 continue
-            interp = _MaskedInterpreter(part.graph, e)
+            interp = _MaskedInterpreter(part.graph, e, fills=fills.get(part.path))
             recomputed.update({part.scope + k: v for k, v in interp.recomputed.items()})
             m = part.module
             saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))

@@ -55,11 +55,16 @@ class GraphSource:
             return prune_to_module(graph, plan, model, example_inputs, output, inplace)
         return apply_plan(graph, plan, model, inplace=inplace)
 
-    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float,
-               rtol: float) -> Any:
+    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float,
+               comps: Any = None) -> Any:
         """:meth:`ChannelGraph.verify <fxprune.analyze.ChannelGraph.verify>`: the masked run of the graph."""
         from ..verify import verify_graph
-        return verify_graph(graph, small, plan, args, atol, rtol)
+
+        fills = None
+        if comps:
+            from ..compensate import input_fills
+            fills = input_fills(graph, comps)
+        return verify_graph(graph, small, plan, args, atol, rtol, fills)
 
     def describe(self) -> str:
         """What ``repr(graph)`` adds about the capture ("" for one graph)."""
