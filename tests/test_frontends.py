@@ -266,6 +266,9 @@ def test_every_frontend_returns_one_class_with_one_interface():
     assert "recorded below Python" in repr(autograd)
     assert isinstance(fx.apply(fxprune.PrunePlan(plan), model), torch.fx.GraphModule)  # fx: graph target
     assert all(type(g.apply(fxprune.PrunePlan(plan), model, x)) is Chain for g in (export, parts, autograd))
+    for g in (parts, autograd):  # no graph of the whole model to return
+        with pytest.raises(fxprune.PlanError, match="output='graph' needs one graph of the whole model"):
+            g.apply(fxprune.PrunePlan(plan), model, x, output="graph")
     assert not hasattr(fxprune.frontend.partial, "PartialGraph")
 
 

@@ -819,9 +819,16 @@ class PartsSource(GraphSource):
     def apply(self, graph: Any, plan: Any, model: torch.nn.Module | None = None, example_inputs: Any = None,
               inplace: bool = False, output: str = "auto") -> torch.nn.Module:
         """Prune ``model`` (the analysed model when None; a deep copy unless ``inplace``) part by part; the
-        result is always the model's own class (see the module docstring), whatever ``output`` says."""
+        result is the model's own class (see the module docstring): ``output="graph"`` is a PlanError."""
         from ..rewrite import apply_plan
 
+        if output == "graph":
+            what = type(self.model).__name__
+            why = (f"was traced in parts ({len(self.untraced)} module(s) stay Python, e.g. "
+                   f"{self.untraced[0][0] or '<root>'!r}: {self.untraced[0][1]})" if self.untraced
+                   else "was recorded below Python")
+            raise PlanError(f"output='graph' needs one graph of the whole model, but {what} {why}; "
+                            "use output='auto' (its own class, pruned)")
         exp = graph.expand(plan)  # every entry is checked before anything changes
         per_part = self.split(exp)
         model = self.model if model is None else model
