@@ -890,8 +890,8 @@ class PartsSource(GraphSource):
         def n(k: int, what: str) -> str:
             return f"{k} {what}" + ("" if k == 1 else "s")
         recorded = f", {len(self.recorded)} recorded below Python" if self.recorded else ""
-        untraced = n(len(self.untraced), "untraced module")
-        return f"; {n(len(self.parts), 'traced part')}{recorded}, {untraced}, {n(self.stitched, 'stitched interface')}"
+        parts, untraced = n(len(self.parts), "traced part"), n(len(self.untraced), "untraced module")
+        return f"; {parts}{recorded}, {untraced}, {n(self.stitched, 'stitched interface')}"
 
 
 def _parts_graph(model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]], strict: bool,
