@@ -165,12 +165,22 @@ class Expansion:
 
 
 class ChannelGraph:
-    """The result of :func:`analyze`: ``groups``, ``group_of``, and plan expansion."""
+    """The result of :func:`analyze` for every frontend: ``groups``, ``group_of``, and plan expansion.
+
+    ``source`` (set by the frontend, :mod:`fxprune.frontend.source`) says how the IR maps onto the model:
+    one traced graph, or the parts of a model that only traces in parts (:mod:`fxprune.frontend.partial`:
+    then ``gm`` is the model itself, and ``parts``, ``untraced``, ``recorded`` and ``stitched`` say what was
+    traced, what stays Python, what was recorded below Python and how many part interfaces were coupled).
+    Plan keys, :meth:`apply` and :meth:`verify` go through it.
+    """
 
     frontend = "fx"  # the frontend that traced ``gm`` (set by :func:`analyze`)
 
-    def __init__(self, gm: torch.fx.GraphModule, ctx: LowerCtx, sol: Solution):
+    def __init__(self, gm: torch.nn.Module, ctx: LowerCtx, sol: Solution, source: Any = None):
+        from .frontend.source import GraphSource
+
         self.gm, self.ctx, self.sol = gm, ctx, sol
+        self.source = GraphSource() if source is None else source
         self.ir = ctx.ir
         self._pinned_labels = np.fromiter(sol.pinned_reason.keys(), dtype=np.int64)
         self._groups: Optional[List[Group]] = None
@@ -314,6 +324,7 @@ class ChannelGraph:
         return g
 
     def _param_dim(self, name: str, dim: int) -> DimNode:
+        name = self.source.resolve(name, dim)  # e.g. a full model name to the part holding it
         canon = self.ctx.canonical.get(name)
         key = make_key(name, dim)
         if canon is None:
@@ -434,25 +445,52 @@ class ChannelGraph:
         d = self.ir.dims[i]
         return int(np.count_nonzero(mask[d.base:d.base + d.size]))
 
-    #: a budget search reads MACs and parameters of a candidate plan off this analysis (fxprune.ircount)
-    counts_from_ir = True
+    # -- what the frontend captured, and the model it maps to (``source``) ------------------------
+    @property
+    def parts(self) -> List[Any]:
+        """The traced submodules (:class:`~fxprune.frontend.partial.Part`) of a model captured in parts;
+        ``[]`` when one graph holds the whole model."""
+        return self.source.parts
+
+    @property
+    def untraced(self) -> List[Tuple[str, str]]:
+        """``(module path, reason)`` of every module whose Python forward is left as it is."""
+        return self.source.untraced
+
+    @property
+    def recorded(self) -> List[str]:
+        """Module paths recorded below Python from one forward (:mod:`fxprune.frontend.autograd`)."""
+        return self.source.recorded
+
+    @property
+    def stitched(self) -> int:
+        """How many part interfaces were coupled across the Python between them."""
+        return self.source.stitched
+
+    @property
+    def stitched_paths(self) -> set:
+        """Paths of the parts with a stitched interface."""
+        return self.source.stitched_paths
+
+    @property
+    def counts_from_ir(self) -> bool:
+        """Whether a budget search may read MACs and parameters of a plan off this analysis
+        (:mod:`fxprune.ircount`); not for parts, whose IR does not count the Python between them."""
+        return self.source.counts_from_ir
 
     def apply(self, plan: Any, model: torch.nn.Module, example_inputs: Any = None, inplace: bool = False,
               output: str = "auto") -> torch.nn.Module:
         """The pruned model: a GraphModule (``output="graph"``, or ``"auto"`` after fx), or the user's own
-        class with its tensors sliced (``"module"``, or ``"auto"`` after export); see
+        class with its tensors sliced (``"module"``, or ``"auto"`` after export, parts and autograd); see
         :func:`fxprune.prune`."""
-        from .rewrite import apply_plan
+        return self.source.apply(self, plan, model, example_inputs, inplace, output)
 
-        if self.frontend == "export" or output == "module":
-            from .targets.module import prune_to_module
-            return prune_to_module(self, plan, model, example_inputs, output, inplace)
-        return apply_plan(self, plan, model, inplace=inplace)
-
-    def verify(self, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float) -> Any:
-        """``small`` against the original run with the plan's slices zeroed (:func:`fxprune.verify`)."""
-        from .verify import verify_graph
-        return verify_graph(self, small, plan, args, atol, rtol)
+    def verify(self, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float,
+               comps: Any = None) -> Any:
+        """``small`` against the original run with the plan's slices zeroed (:func:`fxprune.verify`);
+        ``comps`` (:func:`fxprune.compensate.plan_compensation`): those layers read their removed inputs as
+        the means instead."""
+        return self.source.verify(self, small, plan, args, atol, rtol, comps)
 
     def to_networkx(self, group: Optional[Any] = None):
         """The coupling graph over dim nodes (``networkx.MultiGraph``), whole or for one group (a
@@ -478,7 +516,7 @@ class ChannelGraph:
 
     def __repr__(self) -> str:
         free = sum(1 for g in self.groups if g.pinned is None)
-        return f"ChannelGraph({len(self.groups)} groups, {free} prunable)"
+        return f"ChannelGraph({len(self.groups)} groups, {free} prunable{self.source.describe()})"
 
 
 def warn_if_nothing_prunable(graph: ChannelGraph, model: torch.nn.Module) -> None:
@@ -520,11 +558,12 @@ def analyze(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
     ``frontend`` picks how the model is captured (:func:`fxprune.trace`): ``"fx"``, ``"export"``
     (``torch.export`` non-strict: Python branches, ``**kwargs``, Hugging Face models; pass keyword inputs
     as :class:`fxprune.Inputs`), ``"parts"`` (the maximal traceable submodules, see
-    :mod:`fxprune.frontend.partial`: a :class:`~fxprune.frontend.partial.PartialGraph` with the same
-    interface, and one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one real forward recorded at
-    the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then export, then parts.
-    ``graph.frontend`` says which one ran. This runs :func:`fxprune.passes.analysis_passes` (Trace, Lower,
-    Solve); the result is cached for ``model`` and these inputs (:mod:`fxprune.cache`).
+    :mod:`fxprune.frontend.partial`, with one :class:`~fxprune.errors.FallbackWarning`), ``"autograd"`` (one
+    real forward recorded at the ATen level, :mod:`fxprune.frontend.autograd`), or ``"auto"``: fx, then
+    export, then parts. Every frontend gives a :class:`ChannelGraph`; ``graph.frontend`` says which one ran,
+    and ``graph.parts`` / ``graph.untraced`` what the parts frontend traced and left as Python. This runs
+    :func:`fxprune.passes.analysis_passes` (Trace, Lower, Solve); the result is cached for ``model`` and these
+    inputs (:mod:`fxprune.cache`).
     """
     from .passes import analysis_passes
     from .passes.manager import run

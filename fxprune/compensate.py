@@ -72,9 +72,6 @@ def plan_compensation(graph: Any, exp: Any, model: nn.Module, means: Mapping[str
     """The compensations a plan calls for: every ``nn.Linear`` of ``model`` whose input features the expanded
     plan ``exp`` removes and that ``means`` has an entry for. Layers that lose inputs but have no entry, and
     entries for layers fxprune cannot compensate (not ``nn.Linear``), are named once in a warning."""
-    if not hasattr(graph, "removed") or not hasattr(graph, "ctx"):
-        raise PlanError(f"bias compensation needs one analysed graph (fx or export frontend); this model was "
-                        f"analysed by the {getattr(graph, 'frontend', '?')!r} frontend")
     out: List[Compensation] = []
     missing: List[str] = []
     unsupported: List[str] = []

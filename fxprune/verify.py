@@ -178,12 +178,12 @@ def _verify(original: torch.nn.Module, small: torch.nn.Module, plan: PrunePlan, 
             with warnings.catch_warnings():  # prune already warned about a tracing fallback
                 warnings.simplefilter("ignore", FallbackWarning)
                 graph = analyze(original, args)
-            if compensate is None:
-                return graph.verify(small, plan, args, atol, rtol)
-            from .compensate import input_fills, plan_compensation
+            comps = None
+            if compensate is not None:
+                from .compensate import plan_compensation
 
-            comps = plan_compensation(graph, graph.expand(plan), original, compensate)
-            return verify_graph(graph, small, plan, args, atol, rtol, input_fills(graph, comps))
+                comps = plan_compensation(graph, graph.expand(plan), original, compensate)
+            return graph.verify(small, plan, args, atol, rtol, comps)
     finally:
         for m, t in flags.items():
             m.training = t

@@ -182,6 +182,96 @@ def test_autograd_frontend_records_the_whole_value_gate():
         torch.testing.assert_close(small(x), _zero_rows(model, plan)(x), atol=1e-5, rtol=1e-5)
 
 
+def test_compensated_parts_model_verifies_against_the_mean_filled_original():
+    """Bias compensation on a model pruned in parts: the pruned model equals the original whose removed
+    hidden channels read their means (a pre-hook, not the analysis), and verify(compensate=) agrees."""
+    torch.manual_seed(0)
+    model, x = ValueGate().eval(), torch.randn(4, 8)
+    means = {"a.down": torch.randn(16), "b.down": torch.randn(16)}
+    plan = {"a.up.weight:0": [0, 1], "b.up.weight:0": [3]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        small = fxprune.prune(model, plan, x, compensate=means)
+        assert type(small) is ValueGate and small.a.down.in_features == 14
+        ref = copy.deepcopy(model)
+        for layer, idx in (("a.down", [0, 1]), ("b.down", [3])):
+            def fill(_, args, idx=idx, mean=means[layer]):
+                h = args[0].clone()
+                h[..., idx] = mean[idx]
+                return (h,)
+            ref.get_submodule(layer).register_forward_pre_hook(fill)
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), ref(x), atol=1e-5, rtol=1e-5)
+        assert fxprune.verify(model, small, plan, x, compensate=means).max_abs_diff < 1e-5
+        with pytest.raises(fxprune.VerificationError):
+            fxprune.verify(model, small, plan, x)  # the zeroed original is not what was built
+
+
+class Chain(nn.Module):
+    """Every frontend takes it: whole (fx, export), in parts (its children), or recorded below Python."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = Mlp(8, 16), Mlp(8, 16), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)))
+
+
+def test_every_frontend_returns_one_class_with_one_interface():
+    """fx, export, parts and autograd give the same class, the same public attributes and the same groups;
+    apply and verify work on each, and each pruned model computes the zeroed original."""
+    torch.manual_seed(0)
+    model, x = Chain().eval(), torch.randn(3, 8)
+    plan = {"a.up.weight:0": [0, 5], "b.up.weight:0": [3]}
+    want = _zero_rows(model, plan)(x).detach()
+    graphs = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FallbackWarning)
+        for frontend in ("fx", "export", "parts", "autograd"):
+            graphs[frontend] = fxprune.analyze(model, x, frontend=frontend)
+    public = {f: sorted(a for a in dir(g) if not a.startswith("_")) for f, g in graphs.items()}
+    for frontend, graph in graphs.items():
+        assert type(graph) is fxprune.ChannelGraph and graph.frontend == frontend
+        assert public[frontend] == public["fx"], frontend
+        assert {g.key: g.size for g in graph.groups if g.pinned is None} == \
+            {"a.up.weight:0": 16, "b.up.weight:0": 16}, frontend
+        g = graph.group_of("b.up.weight", 0)
+        assert sorted(m for m in g.members if "." in m[0] and m[0].split(".")[-1] in ("weight", "bias")) == \
+            [("b.down.weight", 1), ("b.up.bias", 0), ("b.up.weight", 0)], frontend
+        net = graph.to_networkx("a.up.weight:0")
+        assert sorted(d["name"] for _, d in net.nodes(data=True) if d["param"]) == \
+            ["a.down.weight", "a.up.bias", "a.up.weight"], frontend
+        with pytest.raises(fxprune.PlanError, match="did you mean a.up.weight"):
+            graph.group_of("a.up.wieght", 0)
+        with pytest.raises(fxprune.PlanError, match="pinned"):
+            graph.expand({"a.down.weight:0": [0]})  # the residual stream is the model input's
+        small = graph.apply(fxprune.PrunePlan(plan), model, x)
+        assert small is not model and (small.get_submodule("a.up").out_features,
+                                       small.get_submodule("b.up").out_features) == (14, 15), frontend
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), want, atol=1e-5, rtol=1e-5)
+            report = graph.verify(small, fxprune.PrunePlan(plan), (x,), 1e-5, 1e-5)
+        assert report.max_abs_diff < 1e-5, frontend
+        assert repr(graph).startswith("ChannelGraph(") and "2 prunable" in repr(graph), frontend
+    # what the capture was: one graph, three traced parts with two stitched interfaces, one recording
+    fx, export, parts, autograd = graphs.values()
+    for whole in (fx, export):
+        assert (whole.parts, whole.untraced, whole.recorded, whole.stitched) == ([], [], [], 0)
+        assert whole.counts_from_ir and "parts" not in repr(whole)
+    assert [p.path for p in parts.parts] == ["a", "b", "head"] and [p for p, _ in parts.untraced] == [""]
+    assert parts.stitched == 2 and parts.recorded == [] and not parts.counts_from_ir
+    assert "3 traced parts" in repr(parts) and "2 stitched interfaces" in repr(parts)
+    assert [p.path for p in autograd.parts] == [""] and autograd.recorded == [""]
+    assert "recorded below Python" in repr(autograd)
+    assert isinstance(fx.apply(fxprune.PrunePlan(plan), model), torch.fx.GraphModule)  # fx: graph target
+    assert all(type(g.apply(fxprune.PrunePlan(plan), model, x)) is Chain for g in (export, parts, autograd))
+    for g in (parts, autograd):  # no graph of the whole model to return
+        with pytest.raises(fxprune.PlanError, match="output='graph' needs one graph of the whole model"):
+            g.apply(fxprune.PrunePlan(plan), model, x, output="graph")
+    assert not hasattr(fxprune.frontend.partial, "PartialGraph")
+
+
 # -- Hugging Face ------------------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers", reason="transformers is in the test extra; not installed")
 

@@ -16,7 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
-from fxprune.frontend.partial import PartialGraph
+
+
+def _is_parts(graph) -> bool:
+    """The one graph class every frontend returns, here captured in parts."""
+    return type(graph) is fxprune.ChannelGraph and graph.frontend == "parts" and len(graph.parts) > 0
 
 
 def _quiet(fn):
@@ -70,7 +74,7 @@ def test_handed_on_tensor_is_stitched_and_pruned_across_the_boundary():
     torch.manual_seed(0)
     model, x = Handoff().eval(), torch.randn(2, 3, 6, 6)
     graph = _quiet(lambda: fxprune.analyze(model, x))
-    assert isinstance(graph, PartialGraph) and graph.stitched == 1
+    assert _is_parts(graph) and graph.stitched == 1
     g = graph.group_of("a.conv2.weight", 0)
     assert g.pinned is None and ("b.conv1.weight", 1) in g.members
     plan = {"a.conv2.weight:0": [0, 4]}

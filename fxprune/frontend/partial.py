@@ -9,7 +9,7 @@ subtrees become parts; parameterless modules (activations, reshapes) become part
 A module that does not trace, with no untraced module inside and only lone layers traced in it (torchvision's
 ``FastRCNNPredictor`` asserts on ``list(x.shape[2:])``), is *recorded* instead: one real forward below Python
 (:mod:`fxprune.frontend.autograd`) is its part, with the dims that a size literal of the recording fixes
-pinned; ``PartialGraph.recorded`` lists these regions. Its own forward stays and prunes as the module target.
+pinned; ``graph.recorded`` lists these regions. Its own forward stays and prunes as the module target.
 
 An input or output dim of a part is pinned, so the Python code around the parts, which fxprune cannot
 rewrite, sees tensors of the original shapes, unless that code only hands the tensor on from one part to
@@ -18,15 +18,19 @@ another (same object in the recorded forward, no value read outside the parts): 
 A parameter that is also used outside its part's calls (tied weights, a parent reading
 ``self.child.weight``) is pinned.
 
-:class:`PartialGraph` combines the parts behind the interface of :class:`ChannelGraph`: ``groups`` (keys
-and members are full model qualnames), ``group_of``, ``expand``, ``sol.labels`` / ``ir.dims`` over one
-index space, and ``gm`` (here the model itself, for parameters by full name).
+:func:`analyze_partial` returns the same :class:`~fxprune.analyze.ChannelGraph` as every frontend, over
+one IR that combines the parts (``groups`` with full model qualnames as keys and members, ``group_of``,
+``expand``, ``sol.labels`` / ``ir.dims`` over one index space; ``gm`` is the model itself, for parameters by
+full name). What is particular to parts lives in its :class:`PartsSource` (``graph.source``), which the
+graph delegates to: plan keys by any full name, ``graph.parts`` / ``untraced`` / ``recorded`` /
+``stitched``, and the two operations below.
 
-:func:`apply_partial` prunes a deep copy of the model (never the input unless ``inplace=True``): each
+``graph.apply`` prunes a deep copy of the model (never the input unless ``inplace=True``): each
 pruned part's modules are edited in place (parameters sliced, attributes such as ``out_channels``
 updated). A part whose graph constants had to change (``view`` sizes, split sizes, ...) is replaced by its
 pruned GraphModule, which keeps the part's call signature and public attributes. The result is the
-model's own class, not a GraphModule.
+model's own class, not a GraphModule. ``graph.verify`` runs the model with every pruned part masked
+(removed channels zeroed) and, when the outputs differ, names the first pruned part whose own output does.
 
 Example:
     >>> import warnings, torch, fxprune
@@ -41,6 +45,11 @@ Example:
     ...     graph = fxprune.analyze(Gate(), x)
     >>> graph.group_of("block.0.weight", 0).key
     'block.0.weight:0'
+    >>> graph.frontend, [p.path for p in graph.parts], graph.untraced
+    ('parts', ['block'], [('', 'symbolically traced variables cannot be used as inputs to control flow')])
+    >>> small = graph.apply({"block.0.weight:0": [0, 1]}, None)
+    >>> type(small).__name__, small.block[0].out_channels
+    ('Gate', 6)
 """
 from __future__ import annotations
 
@@ -49,7 +58,7 @@ import difflib
 import inspect
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,11 +68,15 @@ from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
-from ..plan import PrunePlan, make_key, parse_key
+from ..plan import PrunePlan, make_key
 from .export import call_model, split_inputs
 from .fx import propagate_shapes
+from .source import GraphSource
 
-__all__ = ["Part", "PartialGraph", "analyze_partial", "apply_partial", "verify_partial"]
+if TYPE_CHECKING:
+    from ..analyze import ChannelGraph
+
+__all__ = ["Part", "PartsSource", "analyze_partial"]
 
 # ------------------------------------------------------------------------------------------- recording
 
@@ -556,7 +569,7 @@ def _elem_paths(val: Any, path: tuple[int, ...] = ()) -> list[tuple[tuple[int, .
 
 
 def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = False,
-                    cause: BaseException | None = None, frontend: str = "parts") -> PartialGraph:
+                    cause: BaseException | None = None, frontend: str = "parts") -> ChannelGraph:
     """Analyse the maximal traceable submodules of ``model`` (see the module docstring).
 
     The work is bounded by construction, not by a clock: one forward pass, then every submodule is traced
@@ -575,7 +588,9 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
         call = rec.calls.get(id(model))
         if call is None:
             raise TraceError(f"{type(model).__name__} was not called by its own forward hooks")
-        return PartialGraph(model, [_record_part("", model, call, rec, strict)], [], strict, rec)
+        graph = _parts_graph(model, [_record_part("", model, call, rec, strict)], [], strict, rec)
+        graph.frontend = "autograd"
+        return graph
     parts: list[Part] = []
     untraced: list[tuple[str, str]] = []
     seen: set[int] = set()
@@ -646,7 +661,8 @@ def analyze_partial(model: torch.nn.Module, example_inputs: Any, strict: bool = 
     if recorded:  # parts in module order: their parameters keep that order
         order = _module_order(model)
         parts.sort(key=lambda p: order.get(p.path, 0))
-    graph = PartialGraph(model, parts, untraced, strict, rec)
+    graph = _parts_graph(model, parts, untraced, strict, rec)
+    graph.frontend = "parts"
     _warn(model, graph, lower_warnings)
     return graph
 
@@ -661,7 +677,7 @@ def _reason(e: BaseException) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
-def _warn(model: torch.nn.Module, graph: PartialGraph, lower_warnings: list[str]) -> None:
+def _warn(model: torch.nn.Module, graph: ChannelGraph, lower_warnings: list[str]) -> None:
     def name(p: str) -> str:
         return p or f"<root {type(model).__name__}>"
     shown = "; ".join(f"{name(p)} ({why})" for p, why in graph.untraced[:8])
@@ -691,17 +707,6 @@ def _user_level() -> int:
 
 # ------------------------------------------------------------------------------------------- graph
 
-@dataclass
-class PartialExpansion:
-    """A plan expanded over the combined IR (``removed_labels``, ``mask``, ``plan`` in full names) and per
-    part (``parts``: path -> that part's :class:`~fxprune.analyze.Expansion` in its own names)."""
-
-    removed_labels: np.ndarray
-    mask: np.ndarray
-    plan: dict[str, list[int]]
-    parts: dict[str, Any]
-
-
 class _Ctx:
     """What :class:`~fxprune.analyze.ChannelGraph` reads from a lowering context, over all parts."""
 
@@ -723,45 +728,31 @@ class _Ctx:
                 self.unknown.setdefault(k, []).extend(scope + n for n in v)
 
 
-class PartialGraph:
-    """The analysis of a model that only traces in parts; the interface of :class:`ChannelGraph`.
+class PartsSource(GraphSource):
+    """The source (:mod:`fxprune.frontend.source`) of a :class:`~fxprune.analyze.ChannelGraph` over a model
+    that only traces in parts: the graph's ``gm`` is the model itself (parameters by their full names),
+    its IR combines every part's.
 
-    ``gm`` is the model itself (parameters by their full names); ``parts`` the traced submodules;
-    ``untraced`` the modules whose Python forward could not be traced, with the reason; ``stitched`` how
-    many part interfaces were coupled across the Python between them (:mod:`fxprune.frontend.stitch`).
-    Groups, classes and plan expansion are those of one IR over every part.
+    ``parts`` are the traced submodules; ``untraced`` the modules whose Python forward could not be traced,
+    with the reason; ``recorded`` the regions recorded below Python; ``stitched`` how many part interfaces
+    were coupled across the Python between them (:mod:`fxprune.frontend.stitch`). Plan keys name a
+    parameter by any of its full model names; :meth:`apply` prunes part by part, :meth:`verify` runs the
+    model with every pruned part masked.
     """
 
     #: probes of a budget search build a pruned copy each (the parts' IR does not count the Python between)
     counts_from_ir = False
 
-    def apply(self, plan: Any, model: torch.nn.Module, example_inputs: Any = None, inplace: bool = False,
-              output: str = "auto") -> torch.nn.Module:
-        """The user's model with every part pruned (:func:`apply_partial`); ``output`` is always a module."""
-        return apply_partial(self, plan, inplace=inplace)
-
-    def verify(self, small: torch.nn.Module, plan: Any, args: tuple[Any, ...], atol: float,
-               rtol: float) -> Any:
-        """``small`` against the model with the plan's slices zeroed in every part (:func:`verify_partial`)."""
-        return verify_partial(self, small, plan, args, atol, rtol)
-
     def __init__(self, model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]],
-                 strict: bool = False, rec: _Recording | None = None):
-        from ..analyze import ChannelGraph
-        from .stitch import Stitching, combine, stitch
-
-        self.gm, self.model = model, model
+                 stitched_pairs: list[Any]):
+        super().__init__()
+        self.model = model
         self.parts, self.untraced = parts, untraced
-        self.recorded: list[str] = [p.path for p in parts if p.recorded]  # regions recorded below Python
-        stitching = stitch(parts, rec) if rec is not None else Stitching()
-        self.stitched = len(stitching)
+        self.recorded = [p.path for p in parts if p.recorded]  # regions recorded below Python
+        self.stitched = len(stitched_pairs)
         # parts with a stitched interface: the Python between them sees the pruned widths
-        self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitching.pairs if dims for i in (pa, pb)}
-        ir, sol = combine(parts, stitching, [p.boundary for p in parts], [self._reasons(p) for p in parts])
-        self.ctx = _Ctx(parts, strict)
-        self.ctx.ir = ir
-        self._cg = ChannelGraph(model, self.ctx, sol)
-        self.ir, self.sol = ir, sol
+        self.stitched_paths = {parts[i].path for pa, _, pb, _, dims in stitched_pairs if dims
+                               for i in (pa, pb)}
         tensors = dict(model.named_parameters(remove_duplicate=False))
         tensors.update(model.named_buffers(remove_duplicate=False))
         self._tensors = tensors
@@ -771,7 +762,7 @@ class PartialGraph:
                     part.module.named_buffers(remove_duplicate=False)):
                 self._owner.setdefault(id(t), (part, part.rel + name))
 
-    def _reasons(self, part: Part) -> dict[str, str]:
+    def reasons(self, part: Part) -> dict[str, str]:
         """Interface pins named after the untraced forward that reads them (the nearest untraced ancestor)."""
         from .stitch import IN_REASON, OUT_REASON
 
@@ -787,17 +778,9 @@ class PartialGraph:
         read = f"output of traced submodule {part.path}, read by {tail}"
         return {"model input": given, IN_REASON: given, "model output": read, OUT_REASON: read}
 
-    # -- groups ---------------------------------------------------------------------------------
-    @property
-    def groups(self):
-        """Every group over all parts, with full-model keys and members, in module order."""
-        return self._cg.groups
-
-    @property
-    def _group_by_dim(self):
-        return self._cg._group_by_dim
-
-    def _part_of(self, name: str, dim: int) -> tuple[Part, str]:
+    def resolve(self, name: str, dim: int) -> str:
+        """The full name, in the IR, of parameter/buffer ``name`` (any of its names in the model): its
+        owning part's; PlanError when the model has no such tensor or no traced part uses it."""
         key = make_key(name, dim)
         t = self._tensors.get(name)
         if t is None:
@@ -814,28 +797,15 @@ class PartialGraph:
             raise PlanError(f"key {key!r}: {name} is not in a traced submodule"
                             + (f" ({what} could not be traced: {why})" if why else "")
                             + "; it cannot be pruned")
-        return hit
-
-    def _full_name(self, name: str, dim: int) -> str:
-        part, rel = self._part_of(name, dim)
+        part, rel = hit
         return part.prefix + rel
 
-    def group_of(self, name: str, dim: int):
-        """The group holding parameter/buffer ``name`` (full qualname) along ``dim``."""
-        return self._cg.group_of(self._full_name(name, dim), dim)
-
-    # -- plans ----------------------------------------------------------------------------------
-    def expand(self, plan: Any) -> PartialExpansion:
-        """Expand a plan over every part at once; raise PlanError if any entry is invalid."""
+    def split(self, exp: Any) -> dict[str, Any]:
+        """An expansion over the combined IR, per part: path -> that part's
+        :class:`~fxprune.analyze.Expansion` in its own names (parts that lose nothing are left out)."""
         from ..analyze import Expansion
 
-        plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
-        named: dict[str, list[int]] = {}
-        for key in plan:  # a parameter reachable under several names is keyed by its owning part's
-            name, dim = parse_key(key)
-            named[make_key(self._full_name(name, dim), dim)] = plan[key]
-        exp = self._cg._expand(PrunePlan(named))
-        exps: dict[str, Any] = {}
+        out: dict[str, Any] = {}
         for part in self.parts:
             lo, n = part.index_offset, part.graph.ir.total
             mask = exp.mask[lo:lo + n]
@@ -843,21 +813,99 @@ class PartialGraph:
                 continue
             pre = part.prefix
             sub = {k[len(pre):]: v for k, v in exp.plan.items() if k.startswith(pre)}
-            exps[part.path] = Expansion(exp.removed_labels, mask, sub)
-        return PartialExpansion(exp.removed_labels, exp.mask, exp.plan, exps)
+            out[part.path] = Expansion(exp.removed_labels, mask, sub)
+        return out
 
-    def removed(self, mask: np.ndarray, value: Any, dim: int) -> np.ndarray:
-        """Indices of ``value`` (a full-name value key) along ``dim`` that ``mask`` removes."""
-        return self._cg.removed(mask, value, dim)
+    def apply(self, graph: Any, plan: Any, model: torch.nn.Module | None = None, example_inputs: Any = None,
+              inplace: bool = False, output: str = "auto") -> torch.nn.Module:
+        """Prune ``model`` (the analysed model when None; a deep copy unless ``inplace``) part by part; the
+        result is the model's own class (see the module docstring): ``output="graph"`` is a PlanError."""
+        from ..rewrite import apply_plan
 
-    def to_networkx(self, group: Any = None):
-        """The coupling graph over dim nodes of every part (see :meth:`ChannelGraph.to_networkx`)."""
-        return self._cg.to_networkx(group)
+        if output == "graph":
+            what = type(self.model).__name__
+            why = (f"was traced in parts ({len(self.untraced)} module(s) stay Python, e.g. "
+                   f"{self.untraced[0][0] or '<root>'!r}: {self.untraced[0][1]})" if self.untraced
+                   else "was recorded below Python")
+            raise PlanError(f"output='graph' needs one graph of the whole model, but {what} {why}; "
+                            "use output='auto' (its own class, pruned)")
+        exp = graph.expand(plan)  # every entry is checked before anything changes
+        per_part = self.split(exp)
+        model = self.model if model is None else model
+        target = model if inplace else copy.deepcopy(model)
+        for part in self.parts:
+            e = per_part.get(part.path)
+            if e is None:  # nothing of this part is removed
+                continue
+            root = target.get_submodule(part.path)
+            if part.recorded:  # the module target: its own forward stays, its tensors and attributes change
+                from ..targets.module import apply_recorded
+                apply_recorded(part.graph, e, root)
+                continue
+            if part.rel:  # a lone torch.nn layer: its call_module rule edits it in place, in its own class
+                holder = _Holder(part.rel[:-1], root)
+                apply_plan(part.graph, PrunePlan(e.plan), holder, inplace=True, exp=e)
+                new = getattr(holder, part.rel[:-1])
+                if new is not root:  # a rule replaced the layer (PrunedMultiheadAttention)
+                    parent, _, child = part.path.rpartition(".")
+                    setattr(target.get_submodule(parent) if parent else target, child, new)
+                continue
+            small = apply_plan(part.graph, PrunePlan(e.plan), root, inplace=True, exp=e)
+            if small.code != part.graph.gm.code:  # graph constants changed: the Python forward is stale
+                for k, v in root.__dict__.items():
+                    if not k.startswith("_") and k not in _KEEP_ATTRS and k not in small.__dict__ \
+                            and not callable(v):
+                        setattr(small, k, v)
+                small.training = root.training
+                parent, _, child = part.path.rpartition(".")
+                setattr(target.get_submodule(parent) if parent else target, child, small)
+        target._fxprune_expanded = dict(exp.plan)
+        return target
 
-    def __repr__(self) -> str:
-        free = sum(1 for g in self.groups if g.pinned is None)
-        return (f"PartialGraph({len(self.parts)} traced parts, {len(self.untraced)} untraced modules, "
-                f"{self.stitched} stitched interfaces, {len(self.groups)} groups, {free} prunable)")
+    def verify(self, graph: Any, small: torch.nn.Module, plan: Any, args: Any, atol: float, rtol: float,
+               comps: Any = None) -> Any:
+        """``small`` against the model run with every pruned part masked (removed channels zeroed; the
+        inputs of compensated layers, ``comps``, filled with their means)."""
+        return _verify_parts(self, graph, small, plan, args, atol, rtol, self._fills(comps or []))
+
+    def _fills(self, comps: list[Any]) -> dict[str, dict[str, tuple]]:
+        """Per part path, the mean fills (:func:`fxprune.compensate.input_fills`) of the compensated
+        layers in it, named as in the part's graph."""
+        import dataclasses
+
+        from ..compensate import input_fills
+
+        by_part: dict[str, list[Any]] = {}
+        for c in comps:
+            hit = self._owner.get(id(self._tensors.get(f"{c.name}.weight" if c.name else "weight")))
+            if hit is None:
+                raise PlanError(f"compensate: layer {c.name!r} is not in a traced submodule")
+            part, rel = hit
+            by_part.setdefault(part.path, []).append(dataclasses.replace(c, name=rel.rpartition(".")[0]))
+        return {path: input_fills(next(p for p in self.parts if p.path == path).graph, cs)
+                for path, cs in by_part.items()}
+
+    def describe(self) -> str:
+        """The parts story for ``repr(graph)``."""
+        def n(k: int, what: str) -> str:
+            return f"{k} {what}" + ("" if k == 1 else "s")
+        recorded = f", {len(self.recorded)} recorded below Python" if self.recorded else ""
+        parts, untraced = n(len(self.parts), "traced part"), n(len(self.untraced), "untraced module")
+        return f"; {parts}{recorded}, {untraced}, {n(self.stitched, 'stitched interface')}"
+
+
+def _parts_graph(model: torch.nn.Module, parts: list[Part], untraced: list[tuple[str, str]], strict: bool,
+                 rec: _Recording | None) -> Any:
+    """One :class:`~fxprune.analyze.ChannelGraph` over every part: their IRs combined and stitched."""
+    from ..analyze import ChannelGraph
+    from .stitch import Stitching, combine, stitch
+
+    stitching = stitch(parts, rec) if rec is not None else Stitching()
+    source = PartsSource(model, parts, untraced, stitching.pairs)
+    ir, sol = combine(parts, stitching, [p.boundary for p in parts], [source.reasons(p) for p in parts])
+    ctx = _Ctx(parts, strict)
+    ctx.ir = ir
+    return ChannelGraph(model, ctx, sol, source=source)
 
 
 # ------------------------------------------------------------------------------------------- rewrite
@@ -865,53 +913,17 @@ class PartialGraph:
 _KEEP_ATTRS = ("training", "forward")
 
 
-def apply_partial(graph: PartialGraph, plan: Any, inplace: bool = False) -> torch.nn.Module:
-    """Prune the model ``graph`` was built from (a deep copy unless ``inplace``); see the module docstring."""
-    from ..rewrite import apply_plan
-
-    plan = plan if isinstance(plan, PrunePlan) else PrunePlan(plan)
-    exp = graph.expand(plan)  # every entry is checked before anything changes
-    model = graph.model
-    target = model if inplace else copy.deepcopy(model)
-    for part in graph.parts:
-        e = exp.parts.get(part.path)
-        if e is None:  # nothing of this part is removed
-            continue
-        root = target.get_submodule(part.path)
-        if part.recorded:  # the module target: its own forward stays, its tensors and attributes change
-            from ..targets.module import apply_recorded
-            apply_recorded(part.graph, e, root)
-            continue
-        if part.rel:  # a lone torch.nn layer: its call_module rule edits it in place, in its own class
-            holder = _Holder(part.rel[:-1], root)
-            apply_plan(part.graph, PrunePlan(e.plan), holder, inplace=True, exp=e)
-            new = getattr(holder, part.rel[:-1])
-            if new is not root:  # a rule replaced the layer (PrunedMultiheadAttention)
-                parent, _, child = part.path.rpartition(".")
-                setattr(target.get_submodule(parent) if parent else target, child, new)
-            continue
-        small = apply_plan(part.graph, PrunePlan(e.plan), root, inplace=True, exp=e)
-        if small.code != part.graph.gm.code:  # graph constants changed: the Python forward is stale
-            for k, v in root.__dict__.items():
-                if not k.startswith("_") and k not in _KEEP_ATTRS and k not in small.__dict__ and not callable(v):
-                    setattr(small, k, v)
-            small.training = root.training
-            parent, _, child = part.path.rpartition(".")
-            setattr(target.get_submodule(parent) if parent else target, child, small)
-    target._fxprune_expanded = dict(exp.plan)
-    return target
-
-
 # ------------------------------------------------------------------------------------------- verify
 
-def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args: tuple[Any, ...],
-                   atol: float, rtol: float):
+def _verify_parts(source: PartsSource, graph: Any, small: torch.nn.Module, plan: Any, args: Any,
+                  atol: float, rtol: float, fills: dict[str, dict[str, tuple]]):
     """Run the model with every pruned part masked (removed channels zeroed) and compare with ``small``."""
     from ..errors import VerificationError
     from ..verify import VerifyReport, _MaskedInterpreter
 
     exp = graph.expand(plan)
-    model = graph.model
+    per_part = source.split(exp)
+    model = source.model
     saved: list[tuple[torch.nn.Module, bool, Any]] = []
     recomputed: dict[str, str] = {}
     seen: dict[str, list] = {}  # path -> [masked part output, pruned part output] of the first call
@@ -921,14 +933,14 @@ def verify_partial(graph: PartialGraph, small: torch.nn.Module, plan: Any, args:
         def hook(_, __, out):
             slot = seen.setdefault(part.path, [None, None])
             if slot[i] is None:  # the masked output of a stitched part: its kept channels only
-                slot[i] = _kept_output(part, exp.parts[part.path], out) if i == 0 else out
+                slot[i] = _kept_output(part, per_part[part.path], out) if i == 0 else out
         return hook
     try:
-        for part in graph.parts:
-            e = exp.parts.get(part.path)
+        for part in source.parts:
+            e = per_part.get(part.path)
             if e is None or not e.mask.any():
                 continue
-            interp = _MaskedInterpreter(part.graph, e)
+            interp = _MaskedInterpreter(part.graph, e, fills=fills.get(part.path))
             recomputed.update({part.scope + k: v for k, v in interp.recomputed.items()})
             m = part.module
             saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
