@@ -187,7 +187,8 @@ def record(module: torch.nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any
     ``where`` names the module in errors and pin reasons. Raises :class:`~fxprune.errors.TraceError` when
     the forward cannot be recorded, :class:`~fxprune.errors.ShapeInfoError` when it fails on these inputs.
     """
-    from .partial import _Call, _CallCodeGen, _bind
+    from .partial import _CallCodeGen, _bind
+    from .recording import _Call
 
     kwargs = dict(kwargs or {})
     where = where or f"the root {type(module).__name__}"

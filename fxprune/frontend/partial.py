@@ -64,12 +64,11 @@ import numpy as np
 import torch
 import torch.fx
 from torch.fx.graph import CodeGen
-from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
 from ..errors import FallbackWarning, FxpruneError, PlanError, ShapeInfoError, TraceError
 from ..plan import PrunePlan, make_key
-from .export import call_model, split_inputs
+from .recording import _Call, _Recording, _record
 from .fx import propagate_shapes
 from .source import GraphSource
 
@@ -77,153 +76,6 @@ if TYPE_CHECKING:
     from ..analyze import ChannelGraph
 
 __all__ = ["Part", "PartsSource", "analyze_partial"]
-
-# ------------------------------------------------------------------------------------------- recording
-
-@dataclass
-class _Call:
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    spec: Any
-    consts: list[Any]
-    varies: bool = False
-    out_spec: Any = None  # pytree spec of the first call's output
-    # (args, kwargs, output) of every call: stitching parts needs which tensor objects went in and out
-    every: list[tuple[tuple[Any, ...], dict[str, Any], Any]] = field(default_factory=list)
-
-
-def _split_leaves(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Any]]:
-    leaves, spec = pytree.tree_flatten((args, kwargs))
-    return spec, [(type(v), v.dtype, v.ndim) if isinstance(v, torch.Tensor) else v for v in leaves]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    if type(a) is not type(b):
-        return False
-    try:
-        return bool(a == b)
-    except Exception:  # noqa: BLE001 - objects without a usable ==
-        return False
-
-
-# Reading these says nothing about a tensor's values: a part boundary read only this way can be stitched.
-_SHAPE_QUERIES = frozenset({"size", "dim", "ndimension", "numel", "__len__", "is_floating_point", "is_complex",
-                            "element_size", "get_device", "is_contiguous", "data_ptr", "nelement"})
-_SHAPE_ATTRS = frozenset({"shape", "ndim", "device", "dtype", "layout", "is_cuda", "requires_grad", "is_meta",
-                          "is_sparse", "is_quantized", "names"})
-
-
-def _shape_query(func: Any) -> bool:
-    name = getattr(func, "__name__", "")
-    if name == "__get__":
-        return getattr(getattr(func, "__self__", None), "__name__", "") in _SHAPE_ATTRS
-    return name in _SHAPE_QUERIES
-
-
-class _UseTracker(TorchFunctionMode):
-    """Records, for every parameter/buffer, the modules that were running at each of its uses; and for
-    every watched tensor (a module call's input or output), the module stacks of its value uses."""
-
-    def __init__(self, ids: set[int], stack: list[int], inside: dict[int, set[int]],
-                 watch: dict[int, torch.Tensor], uses: dict[int, set[tuple[int, ...]]]):
-        super().__init__()
-        self.ids, self.stack, self.inside = ids, stack, inside
-        self.watch, self.uses = watch, uses
-
-    def _note(self, t: Any, value_use: bool) -> None:
-        if not isinstance(t, torch.Tensor):
-            return
-        if id(t) in self.ids:
-            cur = set(self.stack)
-            prev = self.inside.get(id(t))
-            self.inside[id(t)] = cur if prev is None else prev & cur
-        elif value_use and id(t) in self.watch:
-            self.uses.setdefault(id(t), set()).add(tuple(self.stack))
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        value_use = not _shape_query(func)
-        for a in list(args) + list(kwargs.values()):
-            if isinstance(a, (list, tuple)):
-                for b in a:
-                    self._note(b, value_use)
-            else:
-                self._note(a, value_use)
-        return func(*args, **kwargs)
-
-
-@dataclass
-class _Recording:
-    calls: dict[int, _Call]
-    inside: dict[int, set[int]]  # tensor id -> ids of modules running at every use of it
-    # watched tensors (module call inputs and outputs, kept alive so ids stay unique) -> module stacks of
-    # their value uses; ids of the model's own input and output tensors
-    watch: dict[int, torch.Tensor] = field(default_factory=dict)
-    uses: dict[int, set[tuple[int, ...]]] = field(default_factory=dict)
-    model_io: set[int] = field(default_factory=set)
-
-
-def _record(model: torch.nn.Module, example_inputs: Any) -> _Recording:
-    """One real forward in eval mode: first-call arguments of every module, and where tensors are used."""
-    calls: dict[int, _Call] = {}
-    stack: list[int] = []
-    inside: dict[int, set[int]] = {}
-    watch: dict[int, torch.Tensor] = {}
-    uses: dict[int, set[tuple[int, ...]]] = {}
-    ids = {id(t) for t in model.parameters()} | {id(t) for t in model.buffers()}
-
-    def keep(tree: Any) -> None:
-        for t in pytree.tree_leaves(tree):
-            if isinstance(t, torch.Tensor) and id(t) not in ids:
-                watch[id(t)] = t
-
-    def pre(m, a, kw):
-        stack.append(id(m))
-        spec, consts = _split_leaves(a, kw)
-        c = calls.get(id(m))
-        if c is None:
-            calls[id(m)] = _Call(a, dict(kw), spec, consts)
-        elif not c.varies and (spec != c.spec or not all(_same(x, y) for x, y in zip(consts, c.consts))):
-            c.varies = True
-        keep((a, kw))
-
-    def post(m, a, kw, out):
-        c = calls.get(id(m))
-        if c is not None:
-            if c.out_spec is None:
-                c.out_spec = pytree.tree_flatten(out)[1]
-            c.every.append((a, dict(kw), out))
-            keep(out)
-        if stack and stack[-1] == id(m):
-            stack.pop()
-
-    handles = []
-    flags = {m: m.training for m in model.modules()}
-    try:
-        for m in model.modules():
-            if isinstance(m, torch.jit.ScriptModule):
-                continue  # scripted code takes no hooks; it is never traced either (see _trace_part)
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post, with_kwargs=True, always_call=True))
-        model.eval()
-        with torch.no_grad(), _UseTracker(ids, stack, inside, watch, uses):
-            out = call_model(model, example_inputs)  # positional and keyword inputs (fxprune.Inputs)
-    except FxpruneError:
-        raise
-    except Exception as e:
-        raise ShapeInfoError(f"the fallback's forward pass of {type(model).__name__} failed with the given "
-                             f"example inputs: {type(e).__name__}: {e}") from e
-    finally:
-        for h in handles:
-            h.remove()
-        for m, t in flags.items():
-            m.training = t
-    leaves = pytree.tree_leaves((split_inputs(example_inputs), out))
-    model_io = {id(t) for t in leaves if isinstance(t, torch.Tensor)}
-    return _Recording(calls, inside, watch, uses, model_io)
-
 
 # ------------------------------------------------------------------------------------------- tracing
 
@@ -866,6 +718,8 @@ class PartsSource(GraphSource):
                comps: Any = None) -> Any:
         """``small`` against the model run with every pruned part masked (removed channels zeroed; the
         inputs of compensated layers, ``comps``, filled with their means)."""
+        from .parts_verify import _verify_parts
+
         return _verify_parts(self, graph, small, plan, args, atol, rtol, self._fills(comps or []))
 
     def _fills(self, comps: list[Any]) -> dict[str, dict[str, tuple]]:
@@ -911,123 +765,3 @@ def _parts_graph(model: torch.nn.Module, parts: list[Part], untraced: list[tuple
 # ------------------------------------------------------------------------------------------- rewrite
 
 _KEEP_ATTRS = ("training", "forward")
-
-
-# ------------------------------------------------------------------------------------------- verify
-
-def _verify_parts(source: PartsSource, graph: Any, small: torch.nn.Module, plan: Any, args: Any,
-                  atol: float, rtol: float, fills: dict[str, dict[str, tuple]]):
-    """Run the model with every pruned part masked (removed channels zeroed) and compare with ``small``."""
-    from ..errors import VerificationError
-    from ..verify import VerifyReport, _MaskedInterpreter
-
-    exp = graph.expand(plan)
-    per_part = source.split(exp)
-    model = source.model
-    saved: list[tuple[torch.nn.Module, bool, Any]] = []
-    recomputed: dict[str, str] = {}
-    seen: dict[str, list] = {}  # path -> [masked part output, pruned part output] of the first call
-    hooks = []
-
-    def keep(part: Part, i: int):
-        def hook(_, __, out):
-            slot = seen.setdefault(part.path, [None, None])
-            if slot[i] is None:  # the masked output of a stitched part: its kept channels only
-                slot[i] = _kept_output(part, per_part[part.path], out) if i == 0 else out
-        return hook
-    try:
-        for part in source.parts:
-            e = per_part.get(part.path)
-            if e is None or not e.mask.any():
-                continue
-            interp = _MaskedInterpreter(part.graph, e, fills=fills.get(part.path))
-            recomputed.update({part.scope + k: v for k, v in interp.recomputed.items()})
-            m = part.module
-            saved.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
-            m.forward = _masked_forward(m, interp, part.out_spec)
-            hooks.append(m.register_forward_hook(keep(part, 0)))
-            try:
-                hooks.append(small.get_submodule(part.path).register_forward_hook(keep(part, 1)))
-            except AttributeError:
-                pass
-        ref = model(*args)
-    finally:
-        for m, had, old in saved:
-            if had:
-                m.forward = old
-            else:
-                del m.forward
-    try:
-        out = small(*args)
-    finally:
-        for h in hooks:
-            h.remove()
-    bad, diffs = _compare(ref, out, atol, rtol)
-    if bad:
-        where, parts_diff = _locate(seen, atol, rtol)
-        err = VerificationError(f"pruned model differs from the masked original: {bad}. {where}")
-        err.parts_max_abs_diff = parts_diff  # every pruned part agrees up to this, or None
-        raise err
-    return VerifyReport(max(diffs, default=0.0), diffs, recomputed)
-
-
-def _kept_output(part: Part, e: Any, out: Any) -> Any:
-    """A part's masked output reduced to the indices its pruned copy keeps (stitched outputs lose channels)."""
-    node = next(n for n in part.graph.gm.graph.nodes if n.op == "output")
-    nodes = pytree.tree_leaves(node.args[0])
-    leaves, spec = pytree.tree_flatten(out)
-    if len(nodes) != len(leaves):
-        return out
-    new = []
-    for n, t in zip(nodes, leaves):
-        ref = part.graph.ctx.tensor(n) if isinstance(n, torch.fx.Node) else None
-        if isinstance(t, torch.Tensor) and ref is not None and ref.key[0] == "value":
-            for d in range(t.ndim):
-                gone = part.graph.removed(e.mask, ref.key, d)
-                if len(gone):
-                    keep = np.setdiff1d(np.arange(t.shape[d]), gone)
-                    t = t.index_select(d, torch.from_numpy(keep).to(t.device))
-        new.append(t)
-    return pytree.tree_unflatten(new, spec)
-
-
-def _compare(ref: Any, out: Any, atol: float, rtol: float) -> tuple[str, list[float]]:
-    from ..verify import _diff, _ok, _plain
-
-    ref_leaves, ref_spec = pytree.tree_flatten(_plain(ref))  # dict and OrderedDict compare alike
-    out_leaves, out_spec = pytree.tree_flatten(_plain(out))
-    if ref_spec != out_spec:
-        return f"output structure differs: {ref_spec} vs {out_spec}", []
-    diffs, bad = [], []
-    for i, (r, o) in enumerate(zip(ref_leaves, out_leaves)):
-        if isinstance(r, torch.Tensor):
-            d = _diff(o, r) if isinstance(o, torch.Tensor) else float("inf")
-            diffs.append(d)
-            if not _ok(d, r, atol, rtol):
-                bad.append((i, d))
-    return (f"output {bad[0][0]} max |Δ| = {bad[0][1]:.3g}" if bad else ""), diffs
-
-
-def _locate(seen: dict[str, list], atol: float, rtol: float) -> tuple[str, float | None]:
-    """Which pruned submodule's own output differs, or a note that they all agree (and by how much)."""
-    worst = 0.0
-    for path, (r, o) in seen.items():
-        bad, diffs = _compare(r, o, atol, rtol)
-        if bad:
-            return f"First differing pruned submodule: {path or '<root>'} ({bad}).", None
-        worst = max([worst, *diffs])
-    if not seen:
-        return "", None
-    return (f"Every pruned submodule's output matches (max |Δ| = {worst:.3g}): the difference arises in the "
-            "untraced Python code after them, e.g. top-k/NMS/sort reordering near-ties under float noise; "
-            "compare in a setting without near-ties."), worst
-
-
-def _masked_forward(module: torch.nn.Module, interp, out_spec: Any = None):
-    sig = inspect.signature(module.forward)
-
-    def forward(*args, **kwargs):
-        bound = sig.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return _restore(interp.run(*bound.arguments.values()), out_spec)
-    return forward

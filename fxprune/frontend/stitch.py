@@ -7,7 +7,7 @@ sides: the two interface dims are coupled with the identity map instead of both 
 else the untraced code does with the tensor's values (``torch.cat``, slicing, arithmetic, returning it from
 the model) keeps both ends pinned, because that code cannot be rewritten.
 
-The recorded forward (:func:`fxprune.frontend.partial._record`) gives object identity of every module
+The recorded forward (:func:`fxprune.frontend.recording._record`) gives object identity of every module
 call's inputs and outputs, every call of a module (a head shared across feature levels is called once per
 level: every call's tensors are stitched to the same traced interface), and the module stack of every
 value use.
