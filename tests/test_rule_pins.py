@@ -92,8 +92,12 @@ def test_conv_that_mixes_positions_stays_pinned(k, stride, padding):
 @pytest.mark.parametrize("kind", ["functional", "transposed"])
 def test_functional_and_transposed_conv_that_mix_positions_stay_pinned(kind):
     model = Aggregate(kind, 3, 1, 1).eval()
-    group = fxprune.analyze(model, torch.randn(2, 4)).group_of("f1.weight", 0)
-    assert group.pinned is not None and "conv" in group.pinned
+    graph = fxprune.analyze(model, torch.randn(2, 4))
+    want = {"functional": "dim 2 of an input to functional conv (conv1d)",
+            "transposed": "dim 2 of an input to conv (agg)"}
+    assert graph.group_of("f1.weight", 0).pinned == want[kind]
+    if kind == "functional":  # the weight is a graph value: its kernel taps are a group, pinned as such
+        assert graph.group_of("agg.weight", 2).pinned == "kernel positions of a convolution weight"
 
 
 class Floor(nn.Module):

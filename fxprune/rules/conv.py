@@ -141,6 +141,8 @@ def lower_conv_fn(ctx, node) -> None:
     point = pointwise(w.shape[2:], arg(node, 3, "stride", 1), arg(node, 4, "padding", 0),
                       arg(node, 5, "output_padding", 0) if transposed else 0)
     _lower_conv(ctx, x, w, b, ctx.out(), groups, transposed, point=point)
+    for d in range(2, w.ndim):  # the weight is a graph value here (a module's kernel dims are never lowered)
+        ctx.pin(w, d, "kernel positions of a convolution weight")
 
 
 def rewrite_conv_fn(rctx, node) -> None:
