@@ -146,3 +146,31 @@ class Reduce(nn.Module):
 def test_reductions_over_channels_stay_pinned(how, reason):
     group = fxprune.analyze(Reduce(how).eval(), torch.randn(4, 3)).group_of("a.weight", 0)
     assert group.pinned == reason
+
+
+class HeadScale(nn.Module):
+    """Swin v2's cosine attention: a per-head ``logit_scale`` (its own group: its indices are heads only)."""
+
+    def __init__(self, dim=8, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.logit_scale = nn.Parameter(torch.linspace(0.5, 2.0, heads).view(heads, 1, 1))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.logit_scale
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+def test_per_head_parameter_names_the_group_that_removes_its_heads():
+    torch.manual_seed(0)
+    model, x = HeadScale().eval(), torch.randn(2, 5, 8)
+    graph = fxprune.analyze(model, x)
+    assert graph.group_of("logit_scale", 0).pinned == \
+        "its indices go only with whole heads (grid slices) named in qkv.weight:0"
+    plan = fxprune.plan_by_ratio(graph, 0.5, heads=True)
+    small = fxprune.prune(model, plan, x)
+    assert tuple(small.logit_scale.shape) == (2, 1, 1) and tuple(small.qkv.weight.shape) == (12, 8)
+    fxprune.verify(model, small, plan, x)
