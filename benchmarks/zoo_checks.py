@@ -109,10 +109,14 @@ def pin_op(reason: str) -> str:
         'call_function torch.roll'
         >>> pin_op("constant tensor pos_embed"), pin_op("model output")
         ('constant tensor', 'model output')
+        >>> pin_op("its indices go only with whole heads (grid slices) named in attn.qkv.weight:0")
+        'whole heads only'
     """
     m = _PIN_OP.match(reason)
     if m:
         return m.group(1)
+    if reason.startswith("its indices go only with whole heads"):
+        return "whole heads only"
     return "constant tensor" if reason.startswith("constant tensor") else reason
 
 

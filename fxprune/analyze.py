@@ -231,6 +231,7 @@ class ChannelGraph:
         # The first member (in key order) holding each removable class names it in the plan: directly,
         # or through a grid (a head or a head dim names the projection rows it removes).
         owned = np.zeros(n_lab, bool)
+        owner = np.full(n_lab, -1, dtype=np.int64)  # the parameter dim naming each owned class
         per_dim: Dict[int, Dict[int, List[int]]] = {}
         anc = grids.ancestors() if grids is not None else None
         for d in params:
@@ -248,6 +249,7 @@ class ChannelGraph:
             rows, labs_of = rows[order], labs_of[order]
             new, first = np.unique(labs_of, return_index=True)
             owned[new] = True
+            owner[new] = d.id
             cls = per_dim.setdefault(d.id, {})
             rl, ends = rows.tolist(), first.tolist() + [len(rows)]
             for k, lab in enumerate(new.tolist()):
@@ -277,7 +279,15 @@ class ChannelGraph:
             if not all_classes:
                 key_labels = np.unique(labels[key_dim.base:key_dim.base + key_dim.size]).tolist()
                 reasons = [sol.pinned_reason[lab] for lab in key_labels if lab in sol.pinned_reason]
-                pinned_why = reasons[0] if reasons else "every class would remove a whole dimension"
+                named = owner[key_labels][owner[key_labels] >= 0]
+                if reasons:
+                    pinned_why = reasons[0]
+                elif len(named):  # e.g. a per-head scale: its indices are heads another group names
+                    od = dims[int(named[0])]
+                    pinned_why = (f"its indices go only with whole heads (grid slices) named in "
+                                  f"{make_key(od.value[1], od.dim)}")
+                else:
+                    pinned_why = "every class would remove a whole dimension"
             members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
             grp = Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
                         classes, all_classes, ordered, np.array(glabels, dtype=np.int64), labels)

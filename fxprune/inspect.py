@@ -4,7 +4,9 @@
 :func:`group_dot` / :func:`draw_group` of one group. A group's *share of parameters* is the share of the
 model's parameter elements in the tensors that have a member dim in the group (a conv weight counts in
 both its output and its input group); its *share of MACs* is the share of MACs of the modules owning those
-tensors (matmuls between two activations, as in attention, belong to no parameter and are not attributed).
+tensors, each counted without its submodules (a relative position table held by an attention module brings
+that module's own matmuls, not its q/k/v projections'; matmuls between two activations elsewhere belong to no
+parameter and are not attributed).
 
 Example:
     >>> import torch, fxprune
@@ -29,7 +31,7 @@ import torch
 from .count import count
 from .errors import PlanError, describe_node
 
-__all__ = ["GroupRow", "group_rows", "format_table", "find_group", "default_group", "group_graph",
+__all__ = ["GroupRow", "group_rows", "own_macs", "format_table", "find_group", "default_group", "group_graph",
            "group_dot", "draw_group"]
 
 
@@ -70,6 +72,7 @@ def _pin_nodes(graph: Any, group: Any) -> List[str]:
 def group_rows(graph: Any, model: torch.nn.Module, example_inputs: Any) -> List[GroupRow]:
     """One :class:`GroupRow` per group of ``graph`` (the analysis of ``model``), in the graph's order."""
     macs_total, params_total, macs_by_module, _ = count(model, example_inputs, layer_wise=True)
+    macs_by_module = own_macs(macs_by_module)
     params = {n: p for n, p in model.named_parameters()}
     rows = []
     for g in graph.groups:
@@ -82,6 +85,24 @@ def group_rows(graph: Any, model: torch.nn.Module, example_inputs: Any) -> List[
             n_params / params_total if params_total else 0.0, n_macs / macs_total if macs_total else 0.0,
             g.pinned, _pin_nodes(graph, g) if g.pinned else []))
     return rows
+
+
+def own_macs(by_module: dict) -> dict:
+    """Per-module MACs without those of submodules, from counts that include them (``count(...)[2]``).
+
+    Example:
+        >>> own_macs({"": 100, "attn": 90, "attn.qkv": 60, "attn.proj": 20, "head": 10})
+        {'': 0, 'attn': 10, 'attn.qkv': 60, 'attn.proj': 20, 'head': 10}
+    """
+    own = dict(by_module)
+    for name, n in by_module.items():
+        parent = name
+        while parent:  # the nearest counted ancestor does this work through ``name``
+            parent = parent.rpartition(".")[0]
+            if parent in by_module:
+                own[parent] -= n
+                break
+    return own
 
 
 def format_table(rows: List[GroupRow], limit: int = 0) -> str:

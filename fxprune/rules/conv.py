@@ -7,8 +7,16 @@
 * otherwise: input and output channels are grids (:mod:`fxprune.grid`) of the groups and the position
   in a block: the same position in every block goes (``groups`` kept), or whole groups go (``groups``
   decremented; ``group.head_classes``), or both.
+
+Spatial dims are pinned (a kernel mixes neighbouring positions), except in a *pointwise* convolution (every
+kernel size 1, stride 1, padding 0, output padding 0): output position ``j`` reads only input position ``j``,
+so each spatial dim goes straight through, index for index. CoaT's head aggregates three class tokens with a
+``Conv1d(3, 1, 1)`` over ``[B, 3, C]``: the model's channels are that conv's spatial dim.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch.nn as nn
@@ -30,10 +38,40 @@ def _self_blocks(n: int, k: int):
     return i, (i // k) * k
 
 
-def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool, grouped: bool = False) -> None:
+def _ints(v: Any, n: int) -> Optional[Tuple[int, ...]]:
+    """A conv hyper-parameter (int, sequence or string) as ``n`` ints; None when not known ints."""
+    if isinstance(v, int):
+        return (v,) * n
+    if isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
+        return tuple(v) * n if len(v) == 1 else tuple(v)
+    return None
+
+
+def pointwise(kernel: Sequence[int], stride: Any, padding: Any, output_padding: Any = 0) -> bool:
+    """True when a convolution maps each spatial position to the same position only (kernel 1, stride 1,
+    no padding): its spatial dims then pass through like a batch dim.
+
+    Example:
+        >>> pointwise((1, 1), 1, 0), pointwise((1,), (1,), "valid")
+        (True, True)
+        >>> pointwise((1,), 2, 0), pointwise((3,), 1, 0), pointwise((1,), 1, 1)
+        (False, False, False)
+    """
+    n = len(kernel)
+    pad = (0,) * n if padding in ("valid", "same") else _ints(padding, n)  # k=1: "same" pads nothing
+    return (all(k == 1 for k in kernel) and _ints(stride, n) == (1,) * n and pad == (0,) * n
+            and _ints(output_padding, n) == (0,) * n)
+
+
+def _lower_conv(ctx, x, w, b, out, groups: int, transposed: bool, grouped: bool = False,
+                point: bool = False) -> None:
     cd = x.ndim - (w.ndim - 2) - 1  # channel dim: 1 when batched, 0 when not
     if cd == 1:
         ctx.couple(x, 0, out, 0)
+    if point:  # kernel 1, stride 1, no padding: position j of the output reads position j of the input
+        for d in range(cd + 1, x.ndim):
+            if x.shape[d] == out.shape[d]:
+                ctx.couple(x, d, out, d)
     cin, cout, g = x.shape[cd], out.shape[cd], groups
     ki, ko = cin // g, cout // g
     w_in, w_out = (0, 1) if transposed else (1, 0)
@@ -76,7 +114,8 @@ def lower_conv_module(ctx, node) -> None:
     # a grouped conv pruned down to one group keeps its block structure (a depthwise conv's outputs go
     # with their input), as in the original: a later step may not prune inside it (replay could not)
     _lower_conv(ctx, ctx.tensor(arg(node, 0, "input")), ctx.param("weight"), ctx.param("bias"), ctx.out(),
-                m.groups, isinstance(m, _CONVT), getattr(m, "_fxprune_grouped", False))
+                m.groups, isinstance(m, _CONVT), getattr(m, "_fxprune_grouped", False),
+                pointwise(m.kernel_size, m.stride, m.padding, getattr(m, "output_padding", 0)))
 
 
 def rewrite_conv_module(rctx, node) -> None:
@@ -99,7 +138,11 @@ def lower_conv_fn(ctx, node) -> None:
     groups = arg(node, 6, "groups", 1)
     if not isinstance(groups, int) or w is None:
         return  # dynamic groups or weight: leave every dim pinned
-    _lower_conv(ctx, x, w, b, ctx.out(), groups, transposed)
+    point = pointwise(w.shape[2:], arg(node, 3, "stride", 1), arg(node, 4, "padding", 0),
+                      arg(node, 5, "output_padding", 0) if transposed else 0)
+    _lower_conv(ctx, x, w, b, ctx.out(), groups, transposed, point=point)
+    for d in range(2, w.ndim):  # the weight is a graph value here (a module's kernel dims are never lowered)
+        ctx.pin(w, d, "kernel positions of a convolution weight")
 
 
 def rewrite_conv_fn(rctx, node) -> None:

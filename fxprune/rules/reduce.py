@@ -6,6 +6,21 @@ channels exactly; a mean divides by the count, so it may too, with its statistic
 Vector norms are sums too (a zero entry adds nothing to any p-norm, and none exceeds a max of absolute
 values), and so is the normaliser of ``F.normalize``. Softmax-like ops keep the dim but pin it (removing
 entries changes the normaliser: exp(0) is not 0).
+
+``torch.max(x, y)`` / ``torch.min(x, y)`` with a tensor ``y`` (and ``x.max(y)``) are not reductions but the
+element-wise ``maximum``/``minimum``: they get the element-wise rule (dims coupled under broadcasting).
+
+Example:
+    >>> import torch, fxprune
+    >>> class Floor(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+    ...         self.register_buffer("eps", torch.tensor(0.1))
+    ...     def forward(self, x):
+    ...         return self.b(torch.max(self.a(x), self.eps))
+    >>> fxprune.analyze(Floor(), torch.randn(2, 3)).group_of("a.weight", 0).pinned is None
+    True
 """
 from __future__ import annotations
 
@@ -13,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..registry import register
+from ..registry import lookup, register
 from ._util import arg, norm_dims
 
 _REDUCE = ("sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod", "logsumexp", "all",
@@ -49,6 +64,14 @@ def lower_reduce(ctx, node) -> None:
             ctx.touch(x, d)
         if _name(node) in _MEANS:
             ctx.mark_stat("mean over a dim that loses channels")
+
+
+def lower_min_max(ctx, node) -> None:
+    """``max``/``min``: element-wise against a second tensor (``torch.max(x, y)``), else a reduction."""
+    if ctx.tensor(arg(node, 1, "other")) is not None:
+        lookup("call_function", torch.maximum).lower(ctx, node)  # the element-wise family's rule
+    else:
+        lower_reduce(ctx, node)
 
 
 def _vector_norm(node) -> bool:
@@ -109,6 +132,8 @@ def _fns(names):
 
 register("call_function", _fns(_REDUCE), "reduction", lower_reduce)
 register("call_method", _REDUCE, "reduction", lower_reduce)
+register("call_function", _fns(("max", "min")), "min/max", lower_min_max)
+register("call_method", ("max", "min"), "min/max", lower_min_max)
 register("call_function", _fns(_MEANS), "mean", lower_reduce, masked_eval=masked_mean)
 register("call_method", _MEANS, "mean", lower_reduce, masked_eval=masked_mean)
 register("call_function", _fns(_KEEP), "softmax-like", lower_keep)
