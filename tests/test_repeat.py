@@ -216,3 +216,31 @@ def test_hooks_and_tied_layers_are_not_repeated():
     h.remove()
     m.layers[4].fc.weight = m.layers[1].fc.weight
     assert repeat.repeated_layers(m) is None
+
+
+def test_from_scores_file_on_meta_equals_whole_export(tmp_path, caplog):
+    """Scores computed elsewhere, from a file, on a meta model of five layers: the same pruned shapes as with
+    the whole export, no weight materialised, every layer's MLP 96 -> 72 wide."""
+    from fxprune.scores import save_scores
+
+    gen = torch.Generator().manual_seed(1)
+    scores = {f"model.layers.{i}.mlp.up_proj.weight:0": torch.rand(96, generator=gen) for i in range(5)}
+    path = tmp_path / "scores.safetensors"
+    save_scores(scores, path)
+    shapes = []
+    for fast in (True, False):
+        old, repeat.ENABLED = repeat.ENABLED, fast
+        try:
+            m = _hf("llama", 5, "meta")
+            caplog.clear()
+            with warnings.catch_warnings(), caplog.at_level(logging.INFO, logger=LOGGER):
+                warnings.simplefilter("ignore")  # groups without scores are named in a warning
+                small = fxprune.Pruner.from_scores(m, _ids("meta"), path, pruning_ratio=0.25).step()
+        finally:
+            repeat.ENABLED = old
+        assert any("cut to 3 of 5" in r.getMessage() for r in caplog.records) == fast
+        assert all(p.is_meta for p in small.parameters())
+        shapes.append([(k, tuple(p.shape)) for k, p in small.named_parameters()])
+    assert shapes[0] == shapes[1]
+    widths = {s[0] for k, s in shapes[0] if k.endswith("up_proj.weight")}
+    assert widths == {72}
