@@ -193,7 +193,9 @@ def _renamer(path: str, old: int, new: int) -> Callable[[str], str]:
 
 
 def _attr_name(target: str) -> str:
-    return target.replace(".", "_")
+    """The name fx gives a ``get_attr`` of ``target`` (snake case, illegal characters as ``_``); checked on
+    the exported layers before it is used for the repeated ones."""
+    return re.sub(r"[^0-9a-zA-Z_]+", "_", re.sub(r"(?<=[a-z])([A-Z])", r"_\1", target).lower())
 
 
 def _val_sig(v: Any) -> Any:
