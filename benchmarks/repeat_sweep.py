@@ -1,4 +1,4 @@
-"""The repeated-layer export (``fxprune.frontend.repeat``) against the whole export on every ``hf`` zoo family.
+"""The repeated-layer export (``fxprune.frontend.repeat``) against the whole export on each ``hf`` zoo family.
 
     python benchmarks/repeat_sweep.py [--layers 5] [--only llama,qwen2] [--out results/repeat_sweep_s21.json]
 
@@ -63,7 +63,8 @@ def one(spec, layers: int) -> dict:
             repeat.ENABLED = fast
             with torch.device("meta"):
                 model, inputs = zoo_hf.build_hf(spec)
-            inputs = fxprune.Inputs(*[a.to("meta") if isinstance(a, torch.Tensor) else a for a in inputs.args],
+            inputs = fxprune.Inputs(*[a.to("meta") if isinstance(a, torch.Tensor) else a
+                                      for a in inputs.args],
                                     **{k: v.to("meta") if isinstance(v, torch.Tensor) else v
                                        for k, v in inputs.kwargs.items()})
             t0 = time.perf_counter()
@@ -102,9 +103,9 @@ def main() -> None:
     for spec in specs:
         row = one(spec, args.layers)
         rows.append(row)
-        why = row["log"][-1][:110] if row["status"] != "repeated" and row["log"] else row.get("error", "")[:110]
-        print(f"{spec.family:28s} {row['status']:9s} {row.get('fast_s', ''):>6} {row.get('whole_s', ''):>6}  {why}",
-              flush=True)
+        why = row["log"][-1] if row["status"] != "repeated" and row["log"] else row.get("error", "")
+        print(f"{spec.family:28s} {row['status']:9s} {row.get('fast_s', ''):>6} {row.get('whole_s', ''):>6}  "
+              f"{why[:110]}", flush=True)
     counts: dict = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1

@@ -139,7 +139,8 @@ def test_per_layer_widths_take_the_whole_export(caplog):
         m = _hf("llama", 5, "meta")
         with torch.device("meta"):
             mlp = m.model.layers[3].mlp
-            mlp.gate_proj, mlp.up_proj = torch.nn.Linear(64, 88, bias=False), torch.nn.Linear(64, 88, bias=False)
+            mlp.gate_proj = torch.nn.Linear(64, 88, bias=False)
+            mlp.up_proj = torch.nn.Linear(64, 88, bias=False)
             mlp.down_proj = torch.nn.Linear(88, 64, bias=False)
         return m
     said = _fallback_message(make, fxprune.Inputs(_ids("meta")), caplog)

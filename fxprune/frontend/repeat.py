@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -102,7 +103,8 @@ def _layer_signature(layer: torch.nn.Module, k: int) -> Tuple[list, Dict[str, in
         sig.append((qual, type(mod), attrs, sorted(mod._non_persistent_buffers_set),
                     [(n, tuple(p.shape), p.dtype, p.requires_grad, p.device.type, type(p))
                      for n, p in mod._parameters.items() if p is not None],
-                    [(n, tuple(b.shape), b.dtype, b.device.type) for n, b in mod._buffers.items() if b is not None]))
+                    [(n, tuple(b.shape), b.dtype, b.device.type)
+                     for n, b in mod._buffers.items() if b is not None]))
     return sig, offsets
 
 
@@ -217,7 +219,8 @@ class _Cut:
         bad = {t for t in self.tag.values() if t is not None and not 0 <= t < KEEP}
         if bad:
             raise _NotRepeated(f"the graph reads {path}.{min(bad)}, outside the layers exported")
-        self.layers: List[List[torch.fx.Node]] = [[n for n in self.nodes if self.tag[n] == k] for k in range(KEEP)]
+        self.layers: List[List[torch.fx.Node]] = [[n for n in self.nodes if self.tag[n] == k]
+                                                  for k in range(KEEP)]
         if len({len(x) for x in self.layers}) != 1 or not self.layers[0]:
             raise _NotRepeated(f"the exported layers of {path} have different node counts "
                                f"({', '.join(str(len(x)) for x in self.layers)})")
@@ -235,7 +238,7 @@ class _Cut:
                 runs[-1] = (t, runs[-1][1], runs[-1][2] + 1)
             else:
                 runs.append((t, i, 1))
-        # index (in self.nodes) of the last node of each run of the last layer -> (its start in that layer, length)
+        # index in self.nodes of the last node of each last-layer run -> (run start in the layer, length)
         self.ends: Dict[int, Tuple[int, int]] = {}
         seen = 0
         for j, (t, _, length) in enumerate(runs):
@@ -262,7 +265,7 @@ class _Cut:
             if _val_sig(a.meta.get("val")) != _val_sig(b.meta.get("val")):
                 raise _NotRepeated(f"{b.name}'s shape differs from {a.name}'s")
             sa, sb = a.meta.get("nn_module_stack") or {}, b.meta.get("nn_module_stack") or {}
-            if [(rename(k), rename(v[0]), v[1]) for k, v in sa.items()] != [(k, v[0], v[1]) for k, v in sb.items()]:
+            if [(rename(k), rename(v[0]), v[1]) for k, v in sa.items()] != [(k, *v) for k, v in sb.items()]:
                 raise _NotRepeated(f"{b.name}'s module stack does not repeat {a.name}'s")
         for n in self.nodes:  # the parent may read the last layer only (not the output of every layer)
             if self.tag[n] is None:
@@ -285,8 +288,10 @@ class _Cut:
             return (isinstance(b, dict) and list(a) == list(b)
                     and all(self._same_args(a[k], b[k]) for k in a))
         if isinstance(a, slice):
-            return isinstance(b, slice) and self._same_args((a.start, a.stop, a.step), (b.start, b.stop, b.step))
-        return _same_value(a, b) or (a != a and b != b)  # nan == nan here
+            return isinstance(b, slice) and self._same_args((a.start, a.stop, a.step),
+                                                            (b.start, b.stop, b.step))
+        nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+        return nan or _same_value(a, b)
 
     def build(self, n_layers: int) -> Tuple[torch.fx.Graph, List[str]]:
         """The graph of the whole list: layer ``KEEP - 1``'s nodes again for every later layer, each run
@@ -295,7 +300,8 @@ class _Cut:
         new._codegen = self.graph._codegen
         env: Dict[torch.fx.Node, torch.fx.Node] = {}
         last = self.layers[KEEP - 1]
-        reps: Dict[int, List[Optional[torch.fx.Node]]] = {i: [None] * len(last) for i in range(KEEP, n_layers)}
+        reps: Dict[int, List[Optional[torch.fx.Node]]] = {i: [None] * len(last)
+                                                          for i in range(KEEP, n_layers)}
         targets: List[str] = []
 
         def copy(node: torch.fx.Node, arg: Callable[[torch.fx.Node], torch.fx.Node], target: Any,
@@ -312,10 +318,11 @@ class _Cut:
             m = _SUFFIX.match(node.name)
             return m.group(1) if m else node.name
 
-        replicated = False
         def outer(x: torch.fx.Node) -> torch.fx.Node:
             t = self.pos.get(x)  # the parent reads the last layer's output: the last repeat's
-            return reps[n_layers - 1][t[1]] if t is not None and n_layers > KEEP else env[x]  # type: ignore
+            return reps[n_layers - 1][t[1]] if t is not None else env[x]  # type: ignore[return-value]
+
+        replicated = False
 
         for i, node in enumerate(self.nodes):
             env[node] = copy(node, env.__getitem__ if self.tag[node] is not None else outer, node.target,
@@ -376,7 +383,8 @@ def _attach(gm: torch.nn.Module, model: torch.nn.Module, path: str, targets: Lis
             for name in mod._parameters:
                 dst.register_parameter(name, own._parameters[name])
             for name in mod._buffers:
-                dst.register_buffer(name, own._buffers[name], persistent=name not in mod._non_persistent_buffers_set)
+                dst.register_buffer(name, own._buffers[name],
+                                    persistent=name not in mod._non_persistent_buffers_set)
         for t in list(wanted):
             if t.startswith(f"{path}.{layer}."):
                 wanted.discard(t)
