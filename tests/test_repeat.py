@@ -245,3 +245,13 @@ def test_from_scores_file_on_meta_equals_whole_export(tmp_path, caplog):
     assert shapes[0] == shapes[1]
     widths = {s[0] for k, s in shapes[0] if k.endswith("up_proj.weight")}
     assert widths == {72}
+
+
+def test_config_depth_other_than_the_list_takes_the_whole_export(caplog):
+    """A config that runs fewer layers than the list holds (``layers[:num_hidden_layers]``)."""
+    def make():
+        m = _hf("llama", 6, "meta")
+        m.config.num_hidden_layers = 4
+        return m
+    said = _fallback_message(make, fxprune.Inputs(_ids("meta")), caplog)
+    assert any("the config says 4 layers, model.layers holds 6" in s for s in said), said

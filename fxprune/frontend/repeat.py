@@ -13,11 +13,13 @@ graph the full export gives: the same nodes in the same order with the same name
 the same names, shapes and dtypes (each its own tensor, not shared with another layer or the rest of the
 model), the same plain attributes except an index (``layer_idx``, ``layer_id``... equal to the layer's
 position plus one constant), no hooks, and, for a model with a ``config``, no per-layer list in it
-(``layer_types``) with different entries. A model's forward that branches on a layer's position some other
-way cannot be seen by these checks. Anything else (sliding-window layers, per-layer widths of a pruned
-model, a layer of another class, a failing cut export, a layer graph that does not repeat) exports the
-whole model, with one ``logging`` message saying why. Set :data:`ENABLED` to ``False`` to always export
-the whole model.
+(``layer_types``) with different entries and a ``num_hidden_layers`` equal to the list's length. What these
+checks cannot see: a forward that branches on a layer's position some other way than through the layers'
+attributes or the config (the cut list is three long: a branch on "the last layer" is seen, as layer 2 is
+then last), or whose arithmetic reads the list's length. Anything else (sliding-window layers, per-layer
+widths of a pruned model, a layer of another class, a failing cut export, a layer graph that does not
+repeat) exports the whole model, with one ``logging`` message saying why. Set :data:`ENABLED` to ``False``
+to always export the whole model.
 
 Example:
     >>> import torch
@@ -147,6 +149,9 @@ def _check_layers(model: torch.nn.Module, path: str, layers: torch.nn.ModuleList
     for name, v in (vars(cfg).items() if cfg is not None and hasattr(cfg, "__dict__") else ()):
         if isinstance(v, (list, tuple)) and len(v) == len(children) and any(x != v[0] for x in v):
             raise _NotRepeated(f"the config's {name} differs between layers")
+    depth = getattr(cfg, "num_hidden_layers", None)
+    if isinstance(depth, int) and depth != len(children):  # a forward may run config-many layers, not all
+        raise _NotRepeated(f"the config says {depth} layers, {path} holds {len(children)}")
 
 
 def repeated_layers(model: torch.nn.Module) -> Optional[Tuple[str, torch.nn.ModuleList]]:
