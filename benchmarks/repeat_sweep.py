@@ -103,18 +103,23 @@ def main() -> None:
     for spec in specs:
         row = one(spec, args.layers)
         rows.append(row)
+        _write(args, rows)  # as it goes: a sweep cut short keeps its rows
         why = row["log"][-1] if row["status"] != "repeated" and row["log"] else row.get("error", "")
         print(f"{spec.family:28s} {row['status']:9s} {row.get('fast_s', ''):>6} {row.get('whole_s', ''):>6}  "
               f"{why[:110]}", flush=True)
+    print(_write(args, rows))
+    print(f"-> {args.out}")
+
+
+def _write(args: argparse.Namespace, rows: list) -> dict:
     counts: dict = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    print(counts)
     res = {"uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
            "layers": args.layers, "counts": counts, "rows": rows, "cpus": os.cpu_count()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
-    print(f"-> {args.out}")
+    return counts
 
 
 if __name__ == "__main__":
