@@ -255,3 +255,12 @@ def test_config_depth_other_than_the_list_takes_the_whole_export(caplog):
         return m
     said = _fallback_message(make, fxprune.Inputs(_ids("meta")), caplog)
     assert any("the config says 4 layers, model.layers holds 6" in s for s in said), said
+
+
+def test_activation_partials_compare_by_value():
+    """Gemma and Starcoder2 make ``partial(gelu, approximate="tanh")`` per layer: alike, not one object."""
+    from functools import partial
+
+    gelu = torch.nn.functional.gelu
+    assert repeat._same_value(partial(gelu, approximate="tanh"), partial(gelu, approximate="tanh"))
+    assert not repeat._same_value(partial(gelu, approximate="tanh"), partial(gelu, approximate="none"))

@@ -41,6 +41,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -79,6 +80,9 @@ def _same_value(a: Any, b: Any) -> bool:
         return True
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor) or type(a) is not type(b):
         return False
+    if isinstance(a, functools.partial):  # an activation made per layer: gelu(approximate="tanh")
+        return (a.func is b.func and _same_value(a.args, b.args) and list(a.keywords) == list(b.keywords)
+                and all(_same_value(a.keywords[k], b.keywords[k]) for k in a.keywords))
     try:
         return bool(a == b)
     except Exception:  # a value whose == is not a plain truth value: treat as different
