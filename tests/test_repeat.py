@@ -264,3 +264,14 @@ def test_activation_partials_compare_by_value():
     gelu = torch.nn.functional.gelu
     assert repeat._same_value(partial(gelu, approximate="tanh"), partial(gelu, approximate="tanh"))
     assert not repeat._same_value(partial(gelu, approximate="tanh"), partial(gelu, approximate="none"))
+
+
+def test_an_unexpected_failure_warns_and_exports_the_whole_model(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(repeat, "_attach", broken)
+    x = fxprune.Inputs(torch.randn(2, 8))
+    with pytest.warns(UserWarning, match=r"layers of _Stack's layers failed \(RuntimeError: boom\)"):
+        gm = fxprune.trace(_Stack("plain", 5), x, frontend="export")
+    with whole_export():
+        assert _graph_sig(gm) == _graph_sig(fxprune.trace(_Stack("plain", 5), x, frontend="export"))

@@ -45,11 +45,14 @@ import functools
 import logging
 import math
 import re
+import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx
+
+from ..errors import user_stacklevel
 
 __all__ = ["ENABLED", "KEEP", "repeated_layers", "export_repeated"]
 
@@ -429,6 +432,10 @@ def export_repeated(model: torch.nn.Module, export: Callable[[], Any]) -> Option
         _attach(gm, model, path, targets)
     except _NotRepeated as e:
         log.info("fxprune: exporting the whole of %s: %s", type(model).__name__, e)
+        return None
+    except Exception as e:  # a case these checks do not know: the whole export is still right
+        warnings.warn(f"fxprune: repeating the layers of {type(model).__name__}'s {path} failed "
+                      f"({type(e).__name__}: {e}); exporting the whole model", stacklevel=user_stacklevel())
         return None
     graph.owning_module = gm
     gm._graph = graph  # not the setter: export_trace recompiles once at its end
