@@ -10,7 +10,9 @@
 analysis finds prunable (MLPs, heads per layer, kv groups, the hidden size), then times a structure-only
 plan (``plan_by_ratio(graph, 0.2, importance="structure")``) and one ``Pruner`` step on the meta model
 (``importance="structure"``, 20 % of every group, 25 % of the heads), whose config it reports.
-JSON goes to ``benchmarks/results/llm_scale_meta.json`` with the machine load (``uptime``).
+JSON goes to ``benchmarks/results/llm_scale_meta_s21.json`` with the machine load (``uptime``). The export
+frontend exports three decoder layers and repeats the last one's graph (:mod:`fxprune.frontend.repeat`);
+``--whole-export`` exports all of them instead (the path before session 21), for comparison.
 
 ``stream`` and ``dist`` are other modules (``benchmarks/llm_scale_stream.py``, ``llm_scale_dist.py``) with a
 ``run(args)`` function; they run when present.
@@ -69,6 +71,8 @@ def child(shape: str) -> dict:
     cfg_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
                "mistral": transformers.MistralConfig}[family]
     cfg = cfg_cls(**spec, use_cache=False)
+    from fxprune.frontend import repeat
+    repeat.ENABLED = not os.environ.get("LLM_SCALE_WHOLE_EXPORT")  # --whole-export: the session-20 path
     rss_import = _peak_mb()
     t0 = time.perf_counter()
     with torch.device("meta"):
@@ -115,6 +119,7 @@ def child(shape: str) -> dict:
     c = getattr(small, "config", None)
     return {
         "shape": shape, "config": SHAPES[shape], "params": sum(p.numel() for p in model.parameters()),
+        "repeated_layers": repeat.ENABLED,
         "build_s": round(t_build, 2), "analyze_s": round(t_analyze, 2),
         "analyze_cpu_s": round(c_analyze, 2), "groups": len(groups),
         "unpinned_groups": sum(g.pinned is None for g in groups), "found": found,
@@ -140,6 +145,10 @@ def run_meta(args: argparse.Namespace) -> list:
     for shape in args.shapes.split(","):
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        if args.whole_export:
+            env["LLM_SCALE_WHOLE_EXPORT"] = "1"
+        else:
+            env.pop("LLM_SCALE_WHOLE_EXPORT", None)
         for rep in range(args.repeat):
             load = os.getloadavg()
             res = subprocess.run([sys.executable, __file__, "--child", shape], capture_output=True, text=True,
@@ -181,7 +190,9 @@ def main() -> None:
     ap.add_argument("--parts", default="meta,stream,dist", help="comma-separated: meta, stream, dist")
     ap.add_argument("--shapes", default="llama2-7b,qwen2-7b", help=f"meta part: any of {', '.join(SHAPES)}")
     ap.add_argument("--repeat", type=int, default=1, help="meta part: fresh processes per shape")
-    ap.add_argument("--out", default=str(HERE / "results" / "llm_scale_meta.json"))
+    ap.add_argument("--whole-export", action="store_true",
+                    help="meta part: export every decoder layer (no repeated-layer export)")
+    ap.add_argument("--out", default=str(HERE / "results" / "llm_scale_meta_s21.json"))
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args, args.extra = ap.parse_known_args()  # the other parts read their own options from args.extra
     if args.child:

@@ -72,6 +72,7 @@ class ChannelIR:
     pins: List[Tuple[int, Optional[np.ndarray], str]] = field(default_factory=list)
     _pairs: List[Tuple[int, int]] = field(default_factory=list)
     grids: List[Tuple[int, Tuple[int, ...], str]] = field(default_factory=list)
+    _ident: List[bool] = field(default_factory=list)  # coupling k is an identity of two whole dims
 
     def dim(self, value: ValueKey, d: int, size: int) -> DimNode:
         """The dim node of ``value`` along ``d``, created on first use."""
@@ -175,20 +176,8 @@ class ChannelIR:
         with_param[[dim_group[d.id] for d in self.dims if d.is_param]] = True
         keep_dim = with_param[dim_group]
         keep = keep_dim[owner]
-        kept = np.nonzero(keep)[0]
-        small = np.int32 if n < _I32 else np.int64
-        remap = np.full(n, -1, dtype=small)
-        remap[kept] = np.arange(len(kept), dtype=small)
-        a = np.concatenate(self._a) if self._a else np.zeros(0, small)
-        b = np.concatenate(self._b) if self._b else np.zeros(0, small)
-        sel = keep[a]  # both ends of a coupling lie in one group
-        a, b = remap[a[sel]], remap[b[sel]]
-        del sel, remap
-        m = len(kept)
-        adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)).tocsr()
-        n_cls, cls = connected_components(adj, directed=False)
         labels = np.empty(n, dtype=np.int64)
-        labels[kept] = cls
+        n_cls = self._kept_classes(keep_dim, labels)
         rank = np.cumsum(~keep_dim) - 1 + n_cls  # one label per dim outside parameter groups
         labels[~keep] = rank[owner[~keep]]
         pinned_reason = self._pin_reasons(labels, keep_dim)
@@ -208,6 +197,52 @@ class ChannelIR:
             # the groups users see: a grid joins groups through its innermost factor only, not its heads
             sol.dim_group = _components(nd, list(self._pairs) + sol.grids.links(sol))
         return sol
+
+    def _kept_classes(self, keep_dim: np.ndarray, labels: np.ndarray) -> int:
+        """Index components of the kept dims (``keep_dim``) written into ``labels``, numbered in the order of
+        their first index (what ``connected_components`` over every kept index gives); returns their count.
+
+        Nearly every coupling is an identity between two whole dims of one size (element-wise ops,
+        residual adds: 99.7 % of a 7B decoder's coupled indices), so dims joined by identities share one
+        block of compact ids, laid out in the order of each set's first dim; only the other couplings go
+        to ``connected_components``. A component's first compact id belongs to its first index, so the
+        numbering is unchanged.
+        """
+        nd = len(self.dims)
+        base = np.array([d.base for d in self.dims], dtype=np.int64)
+        size = np.array([d.size for d in self.dims], dtype=np.int64)
+        for k in range(len(self._ident), len(self._pairs)):  # couplings only grow: each is checked once
+            (i, j), a, b = self._pairs[k], self._a[k], self._b[k]
+            self._ident.append(bool(
+                size[i] == size[j] == len(a) and a[0] == base[i] and b[0] == base[j]
+                and np.array_equal(a, np.arange(base[i], base[i] + size[i], dtype=a.dtype))
+                and np.array_equal(b, np.arange(base[j], base[j] + size[j], dtype=b.dtype))))
+        same, other = [], []
+        for k, (i, j) in enumerate(self._pairs):
+            if keep_dim[i]:  # both ends lie in one group: outside parameter groups nothing is removed
+                (same.append((i, j)) if self._ident[k] else other.append(k))
+        comp = _components(nd, same)
+        first = np.full(comp.max() + 1 if nd else 0, nd, dtype=np.int64)
+        np.minimum.at(first, comp, np.arange(nd))
+        rep = first[comp]  # each dim's set's first dim: its lowest ids
+        is_rep = (rep == np.arange(nd)) & keep_dim
+        cstart = np.zeros(nd, dtype=np.int64)
+        cstart[is_rep] = np.cumsum(size[is_rep]) - size[is_rep]
+        cb = cstart[rep]  # compact id of each dim's index 0
+        m = int(size[is_rep].sum())
+        if other:
+            a = np.concatenate([self._a[k].astype(np.int64) - base[self._pairs[k][0]] + cb[self._pairs[k][0]]
+                                for k in other])
+            b = np.concatenate([self._b[k].astype(np.int64) - base[self._pairs[k][1]] + cb[self._pairs[k][1]]
+                                for k in other])
+        else:
+            a = b = np.zeros(0, np.int64)
+        adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)).tocsr()
+        n_cls, cls = connected_components(adj, directed=False)
+        starts, ends, cstarts = base.tolist(), (base + size).tolist(), cb.tolist()
+        for d in np.nonzero(keep_dim & (size > 0))[0].tolist():
+            labels[starts[d]:ends[d]] = cls[cstarts[d]:cstarts[d] + ends[d] - starts[d]]
+        return int(n_cls)
 
     def settle(self) -> "Solution":
         """Solve, first turning every grid that cannot keep two factors that lose channels into a

@@ -40,6 +40,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_structure
 from ..errors import TraceError
 from ..record import record_of
 from .aten import raise_graph
+from .repeat import export_repeated
 
 __all__ = ["Inputs", "export_trace", "graph_args", "call_model", "call_graph", "split_inputs"]
 
@@ -167,14 +168,23 @@ def export_trace(model: torch.nn.Module, example_inputs: Any) -> torch.fx.GraphM
     that it cannot specialise, unsupported Python).
     """
     args, kwargs = split_inputs(example_inputs)
-    try:
+
+    def export() -> Any:
         # a failing export prints its partial graph to stderr; the TraceError below says what failed
         with contextlib.redirect_stderr(io.StringIO()):
-            ep = torch.export.export(model, args, kwargs, strict=False)
-    except Exception as e:  # anything the exporter raises: data-dependent branches, unsupported Python
-        raise TraceError(f"torch.export.export failed on {type(model).__name__}: {type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}") from e
-    gm = ep.module()
+            return torch.export.export(model, args, kwargs, strict=False)
+
+    # many alike layers (a 7B decoder): export three, repeat the last one's graph (fxprune.frontend.repeat)
+    done = export_repeated(model, export)
+    if done is not None:
+        gm, ep = done
+    else:
+        try:
+            ep = export()
+        except Exception as e:  # anything the exporter raises: data-dependent branches, unsupported Python
+            raise TraceError(f"torch.export.export failed on {type(model).__name__}: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        gm = ep.module()
     in_spec = gm._in_spec
     graph = gm.graph
     for node in list(graph.nodes):  # the exporter's input guard: a call_module that checks inputs
