@@ -74,6 +74,38 @@ class _PathDiverged(Exception):
     """The second-mode trace left the first trace's path (see :func:`_bind_training`)."""
 
 
+class _Flag:
+    """A module's ``training`` flag while it is traced: passed along as an argument it is recorded where it
+    lands (:func:`_bind_training` binds those arguments without a second trace); any other use (``if``,
+    ``not``, arithmetic, comparison) marks the trace as having computed with the flag, and the flag then
+    acts as its bool."""
+
+    __slots__ = ("value", "used")
+
+    def __init__(self, value: bool, used: List[bool]) -> None:
+        self.value, self.used = value, used
+
+    def _use(self) -> bool:
+        self.used[0] = True
+        return self.value
+
+
+def _flag_dunder(name: str) -> Any:
+    def op(self: _Flag, *args: Any) -> Any:
+        return getattr(self._use(), name)(*args)
+    op.__name__ = name
+    return op
+
+
+for _name in ("__bool__", "__int__", "__index__", "__float__", "__eq__", "__ne__", "__lt__", "__le__",
+              "__gt__", "__ge__", "__hash__", "__and__", "__rand__", "__or__", "__ror__", "__xor__",
+              "__rxor__", "__invert__", "__neg__", "__pos__", "__abs__", "__add__", "__radd__", "__sub__",
+              "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__floordiv__",
+              "__rfloordiv__", "__mod__", "__rmod__", "__pow__", "__rpow__", "__repr__", "__str__",
+              "__format__"):
+    setattr(_Flag, _name, _flag_dunder(_name))
+
+
 class _Tracer(torch.fx.Tracer):
     def __init__(self, stack_traces: bool = True, follow: Optional[List[torch.fx.Node]] = None) -> None:
         super().__init__()
@@ -100,6 +132,8 @@ class _Tracer(torch.fx.Tracer):
         # turns an OrderedDict (torchvision segmentation models) into a plain dict.
         self._depth += 1
         try:
+            if type(a) is _Flag:
+                return a  # kept in the arguments: _bind_training turns it into a read of ``self.training``
             return super().create_arg(a)
         finally:
             self._depth -= 1
@@ -132,11 +166,35 @@ def _drop_proxies(snapshot: Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]) -
                 v.update(old)
 
 
-def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+def _trace_flagged(model: torch.nn.Module, snapshot: Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]
+                   ) -> Tuple[_Tracer, torch.fx.Graph, Optional[List[bool]]]:
+    """Trace ``model``; when a traced forward names ``training``, with every module's flag a :class:`_Flag`
+    (the flags as they were afterwards). ``used`` (third) says whether the trace computed with a flag (it is
+    ``[True]`` when the flagged trace failed and a plain one was made); None: no forward names ``training``."""
+    if _reads_training(model):
+        used = [False]
+        flags = {m: m.training for m in model.modules()}
+        try:
+            for m, t in flags.items():
+                m.__dict__["training"] = _Flag(t, used)
+            tracer = _Tracer()
+            return tracer, tracer.trace(model), used
+        except Exception as e:  # e.g. a C function given the flag: trace again plainly, which decides
+            log.debug("tracing with training flags failed (%s); tracing plainly", e)
+        finally:
+            for m, t in flags.items():
+                m.__dict__["training"] = t
+        _drop_proxies(snapshot)
+        tracer = _Tracer()
+        return tracer, tracer.trace(model), [True]  # bound by a second trace
     tracer = _Tracer()
+    return tracer, tracer.trace(model), None
+
+
+def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     snapshot = _dict_attrs(model)
     try:
-        graph = tracer.trace(model)
+        tracer, graph, used = _trace_flagged(model, snapshot)
         _keep_ordered_output(graph, tracer.returned)
     except Exception as e:  # anything symbolic tracing raises: control flow, unsupported Python
         raise TraceError(
@@ -145,7 +203,7 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
             "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
     finally:
         _drop_proxies(snapshot)
-    _bind_training(model, graph)
+    _bind_training(model, graph, used)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     record_of(gm).constants = set(tracer.tensor_attrs.values())
     return gm
@@ -169,16 +227,61 @@ def _reads_training(model: torch.nn.Module) -> bool:
     return False
 
 
-def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
+def _unflag(a: Any, bind: Any) -> Any:
+    """``a`` (node arguments) with every :class:`_Flag` replaced by ``bind(flag)``, in argument order."""
+    if type(a) is _Flag:
+        return bind(a)
+    if isinstance(a, (tuple, list)) and not hasattr(a, "_fields"):
+        return type(a)(_unflag(x, bind) for x in a)
+    if isinstance(a, dict):
+        return type(a)((k, _unflag(v, bind)) for k, v in a.items())
+    return a
+
+
+def _has_flag(a: Any) -> bool:
+    if type(a) is _Flag:
+        return True
+    if isinstance(a, (tuple, list)):
+        return any(_has_flag(x) for x in a)
+    if isinstance(a, dict):
+        return any(_has_flag(x) for x in a.values())
+    return False
+
+
+def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph, used: Optional[List[bool]]) -> None:
     """Arguments that read ``self.training`` read it at run time again (``F.dropout(x, p, self.training)``).
 
     Tracing turns ``self.training`` into the bool of the moment, so a model pruned in train mode would
-    drop out forever. The model is traced once more with every ``training`` flag flipped (flags set
-    directly, no ``train()`` override runs): bool arguments that flip with it become ``self.training``
-    (or ``not self.training``). A forward whose graph changes with the mode is reported once.
+    drop out forever. The flags were traced as :class:`_Flag` objects (``used``, see :func:`_trace_flagged`;
+    None: no traced forward names ``training``): where they only landed in arguments, those arguments become
+    ``self.training`` (or ``not self.training``) with no second trace. A trace that computed with a flag
+    (``if self.training``) is traced once more with every flag flipped (set directly, no ``train()``
+    override runs): bool arguments that flip with it are bound the same way, and a forward whose graph
+    changes with the mode is reported once.
     """
-    if not _reads_training(model):
+    if used is None:
         return  # no traced forward mentions ``training``: nothing to bind (and no second trace to pay)
+    flagged = [n for n in graph.nodes if _has_flag(n.args) or _has_flag(n.kwargs)]
+    reads: Dict[bool, torch.fx.Node] = {}
+
+    def flag(value: bool) -> torch.fx.Node:  # the node reading self.training (negated when value differs)
+        if model.training not in reads:
+            with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")):
+                reads[model.training] = graph.get_attr("training")
+        if value not in reads:
+            with graph.inserting_after(reads[model.training]):
+                # ``training == False``: TorchScript has no ``operator.not_``
+                reads[value] = graph.call_function(operator.eq, (reads[model.training], False))
+        return reads[value]
+
+    if not used[0]:  # every flag went into arguments unchanged: bind them there, in graph order
+        for n in flagged:
+            n.args = _unflag(n.args, lambda f: flag(f.value))
+            n.kwargs = _unflag(n.kwargs, lambda f: flag(f.value))
+        return
+    for n in flagged:
+        n.args = _unflag(n.args, lambda f: f.value)
+        n.kwargs = _unflag(n.kwargs, lambda f: f.value)
     flags = {m: m.training for m in model.modules()}
     nodes = list(graph.nodes)
     try:
@@ -198,17 +301,6 @@ def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
                       f"the traced graph, and a model pruned from it, follow {mode} mode",
                       stacklevel=user_stacklevel())
         return
-    reads: Dict[bool, torch.fx.Node] = {}
-
-    def flag(value: bool) -> torch.fx.Node:  # the node reading self.training (negated when value differs)
-        if model.training not in reads:
-            with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")):
-                reads[model.training] = graph.get_attr("training")
-        if value not in reads:
-            with graph.inserting_after(reads[model.training]):
-                # ``training == False``: TorchScript has no ``operator.not_``
-                reads[value] = graph.call_function(operator.eq, (reads[model.training], False))
-        return reads[value]
 
     def merge(a: Any, b: Any) -> Any:
         if isinstance(a, bool) and isinstance(b, bool) and a != b:
