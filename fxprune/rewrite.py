@@ -171,6 +171,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
             except AttributeError:
                 pass
     new_graph = copy.deepcopy(graph.gm.graph)
+    before = [(n, n.op, n.target, n.name, n.args, n.kwargs) for n in new_graph.nodes]
     rctx = RewriteCtx(graph, exp, new_modules)
     for node in new_graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
@@ -199,7 +200,8 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
         node.meta.pop("tensor_meta", None)
     try:
         small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__) if into is None else \
-            _install(into, new_root, new_graph)
+            _install(into, new_root, new_graph,
+                     same_code=into.graph is graph.gm.graph and _unchanged(before, new_graph))
     except Exception as e:
         raise RewriteError(f"building the pruned GraphModule failed: {e}") from e
     # Keep every original qualified name, also of modules the graph does not use.
@@ -227,14 +229,44 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
     return small
 
 
-def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
-    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``."""
+def _same_arg(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) or isinstance(a, (torch.Tensor, torch.fx.Node)):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_arg(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_arg(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # a constant whose == is not a bool
+        return False
+
+
+def _unchanged(before: List[Tuple[Any, ...]], graph: torch.fx.Graph) -> bool:
+    """Whether no rewrite changed ``graph`` (the nodes, their names, targets and arguments of ``before``)."""
+    if len(graph.nodes) != len(before):
+        return False
+    return all(n is b[0] and n.op == b[1] and n.target is b[2] and n.name == b[3] and _same_arg(n.args, b[4])
+               and _same_arg(n.kwargs, b[5]) for n, b in zip(graph.nodes, before))
+
+
+def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph,
+             same_code: bool = False) -> torch.fx.GraphModule:
+    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``.
+    ``same_code``: ``graph`` generates the code ``gm`` runs already (no rule changed a node): it is not
+    generated and compiled again."""
     gm._modules, gm._parameters, gm._buffers = {}, {}, {}
     gm._non_persistent_buffers_set = set()
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module"):
             _copy_attr(root, gm, node.target)
-    gm.graph = graph
+    if same_code:
+        gm._graph = graph  # what the ``graph`` setter does, less its recompile
+        graph.owning_module = gm
+    else:
+        gm.graph = graph
     return gm
 
 

@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 
 from ..errors import ShapeInfoError, TraceError, user_stacklevel
 from ..record import record_of
+from .shapes import function_shape, module_shape
 
 __all__ = ["trace", "propagate_shapes", "normalize_inputs"]
 
@@ -61,13 +62,27 @@ def _user_stack(frame: Any) -> Optional[str]:
         return None
     out = []
     for f in frames[first::-1]:
-        code = f.f_code
-        if code.co_filename in _UNINTERESTING:
-            continue
-        line = linecache.getline(code.co_filename, f.f_lineno).strip()
-        out.append(f'  File "{code.co_filename}", line {f.f_lineno}, in {code.co_name}\n'
-                   + (f"    {line}\n" if line else ""))
+        key = (f.f_code, f.f_lineno)
+        text = _FRAME_TEXT.get(key)
+        if text is None:
+            if len(_FRAME_TEXT) > 20000:  # bounded: a long session traces many models
+                _FRAME_TEXT.clear()
+            text = _FRAME_TEXT[key] = _frame_text(*key)
+        if text:
+            out.append(text)
     return "".join(out).strip() or None
+
+
+# (code, line) -> its lines in a stack trace ("" for a file left out): frames repeat from node to node
+_FRAME_TEXT: Dict[Tuple[Any, int], str] = {}
+
+
+def _frame_text(code: Any, lineno: int) -> str:
+    if code.co_filename in _UNINTERESTING:
+        return ""
+    line = linecache.getline(code.co_filename, lineno).strip()
+    return (f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n'
+            + (f"    {line}\n" if line else ""))
 
 
 class _PathDiverged(Exception):
@@ -349,6 +364,10 @@ def _plain(v: Any) -> Any:
 
 class _ShapeInterpreter(torch.fx.Interpreter):
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.meta_mode:
+            out = function_shape(target, args, kwargs)
+            if out is not None:
+                return out
         return super().call_function(target, _plain(args), _plain(kwargs))
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -357,6 +376,9 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             check = _SAME_SHAPE_EXACT.get(type(m))
             if isinstance(m, _SAME_SHAPE) or (check is not None and check(m, args[0])):
                 return _to_meta(args[0])
+            out = module_shape(m, args[0])
+            if out is not None:
+                return out
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: torch.fx.Node) -> Any:
@@ -367,8 +389,25 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             raise e
         n.meta["val"] = result
         if isinstance(result, torch.Tensor):
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+            n.meta["tensor_meta"] = _tensor_meta(result)
         return result
+
+
+_TENSOR_META: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _tensor_meta(t: torch.Tensor) -> Any:
+    """``_extract_tensor_metadata(t)``, shared between plain meta tensors of the same shape, strides and
+    dtype (an immutable record whose contiguity checks cost more than the op's shape)."""
+    if type(t) is not torch.Tensor or not t.is_meta or t.requires_grad:
+        return _extract_tensor_metadata(t)
+    key = (tuple(t.shape), t.stride(), t.dtype)
+    out = _TENSOR_META.get(key)
+    if out is None:
+        if len(_TENSOR_META) > 20000:
+            _TENSOR_META.clear()
+        out = _TENSOR_META[key] = _extract_tensor_metadata(t)
+    return out
 
 
 def _to_meta(x: Any) -> Any:
@@ -419,8 +458,9 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: Tuple[Any, ...]) -> None:
 def _materialize_meta(gm: torch.fx.GraphModule) -> None:
     # Real tensors from the fallback path are replaced by meta tensors so analysis never holds activations.
     for n in gm.graph.nodes:
-        if "val" in n.meta:
-            n.meta["val"] = tree_map(_to_meta, n.meta["val"])
+        v = n.meta.get("val")
+        if v is not None and not (type(v) is torch.Tensor and v.is_meta):
+            n.meta["val"] = tree_map(_to_meta, v)
 
 
 def _specialise_defaults(gm: torch.fx.GraphModule, given: int) -> None:
