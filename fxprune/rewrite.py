@@ -39,10 +39,15 @@ __all__ = ["prune", "apply_plan", "RewriteCtx"]
 log = logging.getLogger(__name__)
 
 
-def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
+def _kept(n: int, removed: np.ndarray) -> np.ndarray:
     keep = np.ones(n, bool)
     keep[removed] = False
-    return torch.from_numpy(np.nonzero(keep)[0])
+    return np.nonzero(keep)[0]
+
+
+# dtypes numpy holds as they are: their slices are taken there (np.take beats index_select on a dim > 0)
+_NUMPY_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16,
+                           torch.int8, torch.uint8, torch.bool})
 
 
 def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> torch.Tensor:
@@ -50,18 +55,25 @@ def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> 
     for d in range(t.ndim):
         removed = graph.removed(exp.mask, ("param", canon), d)
         if len(removed):
-            keep[d] = _keep_index(t.shape[d], removed)
+            keep[d] = _kept(t.shape[d], removed)
     data = t.detach()
-    for d, k in keep.items():  # straight from the source: no copy of the whole tensor first
-        data = data.index_select(d, k.to(data.device))
-    if not keep:
-        data = data.clone()
+    if keep and type(data) is torch.Tensor and data.device.type == "cpu" and data.dtype in _NUMPY_DTYPES \
+            and data.layout == torch.strided and not data.is_conj() and not data.is_neg():
+        a = data.numpy()
+        for d, k in keep.items():  # straight from the source: no copy of the whole tensor first
+            a = np.take(a, k, axis=d)
+        data = torch.from_numpy(a)
+    else:
+        for d, k in keep.items():
+            data = data.index_select(d, torch.from_numpy(k).to(data.device))
+        if not keep:
+            data = data.clone()
     if isinstance(t, torch.nn.Parameter):
         new = torch.nn.Parameter(data, requires_grad=t.requires_grad)
         if t.grad is not None:
             g = t.grad.detach()
             for d, k in keep.items():
-                g = g.index_select(d, k.to(g.device))
+                g = g.index_select(d, torch.from_numpy(k).to(g.device))
             new.grad = g.clone() if g is t.grad else g
         return new
     return data

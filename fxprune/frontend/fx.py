@@ -227,19 +227,25 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
 def _reads_training(model: torch.nn.Module) -> bool:
     """Whether a method of a module that tracing goes through (not a torch.nn leaf) names ``training``."""
     leaf = _Tracer().is_leaf_module
-    seen: set = set()
     classes = {type(m) for m in model.modules() if m is model or not leaf(m, "")}
-    stack = [getattr(f, "__code__", None) for c in classes for k in c.__mro__
-             if k.__module__ != "torch.nn.modules.module" for f in vars(k).values()]
-    while stack:
-        code = stack.pop()
-        if code is None or code in seen:
-            continue
-        seen.add(code)
-        if "training" in code.co_names:
-            return True
-        stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))  # nested functions, lambdas
-    return False
+    codes = {getattr(f, "__code__", None) for c in classes for k in c.__mro__
+             if k.__module__ != "torch.nn.modules.module" for f in vars(k).values()}
+    codes.discard(None)
+    return any(_names_training(c) for c in codes)
+
+
+_NAMES_TRAINING: Dict[Any, bool] = {}  # code object -> it or a function nested in it names ``training``
+
+
+def _names_training(code: Any) -> bool:
+    out = _NAMES_TRAINING.get(code)
+    if out is None:
+        out = "training" in code.co_names or any(
+            _names_training(c) for c in code.co_consts if hasattr(c, "co_names"))  # nested functions, lambdas
+        if len(_NAMES_TRAINING) > 50000:
+            _NAMES_TRAINING.clear()
+        _NAMES_TRAINING[code] = out
+    return out
 
 
 def _unflag(a: Any, bind: Any) -> Any:
