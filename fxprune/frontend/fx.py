@@ -54,27 +54,29 @@ def _user_stack(frame: Any) -> Optional[str]:
         from torch.fx.experimental.symbolic_shapes import uninteresting_files
         _UNINTERESTING = frozenset(uninteresting_files())
     frames: List[Any] = []
+    keys: List[Tuple[Any, int]] = []
+    first = -1
     while frame is not None:
+        code = frame.f_code
+        if code.co_name == "forward":
+            first = len(keys)  # the outermost one wins
         frames.append(frame)
+        keys.append((code, frame.f_lasti))  # the instruction: cheaper than f_lineno (a line-table scan)
         frame = frame.f_back
-    first = next((i for i in range(len(frames) - 1, -1, -1) if frames[i].f_code.co_name == "forward"), None)
-    if first is None:  # no forward on the stack: the trace would not point at model code
+    if first < 0:  # no forward on the stack: the trace would not point at model code
         return None
-    out = []
-    for f in frames[first::-1]:
-        key = (f.f_code, f.f_lineno)
-        text = _FRAME_TEXT.get(key)
-        if text is None:
-            if len(_FRAME_TEXT) > 20000:  # bounded: a long session traces many models
-                _FRAME_TEXT.clear()
-            text = _FRAME_TEXT[key] = _frame_text(*key)
-        if text:
-            out.append(text)
-    return "".join(out).strip() or None
+    chain = tuple(keys[first::-1])
+    text = _STACK_TEXT.get(chain)
+    if text is None:  # blocks of one class repeat the same lines: each stack is formatted once
+        if len(_STACK_TEXT) > 20000:  # bounded: a long session traces many models
+            _STACK_TEXT.clear()
+        text = "".join(_frame_text(f.f_code, f.f_lineno) for f in frames[first::-1]).strip()
+        _STACK_TEXT[chain] = text
+    return text or None
 
 
-# (code, line) -> its lines in a stack trace ("" for a file left out): frames repeat from node to node
-_FRAME_TEXT: Dict[Tuple[Any, int], str] = {}
+# (code, instruction) of every frame from the outermost forward in -> the stack trace ("": nothing to show)
+_STACK_TEXT: Dict[Tuple[Tuple[Any, int], ...], str] = {}
 
 
 def _frame_text(code: Any, lineno: int) -> str:
@@ -185,7 +187,8 @@ def _trace_flagged(model: torch.nn.Module, snapshot: Dict[int, Tuple[torch.nn.Mo
                    ) -> Tuple[_Tracer, torch.fx.Graph, Optional[List[bool]]]:
     """Trace ``model``; when a traced forward names ``training``, with every module's flag a :class:`_Flag`
     (the flags as they were afterwards). ``used`` (third) says whether the trace computed with a flag (it is
-    ``[True]`` when the flagged trace failed and a plain one was made); None: no forward names ``training``."""
+    ``[True]`` when the flagged trace failed and a plain one was made); None: no forward names
+    ``training``."""
     if _reads_training(model):
         used = [False]
         flags = {m: m.training for m in model.modules()}
