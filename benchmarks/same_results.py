@@ -4,7 +4,7 @@
 For each catalogue model (``benchmarks/zoo_models.py``, its own small input, fixed seeds) this runs
 ``analyze`` + ``plan_by_ratio(0.5)`` + ``prune`` once in eval mode and once in train mode, and records the
 groups (key, size, pin, class count), the plan, a SHA-256 of every tensor of the pruned state dict, the
-pruned GraphModule's code, and a SHA-256 of the pruned model's output on the example input (eval mode).
+pruned GraphModule's code, the order of its state dict and modules, and a SHA-256 of the pruned model's output on the example input (eval mode).
 ``--save`` writes these for the checkout at ``--root`` (an older copy: ``git archive <rev> | tar -x`` into a
 folder, plus the ``fxprune/passes -> ../passes`` link); ``--check`` compares this checkout with such a file
 and lists every difference:
@@ -74,6 +74,7 @@ def record(name: str) -> dict:
         r = {"groups": [[g.key, g.size, g.pinned, len(g.all_classes)] for g in graph.groups],
              "plan": {k: list(map(int, v)) for k, v in sorted(plan.items())},
              "state": {k: _sha(v) for k, v in small.state_dict().items()},
+             "order": [list(small.state_dict()), [n for n, _ in small.named_modules()]],
              "code": getattr(small, "code", "")}
         if mode == "eval":
             with torch.no_grad():
@@ -103,7 +104,8 @@ def main() -> int:
     for name in args.models.split(","):
         out[name] = rec = record(name)
         if ref is None:
-            print(name, "ok" if all("error" not in v for v in rec.values()) else rec, flush=True)
+            errors = {m: v["error"] for m, v in rec.items() if "error" in v}
+            print(name, "ok" if not errors else errors, flush=True)
             continue
         diffs = []
         for mode, r in rec.items():

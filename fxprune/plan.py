@@ -109,7 +109,7 @@ class PrunePlan(Mapping[str, list]):
         """
         entries: Dict[str, set] = {}
         for key, idx in classes:
-            entries.setdefault(key, set()).update(int(i) for i in idx)
+            entries.setdefault(key, set()).update(map(int, idx))
         return cls({k: sorted(v) for k, v in entries.items()})
 
     def __getitem__(self, key: str) -> list:

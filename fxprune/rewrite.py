@@ -203,7 +203,9 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
     for node in new_graph.nodes:  # shapes in meta follow the pruned sizes
         ref = rctx.tensor(node)
         if ref is not None:  # values, and parameters read by get_attr (a re-analysis reads these shapes)
-            node.meta["val"] = torch.empty(rctx.new_shape(ref), dtype=node.meta["val"].dtype, device="meta")
+            old, shape = node.meta["val"], tuple(rctx.new_shape(ref))
+            if not _is_fresh_meta(old, shape):  # else: what torch.empty would give, already there
+                node.meta["val"] = torch.empty(shape, dtype=old.dtype, device="meta")
         elif isinstance(node.meta.get("val"), (tuple, list)):
             elems = {r.key[2][0]: r for r in rctx.out_elems(node)}
             node.meta["val"] = type(node.meta["val"])(
@@ -241,6 +243,18 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
     return small
 
 
+def _is_fresh_meta(t: Any, shape: Tuple[int, ...]) -> bool:
+    """``t`` is a plain meta tensor of ``shape`` with the strides ``torch.empty(shape)`` gives."""
+    if type(t) is not torch.Tensor or not t.is_meta or tuple(t.shape) != shape or t.requires_grad:
+        return False
+    expect = 1
+    for size, stride in zip(reversed(shape), reversed(t.stride())):
+        if stride != expect:
+            return False
+        expect *= max(size, 1)
+    return True
+
+
 def _same_arg(a: Any, b: Any) -> bool:
     if a is b:
         return True
@@ -268,12 +282,19 @@ def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Gr
              same_code: bool = False) -> torch.fx.GraphModule:
     """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``.
     ``same_code``: ``graph`` generates the code ``gm`` runs already (no rule changed a node): it is not
-    generated and compiled again."""
+    generated and compiled again. A target under a child module of ``root`` only reserves that child's
+    place: :func:`apply_plan` installs ``root``'s children whole right after (building the stand-in
+    parents ``_copy_attr`` would make for them is wasted)."""
     gm._modules, gm._parameters, gm._buffers = {}, {}, {}
     gm._non_persistent_buffers_set = set()
+    children = root._modules
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module"):
-            _copy_attr(root, gm, node.target)
+            first = node.target.partition(".")[0]
+            if first in children:
+                gm._modules.setdefault(first, None)  # same order as _copy_attr would add them
+            else:
+                _copy_attr(root, gm, node.target)
     if same_code:
         gm._graph = graph  # what the ``graph`` setter does, less its recompile
         graph.owning_module = gm
