@@ -239,9 +239,8 @@ class ChannelGraph:
             new, first = np.unique(labs_of, return_index=True)
             owned[new] = True
             cls = per_dim.setdefault(d.id, {})
-            rl, ends = rows.tolist(), first.tolist() + [len(rows)]
-            for k, lab in enumerate(new.tolist()):
-                cls[lab] = rl[ends[k]:ends[k + 1]]
+            rl, starts = rows.tolist(), first.tolist()
+            cls.update(zip(new.tolist(), [rl[a:b] for a, b in zip(starts, starts[1:] + [len(rl)])]))
         coarse = np.zeros(n_lab, bool)
         if grids is not None:
             coarse[grids.coarse(sol)] = True
