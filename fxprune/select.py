@@ -93,12 +93,14 @@ def _scorable(t: Optional[torch.Tensor]) -> bool:
 def _scores(group: Group, gi: _GroupIndex, sums: Dict[Tuple[str, int], np.ndarray]) -> np.ndarray:
     """Sums of squares per class, accumulated dim by dim in group order (as ``np.add.at`` would)."""
     vals, where = [], []
+    bounds = np.searchsorted(gi.rows, gi.offsets).tolist()
+    offsets = gi.offsets.tolist()
     for k, d in enumerate(gi.dims):
         per = sums.get((d.value[1], d.dim)) if d.is_param else None
         if per is None:
             continue
-        lo, hi = np.searchsorted(gi.rows, [gi.offsets[k], gi.offsets[k + 1]])
-        vals.append(per[gi.rows[lo:hi] - gi.offsets[k]])
+        lo, hi = bounds[k], bounds[k + 1]
+        vals.append(per[gi.rows[lo:hi] - offsets[k]])
         where.append(gi.pos[lo:hi])
     n = len(group.labels)
     if not vals:
