@@ -192,14 +192,16 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
     remaining = gi.sizes.copy()
     take = np.isin(cls, order[:stop])
     np.subtract.at(remaining, dim[take], cnt[take])
-    starts = np.searchsorted(cls, np.arange(len(order) + 1), "left")
+    starts = np.searchsorted(cls, np.arange(len(order) + 1), "left").tolist()
+    rem, dims, cnts = remaining.tolist(), dim.tolist(), cnt.tolist()  # plain lists: one class at a time
     for i in order[stop:].tolist():
         if len(taken) >= n_remove:
             break
-        k, v = dim[starts[i]:starts[i + 1]], cnt[starts[i]:starts[i + 1]]
-        if (remaining[k] - v <= 0).any():
+        span = range(starts[i], starts[i + 1])  # each dim once per class (triples are unique)
+        if any(rem[dims[j]] - cnts[j] <= 0 for j in span):
             continue
-        remaining[k] -= v
+        for j in span:
+            rem[dims[j]] -= cnts[j]
         taken.append(i)
     return taken
 
