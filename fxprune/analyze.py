@@ -251,9 +251,8 @@ class ChannelGraph:
             owned[new] = True
             owner[new] = d.id
             cls = per_dim.setdefault(d.id, {})
-            rl, ends = rows.tolist(), first.tolist() + [len(rows)]
-            for k, lab in enumerate(new.tolist()):
-                cls[lab] = rl[ends[k]:ends[k + 1]]
+            rl, starts = rows.tolist(), first.tolist()
+            cls.update(zip(new.tolist(), [rl[a:b] for a, b in zip(starts, starts[1:] + [len(rl)])]))
         coarse = np.zeros(n_lab, bool)
         if grids is not None:
             coarse[grids.coarse(sol)] = True
@@ -263,18 +262,30 @@ class ChannelGraph:
             if not gparams:
                 continue
             ordered = gparams + [d for d in gdims if d.id not in rank]
-            found: List[Tuple[Optional[str], List[int], int]] = []
+            keys: List[Optional[str]] = []
+            idxs: List[List[int]] = []
+            labs: List[int] = []
             for d in gparams:
-                dim_classes = per_dim.get(d.id, {})
-                key = make_key(d.value[1], d.dim) if dim_classes else None  # once per dim: it validates
-                found.extend((key, idx, lab) for lab, idx in dim_classes.items())
-            fine = [c for c in found if not coarse[c[2]]] or found  # only heads: they are the classes
-            heads = [c for c in found if coarse[c[2]]] if len(fine) < len(found) else []
-            all_classes = [(k, i) for k, i, _ in fine]
-            glabels = [lab for _, _, lab in fine]
+                dim_classes = per_dim.get(d.id)
+                if dim_classes:
+                    key = make_key(d.value[1], d.dim)  # once per dim: it validates
+                    keys.extend([key] * len(dim_classes))
+                    idxs.extend(dim_classes.values())
+                    labs.extend(dim_classes.keys())
+            is_head = coarse[np.array(labs, dtype=np.int64)] if labs else np.zeros(0, bool)
             key_dim = gparams[0]
-            fine_labels = set(glabels)
-            classes = [idx for lab, idx in per_dim.get(key_dim.id, {}).items() if lab in fine_labels]
+            if is_head.any() and not is_head.all():  # heads beside finer classes: the fine ones are classes
+                fine = np.nonzero(~is_head)[0].tolist()
+                heads = [(keys[i], idxs[i]) for i in np.nonzero(is_head)[0].tolist()]
+                all_classes = [(keys[i], idxs[i]) for i in fine]
+                glabels = [labs[i] for i in fine]
+                fine_labels = set(glabels)
+                classes = [idx for lab, idx in per_dim.get(key_dim.id, {}).items() if lab in fine_labels]
+            else:  # no heads, or only heads: they are the classes
+                heads = []
+                all_classes = list(zip(keys, idxs))
+                glabels = labs
+                classes = list(per_dim.get(key_dim.id, {}).values())
             pinned_why = None
             if not all_classes:
                 key_labels = np.unique(labels[key_dim.base:key_dim.base + key_dim.size]).tolist()
@@ -291,8 +302,9 @@ class ChannelGraph:
             members = [(d.value[1], d.dim) if d.is_param else (d.name, d.dim) for d in ordered]
             grp = Group(make_key(key_dim.value[1], key_dim.dim), key_dim.size, pinned_why, members,
                         classes, all_classes, ordered, np.array(glabels, dtype=np.int64), labels)
-            grp.head_classes = [(k, i) for k, i, _ in heads]
-            grp.head_labels = np.array([lab for _, _, lab in heads], dtype=np.int64)
+            grp.head_classes = heads
+            grp.head_labels = np.array([labs[i] for i in np.nonzero(is_head)[0].tolist()] if heads else [],
+                                       dtype=np.int64)
             if grids is not None and any(grids.derived[labels[d.base:d.base + d.size]].any() for d in gdims
                                          if d.size):
                 grp.ancestors = grids.ancestors()

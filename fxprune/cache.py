@@ -38,11 +38,30 @@ _PLAIN = (int, float, bool, str, type(None))
 def _attrs(m: torch.nn.Module) -> Tuple[Any, ...]:
     out = []
     for k, v in m.__dict__.items():
-        if k.startswith("_") or k == "training":
+        if k[0] == "_" or k == "training":
             continue
-        if isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
+        t = type(v)
+        if t in _PLAIN_SET or isinstance(v, _PLAIN) or (
+                isinstance(v, tuple) and all(isinstance(x, _PLAIN) for x in v)):
             out.append((k, v))
     return tuple(out)
+
+
+_PLAIN_SET = frozenset(_PLAIN)
+
+
+def _walk(model: torch.nn.Module) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
+    """Modules ``(name, id, class, training, plain attributes)`` and tensors ``(name, id, shape, dtype)``
+    in one walk of the module tree (every name a shared module or tensor is reachable under)."""
+    mods, tensors = [], []
+    for name, m in model.named_modules(remove_duplicate=False):
+        mods.append((name, id(m), type(m), m.training, _attrs(m)))
+        prefix = name + "." if name else ""
+        for store in (m._parameters, m._buffers):
+            for k, t in store.items():
+                if t is not None:
+                    tensors.append((prefix + k, id(t), tuple(t.shape), t.dtype))
+    return tuple(mods), tuple(tensors)
 
 
 def _inputs_key(example_inputs: Any) -> Tuple[Any, ...]:
@@ -69,10 +88,7 @@ def fingerprint(model: torch.nn.Module, example_inputs: Any, *options: Hashable)
         if not _SCOPES:
             return None  # a GraphModule's graph can be edited in place, unseen by this fingerprint
         graph_id = (id(model.graph), len(model.graph.nodes))
-    mods = tuple((name, id(m), type(m), m.training, _attrs(m)) for name, m in model.named_modules())
-    tensors = tuple((name, id(t), tuple(t.shape), t.dtype) for name, t in
-                    list(model.named_parameters(remove_duplicate=False))
-                    + list(model.named_buffers(remove_duplicate=False)))
+    mods, tensors = _walk(model)
     return (mods, tensors, _inputs_key(example_inputs), options, graph_id)
 
 

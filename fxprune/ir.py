@@ -32,8 +32,23 @@ __all__ = ["DimNode", "ChannelIR", "Solution"]
 def _components(n: int, links: Sequence[Tuple[int, int]]) -> np.ndarray:
     """Connected components of ``n`` dim nodes under ``links`` (one label per node)."""
     pairs = np.array(list(links), dtype=np.int64).reshape(-1, 2)
-    adj = sp.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)).tocsr()
-    return connected_components(adj, directed=False)[1]
+    return connected_components(_adjacency(n, pairs[:, 0], pairs[:, 1]), directed=False)[1]
+
+
+def _adjacency(n: int, a: np.ndarray, b: np.ndarray) -> sp.csr_matrix:
+    """The ``n x n`` CSR matrix with an entry at every ``(a[k], b[k])``, built in one linear pass: rows are
+    left unsorted and repeated entries unsummed (``coo_matrix.tocsr`` does both), which
+    ``connected_components`` needs neither of."""
+    nnz = len(a)
+    dt = np.int32 if max(n, nnz) < _I32 else np.int64
+    try:
+        from scipy.sparse import _sparsetools
+        indptr, indices, data = np.empty(n + 1, dt), np.empty(nnz, dt), np.empty(nnz)
+        _sparsetools.coo_tocsr(n, n, nnz, a.astype(dt, copy=False), b.astype(dt, copy=False), np.ones(nnz),
+                               indptr, indices, data)
+        return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+    except (ImportError, AttributeError, TypeError, ValueError):  # another scipy: its public path
+        return sp.coo_matrix((np.ones(nnz), (a, b)), shape=(n, n)).tocsr()
 
 _I32 = 2 ** 31 - 1  # global index ids below this are stored as int32
 
@@ -237,8 +252,7 @@ class ChannelIR:
                                 for k in other])
         else:
             a = b = np.zeros(0, np.int64)
-        adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(m, m)).tocsr()
-        n_cls, cls = connected_components(adj, directed=False)
+        n_cls, cls = connected_components(_adjacency(m, a, b), directed=False)
         starts, ends, cstarts = base.tolist(), (base + size).tolist(), cb.tolist()
         for d in np.nonzero(keep_dim & (size > 0))[0].tolist():
             labels[starts[d]:ends[d]] = cls[cstarts[d]:cstarts[d] + ends[d] - starts[d]]

@@ -107,10 +107,13 @@ class PrunePlan(Mapping[str, list]):
             >>> PrunePlan.union([("q.weight:0", [0, 1]), ("q.weight:0", [1, 5])])
             PrunePlan({'q.weight:0': [0, 1, 5]})
         """
-        entries: Dict[str, set] = {}
+        entries: Dict[str, list] = {}
         for key, idx in classes:
-            entries.setdefault(key, set()).update(int(i) for i in idx)
-        return cls({k: sorted(v) for k, v in entries.items()})
+            lst = entries.get(key)
+            if lst is None:
+                lst = entries[key] = []
+            lst.extend(idx)
+        return cls({k: sorted(set(map(int, v))) for k, v in entries.items()})
 
     def __getitem__(self, key: str) -> list:
         return list(self._entries[key])

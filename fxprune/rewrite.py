@@ -39,10 +39,15 @@ __all__ = ["prune", "apply_plan", "RewriteCtx"]
 log = logging.getLogger(__name__)
 
 
-def _keep_index(n: int, removed: np.ndarray) -> torch.Tensor:
+def _kept(n: int, removed: np.ndarray) -> np.ndarray:
     keep = np.ones(n, bool)
     keep[removed] = False
-    return torch.from_numpy(np.nonzero(keep)[0])
+    return np.nonzero(keep)[0]
+
+
+# dtypes numpy holds as they are: their slices are taken there (np.take beats index_select on a dim > 0)
+_NUMPY_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16,
+                           torch.int8, torch.uint8, torch.bool})
 
 
 def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> torch.Tensor:
@@ -50,18 +55,25 @@ def _slice(t: torch.Tensor, graph: ChannelGraph, exp: Expansion, canon: str) -> 
     for d in range(t.ndim):
         removed = graph.removed(exp.mask, ("param", canon), d)
         if len(removed):
-            keep[d] = _keep_index(t.shape[d], removed)
+            keep[d] = _kept(t.shape[d], removed)
     data = t.detach()
-    for d, k in keep.items():  # straight from the source: no copy of the whole tensor first
-        data = data.index_select(d, k.to(data.device))
-    if not keep:
-        data = data.clone()
+    if keep and type(data) is torch.Tensor and data.device.type == "cpu" and data.dtype in _NUMPY_DTYPES \
+            and data.layout == torch.strided and not data.is_conj() and not data.is_neg():
+        a = data.numpy()
+        for d, k in keep.items():  # straight from the source: no copy of the whole tensor first
+            a = np.take(a, k, axis=d)
+        data = torch.from_numpy(a)
+    else:
+        for d, k in keep.items():
+            data = data.index_select(d, torch.from_numpy(k).to(data.device))
+        if not keep:
+            data = data.clone()
     if isinstance(t, torch.nn.Parameter):
         new = torch.nn.Parameter(data, requires_grad=t.requires_grad)
         if t.grad is not None:
             g = t.grad.detach()
             for d, k in keep.items():
-                g = g.index_select(d, k.to(g.device))
+                g = g.index_select(d, torch.from_numpy(k).to(g.device))
             new.grad = g.clone() if g is t.grad else g
         return new
     return data
@@ -171,6 +183,7 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
             except AttributeError:
                 pass
     new_graph = copy.deepcopy(graph.gm.graph)
+    before = [(n, n.op, n.target, n.name, n.args, n.kwargs) for n in new_graph.nodes]
     rctx = RewriteCtx(graph, exp, new_modules)
     for node in new_graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
@@ -190,7 +203,9 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
     for node in new_graph.nodes:  # shapes in meta follow the pruned sizes
         ref = rctx.tensor(node)
         if ref is not None:  # values, and parameters read by get_attr (a re-analysis reads these shapes)
-            node.meta["val"] = torch.empty(rctx.new_shape(ref), dtype=node.meta["val"].dtype, device="meta")
+            old, shape = node.meta["val"], tuple(rctx.new_shape(ref))
+            if not _is_fresh_meta(old, shape):  # else: what torch.empty would give, already there
+                node.meta["val"] = torch.empty(shape, dtype=old.dtype, device="meta")
         elif isinstance(node.meta.get("val"), (tuple, list)):
             elems = {r.key[2][0]: r for r in rctx.out_elems(node)}
             node.meta["val"] = type(node.meta["val"])(
@@ -199,7 +214,8 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
         node.meta.pop("tensor_meta", None)
     try:
         small = torch.fx.GraphModule(new_root, new_graph, type(root).__name__) if into is None else \
-            _install(into, new_root, new_graph)
+            _install(into, new_root, new_graph,
+                     same_code=into.graph is graph.gm.graph and _unchanged(before, new_graph))
     except Exception as e:
         raise RewriteError(f"building the pruned GraphModule failed: {e}") from e
     # Keep every original qualified name, also of modules the graph does not use.
@@ -227,14 +243,63 @@ def apply_plan(graph: ChannelGraph, plan: PrunePlan, root: torch.nn.Module, inpl
     return small
 
 
-def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
-    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``."""
+def _is_fresh_meta(t: Any, shape: Tuple[int, ...]) -> bool:
+    """``t`` is a plain meta tensor of ``shape`` with the strides ``torch.empty(shape)`` gives."""
+    if type(t) is not torch.Tensor or not t.is_meta or tuple(t.shape) != shape or t.requires_grad:
+        return False
+    expect = 1
+    for size, stride in zip(reversed(shape), reversed(t.stride())):
+        if stride != expect:
+            return False
+        expect *= max(size, 1)
+    return True
+
+
+def _same_arg(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b) or isinstance(a, (torch.Tensor, torch.fx.Node)):
+        return False
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_same_arg(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_arg(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # a constant whose == is not a bool
+        return False
+
+
+def _unchanged(before: List[Tuple[Any, ...]], graph: torch.fx.Graph) -> bool:
+    """Whether no rewrite changed ``graph`` (the nodes, their names, targets and arguments of ``before``)."""
+    if len(graph.nodes) != len(before):
+        return False
+    return all(n is b[0] and n.op == b[1] and n.target is b[2] and n.name == b[3] and _same_arg(n.args, b[4])
+               and _same_arg(n.kwargs, b[5]) for n, b in zip(graph.nodes, before))
+
+
+def _install(gm: torch.fx.GraphModule, root: torch.nn.Module, graph: torch.fx.Graph,
+             same_code: bool = False) -> torch.fx.GraphModule:
+    """``gm`` made what ``GraphModule(root, graph)`` builds: the attributes the graph reads, from ``root``.
+    ``same_code``: ``graph`` generates the code ``gm`` runs already (no rule changed a node): it is not
+    generated and compiled again. A target under a child module of ``root`` only reserves that child's
+    place: :func:`apply_plan` installs ``root``'s children whole right after (building the stand-in
+    parents ``_copy_attr`` would make for them is wasted)."""
     gm._modules, gm._parameters, gm._buffers = {}, {}, {}
     gm._non_persistent_buffers_set = set()
+    children = root._modules
     for node in graph.nodes:
         if node.op in ("get_attr", "call_module"):
-            _copy_attr(root, gm, node.target)
-    gm.graph = graph
+            first = node.target.partition(".")[0]
+            if first in children:
+                gm._modules.setdefault(first, None)  # same order as _copy_attr would add them
+            else:
+                _copy_attr(root, gm, node.target)
+    if same_code:
+        gm._graph = graph  # what the ``graph`` setter does, less its recompile
+        graph.owning_module = gm
+    else:
+        gm.graph = graph
     return gm
 
 

@@ -9,8 +9,9 @@ Example:
 """
 from __future__ import annotations
 
-import warnings
+import math
 import os
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -65,14 +66,19 @@ def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) ->
     ``scratch`` holds one reused buffer for the squares (fresh pages for every tensor cost more than the
     arithmetic).
     """
-    a = t.detach().float().cpu().numpy()  # numpy: single-threaded reductions, no thread start-up per call
+    a = t.detach()
+    if a.dtype != torch.float32 or a.device.type != "cpu":
+        a = a.float().cpu()
+    a = a.numpy()  # numpy: single-threaded reductions, no thread start-up per call
+    if a.ndim == 1:  # one sum per index: the square itself (what the general path gives, exactly)
+        return {0: np.square(a).astype(np.float64)} if 0 in dims else {}
     a = np.ascontiguousarray(a)
     if scratch[0].size < a.size:
         scratch[0] = np.empty(a.size, dtype=np.float32)
     sq = np.square(a, out=scratch[0][:a.size].reshape(a.shape))
     out = {}
     for d in sorted(set(dims)):
-        outer, size = int(np.prod(a.shape[:d], dtype=np.int64)), a.shape[d]
+        outer, size = math.prod(a.shape[:d]), a.shape[d]
         if outer == 1:
             out[d] = sq.reshape(size, -1).sum(axis=1, dtype=np.float64)
         else:
@@ -87,12 +93,14 @@ def _scorable(t: Optional[torch.Tensor]) -> bool:
 def _scores(group: Group, gi: _GroupIndex, sums: Dict[Tuple[str, int], np.ndarray]) -> np.ndarray:
     """Sums of squares per class, accumulated dim by dim in group order (as ``np.add.at`` would)."""
     vals, where = [], []
+    bounds = np.searchsorted(gi.rows, gi.offsets).tolist()
+    offsets = gi.offsets.tolist()
     for k, d in enumerate(gi.dims):
         per = sums.get((d.value[1], d.dim)) if d.is_param else None
         if per is None:
             continue
-        lo, hi = np.searchsorted(gi.rows, [gi.offsets[k], gi.offsets[k + 1]])
-        vals.append(per[gi.rows[lo:hi] - gi.offsets[k]])
+        lo, hi = bounds[k], bounds[k + 1]
+        vals.append(per[gi.rows[lo:hi] - offsets[k]])
         where.append(gi.pos[lo:hi])
     n = len(group.labels)
     if not vals:
@@ -164,6 +172,10 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
     on class by class, exactly as the plain loop.
     """
     order = np.argsort(scores, kind="stable")
+    nd = max(len(gi.dims), 1)
+    if len(gi.pos) and n_remove < gi.sizes.min() and \
+            np.bincount(gi.pos * nd + gi.which).max() <= 1:
+        return order[:n_remove].tolist()  # a class takes at most one index of a dim: none can empty
     cls, dim, cnt = gi.triples()
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order), dtype=np.int64)
@@ -180,14 +192,16 @@ def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:
     remaining = gi.sizes.copy()
     take = np.isin(cls, order[:stop])
     np.subtract.at(remaining, dim[take], cnt[take])
-    starts = np.searchsorted(cls, np.arange(len(order) + 1), "left")
+    starts = np.searchsorted(cls, np.arange(len(order) + 1), "left").tolist()
+    rem, dims, cnts = remaining.tolist(), dim.tolist(), cnt.tolist()  # plain lists: one class at a time
     for i in order[stop:].tolist():
         if len(taken) >= n_remove:
             break
-        k, v = dim[starts[i]:starts[i + 1]], cnt[starts[i]:starts[i + 1]]
-        if (remaining[k] - v <= 0).any():
+        span = range(starts[i], starts[i + 1])  # each dim once per class (triples are unique)
+        if any(rem[dims[j]] - cnts[j] <= 0 for j in span):
             continue
-        remaining[k] -= v
+        for j in span:
+            rem[dims[j]] -= cnts[j]
         taken.append(i)
     return taken
 
@@ -224,17 +238,19 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False,
     score = _ranker(graph, [g for g, _ in todo], importance)
     picked: List[Tuple[str, List[int]]] = []
     for g, n_remove in todo:
-        scores = score(g)
+        gi = _GroupIndex(g)
+        scores = score(g, gi)
         if scores is None:
             continue
-        chosen = _greedy(scores, n_remove, _GroupIndex(g))
+        chosen = _greedy(scores, n_remove, gi)
         picked.extend(valid_prefix(graph, [g.all_classes[i] for i in chosen], g.key, g))
     return PrunePlan.union(picked)
 
 
 def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
-            ) -> Callable[[Group], Optional[np.ndarray]]:
-    """``group -> one score per class`` (None: leave the group alone) for :func:`plan_by_ratio`."""
+            ) -> Callable[[Group, _GroupIndex], Optional[np.ndarray]]:
+    """``(group, its index) -> one score per class`` (None: leave the group alone) for
+    :func:`plan_by_ratio`."""
     from .scores import ScoreImportance, StructureImportance, _warn_unscored
 
     params = _tensors(graph)
@@ -252,7 +268,7 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
             importance = "structure"
         else:
             sums = _needed_sums(graph, groups, params)
-            return lambda g: np.sqrt(_scores(g, _GroupIndex(g), sums))
+            return lambda g, gi: np.sqrt(_scores(g, gi, sums))
     if isinstance(importance, str) and importance == "structure":
         imp: Any = StructureImportance()
     elif callable(importance):  # an Importance, or any ``(group, model) -> one score per class or None``
@@ -265,7 +281,7 @@ def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
         raise PlanError(f"plan_by_ratio: importance must be 'auto', 'l2', 'structure', a scores dict, a "
                         f"scores file or a criterion, got {type(importance).__name__}")
 
-    def score(g: Group) -> Optional[np.ndarray]:
+    def score(g: Group, gi: _GroupIndex) -> Optional[np.ndarray]:
         s = imp(g, graph.gm)
         return None if s is None else torch.as_tensor(s).to(torch.float64).numpy()
     return score

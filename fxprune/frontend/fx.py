@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 
 from ..errors import ShapeInfoError, TraceError, user_stacklevel
 from ..record import record_of
+from .shapes import function_shape, module_shape
 
 __all__ = ["trace", "propagate_shapes", "normalize_inputs"]
 
@@ -53,25 +54,73 @@ def _user_stack(frame: Any) -> Optional[str]:
         from torch.fx.experimental.symbolic_shapes import uninteresting_files
         _UNINTERESTING = frozenset(uninteresting_files())
     frames: List[Any] = []
+    keys: List[Tuple[Any, int]] = []
+    first = -1
     while frame is not None:
+        code = frame.f_code
+        if code.co_name == "forward":
+            first = len(keys)  # the outermost one wins
         frames.append(frame)
+        keys.append((code, frame.f_lasti))  # the instruction: cheaper than f_lineno (a line-table scan)
         frame = frame.f_back
-    first = next((i for i in range(len(frames) - 1, -1, -1) if frames[i].f_code.co_name == "forward"), None)
-    if first is None:  # no forward on the stack: the trace would not point at model code
+    if first < 0:  # no forward on the stack: the trace would not point at model code
         return None
-    out = []
-    for f in frames[first::-1]:
-        code = f.f_code
-        if code.co_filename in _UNINTERESTING:
-            continue
-        line = linecache.getline(code.co_filename, f.f_lineno).strip()
-        out.append(f'  File "{code.co_filename}", line {f.f_lineno}, in {code.co_name}\n'
-                   + (f"    {line}\n" if line else ""))
-    return "".join(out).strip() or None
+    chain = tuple(keys[first::-1])
+    text = _STACK_TEXT.get(chain)
+    if text is None:  # blocks of one class repeat the same lines: each stack is formatted once
+        if len(_STACK_TEXT) > 20000:  # bounded: a long session traces many models
+            _STACK_TEXT.clear()
+        text = "".join(_frame_text(f.f_code, f.f_lineno) for f in frames[first::-1]).strip()
+        _STACK_TEXT[chain] = text
+    return text or None
+
+
+# (code, instruction) of every frame from the outermost forward in -> the stack trace ("": nothing to show)
+_STACK_TEXT: Dict[Tuple[Tuple[Any, int], ...], str] = {}
+
+
+def _frame_text(code: Any, lineno: int) -> str:
+    if code.co_filename in _UNINTERESTING:
+        return ""
+    line = linecache.getline(code.co_filename, lineno).strip()
+    return (f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n'
+            + (f"    {line}\n" if line else ""))
 
 
 class _PathDiverged(Exception):
     """The second-mode trace left the first trace's path (see :func:`_bind_training`)."""
+
+
+class _Flag:
+    """A module's ``training`` flag while it is traced: passed along as an argument it is recorded where it
+    lands (:func:`_bind_training` binds those arguments without a second trace); any other use (``if``,
+    ``not``, arithmetic, comparison) marks the trace as having computed with the flag, and the flag then
+    acts as its bool."""
+
+    __slots__ = ("value", "used")
+
+    def __init__(self, value: bool, used: List[bool]) -> None:
+        self.value, self.used = value, used
+
+    def _use(self) -> bool:
+        self.used[0] = True
+        return self.value
+
+
+def _flag_dunder(name: str) -> Any:
+    def op(self: _Flag, *args: Any) -> Any:
+        return getattr(self._use(), name)(*args)
+    op.__name__ = name
+    return op
+
+
+for _name in ("__bool__", "__int__", "__index__", "__float__", "__eq__", "__ne__", "__lt__", "__le__",
+              "__gt__", "__ge__", "__hash__", "__and__", "__rand__", "__or__", "__ror__", "__xor__",
+              "__rxor__", "__invert__", "__neg__", "__pos__", "__abs__", "__add__", "__radd__", "__sub__",
+              "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__floordiv__",
+              "__rfloordiv__", "__mod__", "__rmod__", "__pow__", "__rpow__", "__repr__", "__str__",
+              "__format__"):
+    setattr(_Flag, _name, _flag_dunder(_name))
 
 
 class _Tracer(torch.fx.Tracer):
@@ -100,6 +149,8 @@ class _Tracer(torch.fx.Tracer):
         # turns an OrderedDict (torchvision segmentation models) into a plain dict.
         self._depth += 1
         try:
+            if type(a) is _Flag:
+                return a  # kept in the arguments: _bind_training turns it into a read of ``self.training``
             return super().create_arg(a)
         finally:
             self._depth -= 1
@@ -132,11 +183,36 @@ def _drop_proxies(snapshot: Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]) -
                 v.update(old)
 
 
-def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+def _trace_flagged(model: torch.nn.Module, snapshot: Dict[int, Tuple[torch.nn.Module, Dict[str, Any]]]
+                   ) -> Tuple[_Tracer, torch.fx.Graph, Optional[List[bool]]]:
+    """Trace ``model``; when a traced forward names ``training``, with every module's flag a :class:`_Flag`
+    (the flags as they were afterwards). ``used`` (third) says whether the trace computed with a flag (it is
+    ``[True]`` when the flagged trace failed and a plain one was made); None: no forward names
+    ``training``."""
+    if _reads_training(model):
+        used = [False]
+        flags = {m: m.training for m in model.modules()}
+        try:
+            for m, t in flags.items():
+                m.__dict__["training"] = _Flag(t, used)
+            tracer = _Tracer()
+            return tracer, tracer.trace(model), used
+        except Exception as e:  # e.g. a C function given the flag: trace again plainly, which decides
+            log.debug("tracing with training flags failed (%s); tracing plainly", e)
+        finally:
+            for m, t in flags.items():
+                m.__dict__["training"] = t
+        _drop_proxies(snapshot)
+        tracer = _Tracer()
+        return tracer, tracer.trace(model), [True]  # bound by a second trace
     tracer = _Tracer()
+    return tracer, tracer.trace(model), None
+
+
+def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
     snapshot = _dict_attrs(model)
     try:
-        graph = tracer.trace(model)
+        tracer, graph, used = _trace_flagged(model, snapshot)
         _keep_ordered_output(graph, tracer.returned)
     except Exception as e:  # anything symbolic tracing raises: control flow, unsupported Python
         raise TraceError(
@@ -145,7 +221,7 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
             "wrap the offending code in a leaf module or torch.fx.wrap it.") from e
     finally:
         _drop_proxies(snapshot)
-    _bind_training(model, graph)
+    _bind_training(model, graph, used)
     gm = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
     record_of(gm).constants = set(tracer.tensor_attrs.values())
     return gm
@@ -154,31 +230,82 @@ def _symbolic_trace(model: torch.nn.Module) -> torch.fx.GraphModule:
 def _reads_training(model: torch.nn.Module) -> bool:
     """Whether a method of a module that tracing goes through (not a torch.nn leaf) names ``training``."""
     leaf = _Tracer().is_leaf_module
-    seen: set = set()
     classes = {type(m) for m in model.modules() if m is model or not leaf(m, "")}
-    stack = [getattr(f, "__code__", None) for c in classes for k in c.__mro__
-             if k.__module__ != "torch.nn.modules.module" for f in vars(k).values()]
-    while stack:
-        code = stack.pop()
-        if code is None or code in seen:
-            continue
-        seen.add(code)
-        if "training" in code.co_names:
-            return True
-        stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))  # nested functions, lambdas
+    codes = {getattr(f, "__code__", None) for c in classes for k in c.__mro__
+             if k.__module__ != "torch.nn.modules.module" for f in vars(k).values()}
+    codes.discard(None)
+    return any(_names_training(c) for c in codes)
+
+
+_NAMES_TRAINING: Dict[Any, bool] = {}  # code object -> it or a function nested in it names ``training``
+
+
+def _names_training(code: Any) -> bool:
+    out = _NAMES_TRAINING.get(code)
+    if out is None:
+        out = "training" in code.co_names or any(
+            _names_training(c) for c in code.co_consts if hasattr(c, "co_names"))  # nested functions, lambdas
+        if len(_NAMES_TRAINING) > 50000:
+            _NAMES_TRAINING.clear()
+        _NAMES_TRAINING[code] = out
+    return out
+
+
+def _unflag(a: Any, bind: Any) -> Any:
+    """``a`` (node arguments) with every :class:`_Flag` replaced by ``bind(flag)``, in argument order."""
+    if type(a) is _Flag:
+        return bind(a)
+    if isinstance(a, (tuple, list)) and not hasattr(a, "_fields"):
+        return type(a)(_unflag(x, bind) for x in a)
+    if isinstance(a, dict):
+        return type(a)((k, _unflag(v, bind)) for k, v in a.items())
+    return a
+
+
+def _has_flag(a: Any) -> bool:
+    if type(a) is _Flag:
+        return True
+    if isinstance(a, (tuple, list)):
+        return any(_has_flag(x) for x in a)
+    if isinstance(a, dict):
+        return any(_has_flag(x) for x in a.values())
     return False
 
 
-def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
+def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph, used: Optional[List[bool]]) -> None:
     """Arguments that read ``self.training`` read it at run time again (``F.dropout(x, p, self.training)``).
 
     Tracing turns ``self.training`` into the bool of the moment, so a model pruned in train mode would
-    drop out forever. The model is traced once more with every ``training`` flag flipped (flags set
-    directly, no ``train()`` override runs): bool arguments that flip with it become ``self.training``
-    (or ``not self.training``). A forward whose graph changes with the mode is reported once.
+    drop out forever. The flags were traced as :class:`_Flag` objects (``used``, see :func:`_trace_flagged`;
+    None: no traced forward names ``training``): where they only landed in arguments, those arguments become
+    ``self.training`` (or ``not self.training``) with no second trace. A trace that computed with a flag
+    (``if self.training``) is traced once more with every flag flipped (set directly, no ``train()``
+    override runs): bool arguments that flip with it are bound the same way, and a forward whose graph
+    changes with the mode is reported once.
     """
-    if not _reads_training(model):
+    if used is None:
         return  # no traced forward mentions ``training``: nothing to bind (and no second trace to pay)
+    flagged = [n for n in graph.nodes if _has_flag(n.args) or _has_flag(n.kwargs)]
+    reads: Dict[bool, torch.fx.Node] = {}
+
+    def flag(value: bool) -> torch.fx.Node:  # the node reading self.training (negated when value differs)
+        if model.training not in reads:
+            with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")):
+                reads[model.training] = graph.get_attr("training")
+        if value not in reads:
+            with graph.inserting_after(reads[model.training]):
+                # ``training == False``: TorchScript has no ``operator.not_``
+                reads[value] = graph.call_function(operator.eq, (reads[model.training], False))
+        return reads[value]
+
+    if not used[0]:  # every flag went into arguments unchanged: bind them there, in graph order
+        for n in flagged:
+            n.args = _unflag(n.args, lambda f: flag(f.value))
+            n.kwargs = _unflag(n.kwargs, lambda f: flag(f.value))
+        return
+    for n in flagged:
+        n.args = _unflag(n.args, lambda f: f.value)
+        n.kwargs = _unflag(n.kwargs, lambda f: f.value)
     flags = {m: m.training for m in model.modules()}
     nodes = list(graph.nodes)
     try:
@@ -198,17 +325,6 @@ def _bind_training(model: torch.nn.Module, graph: torch.fx.Graph) -> None:
                       f"the traced graph, and a model pruned from it, follow {mode} mode",
                       stacklevel=user_stacklevel())
         return
-    reads: Dict[bool, torch.fx.Node] = {}
-
-    def flag(value: bool) -> torch.fx.Node:  # the node reading self.training (negated when value differs)
-        if model.training not in reads:
-            with graph.inserting_before(next(n for n in graph.nodes if n.op != "placeholder")):
-                reads[model.training] = graph.get_attr("training")
-        if value not in reads:
-            with graph.inserting_after(reads[model.training]):
-                # ``training == False``: TorchScript has no ``operator.not_``
-                reads[value] = graph.call_function(operator.eq, (reads[model.training], False))
-        return reads[value]
 
     def merge(a: Any, b: Any) -> Any:
         if isinstance(a, bool) and isinstance(b, bool) and a != b:
@@ -257,6 +373,10 @@ def _plain(v: Any) -> Any:
 
 class _ShapeInterpreter(torch.fx.Interpreter):
     def call_function(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.meta_mode:
+            out = function_shape(target, args, kwargs)
+            if out is not None:
+                return out
         return super().call_function(target, _plain(args), _plain(kwargs))
 
     def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
@@ -265,6 +385,9 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             check = _SAME_SHAPE_EXACT.get(type(m))
             if isinstance(m, _SAME_SHAPE) or (check is not None and check(m, args[0])):
                 return _to_meta(args[0])
+            out = module_shape(m, args[0])
+            if out is not None:
+                return out
         return super().call_module(target, args, kwargs)
 
     def run_node(self, n: torch.fx.Node) -> Any:
@@ -275,8 +398,25 @@ class _ShapeInterpreter(torch.fx.Interpreter):
             raise e
         n.meta["val"] = result
         if isinstance(result, torch.Tensor):
-            n.meta["tensor_meta"] = _extract_tensor_metadata(result)
+            n.meta["tensor_meta"] = _tensor_meta(result)
         return result
+
+
+_TENSOR_META: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _tensor_meta(t: torch.Tensor) -> Any:
+    """``_extract_tensor_metadata(t)``, shared between plain meta tensors of the same shape, strides and
+    dtype (an immutable record whose contiguity checks cost more than the op's shape)."""
+    if type(t) is not torch.Tensor or not t.is_meta or t.requires_grad:
+        return _extract_tensor_metadata(t)
+    key = (tuple(t.shape), t.stride(), t.dtype)
+    out = _TENSOR_META.get(key)
+    if out is None:
+        if len(_TENSOR_META) > 20000:
+            _TENSOR_META.clear()
+        out = _TENSOR_META[key] = _extract_tensor_metadata(t)
+    return out
 
 
 def _to_meta(x: Any) -> Any:
@@ -327,8 +467,9 @@ def propagate_shapes(gm: torch.fx.GraphModule, args: Tuple[Any, ...]) -> None:
 def _materialize_meta(gm: torch.fx.GraphModule) -> None:
     # Real tensors from the fallback path are replaced by meta tensors so analysis never holds activations.
     for n in gm.graph.nodes:
-        if "val" in n.meta:
-            n.meta["val"] = tree_map(_to_meta, n.meta["val"])
+        v = n.meta.get("val")
+        if v is not None and not (type(v) is torch.Tensor and v.is_meta):
+            n.meta["val"] = tree_map(_to_meta, v)
 
 
 def _specialise_defaults(gm: torch.fx.GraphModule, given: int) -> None:
