@@ -139,6 +139,17 @@ def tiny_llama() -> tuple[torch.nn.Module, torch.Tensor]:
     return transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 100, (1, 8))
 
 
+def zeroed(model: torch.nn.Module, slices: Mapping[str, tuple[int, Sequence[int]]]) -> torch.nn.Module:
+    """The pruning oracle: a deep copy of ``model`` with ``slices`` = {parameter: (dim, indices)} set to zero
+    (what a pruned model must compute when it removed exactly those slices)."""
+    oracle = copy.deepcopy(model)
+    params = dict(oracle.named_parameters())
+    with torch.no_grad():
+        for name, (dim, idx) in slices.items():
+            params[name].index_fill_(dim, torch.tensor(list(idx), dtype=torch.long), 0.0)
+    return oracle
+
+
 def param_count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

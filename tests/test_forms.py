@@ -6,7 +6,6 @@ removed slices zeroed by hand (``zeroed``), hand-written widths, or a hand-compu
 """
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Dict, Sequence, Tuple
 
@@ -19,17 +18,9 @@ import fxprune
 from fxprune.errors import InternalError
 from fxprune.registry import RULES, Rule
 
+from helpers import zeroed
+
 X_IMG = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
-
-
-def zeroed(model: nn.Module, slices: Dict[str, Tuple[int, Sequence[int]]]) -> nn.Module:
-    """A copy of ``model`` whose parameters have the given ``{name: (dim, indices)}`` slices set to zero."""
-    m = copy.deepcopy(model)
-    params = dict(m.named_parameters())
-    with torch.no_grad():
-        for name, (dim, idx) in slices.items():
-            params[name].index_fill_(dim, torch.tensor(list(idx)), 0.0)
-    return m
 
 
 def out_rows(prefix: str, idx: Sequence[int]) -> Dict[str, Tuple[int, Sequence[int]]]:

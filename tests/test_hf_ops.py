@@ -8,7 +8,6 @@ definition), with widths checked by hand; the unpruned model differs from that o
 """
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -17,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import fxprune
+
+
+from helpers import zeroed
 
 REMOVED = [1, 5]
 
@@ -33,11 +35,8 @@ def _check(model, x, plan, zero, widths, atol=1e-5):
         name, _, dim = key.rpartition(":")
         assert graph.group_of(name, int(dim)).pinned is None, key
     small = fxprune.prune(model, fxprune.PrunePlan(plan), x, frontend="export")
-    oracle = copy.deepcopy(model)
-    params = dict(oracle.named_parameters())
+    oracle = zeroed(model, zero)
     with torch.no_grad():
-        for name, (dim, idx) in zero.items():
-            params[name].index_fill_(dim, torch.tensor(idx), 0.0)
         want, got, full = oracle(x), small(x), model(x)
     assert got.shape == want.shape and torch.allclose(got, want, atol=atol), float((got - want).abs().max())
     assert not torch.allclose(full, want, atol=atol)

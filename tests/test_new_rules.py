@@ -8,7 +8,6 @@ original layers on the kept channels only.
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -18,16 +17,16 @@ from torch import nn
 import fxprune
 
 
+from helpers import zeroed
+
+
 def _prune_and_check(model, x, plan, zero, widths, atol=1e-5):
     """Prune by ``plan``; the result must equal ``model`` with ``zero`` = {param: (dim, indices)} zeroed and
     have ``widths`` = {param: shape}."""
     model.eval()
     small = fxprune.prune(model, fxprune.PrunePlan(plan), x)
-    oracle = copy.deepcopy(model)
-    params = dict(oracle.named_parameters())
+    oracle = zeroed(model, zero)
     with torch.no_grad():
-        for name, (dim, idx) in zero.items():
-            params[name].index_fill_(dim, torch.tensor(idx), 0.0)
         expect, got = oracle(*x) if isinstance(x, tuple) else oracle(x), small(*x) if isinstance(x, tuple) \
             else small(x)
     assert torch.allclose(got, expect, atol=atol), float((got - expect).abs().max())

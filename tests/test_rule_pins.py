@@ -12,7 +12,6 @@ reason naming the op and the node.
 """
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
@@ -22,16 +21,16 @@ from torch import nn
 import fxprune
 
 
+from helpers import zeroed
+
+
 def _check(model, x, plan, zero, widths):
     """Prune ``model`` by ``plan``: equal to the original with ``zero`` = {param: (dim, indices)} zeroed,
     parameters of shapes ``widths``, and verified; the unpruned model must differ from the oracle."""
     model.eval()
     small = fxprune.prune(model, fxprune.PrunePlan(plan), x)
-    oracle = copy.deepcopy(model)
-    params = dict(oracle.named_parameters())
+    oracle = zeroed(model, zero)
     with torch.no_grad():
-        for name, (dim, idx) in zero.items():
-            params[name].index_fill_(dim, torch.tensor(idx), 0.0)
         want, got, full = oracle(x), small(x), model(x)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(full, want, atol=1e-4)  # the check can fail
