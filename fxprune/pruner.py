@@ -565,16 +565,17 @@ class Pruner:
         return plan
 
     def _measure(self, graph: ChannelGraph, model: nn.Module, metric: str) -> int:
-        """MACs or parameters of ``model`` (analysed as ``graph``); on the meta device MACs come from the
-        analysis's shapes (a counted forward would need values)."""
+        """MACs or parameters of ``model`` (analysed as ``graph``). MACs come from the analysis's shapes
+        where it models every op (equal to :func:`fxprune.count`, without a counted forward); otherwise from
+        a counted forward, which on the meta device would need values."""
         from .count import count, count_params
         from .ircount import plan_size
 
         if metric == "params":
             return count_params(model)
-        if not _on_meta(model):
+        macs = plan_size(graph, PrunePlan({}), "macs") if graph.counts_from_ir else None
+        if macs is None and not _on_meta(model):
             return count(model, self.example_inputs)[0]
-        macs = plan_size(graph, PrunePlan({}), "macs")
         if macs is None:
             raise MetaTensorError(f"target_macs: {type(model).__name__} is on the meta device and its "
                                   "analysis does not model the MACs of every op; give target_params instead")

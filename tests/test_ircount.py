@@ -40,6 +40,28 @@ def test_budget_search_meets_the_target_exactly():
     assert fxprune.count(small, x)[0] <= 0.6 * base
 
 
+@pytest.mark.parametrize("name", ["resnet18", "vit_b_32"])
+def test_budget_baseline_is_the_counted_macs_and_needs_no_counted_forward_where_the_ir_models_them(
+        name, monkeypatch):
+    import importlib
+
+    count_mod = importlib.import_module("fxprune.count")  # fxprune.count is also the function
+    torch.manual_seed(0)
+    kw = {"image_size": 64} if name.startswith("vit") else {}
+    model, x = getattr(torchvision.models, name)(**kw).eval(), torch.randn(1, 3, 64, 64)
+    base = fxprune.count(model, x)[0]
+    counted = []
+    real = count_mod.count
+    monkeypatch.setattr(count_mod, "count", lambda *a, **k: counted.append(1) or real(*a, **k))
+    pruner = fxprune.Pruner(model, x, target_macs=0.6)
+    small = pruner.step()
+    assert pruner._baseline["macs"] == base
+    # resnet18's MACs all come from the analysis; vit's nn.MultiheadAttention is not modelled, so its
+    # baseline and its probes are counted forwards
+    assert (len(counted) == 0) == (name == "resnet18"), len(counted)
+    assert real(small, x)[0] <= 0.6 * base
+
+
 def test_analysis_is_reused_until_the_model_or_inputs_change():
     m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1))
     x = torch.randn(1, 3, 8, 8)
