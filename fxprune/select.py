@@ -154,6 +154,9 @@ def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[in
         >>> len(counts), all(n == 1 for c in counts for _, n in c), set(sizes.values())
         (3, True, {3})
     """
+    hit = group.__dict__.get("_dim_counts")  # a group does not change once built; callers may edit sizes
+    if hit is not None:
+        return hit[0], dict(hit[1])
     counts: List[List[Tuple[int, int]]] = [[] for _ in range(len(group.labels))]
     if not len(group.labels):
         return counts, {}
@@ -162,7 +165,8 @@ def class_dim_counts(group: Group) -> Tuple[List[List[Tuple[int, int]]], Dict[in
     ids = [d.id for d in gi.dims]
     for c, k, n in zip(*(a.tolist() for a in gi.triples())):
         counts[c].append((ids[k], n))
-    return counts, sizes
+    group.__dict__["_dim_counts"] = (counts, sizes)
+    return counts, dict(sizes)
 
 
 def _greedy(scores: np.ndarray, n_remove: int, gi: _GroupIndex) -> List[int]:

@@ -160,3 +160,16 @@ def test_plan_by_ratio_fast_greedy_matches_the_walk():
     for n in (0, 1, 8, 15):
         assert _greedy(scores, n, gi) == np.argsort(scores, kind="stable")[:n].tolist()
     assert len(_greedy(scores, 16, gi)) == 15  # the walk: the last class would empty every dim
+
+
+def test_class_dim_counts_is_remembered_per_group_and_hands_out_its_own_sizes():
+    from fxprune.select import _GroupIndex, class_dim_counts
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    g = fxprune.analyze(m, torch.randn(1, 4)).group_of("0.weight", 0)
+    counts, sizes = class_dim_counts(g)
+    gi = _GroupIndex(g)  # independent: every class takes one index of each of the group's dims
+    assert len(counts) == 6 and all(sorted(n for _, n in c) == [1] * len(gi.dims) for c in counts)
+    sizes[next(iter(sizes))] = -1  # a caller (the Pruner's guard) counts down its own copy
+    again, sizes2 = class_dim_counts(g)
+    assert again == counts and set(sizes2.values()) == {6}
