@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from ..registry import lookup, register
 from ._util import arg, norm_dims
 
-_REDUCE = ("sum", "mean", "amax", "amin", "max", "min", "std", "var", "norm", "prod", "logsumexp", "all",
-           "any", "argmax", "argmin", "median", "nansum", "nanmean", "count_nonzero")
+_REDUCE = ("sum", "mean", "amax", "amin", "std", "var", "norm", "prod", "logsumexp", "all", "any", "argmax",
+           "argmin", "median", "nansum", "nanmean", "count_nonzero")
+_MIN_MAX = ("max", "min")  # reductions, or element-wise against a second tensor (lower_min_max)
 _SUMS = ("sum", "nansum")
 _MEANS = ("mean", "nanmean")
 _KEEP = ("softmax", "log_softmax", "cumsum", "cumprod", "cummax", "cummin", "sort", "argsort", "normalize")
@@ -132,8 +133,8 @@ def _fns(names):
 
 register("call_function", _fns(_REDUCE), "reduction", lower_reduce)
 register("call_method", _REDUCE, "reduction", lower_reduce)
-register("call_function", _fns(("max", "min")), "min/max", lower_min_max)
-register("call_method", ("max", "min"), "min/max", lower_min_max)
+register("call_function", _fns(_MIN_MAX), "min/max", lower_min_max)
+register("call_method", _MIN_MAX, "min/max", lower_min_max)
 register("call_function", _fns(_MEANS), "mean", lower_reduce, masked_eval=masked_mean)
 register("call_method", _MEANS, "mean", lower_reduce, masked_eval=masked_mean)
 register("call_function", _fns(_KEEP), "softmax-like", lower_keep)
