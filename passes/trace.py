@@ -87,7 +87,6 @@ class TracePass(PassBase):
         part = analyze_partial(module, self.example_inputs, strict=self.strict,
                                cause=cause or TraceError("frontend='parts' was asked for"),
                                frontend=self.frontend)
-        part.frontend = "autograd" if self.frontend == "autograd" else "parts"
         warn_if_nothing_prunable(part, module)
         cache.store(module, key, part)
         return carry(part, module)

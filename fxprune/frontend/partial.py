@@ -559,6 +559,9 @@ def _user_level() -> int:
 
 # ------------------------------------------------------------------------------------------- graph
 
+_KEEP_ATTRS = ("training", "forward")  # a pruned part's GraphModule keeps its own of these
+
+
 class _Ctx:
     """What :class:`~fxprune.analyze.ChannelGraph` reads from a lowering context, over all parts."""
 
@@ -760,8 +763,3 @@ def _parts_graph(model: torch.nn.Module, parts: list[Part], untraced: list[tuple
     ctx = _Ctx(parts, strict)
     ctx.ir = ir
     return ChannelGraph(model, ctx, sol, source=source)
-
-
-# ------------------------------------------------------------------------------------------- rewrite
-
-_KEEP_ATTRS = ("training", "forward")
