@@ -59,12 +59,14 @@ class _GroupIndex:
 
 
 def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) -> Dict[int, np.ndarray]:
-    """Per-index sums of squares of ``t`` along each of ``dims`` (float64 accumulation of float32 squares).
+    """Per-index sums of squares of ``t`` along each of ``dims`` (float32 sums, returned as float64).
 
     Each sum runs over contiguous memory (``(outer, d * inner)`` summed over outer rows first, then
     ``(d, inner)`` over inner): summing a small inner axis directly is one slow reduction per output.
-    ``scratch`` holds one reused buffer for the squares (fresh pages for every tensor cost more than the
-    arithmetic).
+    The sums stay in float32 (numpy's pairwise summation along rows, relative error about 1e-6): a float64
+    accumulation casts every square and took 40 % more time, for ranks that differ only between channels
+    whose norms agree to six digits. ``scratch`` holds one reused buffer for the squares (fresh pages for
+    every tensor cost more than the arithmetic).
     """
     a = t.detach()
     if a.dtype != torch.float32 or a.device.type != "cpu":
@@ -80,9 +82,9 @@ def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) ->
     for d in sorted(set(dims)):
         outer, size = math.prod(a.shape[:d]), a.shape[d]
         if outer == 1:
-            out[d] = sq.reshape(size, -1).sum(axis=1, dtype=np.float64)
+            out[d] = sq.reshape(size, -1).sum(axis=1).astype(np.float64)
         else:
-            out[d] = sq.reshape(outer, -1).sum(axis=0, dtype=np.float64).reshape(size, -1).sum(axis=1)
+            out[d] = sq.reshape(outer, -1).sum(axis=0).reshape(size, -1).sum(axis=1).astype(np.float64)
     return out
 
 
