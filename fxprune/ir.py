@@ -87,7 +87,8 @@ class ChannelIR:
     pins: List[Tuple[int, Optional[np.ndarray], str]] = field(default_factory=list)
     _pairs: List[Tuple[int, int]] = field(default_factory=list)
     grids: List[Tuple[int, Tuple[int, ...], str]] = field(default_factory=list)
-    _ident: List[bool] = field(default_factory=list)  # coupling k is an identity of two whole dims
+    # coupling k is an identity of two whole dims: True when its caller said so, else checked on first solve
+    _ident: List[Optional[bool]] = field(default_factory=list)
 
     def dim(self, value: ValueKey, d: int, size: int) -> DimNode:
         """The dim node of ``value`` along ``d``, created on first use."""
@@ -101,13 +102,15 @@ class ChannelIR:
         self.total += int(size)
         return node
 
-    def couple(self, a: DimNode, b: DimNode, ia: np.ndarray, ib: np.ndarray) -> None:
-        """Index ``ia[k]`` of ``a`` goes with index ``ib[k]`` of ``b``, for every k."""
+    def couple(self, a: DimNode, b: DimNode, ia: np.ndarray, ib: np.ndarray, identity: bool = False) -> None:
+        """Index ``ia[k]`` of ``a`` goes with index ``ib[k]`` of ``b``, for every k (``identity``: the caller
+        knows both are ``arange`` of one size, which spares the solve checking it)."""
         if len(ia):  # int32 ids while they fit: a 7B model has millions of coupled indices
             dt = np.int32 if max(a.base + a.size, b.base + b.size) < _I32 else np.int64
             self._a.append(ia.astype(dt) + dt(a.base))
             self._b.append(ib.astype(dt) + dt(b.base))
             self._pairs.append((a.id, b.id))
+            self._ident.append(True if identity and a.size == b.size == len(ia) else None)
         f = self.free[a.id] or self.free[b.id]
         self.free[a.id] = self.free[b.id] = f
 
@@ -226,9 +229,9 @@ class ChannelIR:
         nd = len(self.dims)
         base = np.array([d.base for d in self.dims], dtype=np.int64)
         size = np.array([d.size for d in self.dims], dtype=np.int64)
-        for k in range(len(self._ident), len(self._pairs)):  # couplings only grow: each is checked once
+        for k in [k for k, v in enumerate(self._ident) if v is None]:  # each is checked once
             (i, j), a, b = self._pairs[k], self._a[k], self._b[k]
-            self._ident.append(bool(
+            self._ident[k] = (bool(
                 size[i] == size[j] == len(a) and a[0] == base[i] and b[0] == base[j]
                 and np.array_equal(a, np.arange(base[i], base[i] + size[i], dtype=a.dtype))
                 and np.array_equal(b, np.arange(base[j], base[j] + size[j], dtype=b.dtype))))
@@ -288,7 +291,7 @@ class ChannelIR:
                 break
             for a, b in same:
                 da, db = self.dims[a], self.dims[b]
-                self.couple(da, db, *identity(da.size))
+                self.couple(da, db, *identity(da.size), identity=True)
             self.ungrid(bad)
             sol = self.solve()
         return sol

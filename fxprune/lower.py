@@ -172,11 +172,12 @@ class LowerCtx:
                pairs: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
         """Couple dim ``da`` of ``a`` with dim ``db`` of ``b`` (identity map unless ``pairs`` given)."""
         da, db = da % a.ndim, db % b.ndim
-        if pairs is None:
+        ident = pairs is None
+        if ident:
             if a.shape[da] != b.shape[db]:
                 raise InternalError(f"identity coupling of sizes {a.shape[da]} and {b.shape[db]}", self.node)
             pairs = _identity(a.shape[da])
-        self.ir.couple(self.dim(a, da), self.dim(b, db), pairs[0], pairs[1])
+        self.ir.couple(self.dim(a, da), self.dim(b, db), pairs[0], pairs[1], identity=ident)
         self._touched.add((a.key, da))
         self._touched.add((b.key, db))
 

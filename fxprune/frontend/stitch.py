@@ -173,6 +173,7 @@ def combine(parts: list[Any], stitching: Stitching, extra_pins: list[list[tuple[
         ir._a.extend(a + n_idx for a in src._a)
         ir._b.extend(b + n_idx for b in src._b)
         ir._pairs.extend((x + n_dims, y + n_dims) for x, y in src._pairs)
+        ir._ident.extend(src._ident)  # shifting both ends by one offset keeps an identity one
         ir.grids.extend((pd + n_dims, tuple(f + n_dims for f in fs), where) for pd, fs, where in src.grids)
         free = {src.index[(key, d)] for p, key, d in stitching.free if p == i and (key, d) in src.index}
         for did, idx, reason in list(src.pins) + [(did, None, why) for did, why in extra_pins[i]]:
