@@ -105,14 +105,30 @@ class ChannelIR:
     def couple(self, a: DimNode, b: DimNode, ia: np.ndarray, ib: np.ndarray, identity: bool = False) -> None:
         """Index ``ia[k]`` of ``a`` goes with index ``ib[k]`` of ``b``, for every k (``identity``: the caller
         knows both are ``arange`` of one size, which spares the solve checking it)."""
-        if len(ia):  # int32 ids while they fit: a 7B model has millions of coupled indices
+        if not len(ia):
+            pass
+        elif identity and a.size == b.size == len(ia):  # no arrays: pair_arrays makes them when asked
+            self._a.append(None)
+            self._b.append(None)
+            self._pairs.append((a.id, b.id))
+            self._ident.append(True)
+        else:  # int32 ids while they fit: a 7B model has millions of coupled indices
             dt = np.int32 if max(a.base + a.size, b.base + b.size) < _I32 else np.int64
             self._a.append(ia.astype(dt) + dt(a.base))
             self._b.append(ib.astype(dt) + dt(b.base))
             self._pairs.append((a.id, b.id))
-            self._ident.append(True if identity and a.size == b.size == len(ia) else None)
+            self._ident.append(None)
         f = self.free[a.id] or self.free[b.id]
         self.free[a.id] = self.free[b.id] = f
+
+    def pair_arrays(self, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Global ids ``(a, b)`` of coupling ``k``: index ``a[i]`` goes with ``b[i]`` (an identity its caller
+        flagged is stored without arrays; these are made here)."""
+        a, b = self._a[k], self._b[k]
+        if a is None:
+            da, db = (self.dims[x] for x in self._pairs[k])
+            return np.arange(da.base, da.base + da.size), np.arange(db.base, db.base + db.size)
+        return a, b
 
     def grid(self, product: DimNode, factors: Sequence[DimNode], where: str = "") -> None:
         """``product`` is the row-major product of ``factors`` (outer first): its index
@@ -168,8 +184,9 @@ class ChannelIR:
         for d in self.dims:
             if keep is None or d.id in keep:
                 g.add_node(d.id, name=d.name, dim=d.dim, size=d.size, param=d.is_param)
-        for (i, j), a, b in zip(self._pairs, self._a, self._b):
+        for k, (i, j) in enumerate(self._pairs):
             if keep is None or (i in keep and j in keep):
+                a, b = self.pair_arrays(k)
                 g.add_edge(i, j, src=a - self.dims[i].base, dst=b - self.dims[j].base)
         for p, fs, where in self.grids:  # product -> factor m: index i of the product is (i_1, ..., i_k)
             for m, f in enumerate(fs):

@@ -20,8 +20,9 @@ def _oracle(ir: ChannelIR, keep_dim: np.ndarray) -> np.ndarray:
     kept = np.nonzero(keep)[0]
     remap = np.full(ir.total, -1, np.int64)
     remap[kept] = np.arange(len(kept))
-    a = np.concatenate(ir._a).astype(np.int64)
-    b = np.concatenate(ir._b).astype(np.int64)
+    pairs = [ir.pair_arrays(k) for k in range(len(ir._pairs))]
+    a = np.concatenate([p[0] for p in pairs]).astype(np.int64)
+    b = np.concatenate([p[1] for p in pairs]).astype(np.int64)
     sel = keep[a]
     a, b = remap[a[sel]], remap[b[sel]]
     adj = sp.coo_matrix((np.ones(len(a)), (a, b)), shape=(len(kept), len(kept))).tocsr()
@@ -37,7 +38,8 @@ def _random_ir(seed: int) -> ChannelIR:
         x, y = (dims[i] for i in rng.integers(0, len(dims), 2))
         kind = rng.integers(0, 5)
         if kind <= 1 and x.size == y.size:  # identities are most couplings, as in a real model
-            ir.couple(x, y, *identity(x.size))
+            # flagged by the caller (stored without arrays), or found by the solve's own check
+            ir.couple(x, y, *identity(x.size), identity=bool(kind == 0))
         elif kind == 2 and x.size == y.size:  # a permutation: same ends, not an identity
             p = rng.permutation(x.size)
             p[[0, -1]] = [0, x.size - 1]
@@ -66,6 +68,14 @@ def test_contracted_labels_equal_components_over_every_index(seed):
         assert n_cls == (want.max() + 1 if len(want) else 0)
         assert np.array_equal(labels[kept], want)
     assert any(ir._ident) and not all(ir._ident)  # both kinds of coupling were exercised
+
+
+def test_the_random_irs_hold_flagged_and_found_identities():
+    irs = [_random_ir(seed) for seed in range(6)]
+    flagged = sum(a is None for ir in irs for a in ir._a)  # stored without arrays
+    found = sum(v is None and a is not None and len(a) and np.array_equal(a - a[0], np.arange(len(a)))
+                for ir in irs for a, v in zip(ir._a, ir._ident))
+    assert flagged and found
 
 
 def test_a_permutation_with_identity_ends_is_not_an_identity():

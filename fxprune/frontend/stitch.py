@@ -170,8 +170,8 @@ def combine(parts: list[Any], stitching: Stitching, extra_pins: list[list[tuple[
             ir.dims.append(node)
             ir.index[(value, d.dim)] = node.id
         ir.free.extend(src.free)
-        ir._a.extend(a + n_idx for a in src._a)
-        ir._b.extend(b + n_idx for b in src._b)
+        ir._a.extend(None if a is None else a + n_idx for a in src._a)  # None: a flagged identity
+        ir._b.extend(None if b is None else b + n_idx for b in src._b)
         ir._pairs.extend((x + n_dims, y + n_dims) for x, y in src._pairs)
         ir._ident.extend(src._ident)  # shifting both ends by one offset keeps an identity one
         ir.grids.extend((pd + n_dims, tuple(f + n_dims for f in fs), where) for pd, fs, where in src.grids)
