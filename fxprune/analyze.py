@@ -21,6 +21,7 @@ import torch.fx
 
 from .errors import PlanError, user_stacklevel
 from .gcpause import no_gc, paused_gc
+from .grid import csr_rows
 from .ir import DimNode, Solution
 from .lower import LowerCtx, _warned
 from .plan import PrunePlan, make_key, parse_key
@@ -111,8 +112,7 @@ class Group:
         if self.ancestors is None:
             rows = np.arange(len(ids), dtype=np.int64)
         else:
-            sub = self.ancestors[labs].tocoo()
-            rows, labs = sub.row.astype(np.int64), sub.col.astype(np.int64)
+            rows, labs = csr_rows(self.ancestors, labs)
         at = np.clip(np.searchsorted(sorted_labs, labs), 0, len(sorted_labs) - 1)
         hit = sorted_labs[at] == labs
         return rows[hit], order[at[hit]]
@@ -237,8 +237,7 @@ class ChannelGraph:
         for d in params:
             labs = labels[d.base:d.base + d.size]
             if anc is not None and grids.derived[labs].any():
-                sub = anc[labs].tocoo()
-                rows, labs_of = sub.row.astype(np.int64), sub.col.astype(np.int64)
+                rows, labs_of = csr_rows(anc, labs)
             else:
                 rows, labs_of = np.arange(d.size, dtype=np.int64), labs
             hit = removable[labs_of] & ~owned[labs_of]
@@ -327,7 +326,7 @@ class ChannelGraph:
             for d in g.dims:
                 labs = labels[d.base:d.base + d.size]
                 if d.size and grids.derived[labs].any():
-                    for c in np.unique(anc[labs].indices).tolist():
+                    for c in np.unique(csr_rows(anc, labs)[1]).tolist():
                         if c in heads:
                             touch.setdefault(c, set()).add(i)
         for i, g in enumerate(groups):

@@ -34,7 +34,25 @@ import scipy.sparse as sp
 
 from .errors import InternalError, PlanError
 
-__all__ = ["Grids"]
+__all__ = ["Grids", "csr_rows"]
+
+
+def csr_rows(m: "sp.csr_matrix", rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """``(r, c)``: the stored entries of ``m[rows]`` in CSR order (``m[rows].tocoo()``'s ``row`` and
+    ``col``), without scipy's fancy indexing, whose checks cost tens of microseconds a call (once per
+    dim of a grid model: a fifth of regnet_x_400mf's analysis).
+
+    Example:
+        >>> m = sp.csr_matrix(np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], np.float32))
+        >>> [a.tolist() for a in csr_rows(m, np.array([2, 0]))]
+        [[0, 0, 1, 1], [0, 1, 0, 2]]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    start, end = m.indptr[rows].astype(np.int64), m.indptr[rows + 1].astype(np.int64)
+    n = end - start
+    r = np.repeat(np.arange(len(rows), dtype=np.int64), n)
+    at = np.arange(int(n.sum()), dtype=np.int64) + np.repeat(start - (np.cumsum(n) - n), n)
+    return r, m.indices[at].astype(np.int64)
 
 
 def _per_index(a: np.ndarray, m: int, reduce: str) -> np.ndarray:
@@ -140,8 +158,8 @@ class Grids:
                 which.append(np.full(d.size, len(sizes), np.int64))
                 sizes.append(d.size)
         if ids:
-            sub = anc[labels[np.concatenate(ids)]].tocoo()
-            key = np.concatenate(which)[sub.row] * anc.shape[1] + sub.col
+            row, col = csr_rows(anc, labels[np.concatenate(ids)])
+            key = np.concatenate(which)[row] * anc.shape[1] + col
             u, c = np.unique(key, return_counts=True)
             full = c >= np.asarray(sizes, np.int64)[u // anc.shape[1]]
             out[u[full] % anc.shape[1]] = True
@@ -299,4 +317,4 @@ class Grids:
         rows = np.nonzero(mark)[0]
         if not len(rows):
             return rows
-        return np.unique(self.ancestors()[rows].indices)
+        return np.unique(csr_rows(self.ancestors(), rows)[1])

@@ -243,14 +243,34 @@ def plan_by_ratio(graph: ChannelGraph, ratio: float, heads: bool = False,
     todo = [(g, n) for g, n in todo if n > 0]
     score = _ranker(graph, [g for g, _ in todo], importance)
     picked: List[Tuple[str, List[int]]] = []
+    gridded: List[Tuple[Group, List[Tuple[str, List[int]]]]] = []  # picks that valid_prefix must check
     for g, n_remove in todo:
         gi = _GroupIndex(g)
         scores = score(g, gi)
         if scores is None:
             continue
-        chosen = _greedy(scores, n_remove, gi)
-        picked.extend(valid_prefix(graph, [g.all_classes[i] for i in chosen], g.key, g))
+        chosen = [g.all_classes[i] for i in _greedy(scores, n_remove, gi)]
+        if g.ancestors is None:
+            picked.extend(chosen)
+        else:
+            gridded.append((g, chosen))
+    if gridded:
+        # a closure only grows with the plan: when all picks together expand, each group's alone does, and
+        # one expansion replaces one per group (regnet_x_400mf: 16 expansions, 68 of 230 ms)
+        everything = picked + [c for _, chosen in gridded for c in chosen]
+        if _expands(graph, PrunePlan.union(everything)):
+            return PrunePlan.union(everything)
+        for g, chosen in gridded:
+            picked.extend(valid_prefix(graph, chosen, g.key, g))
     return PrunePlan.union(picked)
+
+
+def _expands(graph: ChannelGraph, plan: PrunePlan) -> bool:
+    try:
+        graph.expand(plan)
+        return True
+    except PlanError:
+        return False
 
 
 def _ranker(graph: ChannelGraph, groups: List[Group], importance: Any
@@ -312,11 +332,7 @@ def valid_prefix(graph: ChannelGraph, picks: List[Tuple[str, List[int]]], where:
         return picks  # no grid: classes are exact closures, and the caller counted every dim
 
     def ok(k: int) -> bool:
-        try:
-            graph.expand(PrunePlan.union(picks[:k]))
-            return True
-        except PlanError:
-            return False
+        return _expands(graph, PrunePlan.union(picks[:k]))
 
     if not picks or ok(len(picks)):
         return picks
