@@ -320,15 +320,19 @@ class ChannelGraph:
         heads = {int(lab) for g in groups for lab in g.head_labels}
         if not heads:
             return
-        anc = grids.ancestors()
         touch: Dict[int, set] = {}
-        for i, g in enumerate(groups):
-            for d in g.dims:
-                labs = labels[d.base:d.base + d.size]
-                if d.size and grids.derived[labs].any():
-                    for c in np.unique(csr_rows(anc, labs)[1]).tolist():
-                        if c in heads:
-                            touch.setdefault(c, set()).add(i)
+        segs = [(i, labels[d.base:d.base + d.size]) for i, g in enumerate(groups) for d in g.dims if d.size]
+        if segs:  # the heads each group's dims reach, over every dim holding a grid-derived label at once
+            labs = np.concatenate([s for _, s in segs])
+            sizes = np.array([len(s) for _, s in segs], dtype=np.int64)
+            has = np.logical_or.reduceat(grids.derived[labs], np.cumsum(sizes) - sizes)
+            keep = np.repeat(has, sizes)
+            row, col = csr_rows(grids.ancestors(), labs[keep])
+            which = np.repeat(np.array([i for i, _ in segs], dtype=np.int64), sizes)[keep][row]
+            hit = np.isin(col, np.array(sorted(heads), dtype=np.int64))
+            pairs = np.unique(col[hit] * len(groups) + which[hit])
+            for c, i in zip((pairs // len(groups)).tolist(), (pairs % len(groups)).tolist()):
+                touch.setdefault(c, set()).add(i)
         for i, g in enumerate(groups):
             g.head_span = [tuple(sorted(touch.get(int(lab), set()))) for lab in g.head_labels]
             span = sorted(set().union(*(touch.get(int(lab), set()) for lab in g.head_labels)) - {i})

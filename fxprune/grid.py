@@ -151,15 +151,17 @@ class Grids:
             return self._empties
         labels, anc = sol.labels, self.ancestors()
         out = np.zeros(anc.shape[1], bool)
-        ids, sizes, which = [], [], []
-        for d in sol.ir.dims:
-            if d.size and self.derived[labels[d.base:d.base + d.size]].any():
-                ids.append(np.arange(d.base, d.base + d.size, dtype=np.int64))
-                which.append(np.full(d.size, len(sizes), np.int64))
-                sizes.append(d.size)
-        if ids:
-            row, col = csr_rows(anc, labels[np.concatenate(ids)])
-            key = np.concatenate(which)[row] * anc.shape[1] + col
+        dims = [d for d in sol.ir.dims if d.size]
+        base = np.array([d.base for d in dims], dtype=np.int64)
+        size = np.array([d.size for d in dims], dtype=np.int64)
+        # dims lie back to back (ChannelIR.dim): one reduceat finds those holding a derived label
+        has = np.logical_or.reduceat(self.derived[labels], base) if len(dims) else np.zeros(0, bool)
+        sizes = size[has]
+        if len(sizes):
+            shift = base[has] - (np.cumsum(sizes) - sizes)
+            ids = np.arange(int(sizes.sum()), dtype=np.int64) + np.repeat(shift, sizes)
+            row, col = csr_rows(anc, labels[ids])
+            key = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)[row] * anc.shape[1] + col
             u, c = np.unique(key, return_counts=True)
             full = c >= np.asarray(sizes, np.int64)[u // anc.shape[1]]
             out[u[full] % anc.shape[1]] = True
