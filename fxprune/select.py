@@ -58,15 +58,21 @@ class _GroupIndex:
         return u // nd, u % nd, c
 
 
+_CHUNK = 1 << 16  # floats squared at a time: the block stays in cache, so the weights are read once
+
+
 def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) -> Dict[int, np.ndarray]:
     """Per-index sums of squares of ``t`` along each of ``dims`` (float32 sums, returned as float64).
 
-    Each sum runs over contiguous memory (``(outer, d * inner)`` summed over outer rows first, then
-    ``(d, inner)`` over inner): summing a small inner axis directly is one slow reduction per output.
-    The sums stay in float32 (numpy's pairwise summation along rows, relative error about 1e-6): a float64
-    accumulation casts every square and took 40 % more time, for ranks that differ only between channels
-    whose norms agree to six digits. ``scratch`` holds one reused buffer for the squares (fresh pages for
-    every tensor cost more than the arithmetic).
+    Dims 0 and 1 (nearly every weight) are summed in blocks of whole rows of the ``(d0, rest)`` view:
+    each block's squares stay in cache for both sums, so the weights are read from memory once (squaring
+    a whole tensor first and reducing it twice took a third more time on regnet_y_128gf). Other dims run
+    over contiguous memory too (``(outer, d * inner)`` summed over outer rows first, then ``(d, inner)``
+    over inner): summing a small inner axis directly is one slow reduction per output. The sums stay in
+    float32 (numpy's pairwise summation along rows): a float64 accumulation casts every square and took
+    40 % more time, for ranks that differ only between channels whose norms agree to six digits.
+    ``scratch`` holds one reused buffer for the squares (fresh pages for every tensor cost more than the
+    arithmetic).
     """
     a = t.detach()
     if a.dtype != torch.float32 or a.device.type != "cpu":
@@ -75,16 +81,39 @@ def _sq_sums(t: torch.Tensor, dims: Iterable[int], scratch: List[np.ndarray]) ->
     if a.ndim == 1:  # one sum per index: the square itself (what the general path gives, exactly)
         return {0: np.square(a).astype(np.float64)} if 0 in dims else {}
     a = np.ascontiguousarray(a)
+    want = sorted(set(dims))
+    n_rows, width = a.shape[0], math.prod(a.shape[1:])
+    rows_cols = a.reshape(n_rows, width)
+    if set(want) <= {0, 1} and 0 < width <= _CHUNK:
+        if scratch[0].size < _CHUNK:
+            scratch[0] = np.empty(_CHUNK, dtype=np.float32)
+        step = _CHUNK // width
+        per_row = np.empty(n_rows, np.float32) if 0 in want else None
+        per_col = np.zeros(width, np.float64) if 1 in want else None  # float64 across blocks: cheap
+        for lo in range(0, n_rows, step):
+            hi = min(n_rows, lo + step)
+            sq = np.square(rows_cols[lo:hi], out=scratch[0][:(hi - lo) * width].reshape(hi - lo, width))
+            if per_row is not None:
+                sq.sum(axis=1, out=per_row[lo:hi])
+            if per_col is not None:
+                per_col += sq.sum(axis=0)
+        out = {}
+        if per_row is not None:
+            out[0] = per_row.astype(np.float64)
+        if per_col is not None:
+            out[1] = per_col.reshape(a.shape[1], width // a.shape[1]).sum(axis=1)
+        return out
     if scratch[0].size < a.size:
         scratch[0] = np.empty(a.size, dtype=np.float32)
     sq = np.square(a, out=scratch[0][:a.size].reshape(a.shape))
     out = {}
-    for d in sorted(set(dims)):
-        outer, size = math.prod(a.shape[:d]), a.shape[d]
+    for d in want:
+        outer, size, inner = math.prod(a.shape[:d]), a.shape[d], math.prod(a.shape[d + 1:])
         if outer == 1:
-            out[d] = sq.reshape(size, -1).sum(axis=1).astype(np.float64)
+            out[d] = sq.reshape(size, inner).sum(axis=1).astype(np.float64)
         else:
-            out[d] = sq.reshape(outer, -1).sum(axis=0).reshape(size, -1).sum(axis=1).astype(np.float64)
+            out[d] = sq.reshape(outer, size * inner).sum(axis=0).reshape(size, inner).sum(axis=1).astype(
+                np.float64)
     return out
 
 

@@ -173,3 +173,45 @@ def test_class_dim_counts_is_remembered_per_group_and_hands_out_its_own_sizes():
     sizes[next(iter(sizes))] = -1  # a caller (the Pruner's guard) counts down its own copy
     again, sizes2 = class_dim_counts(g)
     assert again == counts and set(sizes2.values()) == {6}
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (3, 4, 2, 2), (70000, 3), (40000, 2, 2), (0, 5), (5, 0), (3, 0, 2),
+                                   (2, 70000)])
+def test_sums_of_squares_equal_float64_sums(shape):
+    """Blocked (dims 0 and 1, rows that fit a block) and whole-tensor paths against float64 sums."""
+    from fxprune.select import _sq_sums
+
+    t = torch.randn(*shape)
+    scratch = [np.empty(0, np.float32)]
+    for dims in ([0], [1], [0, 1], list(range(t.ndim))):
+        got = _sq_sums(t, dims, scratch)
+        assert sorted(got) == sorted(set(dims))
+        for d in dims:
+            want = (t.double() ** 2).sum([i for i in range(t.ndim) if i != d]).numpy()
+            assert got[d].dtype == np.float64 and got[d].shape == (shape[d],)
+            np.testing.assert_allclose(got[d], want, rtol=1e-4)
+
+
+def test_plan_by_ratio_checks_grid_groups_at_once_as_one_by_one(monkeypatch):
+    """Grouped convolutions make grid groups: one expansion of every pick gives the plan the per-group
+    ``valid_prefix`` checks give (forced here by failing that one expansion)."""
+    from fxprune import select
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, groups=4),
+                            torch.nn.ReLU(), torch.nn.Conv2d(16, 8, 1), torch.nn.Conv2d(8, 8, 3, groups=2))
+    x = torch.randn(1, 3, 8, 8)
+    graph = fxprune.analyze(m, x)
+    assert any(g.ancestors is not None for g in graph.groups if not g.pinned)  # the grid path is taken
+    at_once = select.plan_by_ratio(graph, 0.5)
+    calls = []
+    real = select._expands
+
+    def fail_first(graph, plan):
+        calls.append(plan)
+        return False if len(calls) == 1 else real(graph, plan)
+
+    monkeypatch.setattr(select, "_expands", fail_first)
+    one_by_one = select.plan_by_ratio(graph, 0.5)
+    assert len(calls) > 1 and at_once == one_by_one and at_once.to_json() == one_by_one.to_json()
+    fxprune.verify(m, fxprune.prune(m, at_once, x), at_once, x)  # raises VerificationError if wrong
