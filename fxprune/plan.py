@@ -113,7 +113,16 @@ class PrunePlan(Mapping[str, list]):
             if lst is None:
                 lst = entries[key] = []
             lst.extend(idx)
-        return cls({k: sorted(set(map(int, v))) for k, v in entries.items()})
+        plan = cls()
+        for key, v in entries.items():  # sorted and unique already: only keys and signs to check
+            lst = sorted(set(map(int, v)))
+            parse_key(key)
+            if lst and lst[0] < 0:
+                raise PlanError(f"plan entry {key!r}: negative indices {[i for i in lst if i < 0][:5]} "
+                                "(use indices in 0..size-1)")
+            if lst:
+                plan._entries[key] = lst
+        return plan
 
     def __getitem__(self, key: str) -> list:
         return list(self._entries[key])
