@@ -8,7 +8,8 @@ For each model (catalogue of ``benchmarks/zoo_models.py``, 224x224 unless the ca
   ignored_layers=[final classifier])`` construction + ``step()`` on a deep copy (the copy is not timed);
 - the floor: ``torch.fx.symbolic_trace`` + shape propagation on meta tensors + one copy of the kept parameters
   (what any FX-based pruner must do at least), for models that symbolic-trace: with torch's own shape
-  propagation (the fastest stock variant of ``zoo.py``), and, stricter, with fxprune's ``propagate_shapes``.
+  propagation (the fastest stock variant of ``zoo.py``), and with fxprune's own ``propagate_shapes`` (the
+  "fx-shapes floor": its direct shapes make it the lower one on most models).
 
 Each is the median of ``--repeat`` runs with one thread, as wall time and as this process's CPU time (the
 machine is shared: CPU time is what the load average inflates least); the load average is recorded per
@@ -111,7 +112,7 @@ def time_floor_stock(model, x, small, repeat: int):
     """The floor as ``zoo.py`` defines it: ``symbolic_trace`` + torch's own shape propagation over meta
     tensors (the fastest of its stock variants: ``ShapeProp`` or a shape-recording ``Interpreter``, under
     ``_reparametrize_module``, ``functional_call`` or on a meta deepcopy) + one copy of the kept parameters.
-    ``time_floor`` uses fxprune's ``propagate_shapes`` instead, whose direct shapes make it a stricter floor.
+    ``time_floor`` uses fxprune's ``propagate_shapes`` instead, whose direct shapes make it lower on most models.
     Returns ``(wall, cpu, variant)`` of the fastest variant."""
     import torch
     from zoo import INFO_VARIANT, shape_variants
@@ -262,22 +263,22 @@ def render_md(data: dict) -> str:
                      f"{u['sum_ratio_tp_over_fx']:.2f}x; "
                      f"median TP/fxprune {u['median_tp_over_fx']:.2f}x")
     if s.get("floor_stock_ratio"):
-        lines.append("- fxprune / floor (symbolic_trace + torch's shape propagation on meta tensors + one copy "
-                     "of the kept parameters, as in `zoo.py`): "
+        lines.append("- fxprune / floor (symbolic_trace + torch's shape propagation on meta tensors + one "
+                     "copy of the kept parameters, as in `zoo.py`): "
                      + ", ".join(f"{k} {v['wall']:.2f}x wall, {v['cpu']:.2f}x CPU"
                                  for k, v in s["floor_stock_ratio"].items()))
     if s.get("floor_ratio"):
-        lines.append("- fxprune / stricter floor (the same with fxprune's `propagate_shapes`, which computes the "
-                     "commonest ops' shapes directly): "
+        lines.append("- fxprune / fx-shapes floor (the same with fxprune's own `propagate_shapes`, which "
+                     "computes the commonest ops' shapes directly; lower than the floor on most models): "
                      + ", ".join(f"{k} {v['wall']:.2f}x wall, {v['cpu']:.2f}x CPU"
                                  for k, v in s["floor_ratio"].items()))
     lines += [_budget_line(b) for b in data.get("budget", [])]
     lines += ["", "| model | fxprune s | TP s | TP/fx | fxprune CPU s | TP CPU s | TP/fx CPU | floor s | "
-              "fx/floor | stricter floor s | fx/stricter | load 1 min | note |",
+              "fx/floor | fx-shapes floor s | fx/fx-shapes | load 1 min | note |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        fx, tp, fxc, tpc, fls, fl = (r.get(k) for k in
-                                     ("fxprune_s", "tp_s", "fxprune_cpu_s", "tp_cpu_s", "floor_stock_s", "floor_s"))
+        fx, tp, fxc, tpc, fls, fl = (r.get(k) for k in ("fxprune_s", "tp_s", "fxprune_cpu_s", "tp_cpu_s",
+                                                          "floor_stock_s", "floor_s"))
         note = r.get("error") or r.get("fxprune_error") or r.get("tp_error") or r.get("floor_error") or ""
         note = note.replace("|", "/").replace("\n", " ")[:90]
         ratio = _f(tp / fx if fx and tp else None, "{:.2f}")
