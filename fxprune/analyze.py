@@ -21,7 +21,7 @@ import torch.fx
 
 from .errors import PlanError, user_stacklevel
 from .gcpause import no_gc, paused_gc
-from .grid import csr_rows
+from .grid import csr_rows, with_derived
 from .ir import DimNode, Solution
 from .lower import LowerCtx, _warned
 from .plan import PrunePlan, make_key, parse_key
@@ -321,14 +321,14 @@ class ChannelGraph:
         if not heads:
             return
         touch: Dict[int, set] = {}
-        segs = [(i, labels[d.base:d.base + d.size]) for i, g in enumerate(groups) for d in g.dims if d.size]
-        if segs:  # the heads each group's dims reach, over every dim holding a grid-derived label at once
+        owner = [(i, d) for i, g in enumerate(groups) for d in g.dims]
+        picked = with_derived(grids.derived, labels, [d for _, d in owner])
+        segs = [(owner[k][0], labels[owner[k][1].base:owner[k][1].base + owner[k][1].size]) for k in picked]
+        if segs:  # the heads each group's dims reach: one csr_rows over every dim holding a derived label
             labs = np.concatenate([s for _, s in segs])
             sizes = np.array([len(s) for _, s in segs], dtype=np.int64)
-            has = np.logical_or.reduceat(grids.derived[labs], np.cumsum(sizes) - sizes)
-            keep = np.repeat(has, sizes)
-            row, col = csr_rows(grids.ancestors(), labs[keep])
-            which = np.repeat(np.array([i for i, _ in segs], dtype=np.int64), sizes)[keep][row]
+            row, col = csr_rows(grids.ancestors(), labs)
+            which = np.repeat(np.array([i for i, _ in segs], dtype=np.int64), sizes)[row]
             hit = np.isin(col, np.array(sorted(heads), dtype=np.int64))
             pairs = np.unique(col[hit] * len(groups) + which[hit])
             for c, i in zip((pairs // len(groups)).tolist(), (pairs % len(groups)).tolist()):
